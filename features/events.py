@@ -1,0 +1,394 @@
+"""The clickstream event contract, version 1.
+
+Every stage imports these models and never retypes a field name: the collector validates with
+them, the pipelines parse with them, serving writes impressions with them. The JSON Schema that
+the web frontend can validate against is generated from them (``features/schema/``).
+
+Ids are opaque strings (no meaning is read into them) with a length limit. Event time ``ts`` must
+carry a timezone and is stored in UTC; ``received_at`` is set by the collector, never trusted from
+the client.
+
+Example:
+    >>> from features.events import parse_event
+    >>> e = parse_event({"schema_version": 1, "event_id": "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+    ...     "type": "view", "user_id": "u1", "session_id": "s1", "ts": "2017-11-25T10:00:00Z",
+    ...     "item_id": "i9"})
+    >>> e.type
+    'view'
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any, Literal, Union
+from uuid import UUID
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StringConstraints,
+    TypeAdapter,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
+
+# Defaults of the limits; the collector may tighten them through ValidationContext.
+MAX_ID_CHARS = 64
+MAX_TEXT_CHARS = 256
+MAX_LIST_ITEMS = 100
+MAX_QUANTITY = 10_000
+MAX_PRICE = 1e9
+EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc)
+DEFAULT_MAX_FUTURE_SKEW = timedelta(minutes=5)
+
+# Opaque id: printable, no whitespace or control characters, bounded length.
+Id = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[\x21-\x7e]+$", strict=True)
+]
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS, strict=True)]
+Quantity = Annotated[StrictInt, Field(ge=1, le=MAX_QUANTITY)]
+Price = Annotated[StrictFloat, Field(ge=0, le=MAX_PRICE, allow_inf_nan=False)]
+Propensity = Annotated[StrictFloat, Field(gt=0, le=1, allow_inf_nan=False)]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$", strict=True)]
+Surface = Literal["recommendations", "bundles"]
+
+ITEM_EVENT_TYPES = ("view", "add_to_cart", "remove_from_cart", "favorite")
+
+
+class _Strict(BaseModel):
+    """Unknown fields are an error: a typo in a producer must not silently lose data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+
+
+class ValidationContext(BaseModel):
+    """What validation needs to know beyond the payload (passed as pydantic context)."""
+
+    now: datetime
+    max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW
+    max_id_chars: int = MAX_ID_CHARS
+    max_text_chars: int = MAX_TEXT_CHARS
+    max_list_items: int = MAX_LIST_ITEMS
+
+
+class EventBase(_Strict):
+    """Fields every event carries."""
+
+    schema_version: Literal[1]
+    # Client-generated, so a retried POST keeps its id and downstream de-duplication works.
+    event_id: UUID
+    user_id: Id
+    session_id: Id
+    ts: AwareDatetime = Field(description="Event time at the client, with a timezone; stored as UTC.")
+    received_at: AwareDatetime | None = Field(
+        default=None, description="Server receive time, set by the collector (client values are replaced)."
+    )
+    page: Text | None = None
+
+    @field_validator("ts", "received_at", mode="after")
+    @classmethod
+    def _to_utc(cls, value: datetime | None) -> datetime | None:
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    @field_validator("ts", mode="after")
+    @classmethod
+    def _plausible_event_time(cls, value: datetime, info: ValidationInfo) -> datetime:
+        if value < EARLIEST_EVENT_TIME:
+            raise ValueError(f"event time {value.isoformat()} is before {EARLIEST_EVENT_TIME.date()}")
+        ctx = _context(info)
+        if ctx is not None and value > ctx.now + ctx.max_future_skew:
+            raise ValueError(
+                f"event time {value.isoformat()} is more than {ctx.max_future_skew} after the server time"
+            )
+        return value
+
+    @field_validator("user_id", "session_id", mode="after")
+    @classmethod
+    def _id_limit(cls, value: str, info: ValidationInfo) -> str:
+        return _check_id_length(value, info)
+
+
+class ItemEventBase(EventBase):
+    item_id: Id
+    category_id: Id | None = None
+    price: Price | None = None
+
+    @field_validator("item_id", "category_id", mode="after")
+    @classmethod
+    def _item_id_limit(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_id_length(value, info)
+
+
+class ViewEvent(ItemEventBase):
+    """A product page view."""
+
+    type: Literal["view"]
+
+
+class AddToCartEvent(ItemEventBase):
+    type: Literal["add_to_cart"]
+    quantity: Quantity = 1
+
+
+class RemoveFromCartEvent(ItemEventBase):
+    type: Literal["remove_from_cart"]
+    quantity: Quantity = 1
+
+
+class FavoriteEvent(ItemEventBase):
+    type: Literal["favorite"]
+
+
+class LineItem(_Strict):
+    """One line of an order. `price` is the unit price; None when the source does not know it."""
+
+    item_id: Id
+    quantity: Quantity = 1
+    price: Price | None = None
+    category_id: Id | None = None
+
+
+class _HasLines(EventBase):
+    items: list[LineItem] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
+    currency: Currency | None = None
+
+    @field_validator("items", mode="after")
+    @classmethod
+    def _lines_limit(cls, value: list[Any], info: ValidationInfo) -> list[Any]:
+        return _check_list_length(value, info)
+
+
+class PurchaseEvent(_HasLines):
+    type: Literal["purchase"]
+    order_id: Id | None = None
+
+
+class SearchEvent(EventBase):
+    type: Literal["search"]
+    query: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS, strict=True)]
+    result_item_ids: list[Id] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
+
+    @field_validator("query", mode="after")
+    @classmethod
+    def _query_limit(cls, value: str, info: ValidationInfo) -> str:
+        ctx = _context(info)
+        if ctx is not None and len(value) > ctx.max_text_chars:
+            raise ValueError(f"query is longer than {ctx.max_text_chars} characters")
+        return value
+
+
+class ShownSlot(_Strict):
+    """One shown recommendation: an item or a bundle at a position."""
+
+    id: Id
+    position: Annotated[StrictInt, Field(ge=0, le=10_000)]
+    # Probability that the logging policy showed this id in this slot (bandit-chosen slots only);
+    # off-policy evaluation divides by it.
+    propensity: Propensity | None = None
+    score: Annotated[StrictFloat, Field(allow_inf_nan=False)] | None = None
+
+
+class ImpressionEvent(EventBase):
+    """A recommendation or bundle list shown to the user."""
+
+    type: Literal["impression"]
+    request_id: Id
+    surface: Surface
+    slots: list[ShownSlot] = Field(min_length=1, max_length=MAX_LIST_ITEMS)
+    policy: Id | None = None
+    experiment: Id | None = None
+    variant: Id | None = None
+
+    @field_validator("slots", mode="after")
+    @classmethod
+    def _slots_consistent(cls, value: list[ShownSlot], info: ValidationInfo) -> list[ShownSlot]:
+        positions = [s.position for s in value]
+        if len(set(positions)) != len(positions):
+            raise ValueError("slot positions must be unique")
+        return _check_list_length(value, info)
+
+
+class ClickEvent(EventBase):
+    """A click on a shown recommendation, attributed to the request that showed it."""
+
+    type: Literal["click"]
+    request_id: Id
+    item_id: Id | None = None
+    bundle_id: Id | None = None
+    position: Annotated[StrictInt, Field(ge=0, le=10_000)] | None = None
+
+    @model_validator(mode="after")
+    def _clicked_something(self) -> "ClickEvent":
+        if self.item_id is None and self.bundle_id is None:
+            raise ValueError("a click names the item_id or the bundle_id that was clicked")
+        return self
+
+
+class BundlePurchaseEvent(_HasLines):
+    """A purchase of a shown bundle, attributed to the request that showed it."""
+
+    type: Literal["bundle_purchase"]
+    request_id: Id
+    bundle_id: Id
+    order_id: Id | None = None
+
+
+Event = Annotated[
+    Union[
+        ViewEvent,
+        AddToCartEvent,
+        RemoveFromCartEvent,
+        FavoriteEvent,
+        PurchaseEvent,
+        SearchEvent,
+        ImpressionEvent,
+        ClickEvent,
+        BundlePurchaseEvent,
+    ],
+    Field(discriminator="type"),
+]
+EVENT_TYPES: tuple[str, ...] = (
+    "view",
+    "add_to_cart",
+    "remove_from_cart",
+    "favorite",
+    "purchase",
+    "search",
+    "impression",
+    "click",
+    "bundle_purchase",
+)
+
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+class EventRejected(ValueError):
+    """An event that does not meet the contract, with a machine-readable reason code."""
+
+    def __init__(self, reason: str, detail: str, errors: list[dict[str, Any]] | None = None):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.errors = errors or []
+
+
+# pydantic error types -> our reason codes (the first error of an event decides its reason).
+_REASON_BY_ERROR_TYPE = {
+    "missing": "missing_field",
+    "extra_forbidden": "unknown_field",
+    "string_too_long": "field_too_large",
+    "too_long": "field_too_large",
+    "finite_number": "not_a_finite_number",
+    "greater_than_equal": "out_of_range",
+    "greater_than": "out_of_range",
+    "less_than_equal": "out_of_range",
+    "less_than": "out_of_range",
+    "timezone_aware": "timestamp_without_timezone",
+}
+
+
+def parse_event(payload: Any, context: ValidationContext | None = None) -> Event:
+    """Validate one decoded JSON value against the contract.
+
+    Args:
+        payload: the decoded JSON object of one event.
+        context: server time and limits; without it the future-time check is skipped.
+
+    Returns:
+        The typed event.
+
+    Raises:
+        EventRejected: with a reason code such as ``unknown_event_type`` or ``missing_field``.
+    """
+    if not isinstance(payload, dict):
+        raise EventRejected("not_an_object", f"an event is a JSON object, got {type(payload).__name__}")
+    version = payload.get("schema_version")
+    if version is None:
+        raise EventRejected("missing_field", "schema_version is required", [{"loc": ["schema_version"]}])
+    if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise EventRejected(
+            "unsupported_schema_version",
+            f"schema_version {version!r} is not supported (supported: {sorted(SUPPORTED_SCHEMA_VERSIONS)})",
+        )
+    event_type = payload.get("type")
+    if event_type not in EVENT_TYPES:
+        raise EventRejected(
+            "unknown_event_type" if event_type is not None else "missing_field",
+            f"type {event_type!r} is not one of {list(EVENT_TYPES)}",
+        )
+    try:
+        return _EVENT_ADAPTER.validate_python(payload, context=context)
+    except Exception as exc:  # pydantic.ValidationError, kept generic to report every cause
+        errors = _errors_of(exc)
+        raise EventRejected(_reason_of(errors), _summary_of(errors), errors) from None
+
+
+def _errors_of(exc: Exception) -> list[dict[str, Any]]:
+    raw = getattr(exc, "errors", None)
+    if raw is None:
+        return [{"type": "invalid", "loc": [], "msg": str(exc)}]
+    return [
+        {"type": e["type"], "loc": [str(p) for p in e["loc"][1:]], "msg": e["msg"]}
+        for e in raw(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+def _reason_of(errors: list[dict[str, Any]]) -> str:
+    first = errors[0] if errors else {"type": "invalid", "msg": ""}
+    if first["loc"] == ["ts"] and "event time" in first["msg"]:
+        return "timestamp_out_of_range"
+    if "longer than" in first["msg"]:
+        return "field_too_large"
+    if first["type"].endswith(("_type", "_parsing")) or first["type"] == "literal_error":
+        return "wrong_type"
+    return _REASON_BY_ERROR_TYPE.get(first["type"], "invalid_field")
+
+
+def _summary_of(errors: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{'.'.join(e['loc']) or '(event)'}: {e['msg']}" for e in errors[:5])
+
+
+def _context(info: ValidationInfo) -> ValidationContext | None:
+    ctx = info.context
+    return ctx if isinstance(ctx, ValidationContext) else None
+
+
+def _check_id_length(value: str | None, info: ValidationInfo) -> str | None:
+    ctx = _context(info)
+    if value is not None and ctx is not None and len(value) > ctx.max_id_chars:
+        raise ValueError(f"id is longer than {ctx.max_id_chars} characters")
+    return value
+
+
+def _check_list_length(value: list[Any], info: ValidationInfo) -> list[Any]:
+    ctx = _context(info)
+    if ctx is not None and len(value) > ctx.max_list_items:
+        raise ValueError(f"list is longer than {ctx.max_list_items} entries")
+    return value
+
+
+def event_to_json(event: Event) -> bytes:
+    """The canonical wire form of an event (what the `events` topic carries)."""
+    return event.model_dump_json(exclude_none=True).encode("utf-8")
+
+
+def event_from_json(data: bytes | str) -> Event:
+    """Parse the canonical wire form back (no time-window checks: the collector already did them)."""
+    return _EVENT_ADAPTER.validate_json(data)
+
+
+def event_json_schema() -> dict[str, Any]:
+    """JSON Schema of the contract, generated from the models."""
+    schema = _EVENT_ADAPTER.json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"https://streamrec.dev/schema/events.v{SCHEMA_VERSION}.json"
+    schema["title"] = f"streamrec clickstream event v{SCHEMA_VERSION}"
+    return schema

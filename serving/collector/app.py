@@ -1,0 +1,195 @@
+"""The event collector: `POST /v1/events` on Ray Serve, answering only after Kafka acknowledged.
+
+Deployed from a Serve config file (``deploy/local/serve.yaml`` locally, the RayService manifest on a
+cluster) through :func:`build_app`, whose ``args`` may override any part of the streamrec settings.
+"""
+
+
+import hmac
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve import metrics
+
+from features.events import SCHEMA_VERSION, event_json_schema
+from serving.collector.ingest import (
+    BodyRejected,
+    IngestResult,
+    dead_letter,
+    decode_body,
+    validate_elements,
+)
+from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
+from streamrec.config import Settings, get_settings
+
+api = FastAPI(
+    title="streamrec collector",
+    version=f"v{SCHEMA_VERSION}",
+    description="Clickstream events from the web frontend into Kafka. Events follow the schema at /v1/schema.",
+)
+
+
+class CollectorArgs(BaseModel):
+    """`args:` of the Serve config. `settings` overrides the streamrec settings (env and file)."""
+
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+def _error(status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"reason": reason, "detail": detail}}, status_code=status, headers=headers)
+
+
+def _result_status(result: IngestResult) -> int:
+    if not result.rejected:
+        return 200
+    if not result.accepted:
+        return 422
+    return 207
+
+
+def _response_body(result: IngestResult) -> dict[str, Any]:
+    outcomes: list[dict[str, Any]] = [
+        {"index": a.index, "status": "accepted", "event_id": str(a.event.event_id)} for a in result.accepted
+    ]
+    outcomes += [
+        {"index": r.index, "status": "rejected", "event_id": r.event_id, "reason": r.reason, "detail": r.detail}
+        for r in result.rejected
+    ]
+    outcomes.sort(key=lambda o: o["index"])
+    return {"accepted": len(result.accepted), "rejected": len(result.rejected), "results": outcomes}
+
+
+@serve.deployment(name="Collector")
+@serve.ingress(api)
+class Collector:
+    def __init__(self, args: CollectorArgs | None = None) -> None:
+        overrides = (args or CollectorArgs()).settings
+        self._settings: Settings = Settings(**overrides) if overrides else get_settings()
+        self._limits = self._settings.collector.limits
+        self._topics = self._settings.kafka.topics
+        self._token = self._settings.collector.auth_token.get_secret_value().encode()
+        self._publisher = EventPublisher(self._settings.kafka)
+        self._accepted = metrics.Counter(
+            "streamrec_collector_events_accepted", description="Events acknowledged by Kafka."
+        )
+        self._rejected = metrics.Counter(
+            "streamrec_collector_events_rejected",
+            description="Events or bodies sent to the dead-letter topic, by reason.",
+            tag_keys=("reason",),
+        )
+        self._unavailable = metrics.Counter(
+            "streamrec_collector_broker_unavailable", description="Requests answered 503 because Kafka did not ack."
+        )
+        self._produce_ms = metrics.Histogram(
+            "streamrec_collector_produce_latency_ms",
+            description="Time from send to the broker's acknowledgement of a request's records.",
+            boundaries=[1, 2, 5, 10, 20, 50, 100, 250, 500, 1000, 5000],
+        )
+
+    def _authorized(self, request: Request) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._token)
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self._limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise BodyRejected(413, "body_too_large", f"body is {declared} bytes; the limit is {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            chunks.append(chunk)
+            if size > limit:
+                raise BodyRejected(413, "body_too_large", f"body is over {limit} bytes (the limit)")
+        return b"".join(chunks)
+
+    async def _publish(self, records: list[OutgoingRecord]) -> None:
+        started = time.perf_counter()
+        await self._publisher.publish(records)
+        self._produce_ms.observe((time.perf_counter() - started) * 1000)
+
+    def _dlq(self, key: str | None, value: bytes) -> OutgoingRecord:
+        return OutgoingRecord(self._topics.dlq, key.encode() if key else None, value)
+
+    async def _reject_body(self, exc: BodyRejected, raw: bytes, size: int, now: datetime) -> JSONResponse:
+        record = dead_letter(exc.reason, exc.detail, raw, now, self._limits, original_size=size)
+        try:
+            await self._publish([self._dlq(None, record)])
+        except BrokerUnavailable as unavailable:
+            return self._broker_down(unavailable)
+        self._rejected.inc(tags={"reason": exc.reason})
+        return _error(exc.status, exc.reason, exc.detail)
+
+    def _broker_down(self, exc: BrokerUnavailable) -> JSONResponse:
+        self._unavailable.inc()
+        return _error(
+            503,
+            "broker_unavailable",
+            f"events were NOT accepted: {exc}. Retry the same request (event_id makes it safe).",
+            headers={"Retry-After": "1"},
+        )
+
+    @api.post("/v1/events", summary="Send one event, a JSON array of events, or NDJSON")
+    async def post_events(self, request: Request) -> JSONResponse:
+        if not self._authorized(request):
+            return _error(401, "unauthorized", "send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+        now = datetime.now(timezone.utc)
+        try:
+            body = await self._read_body(request)
+        except BodyRejected as exc:
+            declared = request.headers.get("content-length", "")
+            size = int(declared) if declared.isdigit() else self._limits.max_body_bytes + 1
+            return await self._reject_body(exc, b"", size, now)
+        try:
+            elements, is_batch = decode_body(body, request.headers.get("content-type", ""), self._limits)
+        except BodyRejected as exc:
+            return await self._reject_body(exc, body, len(body), now)
+        result = validate_elements(elements, is_batch, self._limits, now)
+        records = [
+            OutgoingRecord(
+                self._topics.events,
+                a.event.user_id.encode(),
+                a.wire,
+                (("schema_version", str(SCHEMA_VERSION).encode()), ("type", a.event.type.encode())),
+            )
+            for a in result.accepted
+        ]
+        records += [
+            self._dlq(
+                r.user_id,
+                dead_letter(r.reason, r.detail, r.raw, now, self._limits, errors=r.errors, index=r.index, event_id=r.event_id),
+            )
+            for r in result.rejected
+        ]
+        try:
+            await self._publish(records)
+        except BrokerUnavailable as exc:
+            return self._broker_down(exc)
+        self._accepted.inc(len(result.accepted))
+        for r in result.rejected:
+            self._rejected.inc(tags={"reason": r.reason})
+        return JSONResponse(_response_body(result), status_code=_result_status(result))
+
+    @api.get("/v1/schema", summary="The JSON Schema of the event contract")
+    async def schema(self) -> JSONResponse:
+        return JSONResponse(event_json_schema())
+
+    @api.get("/healthz", summary="Liveness: the replica answers")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok", "service": "collector"}
+
+    def __del__(self) -> None:
+        publisher = getattr(self, "_publisher", None)
+        if publisher is not None:
+            publisher.close()
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Application builder named by the Serve config's `import_path`."""
+    return Collector.bind(CollectorArgs.model_validate(args or {}))

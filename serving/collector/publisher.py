@@ -1,0 +1,126 @@
+"""Publishing accepted events and dead letters to Kafka, acknowledged by the broker.
+
+kafka-python is thread-based; the collector is asyncio. `send()` can block while it waits for
+metadata, so it runs in a worker thread, and the broker's acknowledgements are bridged back to the
+event loop as asyncio futures (no thread is parked per request while waiting for acks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from streamrec.config import KafkaConfig
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker did not acknowledge in time; the caller must not claim anything as accepted."""
+
+
+@dataclass(frozen=True)
+class OutgoingRecord:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True)
+class Delivered:
+    topic: str
+    partition: int
+    offset: int
+
+
+class EventPublisher:
+    """One idempotent, acks=all producer per collector replica, created lazily.
+
+    Idempotence (on by default in kafka-python) keeps a user's events in order across retries
+    with several requests in flight.
+    """
+
+    def __init__(self, config: KafkaConfig, client_id: str = "streamrec-collector") -> None:
+        self._config = config
+        self._client_id = client_id
+        self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+
+    def _get_producer(self) -> KafkaProducer:
+        with self._lock:
+            if self._producer is None:
+                timeout_ms = int(self._config.produce_timeout_s * 1000)
+                try:
+                    self._producer = KafkaProducer(
+                        **self._config.client_options(),
+                        client_id=self._client_id,
+                        acks="all",
+                        enable_idempotence=True,
+                        linger_ms=1,
+                        compression_type=None,
+                        max_block_ms=int(self._config.metadata_timeout_s * 1000),
+                        request_timeout_ms=max(1000, timeout_ms - 500),
+                        delivery_timeout_ms=timeout_ms,
+                        reconnect_backoff_max_ms=1000,
+                    )
+                except KafkaError as exc:
+                    raise BrokerUnavailable(f"cannot connect to Kafka at {self._config.bootstrap_servers}: {exc}") from exc
+            return self._producer
+
+    def _send_all(self, records: list[OutgoingRecord]) -> list[Any]:
+        producer = self._get_producer()
+        try:
+            return [
+                producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers)) for r in records
+            ]
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"Kafka did not accept the records: {exc}") from exc
+
+    async def publish(self, records: list[OutgoingRecord]) -> list[Delivered]:
+        """Send records and return once the broker acknowledged every one of them.
+
+        Raises:
+            BrokerUnavailable: any record was not acknowledged within the produce timeout.
+        """
+        if not records:
+            return []
+        loop = asyncio.get_running_loop()
+        kafka_futures = await asyncio.to_thread(self._send_all, records)
+        waiting = [_bridge(f, loop) for f in kafka_futures]
+        try:
+            metadata = await asyncio.wait_for(
+                asyncio.gather(*waiting), timeout=self._config.produce_timeout_s + 1.0
+            )
+        except (KafkaError, asyncio.TimeoutError) as exc:
+            raise BrokerUnavailable(
+                f"Kafka at {self._config.bootstrap_servers} did not acknowledge within "
+                f"{self._config.produce_timeout_s:.1f}s: {type(exc).__name__} {exc}"
+            ) from exc
+        return [Delivered(m.topic, m.partition, m.offset) for m in metadata]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.close(timeout=2)
+                self._producer = None
+
+
+def _bridge(kafka_future: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+    """An asyncio future that settles when kafka-python's future does (from its I/O thread)."""
+    result: asyncio.Future[Any] = loop.create_future()
+
+    def settle_ok(value: Any) -> None:
+        if not result.done():
+            result.set_result(value)
+
+    def settle_error(exc: BaseException) -> None:
+        if not result.done():
+            result.set_exception(exc)
+
+    kafka_future.add_callback(lambda md: loop.call_soon_threadsafe(settle_ok, md))
+    kafka_future.add_errback(lambda exc: loop.call_soon_threadsafe(settle_error, exc))
+    return result

