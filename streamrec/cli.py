@@ -3,6 +3,7 @@
     streamrec up | down | status          the embedded stack (broker, Ray, Serve apps)
     streamrec topics create               create the Kafka topics (idempotent)
     streamrec replay taobao [--limit N]   post the Taobao slice through the collector
+    streamrec demo                        the whole loop on the embedded defaults
     streamrec config show                 print the effective configuration
     streamrec schema export               write the event JSON Schema under features/schema/
 """
@@ -77,6 +78,12 @@ def cmd_replay_taobao(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if summary.accepted + summary.rejected == len(events) else 1
 
 
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from streamrec.demo import run_demo
+
+    return run_demo(settings, limit=args.limit, rate=args.rate, keep_running=args.keep_running)
+
+
 def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
     print(json.dumps(settings.model_dump(mode="json"), indent=2))
     return 0
@@ -112,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     taobao.add_argument("--concurrency", type=int, default=4)
     taobao.add_argument("--collector", help="collector base URL (default: from the configuration)")
     taobao.set_defaults(func=cmd_replay_taobao)
+
+    demo = sub.add_parser("demo", help="run the whole loop on the embedded defaults and print a summary")
+    demo.add_argument("--limit", type=int, default=0, help="replay only the first N events (0: all)")
+    demo.add_argument("--rate", type=float, default=0.0, help="replay rate in events/s (0: as fast as possible)")
+    demo.add_argument("--keep-running", action="store_true", help="leave the stack up afterwards")
+    demo.set_defaults(func=cmd_demo)
 
     config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)
     config.add_parser("show", help="print the effective configuration").set_defaults(func=cmd_config_show)

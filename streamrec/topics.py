@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import TopicAlreadyExistsError
 
 from streamrec.config import KafkaConfig
@@ -32,3 +36,52 @@ def ensure_topics(config: KafkaConfig, timeout_s: float = 10.0) -> dict[str, int
         return {t["name"]: len(t["partitions"]) for t in described}
     finally:
         admin.close()
+
+
+def end_offsets(consumer: KafkaConsumer, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The true end offset (high watermark) of each partition.
+
+    Why not just ``consumer.end_offsets``: the embedded tansu broker answers ListOffsets(latest)
+    with the base offset of the last record batch + 1, not the high watermark, so a batch of
+    several records looks shorter than it is. A fetch response carries the right high watermark,
+    so we fetch from the reported offset - 1 and read it. On Apache Kafka both agree.
+    """
+    listed = consumer.end_offsets(partitions)
+    result: dict[TopicPartition, int] = {}
+    saved = set(consumer.assignment())
+    consumer.assign(partitions)
+    try:
+        for tp in partitions:
+            if listed[tp] == 0:
+                result[tp] = 0
+                continue
+            consumer.seek(tp, listed[tp] - 1)
+            deadline = time.monotonic() + 10
+            while consumer.highwater(tp) is None and time.monotonic() < deadline:
+                consumer.poll(timeout_ms=200, max_records=1, update_offsets=False)
+            highwater = consumer.highwater(tp)
+            result[tp] = max(listed[tp], highwater or 0)
+    finally:
+        consumer.assign(list(saved))
+    return result
+
+
+def read_topic(config: KafkaConfig, topic: str, timeout_s: float = 60.0) -> list[ConsumerRecord]:
+    """Every record currently in `topic`, partition by partition in offset order (no group)."""
+    consumer = KafkaConsumer(**config.client_options(), enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        ends = end_offsets(consumer, partitions)
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} took longer than {timeout_s}s")
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(r for r in batch if r.offset < ends[TopicPartition(r.topic, r.partition)])
+        records.sort(key=lambda r: (r.partition, r.offset))
+        return records
+    finally:
+        consumer.close()

@@ -1,0 +1,55 @@
+# streamrec: every target sets itself up on a fresh machine (Python 3.11 only needed).
+#   make demo   - the main job on the embedded defaults
+#   make test   - the default test suite (what CI runs)
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo test test-slow test-all bench-ingest lock up down status clean
+
+help:
+	@echo "make demo | test | test-slow | bench-ingest | up | down | status | clean"
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and exactly 2.13.0: any other spec downloads GBs of CUDA wheels.
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/streamrec demo
+
+up: $(STAMP)
+	$(BIN)/streamrec up
+down: $(STAMP)
+	$(BIN)/streamrec down
+status: $(STAMP)
+	$(BIN)/streamrec status
+
+# Default suite: everything except slow and GPU tests. Exit code 5 (no tests ran) is a failure.
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench-ingest: $(STAMP)
+	$(BIN)/python tests/benchmarks/bench_ingest.py
+
+lock: $(STAMP)
+	( head -2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | sed "s/^torch==2.13.0+cpu$$/torch==2.13.0/" ) > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+clean:
+	-$(BIN)/streamrec down
+	rm -rf $(VENV) .streamrec .pytest_cache
