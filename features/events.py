@@ -184,6 +184,11 @@ class SearchEvent(EventBase):
             raise ValueError(f"query is longer than {ctx.max_text_chars} characters")
         return value
 
+    @field_validator("result_item_ids", mode="after")
+    @classmethod
+    def _results_limit(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        return _check_list_length(value, info)
+
 
 class ShownSlot(_Strict):
     """One shown recommendation: an item or a bundle at a position."""
@@ -292,6 +297,7 @@ _REASON_BY_ERROR_TYPE = {
     "less_than_equal": "out_of_range",
     "less_than": "out_of_range",
     "timezone_aware": "timestamp_without_timezone",
+    "string_unicode": "invalid_unicode",
 }
 
 
@@ -347,9 +353,11 @@ def _reason_of(errors: list[dict[str, Any]]) -> str:
         return "timestamp_out_of_range"
     if "longer than" in first["msg"]:
         return "field_too_large"
+    if first["type"] in _REASON_BY_ERROR_TYPE:
+        return _REASON_BY_ERROR_TYPE[first["type"]]
     if first["type"].endswith(("_type", "_parsing")) or first["type"] == "literal_error":
         return "wrong_type"
-    return _REASON_BY_ERROR_TYPE.get(first["type"], "invalid_field")
+    return "invalid_field"
 
 
 def _summary_of(errors: list[dict[str, Any]]) -> str:
@@ -376,8 +384,9 @@ def _check_list_length(value: list[Any], info: ValidationInfo) -> list[Any]:
 
 
 def event_to_json(event: Event) -> bytes:
-    """The canonical wire form of an event (what the `events` topic carries)."""
-    return event.model_dump_json(exclude_none=True).encode("utf-8")
+    """The canonical wire form of an event (what the `events` topic carries): the fields the
+    producer set, times in UTC; defaults are not written so the record is what the client sent."""
+    return event.model_dump_json(exclude_unset=True, exclude_none=True).encode("utf-8")
 
 
 def event_from_json(data: bytes | str) -> Event:

@@ -18,7 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel as _PydanticModel
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,6 +29,13 @@ from pydantic_settings import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE_ENV = "STREAMREC_CONFIG"
+ENV_PREFIX = "STREAMREC_"
+
+
+class BaseModel(_PydanticModel):
+    """Config sections reject unknown keys: a typo in a file or env var must not be ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class TopicsConfig(BaseModel):
@@ -136,7 +144,7 @@ class Settings(BaseSettings):
     """All of streamrec's configuration."""
 
     model_config = SettingsConfigDict(
-        env_prefix="STREAMREC_", env_nested_delimiter="__", extra="forbid"
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
     )
 
     kafka: KafkaConfig = KafkaConfig()
@@ -144,6 +152,18 @@ class Settings(BaseSettings):
     collector: CollectorConfig = CollectorConfig()
     ray: RayConfig = RayConfig()
     data: DataConfig = DataConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_environment_keys(cls, values: Any) -> Any:
+        known = {name.upper() for name in cls.model_fields} | {CONFIG_FILE_ENV[len(ENV_PREFIX):]}
+        unknown = sorted(
+            key for key in os.environ
+            if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX):].split("__")[0] not in known
+        )
+        if unknown:
+            raise ValueError(f"unknown streamrec setting(s) in the environment: {', '.join(unknown)}")
+        return values
 
     @field_validator("data", mode="after")
     @classmethod

@@ -66,14 +66,28 @@ def end_offsets(consumer: KafkaConsumer, partitions: list[TopicPartition]) -> di
     return result
 
 
-def read_topic(config: KafkaConfig, topic: str, timeout_s: float = 60.0) -> list[ConsumerRecord]:
-    """Every record currently in `topic`, partition by partition in offset order (no group)."""
+def topic_end_offsets(config: KafkaConfig, topic: str) -> dict[int, int]:
+    """Partition -> end offset of `topic` now (to read only what arrives later)."""
+    consumer = KafkaConsumer(**config.client_options(), enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        return {tp.partition: end for tp, end in end_offsets(consumer, partitions).items()}
+    finally:
+        consumer.close()
+
+
+def read_topic(
+    config: KafkaConfig, topic: str, start: dict[int, int] | None = None, timeout_s: float = 60.0
+) -> list[ConsumerRecord]:
+    """The records currently in `topic` (from `start` offsets per partition, else from the
+    beginning), partition by partition in offset order. Reads without a consumer group."""
     consumer = KafkaConsumer(**config.client_options(), enable_auto_commit=False)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         ends = end_offsets(consumer, partitions)
         consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
+        for tp in partitions:
+            consumer.seek(tp, (start or {}).get(tp.partition, 0))
         records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout_s
         while any(consumer.position(tp) < ends[tp] for tp in partitions):

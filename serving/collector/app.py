@@ -171,7 +171,8 @@ class Collector:
             await self._publish(records)
         except BrokerUnavailable as exc:
             return self._broker_down(exc)
-        self._accepted.inc(len(result.accepted))
+        if result.accepted:
+            self._accepted.inc(len(result.accepted))
         for r in result.rejected:
             self._rejected.inc(tags={"reason": r.reason})
         return JSONResponse(_response_body(result), status_code=_result_status(result))

@@ -1,0 +1,199 @@
+"""The collector over real HTTP (Ray Serve) against a real Kafka broker (tansu)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from conftest import TEST_LIMITS, TEST_TOKEN, CollectorHandle, make_event
+from streamrec.topics import read_topic, topic_end_offsets
+
+pytestmark = [pytest.mark.kafka, pytest.mark.ray]
+
+
+def _records_since(collector: CollectorHandle, topic: str, start: dict[int, int]) -> list[Any]:
+    return read_topic(collector.settings.kafka, topic, start=start)
+
+
+def _snapshot(collector: CollectorHandle) -> tuple[dict[int, int], dict[int, int]]:
+    topics = collector.settings.kafka.topics
+    return (
+        topic_end_offsets(collector.settings.kafka, topics.events),
+        topic_end_offsets(collector.settings.kafka, topics.dlq),
+    )
+
+
+def _without_receive_time(value: bytes) -> dict[str, Any]:
+    record = json.loads(value)
+    assert record.pop("received_at")
+    return record
+
+
+def test_round_trip_keyed_by_user_in_per_user_order(collector: CollectorHandle) -> None:
+    events_start, _ = _snapshot(collector)
+    users = [f"rt-{uuid.uuid4().hex[:8]}" for _ in range(5)]
+    sent = [make_event("view", user_id=users[i % 5], item_id=f"i{i}", session_id=f"s{i % 3}") for i in range(40)]
+    sent.append(make_event("purchase", user_id=users[0], items=[{"item_id": "i1", "quantity": 2, "price": 19.99}], currency="EUR"))
+    with collector.client() as client:
+        assert client.post("/v1/events", json=sent[:30]).status_code == 200  # a JSON array
+        for event in sent[30:35]:  # single events
+            assert client.post("/v1/events", json=event).status_code == 200
+        ndjson = "\n".join(json.dumps(e) for e in sent[35:])  # NDJSON
+        reply = client.post("/v1/events", content=ndjson, headers={"content-type": "application/x-ndjson"})
+        assert reply.status_code == 200 and reply.json()["accepted"] == len(sent) - 35
+
+    records = _records_since(collector, collector.settings.kafka.topics.events, events_start)
+    mine = [r for r in records if json.loads(r.value)["user_id"] in users]
+    assert len(mine) == len(sent)
+    by_id = {e["event_id"]: e for e in sent}
+    for record in mine:
+        content = _without_receive_time(record.value)
+        assert content == by_id[content["event_id"]]  # the same content the client sent
+        assert record.key == content["user_id"].encode()
+        assert dict(record.headers)["type"] == content["type"].encode()
+    for user in users:
+        partitions = {r.partition for r in mine if r.key == user.encode()}
+        assert len(partitions) == 1  # keyed by user: one partition, so one order
+        got = [json.loads(r.value)["event_id"] for r in sorted(mine, key=lambda r: r.offset) if r.key == user.encode()]
+        assert got == [e["event_id"] for e in sent if e["user_id"] == user]
+
+
+def _future(days: int) -> str:
+    return (datetime.now(timezone.utc) + timedelta(days=days)).isoformat()
+
+
+BIG = "x" * 70_000
+# (case, body bytes or JSON value, content type, expected status, expected reason)
+BAD_INPUTS: list[tuple[str, Any, str, int, str]] = [
+    ("invalid json", b'{"schema_version": 1,', "application/json", 400, "invalid_json"),
+    ("non-utf8 bytes", b'{"user_id": "\xff\xfe"}', "application/json", 400, "invalid_utf8"),
+    ("empty body", b"", "application/json", 400, "empty_body"),
+    ("wrong content type", b"{}", "text/plain", 415, "unsupported_media_type"),
+    ("wrong type", make_event(item_id=42), "application/json", 422, "wrong_type"),
+    ("missing field", {k: v for k, v in make_event().items() if k != "session_id"}, "application/json", 422, "missing_field"),
+    ("unknown event type", make_event("teleport"), "application/json", 422, "unknown_event_type"),
+    ("unknown schema version", make_event(schema_version=7), "application/json", 422, "unsupported_schema_version"),
+    ("timestamp far in the future", make_event(ts=_future(3)), "application/json", 422, "timestamp_out_of_range"),
+    ("timestamp before 2000", make_event(ts="1970-01-01T00:00:00Z"), "application/json", 422, "timestamp_out_of_range"),
+    ("timestamp without zone", make_event(ts="2017-11-25 10:00:00"), "application/json", 422, "timestamp_without_timezone"),
+    ("negative price", make_event("purchase", items=[{"item_id": "a", "price": -5.0}]), "application/json", 422, "out_of_range"),
+    ("NaN price", b'{"schema_version": 1, "type": "view", "price": NaN}', "application/json", 400, "not_a_finite_number"),
+    ("negative quantity", make_event("add_to_cart", quantity=-1), "application/json", 422, "out_of_range"),
+    ("oversize field", make_event(item_id="i" * 200), "application/json", 422, "field_too_large"),
+    ("oversize list", make_event("search", query="q", result_item_ids=[f"i{i}" for i in range(TEST_LIMITS["max_list_items"] + 1)]), "application/json", 422, "field_too_large"),
+    ("oversize body", json.dumps(make_event(page=BIG)).encode(), "application/json", 413, "body_too_large"),
+    ("too-large batch", [make_event() for _ in range(TEST_LIMITS["max_batch_events"] + 1)], "application/json", 413, "batch_too_large"),
+    ("empty batch", [], "application/json", 422, "empty_batch"),
+    ("duplicate keys", b'{"type": "view", "type": "purchase"}', "application/json", 400, "duplicate_key"),
+    ("nested garbage", make_event(item_id="a", meta={"x": [{"y": {"z": [1, None, "w"]}}]}), "application/json", 422, "unknown_field"),
+    ("deep nesting", b"[" * 5000 + b"]" * 5000, "application/json", 400, "invalid_json"),
+    ("not an object", 42, "application/json", 422, "not_an_object"),
+    ("bad event id", make_event(event_id="123"), "application/json", 422, "wrong_type"),
+    ("lone surrogate", b'{"schema_version": 1, "event_id": "7c9e6679-7425-40de-944b-e07fc1f90ae7", "type": "view", "user_id": "u", "session_id": "s", "ts": "2017-11-25T10:00:00Z", "item_id": "i", "page": "\\ud800"}', "application/json", 422, "invalid_unicode"),
+    ("propensity above 1", make_event("impression", request_id="r", surface="bundles", slots=[{"id": "b", "position": 0, "propensity": 2.0}]), "application/json", 422, "out_of_range"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "content_type", "status", "reason"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_gets_a_clear_error_and_lands_in_the_dlq(
+    collector: CollectorHandle, case: str, body: Any, content_type: str, status: int, reason: str
+) -> None:
+    _, dlq_start = _snapshot(collector)
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    with collector.client() as client:
+        reply = client.post("/v1/events", content=raw, headers={"content-type": content_type})
+        assert reply.status_code == status, reply.text
+        answer = reply.json()
+        got_reason = answer["error"]["reason"] if "error" in answer else answer["results"][0]["reason"]
+        assert got_reason == reason
+        detail = answer["error"]["detail"] if "error" in answer else answer["results"][0]["detail"]
+        assert len(detail) > 5
+        # ... and the collector keeps serving.
+        assert client.post("/v1/events", json=make_event()).status_code == 200
+    dead = [json.loads(r.value) for r in _records_since(collector, collector.settings.kafka.topics.dlq, dlq_start)]
+    assert [d["reason"] for d in dead] == [reason]
+    letter = dead[0]
+    assert letter["received_at"] and letter["source"] == "collector" and letter["detail"]
+    assert letter["raw_size"] >= 0 and letter["raw_encoding"] in ("utf-8", "base64")
+
+
+def test_mixed_batch_keeps_the_good_events(collector: CollectorHandle) -> None:
+    events_start, dlq_start = _snapshot(collector)
+    good = [make_event(), make_event("add_to_cart", quantity=3)]
+    bad = [make_event(item_id=None), make_event("view", ts="1990-01-01T00:00:00Z"), "garbage"]
+    batch = [good[0], bad[0], bad[1], good[1], bad[2]]
+    with collector.client() as client:
+        reply = client.post("/v1/events", json=batch)
+    assert reply.status_code == 207
+    answer = reply.json()
+    assert (answer["accepted"], answer["rejected"]) == (2, 3)
+    assert [r["status"] for r in answer["results"]] == ["accepted", "rejected", "rejected", "accepted", "rejected"]
+    accepted_ids = {json.loads(r.value)["event_id"] for r in _records_since(collector, "events", events_start)}
+    assert {e["event_id"] for e in good} <= accepted_ids
+    dead = [json.loads(r.value) for r in _records_since(collector, collector.settings.kafka.topics.dlq, dlq_start)]
+    assert sorted(d["batch_index"] for d in dead) == [1, 2, 4]
+    assert {d["event_id"] for d in dead if d["batch_index"] == 1} == {bad[0]["event_id"]}
+    assert json.loads(next(d["raw"] for d in dead if d["batch_index"] == 4)) == "garbage"
+
+
+def test_auth_is_required(collector: CollectorHandle) -> None:
+    event = make_event()
+    for token in (None, "wrong-token"):
+        with collector.client(token=token) as client:
+            reply = client.post("/v1/events", json=event)
+            assert reply.status_code == 401
+            assert reply.headers["www-authenticate"] == "Bearer"
+    with collector.client() as client:
+        assert client.post("/v1/events", json=event).status_code == 200
+        assert client.get("/healthz").status_code == 200
+
+
+def test_declared_oversize_body_is_refused_before_reading(collector: CollectorHandle) -> None:
+    with collector.client() as client:
+        reply = client.post(
+            "/v1/events",
+            content=b"{" + b" " * (TEST_LIMITS["max_body_bytes"] + 10) + b"}",
+            headers={"content-type": "application/json"},
+        )
+    assert reply.status_code == 413 and reply.json()["error"]["reason"] == "body_too_large"
+
+
+def test_schema_and_openapi_are_published(collector: CollectorHandle) -> None:
+    with collector.client() as client:
+        schema = client.get("/v1/schema").json()
+        openapi = client.get("/openapi.json").json()
+    assert "discriminator" in schema
+    assert "/v1/events" in openapi["paths"]
+
+
+def test_concurrent_clients_keep_per_user_order(collector: CollectorHandle) -> None:
+    """Several users posting at once: each user's events arrive in the order they were sent."""
+    import asyncio
+
+    import httpx
+
+    events_start, _ = _snapshot(collector)
+    users = [f"cc-{uuid.uuid4().hex[:8]}" for _ in range(8)]
+    per_user = {u: [make_event(user_id=u, item_id=f"i{i}") for i in range(15)] for u in users}
+
+    async def post_user(client: httpx.AsyncClient, events: list[dict[str, Any]]) -> None:
+        for event in events:
+            assert (await client.post("/v1/events", json=event)).status_code == 200
+
+    async def run() -> None:
+        headers = {"authorization": f"Bearer {TEST_TOKEN}"}
+        async with httpx.AsyncClient(base_url=collector.url, headers=headers, timeout=30) as client:
+            await asyncio.gather(*(post_user(client, events) for events in per_user.values()))
+
+    asyncio.run(run())
+    seen: dict[str, list[str]] = defaultdict(list)
+    for record in sorted(_records_since(collector, "events", events_start), key=lambda r: (r.partition, r.offset)):
+        value = json.loads(record.value)
+        if value["user_id"] in per_user:
+            seen[value["user_id"]].append(value["event_id"])
+    assert {u: [e["event_id"] for e in per_user[u]] for u in users} == dict(seen)
