@@ -94,13 +94,16 @@ class ManagedProcess:
         self.pid_file.write_text(str(proc.pid))
         return proc.pid
 
-    def stop(self, timeout_s: float = 10.0) -> bool:
-        """SIGTERM, then SIGKILL after `timeout_s`. Returns whether a process was stopped."""
+    def stop(self, timeout_s: float = 10.0, first_signal: signal.Signals = signal.SIGTERM) -> bool:
+        """`first_signal` to the process group, then SIGKILL after `timeout_s`.
+
+        Returns whether a process was stopped.
+        """
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return False
-        _signal_group(pid, signal.SIGTERM)
+        _signal_group(pid, first_signal)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.pid() is not None:
             time.sleep(0.1)
@@ -199,27 +202,39 @@ def ray_head_running(settings: Settings) -> bool:
     return port_open("127.0.0.1", settings.ray.head_port)
 
 
-def start_ray_head(settings: Settings) -> None:
+# The embedded head listens on loopback only; Ray's token auth (on by default for new local
+# clusters once ~/.ray/auth_token exists) is switched off explicitly so that every local client
+# (serve CLI, job submission, pipelines) connects the same way. Clusters enable it (deploy/).
+_LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+
+
+def _ray_head_process(settings: Settings) -> ManagedProcess:
+    return ManagedProcess("ray-head", settings.data.run_dir, settings.data.log_dir)
+
+
+def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> None:
+    """`ray start --head --block` as a managed process: stopping it stops this cluster only
+    (plain `ray stop` would kill every Ray cluster on the machine, tests' included)."""
     if ray_head_running(settings):
         return
     argv = _venv_tool(
-        "ray", "start", "--head",
+        "ray", "start", "--head", "--block",
         f"--port={settings.ray.head_port}",
         f"--dashboard-port={settings.ray.dashboard_port}",
         "--dashboard-host=127.0.0.1",
+        "--node-ip-address=127.0.0.1",
         "--disable-usage-stats",
     )
     if settings.ray.num_cpus is not None:
         argv.append(f"--num-cpus={settings.ray.num_cpus}")
     # Ray's workers inherit this environment: STREAMREC_* reach the Serve replicas.
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        raise StackError(f"ray start failed:\n{done.stdout}\n{done.stderr}")
+    _ray_head_process(settings).start(argv, env=_LOCAL_RAY_ENV)
+    wait_until(lambda: ray_head_running(settings), timeout_s, "Ray head")
 
 
-def stop_ray_head() -> None:
-    subprocess.run(_venv_tool("ray", "stop", "--force"), capture_output=True, text=True, timeout=120)
+def stop_ray_head(settings: Settings) -> bool:
+    # `ray start --block` tears its cluster down on SIGINT (as on Ctrl-C), not on SIGTERM.
+    return _ray_head_process(settings).stop(timeout_s=30, first_signal=signal.SIGINT)
 
 
 def dashboard_url(settings: Settings) -> str:
@@ -245,7 +260,7 @@ def deploy_serve_apps(settings: Settings, timeout_s: float = 180.0) -> Path:
     wait_until(lambda: port_open("127.0.0.1", settings.ray.dashboard_port), 60, "Ray dashboard")
     done = subprocess.run(
         _venv_tool("serve", "deploy", str(path), "-a", dashboard_url(settings)),
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env={**os.environ, **_LOCAL_RAY_ENV},
     )
     if done.returncode != 0:
         raise StackError(f"serve deploy failed:\n{done.stdout}\n{done.stderr}")
@@ -290,11 +305,7 @@ def up(settings: Settings, with_serve: bool = True) -> dict[str, str]:
 def down(settings: Settings) -> dict[str, str]:
     stopped: dict[str, str] = {}
     if settings.ray.address is None:
-        if ray_head_running(settings):
-            stop_ray_head()
-            stopped["ray"] = "stopped"
-        else:
-            stopped["ray"] = "was not running"
+        stopped["ray"] = "stopped" if stop_ray_head(settings) else "was not running"
     if settings.broker.enabled:
         stopped["broker"] = "stopped" if EmbeddedBroker(settings).stop() else "was not running"
     return stopped

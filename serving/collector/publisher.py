@@ -78,6 +78,7 @@ class EventPublisher:
                 producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers)) for r in records
             ]
         except KafkaError as exc:
+            self._discard_producer()
             raise BrokerUnavailable(f"Kafka did not accept the records: {exc}") from exc
 
     async def publish(self, records: list[OutgoingRecord]) -> list[Delivered]:
@@ -96,11 +97,20 @@ class EventPublisher:
                 asyncio.gather(*waiting), timeout=self._config.produce_timeout_s + 1.0
             )
         except (KafkaError, asyncio.TimeoutError) as exc:
+            # A producer whose records expired may keep a stale idempotence state (producer id,
+            # sequence numbers) that a restarted broker no longer knows: start afresh next time.
+            await asyncio.to_thread(self._discard_producer)
             raise BrokerUnavailable(
                 f"Kafka at {self._config.bootstrap_servers} did not acknowledge within "
                 f"{self._config.produce_timeout_s:.1f}s: {type(exc).__name__} {exc}"
             ) from exc
         return [Delivered(m.topic, m.partition, m.offset) for m in metadata]
+
+    def _discard_producer(self) -> None:
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.close(timeout=0)
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,55 @@
+"""`streamrec up / status / replay / down` as a user runs them, on private ports."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port
+from streamrec.local_stack import port_open
+
+pytestmark = [pytest.mark.kafka, pytest.mark.ray]
+
+
+def _streamrec(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    cli = Path(sys.executable).parent / "streamrec"
+    return subprocess.run([str(cli), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_up_status_replay_down_leaves_nothing_running(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("broker", "head", "dashboard", "collector")}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")},
+        "STREAMREC_BROKER__PORT": str(ports["broker"]),
+        "STREAMREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['broker']}",
+        "STREAMREC_RAY__HEAD_PORT": str(ports["head"]),
+        "STREAMREC_RAY__DASHBOARD_PORT": str(ports["dashboard"]),
+        "STREAMREC_COLLECTOR__PORT": str(ports["collector"]),
+        "STREAMREC_COLLECTOR__AUTH_TOKEN": "stack-test-token",
+        "STREAMREC_DATA__STATE_DIR": str(tmp_path / "state"),
+    }
+    try:
+        up = _streamrec(env, "up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "events(4), events.dlq(4)" in up.stdout
+        status = _streamrec(env, "status")
+        assert status.returncode == 0 and "collector: RUNNING" in status.stdout, status.stdout
+        assert (tmp_path / "state" / "run" / "tansu.pid").exists()
+
+        replay = _streamrec(env, "replay", "taobao", "--limit", "1000")
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        assert "accepted 1000, rejected 0" in replay.stdout
+
+        again = _streamrec(env, "up")  # idempotent: a second `up` reuses what runs
+        assert again.returncode == 0, again.stderr
+    finally:
+        down = _streamrec(env, "down")
+    assert down.returncode == 0, down.stderr
+    assert "ray     stopped" in down.stdout and "broker  stopped" in down.stdout
+    assert not any(port_open("127.0.0.1", p) for p in ports.values())
+    assert not list((tmp_path / "state" / "run").glob("*.pid"))
+    assert _streamrec(env, "status").returncode == 1
