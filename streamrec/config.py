@@ -118,6 +118,8 @@ class RayConfig(BaseModel):
     address: str | None = None
     head_port: int = 6380
     dashboard_port: int = 8265
+    # Prometheus scrapes Ray's (and so Serve's and the collector's) metrics here.
+    metrics_export_port: int = 8081
     num_cpus: int | None = None
 
 

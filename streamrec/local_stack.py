@@ -221,6 +221,7 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> None:
         "ray", "start", "--head", "--block",
         f"--port={settings.ray.head_port}",
         f"--dashboard-port={settings.ray.dashboard_port}",
+        f"--metrics-export-port={settings.ray.metrics_export_port}",
         "--dashboard-host=127.0.0.1",
         "--node-ip-address=127.0.0.1",
         "--disable-usage-stats",

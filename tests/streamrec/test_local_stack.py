@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from conftest import free_port
@@ -20,14 +22,28 @@ def _streamrec(env: dict[str, str], *args: str, timeout: float = 240) -> subproc
     return subprocess.run([str(cli), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _wait_for_metric(port: int, name: str, value: float, timeout_s: float = 45.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            text = ""
+        if any(line.startswith(name + "{") and float(line.rsplit(" ", 1)[1]) >= value for line in text.splitlines()):
+            return True
+        time.sleep(2)
+    return False
+
+
 def test_up_status_replay_down_leaves_nothing_running(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("broker", "head", "dashboard", "collector")}
+    ports = {name: free_port() for name in ("broker", "head", "dashboard", "collector", "metrics")}
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")},
         "STREAMREC_BROKER__PORT": str(ports["broker"]),
         "STREAMREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['broker']}",
         "STREAMREC_RAY__HEAD_PORT": str(ports["head"]),
         "STREAMREC_RAY__DASHBOARD_PORT": str(ports["dashboard"]),
+        "STREAMREC_RAY__METRICS_EXPORT_PORT": str(ports["metrics"]),
         "STREAMREC_COLLECTOR__PORT": str(ports["collector"]),
         "STREAMREC_COLLECTOR__AUTH_TOKEN": "stack-test-token",
         "STREAMREC_DATA__STATE_DIR": str(tmp_path / "state"),
@@ -43,6 +59,8 @@ def test_up_status_replay_down_leaves_nothing_running(tmp_path: Path) -> None:
         replay = _streamrec(env, "replay", "taobao", "--limit", "1000")
         assert replay.returncode == 0, replay.stdout + replay.stderr
         assert "accepted 1000, rejected 0" in replay.stdout
+        # The collector's counters reach Prometheus through Ray's metrics endpoint.
+        assert _wait_for_metric(ports["metrics"], "ray_streamrec_collector_events_accepted_total", 1000.0)
 
         again = _streamrec(env, "up")  # idempotent: a second `up` reuses what runs
         assert again.returncode == 0, again.stderr
