@@ -106,13 +106,18 @@ class Collector:
             size += len(chunk)
             chunks.append(chunk)
             if size > limit:
-                raise BodyRejected(413, "body_too_large", f"body is over {limit} bytes (the limit)")
+                rejected = BodyRejected(413, "body_too_large", f"body is over {limit} bytes (the limit)")
+                rejected.partial_body = b"".join(chunks)[: self._limits.dlq_max_raw_bytes]
+                raise rejected
         return b"".join(chunks)
 
-    async def _publish(self, records: list[OutgoingRecord]) -> None:
+    async def _publish(self, records: list[OutgoingRecord]) -> float:
+        """Publish and return the time until the broker acknowledged, in milliseconds."""
         started = time.perf_counter()
         await self._publisher.publish(records)
-        self._produce_ms.observe((time.perf_counter() - started) * 1000)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self._produce_ms.observe(elapsed_ms)
+        return elapsed_ms
 
     def _dlq(self, key: str | None, value: bytes) -> OutgoingRecord:
         return OutgoingRecord(self._topics.dlq, key.encode() if key else None, value)
@@ -139,13 +144,14 @@ class Collector:
     async def post_events(self, request: Request) -> JSONResponse:
         if not self._authorized(request):
             return _error(401, "unauthorized", "send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+        started = time.perf_counter()
         now = datetime.now(timezone.utc)
         try:
             body = await self._read_body(request)
         except BodyRejected as exc:
             declared = request.headers.get("content-length", "")
             size = int(declared) if declared.isdigit() else self._limits.max_body_bytes + 1
-            return await self._reject_body(exc, b"", size, now)
+            return await self._reject_body(exc, exc.partial_body, size, now)
         try:
             elements, is_batch = decode_body(body, request.headers.get("content-type", ""), self._limits)
         except BodyRejected as exc:
@@ -168,14 +174,17 @@ class Collector:
             for r in result.rejected
         ]
         try:
-            await self._publish(records)
+            produce_ms = await self._publish(records)
         except BrokerUnavailable as exc:
             return self._broker_down(exc)
         if result.accepted:
             self._accepted.inc(len(result.accepted))
         for r in result.rejected:
             self._rejected.inc(tags={"reason": r.reason})
-        return JSONResponse(_response_body(result), status_code=_result_status(result))
+        total_ms = (time.perf_counter() - started) * 1000
+        # Server-Timing lets a client tell time in the collector and Kafka from time on the wire.
+        timing = {"server-timing": f"produce;dur={produce_ms:.2f}, total;dur={total_ms:.2f}"}
+        return JSONResponse(_response_body(result), status_code=_result_status(result), headers=timing)
 
     @api.get("/v1/schema", summary="The JSON Schema of the event contract")
     async def schema(self) -> JSONResponse:

@@ -30,6 +30,8 @@ class BodyRejected(Exception):
         self.status = status
         self.reason = reason
         self.detail = detail
+        # What was read before giving up (kept, cut, in the dead letter).
+        self.partial_body = b""
 
 
 @dataclass

@@ -68,6 +68,25 @@ def raw_single_latencies(bootstrap: str, topic: str, events: list[dict], rate: f
     return latencies
 
 
+def deploy_noop(port: int) -> str:
+    """A do-nothing FastAPI endpoint on the same Serve: the floor that HTTP + Serve cost."""
+    from fastapi import FastAPI, Request
+    from ray import serve
+
+    noop_api = FastAPI()
+
+    @serve.deployment(name="NoOp")
+    @serve.ingress(noop_api)
+    class NoOp:
+        @noop_api.post("/v1/events")
+        async def events(self, request: Request) -> dict:
+            await request.body()
+            return {"accepted": 1}
+
+    serve.run(NoOp.bind(), name="noop", route_prefix="/noop")
+    return f"http://127.0.0.1:{port}/noop"
+
+
 async def collector_single_latencies(url: str, events: list[dict], rate: float) -> list[float]:
     latencies: list[float] = []
     headers = {"authorization": f"Bearer {TEST_TOKEN}"}
@@ -113,6 +132,7 @@ def main() -> None:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         handle = deploy_collector(settings, port, "collector")
+        noop_url = deploy_noop(port)
 
         print(f"machine: {os.cpu_count()} CPUs; events from the Taobao slice; broker tansu (memory)")
         raw_tput = raw_batch_throughput(bootstrap, "bench.raw", batch_events)
@@ -127,6 +147,9 @@ def main() -> None:
         warm = single_events[:50]
         raw_single_latencies(bootstrap, "bench.raw", warm, args.rate)
         asyncio.run(collector_single_latencies(handle.url, warm, args.rate))
+        asyncio.run(collector_single_latencies(noop_url, warm, args.rate))
+        noop_lat = asyncio.run(collector_single_latencies(noop_url, single_events, args.rate))
+        print(f"no-op Serve p99 {percentile(noop_lat, 99):.1f} ms", flush=True)
         raw_lat = raw_single_latencies(bootstrap, "bench.raw", single_events, args.rate)
         print(f"raw single p99 {percentile(raw_lat, 99):.1f} ms", flush=True)
         col_lat = asyncio.run(collector_single_latencies(handle.url, single_events, args.rate))
@@ -136,11 +159,12 @@ def main() -> None:
         print(f"  collector (HTTP + validate): {collector_tput:10,.0f} events/s")
         print(f"  ratio collector/raw        : {collector_tput / raw_tput:10.2f}x   (target >= 0.50x)")
         print(f"\nsingle-event latency ({len(single_events):,} events, open loop at {args.rate:.0f}/s), ms")
-        for name, lat in (("raw send+ack", raw_lat), ("collector POST", col_lat)):
+        for name, lat in (("raw send+ack", raw_lat), ("no-op Serve POST", noop_lat), ("collector POST", col_lat)):
             print(
-                f"  {name:15s} p50 {percentile(lat, 50):6.2f}  p99 {percentile(lat, 99):6.2f}  "
+                f"  {name:17s} p50 {percentile(lat, 50):6.2f}  p99 {percentile(lat, 99):6.2f}  "
                 f"mean {statistics.fmean(lat):6.2f}  max {max(lat):7.2f}"
             )
+        print(f"  collector p50 / no-op p50   : {percentile(col_lat, 50) / percentile(noop_lat, 50):.2f}x")
         print(f"  collector p99 target < 20 ms: {'met' if percentile(col_lat, 99) < 20 else 'NOT met'}")
     finally:
         serve.shutdown()

@@ -197,3 +197,20 @@ def test_concurrent_clients_keep_per_user_order(collector: CollectorHandle) -> N
         if value["user_id"] in per_user:
             seen[value["user_id"]].append(value["event_id"])
     assert {u: [e["event_id"] for e in per_user[u]] for u in users} == dict(seen)
+
+
+def test_chunked_oversize_body_is_cut_off_and_its_start_kept_in_the_dlq(collector: CollectorHandle) -> None:
+    """No Content-Length (chunked upload): the limit is enforced while reading."""
+    _, dlq_start = _snapshot(collector)
+
+    def chunks():  # noqa: ANN202
+        yield b'[{"schema_version": 1, "note": "'
+        for _ in range(20):
+            yield b"y" * 8192
+
+    with collector.client() as client:
+        reply = client.post("/v1/events", content=chunks(), headers={"content-type": "application/json"})
+    assert reply.status_code == 413 and reply.json()["error"]["reason"] == "body_too_large"
+    dead = [json.loads(r.value) for r in _records_since(collector, collector.settings.kafka.topics.dlq, dlq_start)]
+    assert len(dead) == 1 and dead[0]["truncated"] is True
+    assert dead[0]["raw"].startswith('[{"schema_version": 1')
