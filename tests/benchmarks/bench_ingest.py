@@ -9,7 +9,6 @@ Measures, on a private embedded broker and a private local Ray/Serve:
     HTTP POST per event (target: collector p99 < 20 ms).
 """
 
-from __future__ import annotations
 
 import argparse
 import asyncio
