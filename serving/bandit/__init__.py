@@ -1,7 +1,7 @@
 """Contextual bandit policies for choosing bundles (plain Python + numpy; no Ray imports)."""
 
 from serving.bandit.base import Arm, Arms, BanditPolicy, Decision, featurize
-from serving.bandit.linear import EpsilonGreedy, Greedy, LinearThompsonSampling, LinUCBDisjoint, LinUCBHybrid
+from serving.bandit.linear import EpsilonGreedy, Greedy, LinearThompsonSampling, LinUCBDisjoint, LinUCBHybrid, LinUCBShared
 from serving.bandit.registry import POLICIES, make_policy
 from serving.bandit.simple import Popularity, RandomPolicy
 
@@ -14,6 +14,7 @@ __all__ = [
     "Greedy",
     "LinUCBDisjoint",
     "LinUCBHybrid",
+    "LinUCBShared",
     "LinearThompsonSampling",
     "POLICIES",
     "Popularity",

@@ -2,6 +2,7 @@
 
 - :class:`LinUCBDisjoint`: Li, Chu, Langford, Schapire, "A Contextual-Bandit Approach to
   Personalized News Article Recommendation", WWW 2010, Algorithm 1 (one ridge model per arm).
+- :class:`LinUCBShared`: Algorithm 1 of the same paper with one model over the joint features.
 - :class:`LinUCBHybrid`: same paper, Algorithm 2 (shared coefficients on z = user (x) arm features
   plus a per-arm part on the user features), so a new arm starts from what the shared part knows.
 - :class:`LinearThompsonSampling`: Agrawal & Goyal, "Thompson Sampling for Contextual Bandits with
@@ -33,7 +34,7 @@ from serving.bandit.base import (
     ranked_topk,
 )
 
-__all__ = ["EpsilonGreedy", "Greedy", "LinUCBDisjoint", "LinUCBHybrid", "LinearThompsonSampling"]
+__all__ = ["EpsilonGreedy", "Greedy", "LinUCBDisjoint", "LinUCBHybrid", "LinUCBShared", "LinearThompsonSampling"]
 
 
 def _sherman_morrison(a_inv: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -190,6 +191,35 @@ class LinearThompsonSampling(_SharedRidgePolicy):
         counts = (ranks == chosen[:, None]).sum(axis=1)  # includes the deciding draw
         props = counts / draws
         return chosen, props, sampled[:, 0]
+
+
+@dataclass(eq=False)
+class LinUCBShared(_SharedRidgePolicy):
+    """LinUCB (Li et al., WWW 2010, Algorithm 1) with one model shared by all arms.
+
+    Algorithm 1 with x_{t,a} = joint (user, arm) features and a single theta: the hybrid model
+    without its per-arm part. Every arm, new ones included, is scored from its embedding; the
+    width sqrt(x^T A^-1 x) is large for embeddings unlike anything shown so far.
+
+    Args:
+        alpha: exploration width, >= 0.
+    """
+
+    alpha: float = 1.0
+    name: ClassVar[str] = "linucb"
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        _check_positive_float("alpha", self.alpha, allow_zero=True)
+
+    def _scores_and_select(
+        self, context: np.ndarray, arms: Arms, k: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = featurize(self.features, context, arms.embeddings)
+        width = np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", x, self.a_inv, x, optimize=True), 0.0))
+        scores = x @ self.theta + self.alpha * width
+        chosen, props = ranked_topk(scores, k, rng)
+        return chosen, props, scores
 
 
 @dataclass(eq=False)

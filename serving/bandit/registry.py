@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from serving.bandit.base import BanditPolicy
-from serving.bandit.linear import EpsilonGreedy, Greedy, LinearThompsonSampling, LinUCBDisjoint, LinUCBHybrid
+from serving.bandit.linear import EpsilonGreedy, Greedy, LinearThompsonSampling, LinUCBDisjoint, LinUCBHybrid, LinUCBShared
 from serving.bandit.simple import Popularity, RandomPolicy
 
 __all__ = ["POLICIES", "make_policy"]
 
 POLICIES: dict[str, type[BanditPolicy]] = {
     cls.name: cls
-    for cls in (LinUCBDisjoint, LinUCBHybrid, LinearThompsonSampling, EpsilonGreedy, Greedy, RandomPolicy, Popularity)
+    for cls in (LinUCBDisjoint, LinUCBHybrid, LinUCBShared, LinearThompsonSampling, EpsilonGreedy, Greedy, RandomPolicy, Popularity)
 }
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.bandit.base import Arms, BanditPolicy
+from serving.simulation.blas import single_threaded_blas
 from serving.simulation.data import ReplayData
 
 __all__ = ["ReplayResult", "compare_policies", "run_replay", "staggered_arrivals"]
@@ -146,10 +147,23 @@ def compare_policies(
         label -> one result per seed.
     """
     out: dict[str, list[ReplayResult]] = {label: [] for label in factories}
+    with single_threaded_blas():
+        _run_all(data, factories, seeds, n_rounds, k, fraction_late, out)
+    return out
+
+
+def _run_all(
+    data: ReplayData,
+    factories: dict[str, Callable[[], BanditPolicy]],
+    seeds: Sequence[int],
+    n_rounds: int,
+    k: int,
+    fraction_late: float,
+    out: dict[str, list[ReplayResult]],
+) -> None:
     for seed in seeds:
         arrivals = None
         if fraction_late > 0:
             arrivals = staggered_arrivals(data.n_arms, n_rounds, fraction_late, np.random.default_rng([seed, 2]))
         for label, make in factories.items():
             out[label].append(run_replay(data, make(), n_rounds, seed, k, arrivals))
-    return out
