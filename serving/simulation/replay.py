@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.bandit.base import Arms, BanditPolicy
-from serving.simulation.blas import single_threaded_blas
+from threadpoolctl import threadpool_limits
 from serving.simulation.data import ReplayData
 
 __all__ = ["ReplayResult", "compare_policies", "run_replay", "staggered_arrivals"]
@@ -147,7 +147,9 @@ def compare_policies(
         label -> one result per seed.
     """
     out: dict[str, list[ReplayResult]] = {label: [] for label in factories}
-    with single_threaded_blas():
+    # The policies multiply tiny matrices thousands of times: BLAS threads only add wake-ups
+    # (measured 25 s -> 3 s for 500 hybrid-LinUCB rounds on 2 busy cores).
+    with threadpool_limits(limits=1, user_api="blas"):
         _run_all(data, factories, seeds, n_rounds, k, fraction_late, out)
     return out
 
