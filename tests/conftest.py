@@ -24,7 +24,7 @@ from streamrec.topics import ensure_topics
 
 TEST_TOKEN = "test-token-123"
 # Tighter than production so limit tests stay cheap.
-TEST_LIMITS = {"max_body_bytes": 65_536, "max_batch_events": 50, "max_list_items": 20}
+TEST_LIMITS = {"max_body_bytes": 262_144, "max_batch_events": 400, "max_list_items": 20}
 
 
 def free_port() -> int:

@@ -67,7 +67,7 @@ def _future(days: int) -> str:
     return (datetime.now(timezone.utc) + timedelta(days=days)).isoformat()
 
 
-BIG = "x" * 70_000
+BIG = "x" * (TEST_LIMITS["max_body_bytes"] + 10)
 # (case, body bytes or JSON value, content type, expected status, expected reason)
 BAD_INPUTS: list[tuple[str, Any, str, int, str]] = [
     ("invalid json", b'{"schema_version": 1,', "application/json", 400, "invalid_json"),
@@ -205,7 +205,7 @@ def test_chunked_oversize_body_is_cut_off_and_its_start_kept_in_the_dlq(collecto
 
     def chunks():  # noqa: ANN202
         yield b'[{"schema_version": 1, "note": "'
-        for _ in range(20):
+        for _ in range(TEST_LIMITS["max_body_bytes"] // 8192 + 2):
             yield b"y" * 8192
 
     with collector.client() as client:
