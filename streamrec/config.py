@@ -106,7 +106,6 @@ class CollectorConfig(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    route_prefix: str = "/"
     # Bearer token the frontend sends. The default only suits a laptop: set it in production.
     auth_token: SecretStr = SecretStr("streamrec-dev-token")
     limits: CollectorLimits = CollectorLimits()
@@ -142,6 +141,98 @@ class DataConfig(BaseModel):
         return self.datasets_dir / "taobao_userbehavior_subset" / "UserBehavior_head.csv"
 
 
+class PipelineConfig(BaseModel):
+    """The Kafka -> Beam feature pipeline (``pipelines/``): batching, windows and lateness.
+
+    Windows are relative to event time: the "as of" time of a micro-batch is the largest event
+    time seen so far (the watermark); see ``pipelines.accumulators`` for the exact definitions.
+    """
+
+    # Consumer group whose committed offsets say what the feature pipeline has processed.
+    group_id: str = "streamrec-features"
+    # --follow: seconds between micro-batches when the previous one found nothing new.
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    # At most this many records per partition in one micro-batch (None: up to the end offsets).
+    max_records_per_partition: int | None = Field(default=None, ge=1)
+    window_short_s: int = Field(default=3600, ge=1)
+    window_long_s: int = Field(default=86_400, ge=1)
+    # Events older than (watermark before the batch - allowed_lateness_s) go to the DLQ as late_event.
+    allowed_lateness_s: int = Field(default=86_400, ge=0)
+    sequence_length: int = Field(default=50, ge=1)
+    top_categories: int = Field(default=5, ge=1)
+    # Time constant of the exponential decay of user-category affinity.
+    affinity_decay_s: float = Field(default=86_400.0, gt=0)
+    cooccurrence_top_k: int = Field(default=20, ge=1)
+    # CTR prior: (clicks + prior_clicks) / (impressions + prior_impressions).
+    ctr_prior_clicks: float = Field(default=1.0, ge=0)
+    ctr_prior_impressions: float = Field(default=20.0, gt=0)
+    # Beam runner options for the micro-batches (DirectRunner locally; see deploy/ for clusters).
+    beam_args: list[str] = ["--runner=DirectRunner", "--direct_num_workers=1"]
+
+    @property
+    def state_subdir(self) -> str:
+        return f"pipeline/{self.group_id}"
+
+
+class FeastConfig(BaseModel):
+    """Where Feast keeps its registry, online and offline stores.
+
+    Locally everything sits under ``data.state_dir/feast`` (SQLite online, Parquet offline);
+    production switches ``online_store`` to Redis by configuration only.
+    """
+
+    project: str = "streamrec"
+    # None: ``data.state_dir / "feast"``. Relative offline source paths resolve against it.
+    repo_dir: Path | None = None
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_connection_string: str = "127.0.0.1:6379"
+    # Seconds within which a new event must be readable online in --follow mode (the test target).
+    freshness_target_s: float = Field(default=15.0, gt=0)
+
+
+class ServingConfig(BaseModel):
+    """The recommender Serve app (``serving/app``): bundle bandit learner, candidates, limits.
+
+    Experiments (variants, policies, shares) are not here: they come through the Serve app's
+    ``args`` (``deploy/local/experiments.yaml``).
+    """
+
+    # Model registry root (dir or pyarrow URI); None: ``data.state_dir / "registry"``.
+    registry_root: str | None = None
+    # Registered models whose embeddings serving uses, when present (else cold-start fallbacks).
+    item_model: str = "lightgcn"
+    bundle_model: str = "crosscbr"
+    # Fixed bandit dimensions: registry embeddings are projected to arm_dim, so a new model
+    # version does not invalidate the learned bandit state.
+    user_dim: int = Field(default=8, ge=1, le=256)
+    arm_dim: int = Field(default=16, ge=1, le=256)
+    # Dismissals are not part of the event contract: they go to this serving-owned topic.
+    feedback_topic: str = "events.feedback"
+    click_reward: float = 1.0
+    purchase_reward: float = 1.0
+    dismiss_reward: float = 0.0
+    # Decision contexts kept for attributing feedback (log time, bounded; part of snapshots).
+    context_ttl_s: float = Field(default=86_400.0, gt=0)
+    max_contexts: int = Field(default=50_000, ge=10)
+    max_seen_event_ids: int = Field(default=200_000, ge=10)
+    max_outcomes: int = Field(default=200_000, ge=10)
+    max_popular_items: int = Field(default=50_000, ge=10)
+    snapshot_interval_s: float = Field(default=30.0, gt=0)
+    # Without a snapshot the learner folds the whole log ("earliest") or starts at the end.
+    start_from: Literal["earliest", "latest"] = "earliest"
+    # Request limits (beyond them: 4xx).
+    default_k: int = Field(default=3, ge=1)
+    max_k: int = Field(default=20, ge=1)
+    max_candidates: int = Field(default=200, ge=1)
+    max_body_bytes: int = Field(default=16_384, ge=256)
+    bundle_size: int = Field(default=3, ge=2, le=20)
+    # Recommendations: MMR diversity and cross-category quota (live via user_config too).
+    diversity: float = Field(default=0.3, ge=0.0, le=1.0)
+    min_cross_category: int = Field(default=1, ge=0)
+    # Seconds between re-reads of the registry / cached popularity.
+    refresh_s: float = Field(default=30.0, gt=0)
+
+
 class Settings(BaseSettings):
     """All of streamrec's configuration."""
 
@@ -154,6 +245,9 @@ class Settings(BaseSettings):
     collector: CollectorConfig = CollectorConfig()
     ray: RayConfig = RayConfig()
     data: DataConfig = DataConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    feast: FeastConfig = FeastConfig()
+    serving: ServingConfig = ServingConfig()
 
     @model_validator(mode="before")
     @classmethod

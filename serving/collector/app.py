@@ -30,8 +30,26 @@ from streamrec.config import Settings, get_settings
 api = FastAPI(
     title="streamrec collector",
     version=f"v{SCHEMA_VERSION}",
-    description="Clickstream events from the web frontend into Kafka. Events follow the schema at /v1/schema.",
+    description="Clickstream events from the web frontend into Kafka. Events follow the schema at /v1/events/schema.",
 )
+
+
+class _MountRootAsSlash:
+    """Serve mounts this app at route_prefix /v1/events, so `POST /v1/events` reaches it as an
+    empty sub-path, which Starlette would answer with a 307 redirect to /v1/events/. Frontends
+    post to the bare URL: treat it as "/" (pure ASGI, so the request body still streams)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        root = scope.get("root_path", "")
+        if scope["type"] == "http" and root and scope["path"] in (root, root.rstrip("/")):
+            scope = {**scope, "path": root.rstrip("/") + "/", "raw_path": (root.rstrip("/") + "/").encode()}
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(_MountRootAsSlash)
 
 
 class CollectorArgs(BaseModel):
@@ -140,7 +158,7 @@ class Collector:
             headers={"Retry-After": "1"},
         )
 
-    @api.post("/v1/events", summary="Send one event, a JSON array of events, or NDJSON")
+    @api.post("/", summary="Send one event, a JSON array of events, or NDJSON")
     async def post_events(self, request: Request) -> JSONResponse:
         if not self._authorized(request):
             return _error(401, "unauthorized", "send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
@@ -186,7 +204,7 @@ class Collector:
         timing = {"server-timing": f"produce;dur={produce_ms:.2f}, total;dur={total_ms:.2f}"}
         return JSONResponse(_response_body(result), status_code=_result_status(result), headers=timing)
 
-    @api.get("/v1/schema", summary="The JSON Schema of the event contract")
+    @api.get("/schema", summary="The JSON Schema of the event contract")
     async def schema(self) -> JSONResponse:
         return JSONResponse(event_json_schema())
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for conftest helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the `support` helpers
 
-from conftest import TEST_TOKEN, deploy_collector, make_settings, free_port  # noqa: E402
+from support import TEST_TOKEN, deploy_collector, make_settings, free_port  # noqa: E402
 from features.events import parse_event, event_to_json  # noqa: E402
 from streamrec.local_stack import EmbeddedBroker  # noqa: E402
 from streamrec.replay import read_taobao_rows, replay_events, taobao_events  # noqa: E402

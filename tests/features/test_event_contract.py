@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import make_event
+from support import make_event
 from features.events import (
     EVENT_TYPES,
     EventRejected,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import BrokerHandle, CollectorHandle, deploy_collector, make_event, start_broker
+from support import BrokerHandle, CollectorHandle, deploy_collector, make_event, start_broker
 from streamrec.topics import ensure_topics, read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import TEST_LIMITS, TEST_TOKEN, CollectorHandle, make_event
+from support import TEST_LIMITS, TEST_TOKEN, CollectorHandle, make_event
 from streamrec.topics import read_topic, topic_end_offsets
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]
@@ -150,7 +150,7 @@ def test_auth_is_required(collector: CollectorHandle) -> None:
             assert reply.headers["www-authenticate"] == "Bearer"
     with collector.client() as client:
         assert client.post("/v1/events", json=event).status_code == 200
-        assert client.get("/healthz").status_code == 200
+        assert client.get("/v1/events/healthz").status_code == 200
 
 
 def test_declared_oversize_body_is_refused_before_reading(collector: CollectorHandle) -> None:
@@ -165,10 +165,10 @@ def test_declared_oversize_body_is_refused_before_reading(collector: CollectorHa
 
 def test_schema_and_openapi_are_published(collector: CollectorHandle) -> None:
     with collector.client() as client:
-        schema = client.get("/v1/schema").json()
-        openapi = client.get("/openapi.json").json()
+        schema = client.get("/v1/events/schema").json()
+        openapi = client.get("/v1/events/openapi.json").json()
     assert "discriminator" in schema
-    assert "/v1/events" in openapi["paths"]
+    assert "/" in openapi["paths"]  # mounted at /v1/events
 
 
 def test_concurrent_clients_keep_per_user_order(collector: CollectorHandle) -> None:

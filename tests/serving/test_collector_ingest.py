@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import make_event
+from support import make_event
 from serving.collector.ingest import BodyRejected, dead_letter, decode_body, validate_elements
 from streamrec.config import CollectorLimits
 

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import TEST_TOKEN, CollectorHandle
+from support import TEST_TOKEN, CollectorHandle
 from streamrec.replay import read_taobao_rows, replay_events, taobao_events
 from streamrec.topics import read_topic, topic_end_offsets
 

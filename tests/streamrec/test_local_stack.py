@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import free_port
+from support import free_port
 from streamrec.local_stack import port_open
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]

@@ -1,0 +1,464 @@
+"""The recommender Serve application: `/v1/bundles`, `/v1/feedback`, `/v1/experiments`,
+`/v1/recommendations`, `/healthz`.
+
+Composition (one deployment per job, dependencies as DeploymentHandles)::
+
+    RecommenderAPI (FastAPI ingress: experiment router, impression + feedback producer)
+      ├── Features      (Feast / registry / popularity: user context and bundle candidates)
+      ├── ItemRanker    (item retrieval, MMR, cross-category quota)
+      └── BanditLearner (one replica: policies per (experiment, variant), learns from Kafka)
+
+Deployed through :func:`build_app` from the Serve config (``deploy/local/serve.yaml``).
+"""
+
+import asyncio
+import dataclasses
+import json
+import math
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+from ray.serve import metrics
+from ray.serve.handle import DeploymentHandle
+
+from features.events import SCHEMA_VERSION, EventRejected, LineItem, ValidationContext, event_to_json, parse_event
+from serving.app.args import RecommenderArgs
+from serving.app.deployments import Features, ItemRanker
+from serving.app.learner import BanditLearner
+from serving.app.learner_state import CONTEXT_HEADER
+from serving.bandit.base import Decision
+from serving.bandit.impressions import decision_to_impression
+from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
+from serving.experiments import Experiment, analyze_experiment, assign_variant
+
+api = FastAPI(title="streamrec recommender", version="v1", description="Bundles chosen by contextual bandits, item recommendations, A/B experiments.")
+
+_ID = r"^[\x21-\x7e]+$"
+HANDLE_TIMEOUT_S = 10.0
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.reason, self.detail, self.headers = status, reason, detail, headers
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BundlesQuery(_Query):
+    user_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
+    item_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
+    session_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
+    experiment: str | None = Field(default=None, min_length=1, max_length=64)
+    k: int | None = Field(default=None, ge=1)
+
+
+class RecommendationsQuery(_Query):
+    user_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
+    item_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
+    k: int = Field(default=10, ge=1)
+    diversity: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
+    min_cross_category: int | None = Field(default=None, ge=0)
+    exclude: list[str] = Field(default_factory=list)
+
+
+class FeedbackBody(_Query):
+    type: Literal["click", "purchase", "dismiss"]
+    request_id: str = Field(min_length=1, max_length=64, pattern=_ID)
+    user_id: str = Field(min_length=1, max_length=64, pattern=_ID)
+    bundle_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
+    item_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
+    session_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
+    event_id: uuid.UUID | None = None
+    position: int | None = Field(default=None, ge=0, le=10_000)
+    items: list[LineItem] | None = None
+    order_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
+    currency: str | None = None
+    ts: datetime | None = None
+
+
+class DismissEvent(BaseModel):
+    """A dismissed bundle. Not part of the v1 event contract: it goes to the serving feedback topic."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    event_id: uuid.UUID
+    type: Literal["dismiss"] = "dismiss"
+    user_id: str
+    session_id: str
+    ts: datetime
+    received_at: datetime
+    request_id: str
+    bundle_id: str
+
+
+def _error(status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"reason": reason, "detail": detail}}, status_code=status, headers=headers)
+
+
+def _validation_detail(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
+        for e in exc.errors(include_url=False, include_input=False)[:5]
+    )
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"body is over {limit} bytes (the limit)")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        raise ApiError(400, "empty_body", "send a JSON object")
+    try:
+        value = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "not_an_object", "the body must be a JSON object")
+    return value
+
+
+def _query_dict(request: Request, list_fields: tuple[str, ...] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in request.query_params.keys():
+        values = request.query_params.getlist(key)
+        if key in list_fields:
+            out[key] = [v for raw in values for v in raw.split(",") if v]
+        elif len(values) > 1:
+            raise ApiError(422, "repeated_parameter", f"query parameter {key!r} is given {len(values)} times")
+        else:
+            out[key] = values[0]
+    return out
+
+
+def _parse(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", _validation_detail(exc)) from None
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _experiment_definition(e: Experiment) -> dict[str, Any]:
+    d = e.model_dump(mode="json")
+    d["control"] = e.control_name
+    d["split"] = {v.name: v.share for v in e.variants}
+    return d
+
+
+async def _call(handle_call: Any, what: str) -> Any:
+    try:
+        return await asyncio.wait_for(handle_call, timeout=HANDLE_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise ApiError(503, f"{what}_unavailable", f"the {what} did not answer in {HANDLE_TIMEOUT_S:.0f}s; retry", {"Retry-After": "1"}) from None
+    except ApiError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a replica restarting: tell the client to retry
+        raise ApiError(503, f"{what}_unavailable", f"the {what} is unavailable ({type(exc).__name__}); retry", {"Retry-After": "1"}) from None
+
+
+@serve.deployment(name="RecommenderAPI", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+@serve.ingress(api)
+class RecommenderAPI:
+    def __init__(
+        self, args: RecommenderArgs, learner: DeploymentHandle, features: DeploymentHandle, ranker: DeploymentHandle
+    ) -> None:
+        self._args = args
+        self._settings = args.resolved_settings()
+        self._s = self._settings.serving
+        self._experiments: dict[str, Experiment] = {e.name: e for e in args.experiments}
+        self._default_experiment = args.default_experiment
+        self._diversity = self._s.diversity
+        self._min_cross = self._s.min_cross_category
+        self._learner, self._features, self._ranker = learner, features, ranker
+        self._publisher = EventPublisher(self._settings.kafka, client_id="streamrec-recommender")
+        self._served = metrics.Counter(
+            "streamrec_bundles_served", description="Bundle slates served (and logged as impressions), per variant.",
+            tag_keys=("experiment", "variant"),
+        )
+        self._feedback = metrics.Counter(
+            "streamrec_feedback_received", description="Feedback accepted by POST /v1/feedback, by type.", tag_keys=("type",),
+        )
+        self._recommended = metrics.Counter(
+            "streamrec_recommendations_served", description="Item recommendation lists served, by source.", tag_keys=("source",),
+        )
+        self._errors = metrics.Counter(
+            "streamrec_recommender_errors", description="Requests answered with an error, by reason.", tag_keys=("reason",),
+        )
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Live knobs: ``diversity``, ``min_cross_category``, ``shares: {experiment: {variant: share}}``."""
+        unknown = set(user_config) - {"diversity", "min_cross_category", "shares"}
+        if unknown:
+            raise ValueError(f"unknown user_config keys {sorted(unknown)}")
+        if "diversity" in user_config:
+            value = float(user_config["diversity"])
+            if not 0.0 <= value <= 1.0:
+                raise ValueError("diversity must be in [0, 1]")
+            self._diversity = value
+        if "min_cross_category" in user_config:
+            self._min_cross = int(user_config["min_cross_category"])
+        experiments = dict(self._experiments)
+        for name, shares in (user_config.get("shares") or {}).items():
+            if name not in experiments:
+                raise ValueError(f"shares for unknown experiment {name!r}")
+            d = experiments[name].model_dump()
+            d["variants"] = [{**v, "share": float(shares.get(v["name"], v["share"]))} for v in d["variants"]]
+            experiments[name] = Experiment.model_validate(d)  # shares must still sum to 1
+        self._experiments = experiments
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _fail(self, exc: ApiError) -> JSONResponse:
+        self._errors.inc(tags={"reason": exc.reason})
+        return _error(exc.status, exc.reason, exc.detail, exc.headers)
+
+    def _experiment(self, name: str | None) -> Experiment:
+        name = name or self._default_experiment
+        experiment = self._experiments.get(name)
+        if experiment is None:
+            raise ApiError(404, "unknown_experiment", f"no experiment {name!r}; known: {sorted(self._experiments)}")
+        return experiment
+
+    async def _publish(self, records: list[OutgoingRecord]) -> None:
+        try:
+            await self._publisher.publish(records)
+        except BrokerUnavailable as exc:
+            raise ApiError(503, "broker_unavailable", f"nothing was logged: {exc}. Retry.", {"Retry-After": "1"}) from None
+
+    # -- the logic (callable through a handle too, e.g. in local testing mode) ---------------
+
+    async def bundles(self, query: BundlesQuery) -> dict[str, Any]:
+        """Choose a slate of bundles for a user / seed item with the user's variant's bandit,
+        log it as an impression (acks=all), and return it."""
+        if query.user_id is None and query.item_id is None:
+            raise ApiError(422, "invalid_request", "give user_id and/or item_id")
+        k = query.k or self._s.default_k
+        if k > self._s.max_k:
+            raise ApiError(422, "k_too_large", f"k={k} is over the limit {self._s.max_k}")
+        experiment = self._experiment(query.experiment)
+        request_id = uuid.uuid4().hex
+        user_id = query.user_id or f"anon-{request_id[:16]}"
+        variant = assign_variant(experiment, user_id)
+        cands = await _call(self._features.bundle_candidates.remote(query.user_id, query.item_id), "feature service")
+        response: dict[str, Any] = {
+            "request_id": request_id, "experiment": experiment.name, "variant": variant,
+            "policy": experiment.variant(variant).policy, "user_id": user_id, "bundles": [],
+        }
+        if not cands["ids"]:
+            response["note"] = "no candidate bundles (empty catalogue, no model, no events yet)"
+            return response
+        choice = await _call(
+            self._learner.select.remote(experiment.name, variant, cands["context"], cands["ids"], cands["embeddings"], k),
+            "learner",
+        )
+        decision = Decision(
+            tuple(choice["arm_ids"]), tuple(choice["propensities"]), tuple(choice["scores"]), choice["policy"], tuple(choice["indices"])
+        )
+        now = datetime.now(timezone.utc)
+        impression = decision_to_impression(
+            decision, user_id=user_id, session_id=query.session_id or "unknown", request_id=request_id, ts=now,
+            experiment=experiment.name, variant=variant,
+        ).model_copy(update={"received_at": now})
+        context = {
+            "e": experiment.name, "v": variant,
+            "x": [float(v) for v in np.asarray(cands["context"])],
+            "a": {cands["ids"][i]: [float(v) for v in cands["embeddings"][i]] for i in decision.indices},
+        }
+        headers = (
+            ("schema_version", str(SCHEMA_VERSION).encode()), ("type", b"impression"),
+            (CONTEXT_HEADER, json.dumps(context).encode()),
+        )
+        await self._publish([OutgoingRecord(self._settings.kafka.topics.events, user_id.encode(), event_to_json(impression), headers)])
+        self._served.inc(tags={"experiment": experiment.name, "variant": variant})
+        response["policy"] = decision.policy
+        response["bundles"] = [
+            {
+                "bundle_id": cands["ids"][i], "position": pos, "items": cands["items"][i], "score": decision.scores[pos],
+                "propensity": decision.propensities[pos], "reason": cands["reasons"][i],
+            }
+            for pos, i in enumerate(decision.indices)
+        ]
+        response["context_source"] = "feast" if cands["feast_user"] else "cold_start"
+        return response
+
+    async def feedback(self, body: FeedbackBody) -> dict[str, Any]:
+        """Produce feedback as contract events (click, bundle_purchase) or a dismiss record."""
+        now = datetime.now(timezone.utc)
+        event_id = body.event_id or uuid.uuid4()
+        common: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION, "event_id": str(event_id), "user_id": body.user_id,
+            "session_id": body.session_id or "unknown", "ts": (body.ts or now).isoformat(), "request_id": body.request_id,
+        }
+        limits = self._settings.collector.limits
+        vctx = ValidationContext(
+            now=now, max_id_chars=limits.max_id_chars, max_text_chars=limits.max_text_chars, max_list_items=limits.max_list_items
+        )
+        if body.type == "dismiss":
+            if body.bundle_id is None:
+                raise ApiError(422, "missing_field", "a dismiss names the bundle_id")
+            record = DismissEvent(
+                event_id=event_id, user_id=body.user_id, session_id=common["session_id"], ts=body.ts or now,
+                received_at=now, request_id=body.request_id, bundle_id=body.bundle_id,
+            )
+            topic, wire = self._s.feedback_topic, record.model_dump_json().encode()
+        else:
+            payload = dict(common)
+            if body.type == "click":
+                payload.update(type="click", item_id=body.item_id, bundle_id=body.bundle_id, position=body.position)
+            else:
+                if body.items is None:
+                    raise ApiError(422, "missing_field", "a purchase lists the bought items (items)")
+                payload.update(
+                    type="bundle_purchase", bundle_id=body.bundle_id, order_id=body.order_id, currency=body.currency,
+                    items=[line.model_dump(exclude_none=True) for line in body.items],
+                )
+            payload = {k: v for k, v in payload.items() if v is not None}
+            try:
+                event = parse_event(payload, vctx).model_copy(update={"received_at": now})
+            except EventRejected as exc:
+                raise ApiError(422, exc.reason, exc.detail) from None
+            topic, wire = self._settings.kafka.topics.events, event_to_json(event)
+        kind = "bundle_purchase" if body.type == "purchase" else body.type
+        headers = (("schema_version", str(SCHEMA_VERSION).encode()), ("type", kind.encode()))
+        await self._publish([OutgoingRecord(topic, body.user_id.encode(), wire, headers)])
+        self._feedback.inc(tags={"type": kind})
+        return {"accepted": True, "event_id": str(event_id), "type": kind, "topic": topic}
+
+    async def recommendations(self, query: RecommendationsQuery) -> dict[str, Any]:
+        if query.k > self._s.max_k:
+            raise ApiError(422, "k_too_large", f"k={query.k} is over the limit {self._s.max_k}")
+        if len(query.exclude) > self._s.max_candidates:
+            raise ApiError(422, "list_too_long", f"exclude has {len(query.exclude)} ids; the limit is {self._s.max_candidates}")
+        diversity = self._diversity if query.diversity is None else query.diversity
+        min_cross = self._min_cross if query.min_cross_category is None else query.min_cross_category
+        result = await _call(
+            self._ranker.recommend.remote(query.user_id, query.item_id, query.k, diversity, min_cross, query.exclude), "ranker"
+        )
+        self._recommended.inc(tags={"source": result["source"].split("@")[0]})
+        return {"request_id": uuid.uuid4().hex, "user_id": query.user_id, "diversity": diversity, "min_cross_category": min_cross, **result}
+
+    async def experiment_report(self, name: str) -> dict[str, Any]:
+        experiment = self._experiment(name)
+        outcomes = await _call(self._learner.experiment_outcomes.remote(name), "learner")
+        stats = await _call(self._learner.stats.remote(), "learner")
+        live = {
+            v.name: stats["variants"].get(f"{name} {v.name}", {}) for v in experiment.variants
+        }
+        report = analyze_experiment(experiment, outcomes) if outcomes else None
+        return {
+            "experiment": _experiment_definition(experiment), "live": live,
+            "analysis": _jsonable(report) if report is not None else None,
+            "analysis_note": None if report is not None else "no requests yet",
+        }
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    @api.get("/v1/bundles", summary="Bundles for a user and/or seed item (query parameters)")
+    async def get_bundles(self, request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(await self.bundles(_parse(BundlesQuery, _query_dict(request))))
+        except ApiError as exc:
+            return self._fail(exc)
+
+    @api.post("/v1/bundles", summary="Bundles for a user and/or seed item (JSON body)")
+    async def post_bundles(self, request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(await self.bundles(_parse(BundlesQuery, await _read_json(request, self._s.max_body_bytes))))
+        except ApiError as exc:
+            return self._fail(exc)
+
+    @api.post("/v1/feedback", summary="Click / purchase / dismiss of a shown bundle, by request_id")
+    async def post_feedback(self, request: Request) -> JSONResponse:
+        try:
+            return JSONResponse(await self.feedback(_parse(FeedbackBody, await _read_json(request, self._s.max_body_bytes))))
+        except ApiError as exc:
+            return self._fail(exc)
+
+    @api.get("/v1/recommendations", summary="Ranked items for a user (query parameters)")
+    async def get_recommendations(self, request: Request) -> JSONResponse:
+        try:
+            query = _parse(RecommendationsQuery, _query_dict(request, ("exclude",)))
+            return JSONResponse(await self.recommendations(query))
+        except ApiError as exc:
+            return self._fail(exc)
+
+    @api.post("/v1/recommendations", summary="Ranked items for a user (JSON body)")
+    async def post_recommendations(self, request: Request) -> JSONResponse:
+        try:
+            query = _parse(RecommendationsQuery, await _read_json(request, self._s.max_body_bytes))
+            return JSONResponse(await self.recommendations(query))
+        except ApiError as exc:
+            return self._fail(exc)
+
+    @api.get("/v1/experiments", summary="Experiment definitions and traffic splits")
+    async def list_experiments(self) -> JSONResponse:
+        return JSONResponse({
+            "default": self._default_experiment,
+            "experiments": [_experiment_definition(e) for e in self._experiments.values()],
+        })
+
+    @api.get("/v1/experiments/{name}", summary="Definition, split and live results per variant")
+    async def get_experiment(self, name: str) -> JSONResponse:
+        try:
+            return JSONResponse(await self.experiment_report(name))
+        except ApiError as exc:
+            return self._fail(exc)
+
+    @api.get("/v1/learner", summary="The bandit learner's counters, offsets and restore info")
+    async def learner_stats(self) -> JSONResponse:
+        try:
+            return JSONResponse(_jsonable(await _call(self._learner.stats.remote(), "learner")))
+        except ApiError as exc:
+            return self._fail(exc)
+
+    @api.get("/healthz", summary="Liveness: the replica answers")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok", "service": "recommender"}
+
+    def __del__(self) -> None:
+        publisher = getattr(self, "_publisher", None)
+        if publisher is not None:
+            publisher.close()
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Application builder named by the Serve config's `import_path`."""
+    parsed = RecommenderArgs.model_validate(args or {})
+    learner = BanditLearner.bind(parsed)
+    features = Features.bind(parsed, learner)
+    ranker = ItemRanker.bind(parsed, features)
+    return RecommenderAPI.bind(parsed, learner, features, ranker)

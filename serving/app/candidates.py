@@ -1,0 +1,198 @@
+"""Plain (Ray-free) pieces of the recommender app: embeddings, registry and Feast access, bundle
+candidates and user contexts. Every external source is optional: a missing model registry, a
+missing Feast store or an empty feature row falls back to hashed vectors and popularity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+
+_ID_PATTERN = r"^[\x21-\x7e]+$"
+
+
+class BundleSpec(BaseModel):
+    """A catalogue bundle from configuration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=64, pattern=_ID_PATTERN)
+    items: tuple[str, ...] = Field(min_length=1, max_length=20)
+    category: str | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate bundle of a request."""
+
+    id: str
+    items: tuple[str, ...]
+    embedding: np.ndarray
+    reason: str
+
+
+def hashed_vector(key: str, dim: int) -> np.ndarray:
+    """A deterministic unit vector for ``key`` (same in every process; no model needed)."""
+    seed = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+    v = np.random.default_rng(seed).standard_normal(dim)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def projection(d_in: int, d_out: int) -> np.ndarray:
+    """A fixed random projection (d_in, d_out); identity when the dimensions agree."""
+    if d_in == d_out:
+        return np.eye(d_in)
+    rng = np.random.default_rng(1_000_003 * d_in + d_out)
+    return rng.standard_normal((d_in, d_out)) / math.sqrt(d_out)
+
+
+def normalize_rows(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+
+
+def bundle_id_for(items: tuple[str, ...], prefix: str) -> str:
+    """A stable id (<= 64 chars) of a constructed bundle."""
+    digest = hashlib.sha1("\x1f".join(sorted(items)).encode()).hexdigest()[:16]
+    return f"{prefix}-{digest}"
+
+
+# -- model registry ---------------------------------------------------------------------------
+
+
+@dataclass
+class EmbeddingTable:
+    """Embeddings of one kind from a registered model, with raw ids when the model ships them."""
+
+    model: str
+    version: str
+    ids: list[str]
+    matrix: np.ndarray  # (n, d) float32 as registered
+    row_of: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.row_of = {i: r for r, i in enumerate(self.ids)}
+
+
+def _ids_from(model: Any, kind: str, n: int) -> list[str]:
+    """Raw ids of the rows: from the manifest / config when present, else the row number."""
+    for source in (model.manifest, model.config):
+        for key in (f"{kind}_ids", "ids"):
+            value = source.get(key) if isinstance(source, dict) else None
+            if isinstance(value, dict):
+                value = value.get(kind)
+            if isinstance(value, list) and len(value) == n:
+                return [str(v) for v in value]
+    return [str(r) for r in range(n)]
+
+
+def load_embeddings(registry_root: str | Path, model_name: str, kind: str) -> EmbeddingTable | None:
+    """The latest registered ``kind`` embeddings of ``model_name``, or None (never raises)."""
+    try:
+        root = str(registry_root)
+        if "://" not in root and not (Path(root) / model_name / "LATEST").is_file():
+            return None
+        from ray_jobs.registry import ModelRegistry  # optional: absent or changing is a cold start
+
+        model = ModelRegistry(root).load_latest(model_name)
+        matrix = model.embeddings.get(kind)
+        if matrix is None or matrix.ndim != 2 or matrix.shape[0] == 0 or not np.all(np.isfinite(matrix)):
+            return None
+        ids = _ids_from(model, kind, matrix.shape[0])
+        extra: dict[str, Any] = {}
+        for source in (model.manifest, model.config):
+            items = source.get("bundle_items") if isinstance(source, dict) else None
+            if isinstance(items, list) and len(items) == matrix.shape[0]:
+                extra["bundle_items"] = [tuple(str(x) for x in b) for b in items]
+        return EmbeddingTable(model_name, model.version, ids, np.asarray(matrix, dtype=np.float32), extra=extra)
+    except Exception as exc:  # noqa: BLE001 - a broken or half-written registry is a cold start
+        log.warning("no %s embeddings of %s under %s: %s", kind, model_name, registry_root, exc)
+        return None
+
+
+# -- Feast -----------------------------------------------------------------------------------
+
+
+class FeastReader:
+    """Online feature reads through Feast when a store was applied; None / {} otherwise."""
+
+    def __init__(self, settings: Any) -> None:
+        self._settings = settings
+        self._store: Any = None
+        self._checked_at = -math.inf
+
+    def _get_store(self) -> Any:
+        if self._store is not None:
+            return self._store
+        if time.monotonic() - self._checked_at < self._settings.serving.refresh_s:
+            return None
+        self._checked_at = time.monotonic()
+        try:
+            from features.repo import feast_repo_dir, get_feature_store
+
+            repo = feast_repo_dir(self._settings)
+            if self._settings.feast.online_store == "sqlite" and not (repo / "registry.db").exists():
+                return None
+            self._store = get_feature_store(self._settings)
+        except Exception as exc:  # noqa: BLE001 - no Feast is a cold start
+            log.info("Feast not available: %s", exc)
+            self._store = None
+        return self._store
+
+    def online(self, refs: list[str], key: str, value: str) -> dict[str, Any]:
+        """Feature name -> value of one entity (missing / None values dropped)."""
+        store = self._get_store()
+        if store is None:
+            return {}
+        try:
+            rows = store.get_online_features(features=refs, entity_rows=[{key: value}]).to_dict()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("Feast online read failed: %s", exc)
+            return {}
+        return {k.split("__")[-1]: v[0] for k, v in rows.items() if v and v[0] is not None and k != key}
+
+
+USER_REFS = [
+    *(f"user_features:{t}_count_24h" for t in ("view", "add_to_cart", "purchase", "click", "impression")),
+    "user_features:top_category_ids",
+    "user_features:top_category_scores",
+    "user_features:seq_item_ids",
+]
+COOCCURRENCE_REFS = ["item_cooccurrence:cross_item_ids", "item_cooccurrence:cross_scores", "item_cooccurrence:co_item_ids"]
+
+
+def user_context(features: dict[str, Any], dim: int) -> np.ndarray:
+    """The bandit's user context (dim,): log activity counts then hashed category affinity.
+
+    All zeros for an unknown user (cold start): the linear policies then score arms alone.
+    """
+    x = np.zeros(dim)
+    counts = [features.get(f"{t}_count_24h") for t in ("view", "add_to_cart", "purchase", "click", "impression")]
+    n_counts = min(len(counts), max(dim // 2, 1))
+    for i, c in enumerate(counts[:n_counts]):
+        if isinstance(c, (int, float)) and c > 0:
+            x[i] = math.log1p(float(c)) / 5.0
+    cats = features.get("top_category_ids") or []
+    scores = features.get("top_category_scores") or []
+    free = dim - n_counts
+    if free > 0:
+        for cat, score in zip(cats, scores):
+            if isinstance(cat, str) and isinstance(score, (int, float)) and math.isfinite(score):
+                bucket = int(hashlib.sha256(cat.encode()).hexdigest(), 16) % free
+                x[n_counts + bucket] += float(score)
+        tail = x[n_counts:]
+        norm = float(np.linalg.norm(tail))
+        if norm > 0:
+            x[n_counts:] = tail / norm
+    return x

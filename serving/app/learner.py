@@ -1,0 +1,272 @@
+"""`BanditLearner`: the one replica that holds the bandit policies and learns from Kafka.
+
+A background thread reads the ``events`` topic and the serving feedback topic with ``assign()`` and
+offsets it tracks itself (no consumer group), folds each record into :class:`LearnerState`, and
+snapshots state + offsets to ``data.state_dir/bandit/snapshot.npz`` every ``snapshot_interval_s``
+and on shutdown. On start it loads the snapshot and replays the log from the snapshot's offsets.
+"""
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+from ray import serve
+from ray.serve import metrics
+
+from serving.app.args import RecommenderArgs
+from serving.app.learner_state import LearnerState, Limits, Rewards
+from streamrec.config import Settings
+from streamrec.topics import end_offsets
+
+log = logging.getLogger("ray.serve")
+
+SNAPSHOT_NAME = "snapshot.npz"
+
+
+def snapshot_path(settings: Settings) -> Path:
+    return settings.data.state_dir / "bandit" / SNAPSHOT_NAME
+
+
+def new_learner_state(args: RecommenderArgs, settings: Settings) -> LearnerState:
+    s = settings.serving
+    return LearnerState(
+        args.experiments,
+        s.user_dim,
+        s.arm_dim,
+        Rewards(s.click_reward, s.purchase_reward, s.dismiss_reward),
+        Limits(s.context_ttl_s, s.max_contexts, s.max_seen_event_ids, s.max_outcomes, s.max_popular_items),
+    )
+
+
+def ensure_feedback_topic(settings: Settings) -> None:
+    """Create the serving feedback topic (dismissals) if missing; idempotent."""
+    admin = KafkaAdminClient(**settings.kafka.client_options(), request_timeout_ms=10_000)
+    try:
+        if settings.serving.feedback_topic not in set(admin.list_topics()):
+            try:
+                admin.create_topics(
+                    [NewTopic(settings.serving.feedback_topic, settings.kafka.partitions, settings.kafka.replication_factor)],
+                    timeout_ms=10_000,
+                )
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@serve.deployment(name="BanditLearner", num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+class BanditLearner:
+    def __init__(self, args: RecommenderArgs) -> None:
+        self._settings = args.resolved_settings()
+        self._args = args
+        self._lock = threading.Lock()
+        self._state = new_learner_state(args, self._settings)
+        self._path = snapshot_path(self._settings)
+        self._snapshot_interval_s = self._settings.serving.snapshot_interval_s
+        self._restored: dict[str, Any] = {"from_snapshot": False, "fresh_policies": [], "records_at_restore": 0}
+        self._restore()
+        self._last_snapshot = time.monotonic()
+        self._snapshots = 0
+        self._dirty = False
+        self._consumer_error: str | None = None
+        self._updates = metrics.Counter(
+            "streamrec_bandit_updates", description="Bandit policy updates from feedback.",
+            tag_keys=("experiment", "variant"),
+        )
+        self._duplicates = metrics.Counter(
+            "streamrec_bandit_feedback_duplicates", description="Feedback events skipped as already applied (event_id)."
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._consume, name="bandit-feedback", daemon=True)
+        self._thread.start()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Live knobs: ``snapshot_interval_s``."""
+        if "snapshot_interval_s" in user_config:
+            value = float(user_config["snapshot_interval_s"])
+            if not value > 0:
+                raise ValueError("snapshot_interval_s must be > 0")
+            self._snapshot_interval_s = value
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        if not self._path.is_file():
+            return
+        try:
+            fresh = self._state.load_bytes(self._path.read_bytes())
+        except Exception as exc:  # noqa: BLE001 - a corrupt snapshot: start again from the log
+            log.error("bandit snapshot %s unreadable (%s); folding the log from the start", self._path, exc)
+            self._state = new_learner_state(self._args, self._settings)
+            return
+        self._restored = {
+            "from_snapshot": True,
+            "fresh_policies": fresh,
+            "records_at_restore": self._state.counters["records"],
+            "feedback_applied_at_restore": self._state.counters["feedback_applied"],
+            "offsets": dict(self._state.offsets),
+        }
+        log.info("bandit state restored from %s at offsets %s", self._path, self._state.offsets)
+
+    def _snapshot(self) -> None:
+        with self._lock:
+            data = self._state.to_bytes()
+            self._dirty = False
+        write_atomically(self._path, data)
+        self._last_snapshot = time.monotonic()
+        self._snapshots += 1
+
+    # -- the consumer thread ----------------------------------------------------------------
+
+    def _partitions(self, consumer: KafkaConsumer) -> list[TopicPartition]:
+        topics = (self._settings.kafka.topics.events, self._settings.serving.feedback_topic)
+        return [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
+
+    def _connect(self) -> tuple[KafkaConsumer, list[TopicPartition]]:
+        try:
+            ensure_feedback_topic(self._settings)
+        except Exception as exc:  # noqa: BLE001 - the events topic alone still works
+            log.warning("cannot create %s: %s", self._settings.serving.feedback_topic, exc)
+        consumer = KafkaConsumer(
+            **self._settings.kafka.client_options(), enable_auto_commit=False, group_id=None,
+            client_id="streamrec-bandit-learner", max_poll_records=2000,
+        )
+        partitions = self._partitions(consumer)
+        self._seek(consumer, partitions)
+        return consumer, partitions
+
+    def _seek(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        unknown = [tp for tp in partitions if self._state.position(tp.topic, tp.partition) is None]
+        ends: dict[TopicPartition, int] = {}
+        if unknown and self._settings.serving.start_from == "latest":
+            ends = end_offsets(consumer, unknown)
+        consumer.assign(partitions)
+        with self._lock:
+            for tp in partitions:
+                position = self._state.position(tp.topic, tp.partition)
+                if position is None:
+                    position = ends.get(tp, 0)
+                    self._state.offsets[f"{tp.topic}:{tp.partition}"] = position
+                consumer.seek(tp, position)
+
+    def _consume(self) -> None:
+        consumer: KafkaConsumer | None = None
+        partitions: list[TopicPartition] = []
+        checked = 0.0
+        while not self._stop.is_set():
+            try:
+                if consumer is None:
+                    consumer, partitions = self._connect()
+                    checked = time.monotonic()
+                    self._consumer_error = None
+                batches = consumer.poll(timeout_ms=200)
+                updated: list[str] = []
+                duplicates_before = self._state.counters["feedback_duplicates"]
+                with self._lock:
+                    for tp in sorted(batches, key=lambda t: (t.topic, t.partition)):
+                        for r in batches[tp]:
+                            updated += self._state.apply_record(
+                                r.topic, r.partition, r.offset, r.timestamp, r.value, r.headers
+                            )
+                    if batches:
+                        self._dirty = True
+                    duplicates = self._state.counters["feedback_duplicates"] - duplicates_before
+                for key in updated:
+                    experiment, _, variant = key.partition(" ")
+                    self._updates.inc(tags={"experiment": experiment, "variant": variant})
+                if duplicates > 0:
+                    self._duplicates.inc(duplicates)
+                now = time.monotonic()
+                if self._dirty and now - self._last_snapshot >= self._snapshot_interval_s:
+                    self._snapshot()
+                if now - checked > 10:  # partitions added to a topic, or the feedback topic created late
+                    checked = now
+                    current = self._partitions(consumer)
+                    if set(current) != set(partitions):
+                        partitions = current
+                        self._seek(consumer, partitions)
+            except Exception as exc:  # noqa: BLE001 - broker down: retry, never lose the position
+                self._consumer_error = f"{type(exc).__name__}: {exc}"
+                log.warning("bandit feedback consumer: %s; reconnecting", self._consumer_error)
+                if consumer is not None:
+                    try:
+                        consumer.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+                consumer = None
+                self._stop.wait(1.0)
+        if consumer is not None:
+            consumer.close()
+
+    # -- the interface for the other deployments ---------------------------------------------
+
+    async def select(
+        self, experiment: str, variant: str, context: np.ndarray, ids: list[str], embeddings: np.ndarray, k: int
+    ) -> dict[str, Any]:
+        rng = np.random.default_rng()
+        with self._lock:
+            decision = self._state.select(experiment, variant, np.asarray(context), ids, np.asarray(embeddings), k, rng)
+        return {
+            "arm_ids": list(decision.arm_ids),
+            "propensities": list(decision.propensities),
+            "scores": list(decision.scores),
+            "policy": decision.policy,
+            "indices": list(decision.indices),
+        }
+
+    async def popular_items(self, n: int) -> list[tuple[str, float, str | None]]:
+        with self._lock:
+            return self._state.popular_items(n)
+
+    async def experiment_outcomes(self, experiment: str) -> list[Any]:
+        with self._lock:
+            return self._state.request_outcomes(experiment)
+
+    async def stats(self) -> dict[str, Any]:
+        with self._lock:
+            stats = self._state.stats()
+        stats.update(
+            restored=self._restored,
+            snapshots=self._snapshots,
+            consumer_error=self._consumer_error,
+            consumer_alive=self._thread.is_alive(),
+            snapshot_path=str(self._path),
+            pid=os.getpid(),
+        )
+        return stats
+
+    async def snapshot_now(self) -> int:
+        self._snapshot()
+        return self._snapshots
+
+    def check_health(self) -> None:
+        if not self._thread.is_alive():
+            raise RuntimeError("the feedback consumer thread died")
+
+    def __del__(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is None:
+            return
+        stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self._snapshot()
+        except Exception as exc:  # noqa: BLE001
+            log.error("final bandit snapshot failed: %s", exc)

@@ -1,0 +1,346 @@
+"""The bandit learner's state as a fold over the Kafka log (Ray-free, unit-testable).
+
+Everything the learner knows comes from records of the ``events`` topic (impressions carrying their
+decision context in a header, clicks, bundle purchases, item events for popularity) and of the
+serving-owned feedback topic (dismissals). So the state after a snapshot plus a replay of the log
+from the snapshot's offsets equals the state of a learner that never stopped:
+
+* offsets: the next offset to read per (topic, partition); a snapshot holds them together with the
+  state they produced, so a record is applied before the snapshot or replayed after it, never both;
+* ``event_id`` de-duplication (the collector and ``POST /v1/feedback`` may both carry a retried event);
+* decision contexts per ``request_id`` (bounded, TTL in log time), so feedback updates the arm that was
+  shown with the context it was shown in; feedback that arrives before its impression (another
+  partition) waits in ``pending`` until it shows up.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.bandit import Arm, Arms, BanditPolicy, Decision, make_policy
+from serving.experiments import Experiment, RequestOutcome
+
+log = logging.getLogger(__name__)
+
+CONTEXT_HEADER = "streamrec-bandit"
+FEEDBACK_TYPES = ("click", "bundle_purchase", "dismiss")
+_POPULARITY_WEIGHT = {"view": 1.0, "favorite": 1.0, "add_to_cart": 2.0, "click": 1.0}
+_PURCHASE_WEIGHT = 4.0
+SNAPSHOT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Rewards:
+    click: float = 1.0
+    bundle_purchase: float = 1.0
+    dismiss: float = 0.0
+
+    def of(self, kind: str) -> float:
+        return {"click": self.click, "bundle_purchase": self.bundle_purchase, "dismiss": self.dismiss}[kind]
+
+
+@dataclass(frozen=True)
+class Limits:
+    context_ttl_s: float = 86_400.0
+    max_contexts: int = 50_000
+    max_seen_event_ids: int = 200_000
+    max_outcomes: int = 200_000
+    max_popular_items: int = 50_000
+
+
+def policy_key(experiment: str, variant: str) -> str:
+    return f"{experiment} {variant}"
+
+
+def _variant_fingerprint(policy: str, params: dict[str, Any], user_dim: int, arm_dim: int) -> str:
+    return json.dumps([policy, params, user_dim, arm_dim], sort_keys=True, default=str)
+
+
+class LearnerState:
+    """Policies per (experiment, variant) and the bookkeeping that makes feedback exactly-once."""
+
+    def __init__(
+        self,
+        experiments: list[Experiment],
+        user_dim: int,
+        arm_dim: int,
+        rewards: Rewards = Rewards(),
+        limits: Limits = Limits(),
+    ) -> None:
+        self.user_dim, self.arm_dim = user_dim, arm_dim
+        self.rewards, self.limits = rewards, limits
+        self.experiments = {e.name: e for e in experiments}
+        self.policies: dict[str, BanditPolicy] = {}
+        self.fingerprints: dict[str, str] = {}
+        for e in experiments:
+            for v in e.variants:
+                key = policy_key(e.name, v.name)
+                self.policies[key] = make_policy(v.policy, user_dim, arm_dim, **v.params)
+                self.fingerprints[key] = _variant_fingerprint(v.policy, v.params, user_dim, arm_dim)
+        self.offsets: dict[str, int] = {}
+        self.contexts: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.pending: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self.seen: OrderedDict[str, None] = OrderedDict()
+        self.outcomes: OrderedDict[str, list[Any]] = OrderedDict()
+        self.popularity: dict[str, float] = {}
+        self.categories: dict[str, str] = {}
+        self.log_time_ms = 0
+        self.counters: dict[str, int] = {
+            "records": 0,
+            "bad_records": 0,
+            "impressions": 0,
+            "feedback_applied": 0,
+            "feedback_duplicates": 0,
+            "feedback_pending": 0,
+            "feedback_unattributed": 0,
+            "contexts_expired": 0,
+        }
+        self.variant_counts: dict[str, dict[str, float]] = {
+            k: {"requests": 0, "clicks": 0, "purchases": 0, "dismissals": 0, "updates": 0, "reward_sum": 0.0}
+            for k in self.policies
+        }
+
+    # -- decisions --------------------------------------------------------------------------
+
+    def select(
+        self, experiment: str, variant: str, context: np.ndarray, ids: list[str], embeddings: np.ndarray,
+        k: int, rng: np.random.Generator,
+    ) -> Decision:
+        policy = self.policies.get(policy_key(experiment, variant))
+        if policy is None:
+            raise KeyError(f"no policy for experiment {experiment!r} variant {variant!r}")
+        return policy.select(context, Arms(tuple(ids), embeddings), min(k, len(ids)), rng)
+
+    # -- the fold ---------------------------------------------------------------------------
+
+    def position(self, topic: str, partition: int) -> int | None:
+        return self.offsets.get(f"{topic}:{partition}")
+
+    def apply_record(
+        self, topic: str, partition: int, offset: int, timestamp_ms: int, value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> list[str]:
+        """Fold one record in (records at or below the tracked offset are skipped).
+
+        Returns:
+            Policy keys updated by this record (for metrics).
+        """
+        tp = f"{topic}:{partition}"
+        if offset < self.offsets.get(tp, 0):
+            return []
+        self.offsets[tp] = offset + 1
+        self.counters["records"] += 1
+        self.log_time_ms = max(self.log_time_ms, int(timestamp_ms or 0))
+        try:
+            event = json.loads(value) if value else None
+        except (ValueError, UnicodeDecodeError):
+            event = None
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            self.counters["bad_records"] += 1
+            return []
+        kind = event["type"]
+        if kind == "impression":
+            header = dict(headers or {}).get(CONTEXT_HEADER)
+            if header is not None:
+                return self._impression(event, header)
+            return []
+        if kind in FEEDBACK_TYPES and isinstance(event.get("request_id"), str) and isinstance(event.get("bundle_id"), str):
+            updated = self._feedback(event)
+            self._popularity(event)
+            return updated
+        self._popularity(event)
+        return []
+
+    def _impression(self, event: dict[str, Any], header: bytes) -> list[str]:
+        try:
+            ctx = json.loads(header)
+            key = policy_key(ctx["e"], ctx["v"])
+            request_id = event["request_id"]
+        except (ValueError, KeyError, TypeError):
+            self.counters["bad_records"] += 1
+            return []
+        self.counters["impressions"] += 1
+        ctx["t"] = self.log_time_ms
+        self.contexts[request_id] = ctx
+        self.contexts.move_to_end(request_id)
+        if key in self.variant_counts:
+            self.variant_counts[key]["requests"] += 1
+        self.outcomes[request_id] = [ctx["e"], ctx["v"], False, False, 0.0]
+        while len(self.outcomes) > self.limits.max_outcomes:
+            self.outcomes.popitem(last=False)
+        self._expire()
+        updated: list[str] = []
+        for feedback in self.pending.pop(request_id, []):
+            self.counters["feedback_pending"] -= 1
+            updated += self._attribute(feedback, ctx)
+        return updated
+
+    def _feedback(self, event: dict[str, Any]) -> list[str]:
+        event_id = str(event.get("event_id", ""))
+        if event_id in self.seen:
+            self.counters["feedback_duplicates"] += 1
+            return []
+        self.seen[event_id] = None
+        while len(self.seen) > self.limits.max_seen_event_ids:
+            self.seen.popitem(last=False)
+        event = {k: event[k] for k in ("type", "request_id", "bundle_id", "items") if k in event}
+        event["t"] = self.log_time_ms
+        ctx = self.contexts.get(event["request_id"])
+        if ctx is None:
+            self.pending.setdefault(event["request_id"], []).append(event)
+            self.counters["feedback_pending"] += 1
+            self._expire()
+            return []
+        return self._attribute(event, ctx)
+
+    def _attribute(self, event: dict[str, Any], ctx: dict[str, Any]) -> list[str]:
+        key = policy_key(ctx["e"], ctx["v"])
+        policy = self.policies.get(key)
+        embedding = ctx.get("a", {}).get(event["bundle_id"])
+        if policy is None or embedding is None:
+            # A variant no longer configured, or a bundle that was not shown in that request.
+            self.counters["feedback_unattributed"] += 1
+            return []
+        kind = event["type"]
+        reward = self.rewards.of(kind)
+        policy.update(Arm(event["bundle_id"], np.asarray(embedding, dtype=np.float64)), np.asarray(ctx["x"]), reward)
+        self.counters["feedback_applied"] += 1
+        counts = self.variant_counts[key]
+        counts["updates"] += 1
+        counts["reward_sum"] += reward
+        outcome = self.outcomes.get(event["request_id"])
+        if kind == "click":
+            counts["clicks"] += 1
+            if outcome is not None:
+                outcome[2] = True
+        elif kind == "bundle_purchase":
+            counts["purchases"] += 1
+            if outcome is not None:
+                outcome[3] = True
+                outcome[4] += math.fsum(
+                    float(line.get("price") or 0.0) * int(line.get("quantity", 1))
+                    for line in event.get("items", []) if isinstance(line, dict)
+                )
+        else:
+            counts["dismissals"] += 1
+        return [key]
+
+    def _expire(self) -> None:
+        horizon = self.log_time_ms - self.limits.context_ttl_s * 1000
+        while self.contexts:
+            request_id, ctx = next(iter(self.contexts.items()))
+            if ctx["t"] >= horizon and len(self.contexts) <= self.limits.max_contexts:
+                break
+            self.contexts.popitem(last=False)
+            self.counters["contexts_expired"] += 1
+        while self.pending:
+            request_id, waiting = next(iter(self.pending.items()))
+            if waiting[0]["t"] >= horizon and self.counters["feedback_pending"] <= self.limits.max_contexts:
+                break
+            self.pending.popitem(last=False)
+            self.counters["feedback_pending"] -= len(waiting)
+            self.counters["feedback_unattributed"] += len(waiting)
+
+    def _popularity(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind in _POPULARITY_WEIGHT and isinstance(event.get("item_id"), str):
+            self._bump(event["item_id"], _POPULARITY_WEIGHT[kind], event.get("category_id"))
+        elif kind in ("purchase", "bundle_purchase") and isinstance(event.get("items"), list):
+            for line in event["items"]:
+                if isinstance(line, dict) and isinstance(line.get("item_id"), str):
+                    self._bump(line["item_id"], _PURCHASE_WEIGHT, line.get("category_id"))
+
+    def _bump(self, item: str, weight: float, category: Any) -> None:
+        self.popularity[item] = self.popularity.get(item, 0.0) + weight
+        if isinstance(category, str):
+            self.categories[item] = category
+        if len(self.popularity) > self.limits.max_popular_items:
+            keep = sorted(self.popularity.items(), key=lambda kv: (-kv[1], kv[0]))[: self.limits.max_popular_items * 9 // 10]
+            self.popularity = dict(keep)
+            self.categories = {i: c for i, c in self.categories.items() if i in self.popularity}
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def popular_items(self, n: int) -> list[tuple[str, float, str | None]]:
+        top = sorted(self.popularity.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+        return [(item, score, self.categories.get(item)) for item, score in top]
+
+    def request_outcomes(self, experiment: str) -> list[RequestOutcome]:
+        return [
+            RequestOutcome(v, bool(c), bool(p), float(r))
+            for e, v, c, p, r in self.outcomes.values()
+            if e == experiment and v in {x.name for x in self.experiments[experiment].variants}
+        ]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "counters": dict(self.counters),
+            "variants": {k: dict(v) for k, v in self.variant_counts.items()},
+            "policy_updates": {k: p.n_updates for k, p in self.policies.items()},
+            "offsets": dict(self.offsets),
+            "contexts": len(self.contexts),
+            "log_time_ms": self.log_time_ms,
+        }
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        meta = {
+            "version": SNAPSHOT_VERSION,
+            "offsets": self.offsets,
+            "contexts": list(self.contexts.items()),
+            "pending": list(self.pending.items()),
+            "seen": list(self.seen),
+            "outcomes": list(self.outcomes.items()),
+            "popularity": self.popularity,
+            "categories": self.categories,
+            "counters": self.counters,
+            "variant_counts": self.variant_counts,
+            "fingerprints": self.fingerprints,
+            "log_time_ms": self.log_time_ms,
+        }
+        arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+        for key, policy in self.policies.items():
+            for name, value in policy.state_dict().items():
+                arrays[f"policy|{key}|{name}"] = value
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    def load_bytes(self, data: bytes) -> list[str]:
+        """Restore a snapshot. Variants whose policy definition changed start afresh.
+
+        Returns:
+            Policy keys that were NOT restored (new or changed variants).
+        """
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k].copy() for k in npz.files}
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+        if meta.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"snapshot version {meta.get('version')} is not {SNAPSHOT_VERSION}")
+        fresh: list[str] = []
+        for key, policy in self.policies.items():
+            state = {n.split("|", 2)[2]: v for n, v in arrays.items() if n.startswith(f"policy|{key}|")}
+            if state and meta["fingerprints"].get(key) == self.fingerprints[key]:
+                policy.load_state_dict(state)
+                self.variant_counts[key] = meta["variant_counts"].get(key, self.variant_counts[key])
+            else:
+                fresh.append(key)
+        self.offsets = {k: int(v) for k, v in meta["offsets"].items()}
+        self.contexts = OrderedDict((k, v) for k, v in meta["contexts"])
+        self.pending = OrderedDict((k, v) for k, v in meta["pending"])
+        self.seen = OrderedDict((k, None) for k in meta["seen"])
+        self.outcomes = OrderedDict((k, v) for k, v in meta["outcomes"])
+        self.popularity = {k: float(v) for k, v in meta["popularity"].items()}
+        self.categories = dict(meta["categories"])
+        self.counters.update(meta["counters"])
+        self.log_time_ms = int(meta["log_time_ms"])
+        return fresh
