@@ -1,0 +1,55 @@
+"""Dataset adapters by name, as used in the job configs.
+
+Example:
+    >>> data = load_dataset("gowalla", max_users=500, seed=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from ray_jobs.data.dataset import InteractionData
+from ray_jobs.data.gowalla import load_gowalla
+from ray_jobs.data.recbole_atomic import load_recbole_atomic
+from ray_jobs.data.sasrec_games import load_sasrec_games
+from ray_jobs.data.slicing import subsample_users
+from ray_jobs.data.taobao import load_taobao
+from ray_jobs.data.youshu import load_youshu
+
+__all__ = ["DATASETS", "load_dataset"]
+
+DATASETS: dict[str, Callable[..., InteractionData]] = {
+    "gowalla": load_gowalla,
+    "sasrec_games": load_sasrec_games,
+    "youshu": load_youshu,
+    "recbole": load_recbole_atomic,
+    "taobao": load_taobao,
+}
+
+
+def load_dataset(
+    name: str,
+    datasets_dir: str | os.PathLike[str] | None = None,
+    max_users: int | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> InteractionData:
+    """Load a dataset by name, optionally sliced to ``max_users`` random users.
+
+    Args:
+        name: one of ``DATASETS``.
+        datasets_dir: the shared datasets folder (ignored by ``recbole``, which takes file paths).
+        max_users: keep this many users (see :func:`subsample_users`); ``None`` keeps all.
+        seed: seed for the user slice.
+        **options: passed to the adapter (e.g. ``valid_fraction`` for gowalla, ``inter_path`` for recbole).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
+    if name == "recbole":
+        data = load_recbole_atomic(**options)
+    else:
+        data = DATASETS[name](datasets_dir, **options)
+    if max_users is not None:
+        data = subsample_users(data, max_users, seed=seed)
+    return data

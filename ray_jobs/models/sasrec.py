@@ -1,0 +1,127 @@
+"""SASRec: causal self-attention over a user's recent items, predicting the next item.
+
+Kang, McAuley. "Self-Attentive Sequential Recommendation." ICDM 2018. Learned positional embeddings
+(Sec. III-A), pre-layer-norm self-attention and point-wise feed-forward blocks with residuals and
+dropout (III-B..D), a shared item embedding for prediction (III-E), and binary cross-entropy with
+one sampled negative per position (III-F, Eq. 6).
+
+Ids: inputs use SASRec ids ``item + 1`` with 0 as padding; ``score`` returns scores for items
+``0..n_items-1`` in dataset ids.
+
+Example:
+    >>> model = SASRec(SASRecConfig.with_overrides({"n_blocks": 1}), data)  # doctest: +SKIP
+    >>> model.score({SEQ: torch.tensor([[0, 0, 5, 9]])}).shape  # doctest: +SKIP
+    torch.Size([1, 23715])
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from torch import nn
+
+from ray_jobs.data.dataset import InteractionData
+from ray_jobs.models._private.config import ModelConfig
+from ray_jobs.models.base import NEG, POS, SEQ, BatchKind
+
+__all__ = ["SASRec", "SASRecConfig"]
+
+
+class SASRecConfig(ModelConfig):
+    defaults_file = "sasrec.yaml"
+    max_len: PositiveInt
+    hidden_dim: PositiveInt
+    n_blocks: PositiveInt
+    n_heads: PositiveInt
+    dropout: float = Field(ge=0.0, lt=1.0)
+    l2_emb: NonNegativeFloat
+    lr: PositiveFloat
+    beta2: float = Field(gt=0.0, lt=1.0)
+    weight_decay: NonNegativeFloat
+    batch_size: PositiveInt
+
+
+class _FeedForward(nn.Module):
+    """Point-wise two-layer feed-forward with dropout and a residual (Sec. III-C)."""
+
+    def __init__(self, dim: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, dim), nn.Dropout(dropout), nn.ReLU(), nn.Linear(dim, dim), nn.Dropout(dropout)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+class SASRec(nn.Module):
+    batch_kind: BatchKind = "sequence"
+
+    def __init__(self, config: SASRecConfig, data: InteractionData):
+        super().__init__()
+        self.config = config
+        self.n_items = data.n_items
+        d = config.hidden_dim
+        self.item_emb = nn.Embedding(data.n_items + 1, d, padding_idx=0)
+        self.pos_emb = nn.Embedding(config.max_len, d)
+        self.emb_dropout = nn.Dropout(config.dropout)
+        self.attn_norms = nn.ModuleList(nn.LayerNorm(d, eps=1e-8) for _ in range(config.n_blocks))
+        self.attns = nn.ModuleList(
+            nn.MultiheadAttention(d, config.n_heads, dropout=config.dropout, batch_first=True)
+            for _ in range(config.n_blocks)
+        )
+        self.ffn_norms = nn.ModuleList(nn.LayerNorm(d, eps=1e-8) for _ in range(config.n_blocks))
+        self.ffns = nn.ModuleList(_FeedForward(d, config.dropout) for _ in range(config.n_blocks))
+        self.last_norm = nn.LayerNorm(d, eps=1e-8)
+        causal = torch.triu(torch.ones(config.max_len, config.max_len, dtype=torch.bool), diagonal=1)
+        self.register_buffer("causal_mask", causal, persistent=False)
+        for name, p in self.named_parameters():
+            if p.dim() > 1:
+                nn.init.xavier_normal_(p)  # as pmixer/SASRec.pytorch; the TF code uses Xavier too
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def encode(self, seq: torch.Tensor) -> torch.Tensor:
+        """``(B, L, d)`` hidden states; position ``t`` attends to positions ``<= t`` only."""
+        length = seq.shape[1]
+        pad = (seq == 0).unsqueeze(-1)
+        x = self.item_emb(seq) * math.sqrt(self.config.hidden_dim)
+        x = x + self.pos_emb(torch.arange(length, device=seq.device)).unsqueeze(0)
+        x = self.emb_dropout(x).masked_fill(pad, 0.0)
+        mask = self.get_buffer("causal_mask")[:length, :length]
+        for norm, attn, ffn_norm, ffn in zip(self.attn_norms, self.attns, self.ffn_norms, self.ffns):
+            q = norm(x)
+            out, _ = attn(q, x, x, attn_mask=mask, need_weights=False)
+            x = ffn(ffn_norm(q + out)).masked_fill(pad, 0.0)
+        return self.last_norm(x)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        h = self.encode(batch[SEQ])
+        pos, neg = batch[POS], batch[NEG]
+        pos_logit = (h * self.item_emb(pos)).sum(-1)
+        neg_logit = (h * self.item_emb(neg)).sum(-1)
+        valid = (pos != 0).float()  # padded positions carry no target
+        loss = F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit), reduction="none")
+        loss = loss + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit), reduction="none")
+        loss = (loss * valid).sum() / valid.sum().clamp(min=1.0)
+        if self.config.l2_emb > 0:
+            loss = loss + self.config.l2_emb * self.item_emb.weight.pow(2).sum()
+        return loss
+
+    def user_vectors(self, seq: torch.Tensor) -> torch.Tensor:
+        """``(B, d)`` representation at the last position of each left-padded sequence."""
+        return self.encode(seq)[:, -1, :]
+
+    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.user_vectors(batch[SEQ]) @ self.item_emb.weight[1:].T
+
+    def export_embeddings(self) -> dict[str, np.ndarray]:
+        # Users are encoded online from their recent sequence; only items are exported.
+        return {"item": self.item_emb.weight[1:].detach().cpu().numpy()}
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass

@@ -1,0 +1,132 @@
+"""Training batches, drawn from one global per-epoch sample and sharded across workers.
+
+Every worker draws the same permutation and negatives from ``(seed, epoch)`` and keeps its slice of
+each global batch. With DDP averaging gradients, N workers therefore take the same optimisation steps
+as one worker with the same global batch size. Shards are equal-sized (a short last batch is trimmed
+to a multiple of the world size) so that the mean of per-shard means is the global mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from ray_jobs.models.base import NEG, POS, SEQ, USER
+
+__all__ = ["pairwise_batches", "sequence_batches", "user_histories", "last_window", "n_global_batches"]
+
+
+def _sample_negatives(
+    rng: np.random.Generator, users: np.ndarray, n_items: int, pos_keys: np.ndarray, low: int = 0
+) -> np.ndarray:
+    """Uniform items in ``[low, n_items + low)`` not among the user's positives (by rejection)."""
+    stride = n_items + low
+    neg = rng.integers(low, n_items + low, size=users.shape, dtype=np.int64)
+    bad = np.isin(users * stride + neg, pos_keys)
+    while bad.any():
+        neg[bad] = rng.integers(low, n_items + low, size=int(bad.sum()), dtype=np.int64)
+        bad = np.isin(users * stride + neg, pos_keys)
+    return neg
+
+
+def n_global_batches(n_examples: int, batch_size: int) -> int:
+    return (n_examples + batch_size - 1) // batch_size
+
+
+def _shard(start: int, stop: int, rank: int, world_size: int) -> np.ndarray:
+    """This rank's equal share of rows ``start..stop`` (the remainder ``< world_size`` is dropped)."""
+    per_rank = (stop - start) // world_size
+    return np.arange(start + rank * per_rank, start + (rank + 1) * per_rank)
+
+
+def pairwise_batches(
+    train: np.ndarray,
+    n_items: int,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+) -> Iterator[dict[str, torch.Tensor]]:
+    """(user, positive, negative) triples: every training pair once per epoch, one uniform negative.
+
+    Args:
+        train: ``(n, 2)`` training pairs.
+        n_items: negatives are drawn from ``0..n_items-1`` minus the user's training items.
+        batch_size: global batch size (split across workers).
+        epoch, seed: seed the permutation and the negatives.
+        rank, world_size: this worker's shard of each global batch.
+        device: where the tensors go.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    pairs = train[rng.permutation(len(train))]
+    pos_keys = np.unique(train[:, 0] * n_items + train[:, 1])
+    neg = _sample_negatives(rng, pairs[:, 0], n_items, pos_keys)
+    for start in range(0, len(pairs), batch_size):
+        idx = _shard(start, min(start + batch_size, len(pairs)), rank, world_size)
+        if len(idx) == 0:
+            break  # fewer rows left than workers (same decision on every rank)
+        yield {
+            USER: torch.from_numpy(pairs[idx, 0]).to(device),
+            POS: torch.from_numpy(pairs[idx, 1]).to(device),
+            NEG: torch.from_numpy(neg[idx]).to(device),
+        }
+
+
+def user_histories(pairs: np.ndarray, n_users: int) -> list[np.ndarray]:
+    """Per user, their items in row order (chronological for sequential data)."""
+    order = np.argsort(pairs[:, 0], kind="stable")
+    counts = np.bincount(pairs[:, 0], minlength=n_users)
+    return np.split(pairs[order, 1], np.cumsum(counts)[:-1])
+
+
+def last_window(histories: list[np.ndarray], users: np.ndarray, max_len: int) -> np.ndarray:
+    """``(len(users), max_len)`` left-padded SASRec ids (item + 1, 0 = pad) of the last items."""
+    out = np.zeros((len(users), max_len), dtype=np.int64)
+    for row, u in enumerate(users):
+        h = histories[u][-max_len:] + 1
+        if len(h):
+            out[row, max_len - len(h) :] = h
+    return out
+
+
+def sequence_batches(
+    train: np.ndarray,
+    n_users: int,
+    n_items: int,
+    max_len: int,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+) -> Iterator[dict[str, torch.Tensor]]:
+    """SASRec windows: each user with >= 2 training items once per epoch, shuffled.
+
+    Input is the last ``max_len`` items before the final one, targets are the same window shifted by
+    one, and each position gets one negative not in the user's training items (SASRec Sec. III-F).
+    """
+    histories = user_histories(train, n_users)
+    users = np.array([u for u in range(n_users) if len(histories[u]) >= 2], dtype=np.int64)
+    rng = np.random.default_rng([seed, epoch])
+    users = users[rng.permutation(len(users))]
+    rows = np.arange(len(users))
+    seq = last_window([histories[u][:-1] for u in users], rows, max_len)
+    pos = last_window([histories[u][1:] for u in users], rows, max_len)
+    stride = n_items + 1
+    pos_keys = np.unique(train[:, 0] * stride + train[:, 1] + 1)
+    neg = _sample_negatives(rng, np.repeat(users[:, None], max_len, axis=1), n_items, pos_keys, low=1)
+    neg[pos == 0] = 0
+    for start in range(0, len(users), batch_size):
+        idx = _shard(start, min(start + batch_size, len(users)), rank, world_size)
+        if len(idx) == 0:
+            break
+        yield {
+            SEQ: torch.from_numpy(seq[idx]).to(device),
+            POS: torch.from_numpy(pos[idx]).to(device),
+            NEG: torch.from_numpy(neg[idx]).to(device),
+        }

@@ -1,0 +1,92 @@
+"""The typed job config: dataset, model overrides, training loop, scaling and failure handling.
+
+A job YAML (``ray_jobs/configs/<model>_<dataset>.yaml``) is checked here at the boundary; the model
+keys are validated again by the model's own config class.
+
+Example:
+    >>> job = JobConfig.from_yaml("ray_jobs/configs/lightgcn_gowalla.yaml", {"train": {"epochs": 2}})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+__all__ = ["DatasetConfig", "TrainConfig", "ScalingSettings", "JobConfig", "deep_merge"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(_Strict):
+    name: str  # a key of ray_jobs.data.DATASETS
+    datasets_dir: str | None = None  # resolved on the driver when None (see ray_jobs.data.paths)
+    max_users: PositiveInt | None = None  # random user slice for quick runs and tests
+    seed: int = 0  # seed of the user slice
+    options: dict[str, Any] = Field(default_factory=dict)  # adapter keyword arguments
+
+
+class TrainConfig(_Strict):
+    epochs: PositiveInt = 100
+    patience: PositiveInt = 10  # evaluations without improvement before stopping
+    eval_every: PositiveInt = 1  # epochs between validation runs
+    protocol: Literal["full", "sampled"] = "full"  # full ranking, or SASRec's 100 sampled negatives
+    ks: list[PositiveInt] = Field(default_factory=lambda: [20])
+    monitor: str = "recall@20"  # validation metric for early stopping and best-checkpoint choice
+    n_negatives: PositiveInt = 100  # candidates per user for protocol "sampled"
+    eval_batch_size: PositiveInt = 1024  # users scored per chunk
+    max_eval_users: PositiveInt | None = None  # random subset of users to evaluate (None: all)
+    seed: int = 2020  # seeds model init, sampling and evaluation negatives
+    progress: bool = True  # tqdm bar on rank 0
+    # Test-only fault injection: rank 0 hard-exits once, halfway through this epoch.
+    fail_once_at_epoch: int | None = None
+    fail_marker: str | None = None  # file created when the injected failure fires
+
+    @model_validator(mode="after")
+    def _monitor_is_computed(self) -> "TrainConfig":
+        name, _, k = self.monitor.partition("@")
+        computed = {"hit_rate", "ndcg"}
+        if self.protocol == "full":
+            computed |= {"recall", "precision", "mrr"}
+        if name not in computed or not k.isdigit() or int(k) not in self.ks:
+            raise ValueError(f"monitor {self.monitor!r} is not computed with protocol={self.protocol!r}, ks={self.ks}")
+        return self
+
+
+class ScalingSettings(_Strict):
+    num_workers: PositiveInt = 1
+    use_gpu: bool = False
+    max_failures: int = Field(default=0, ge=-1)  # Ray FailureConfig; -1 retries forever
+
+
+class JobConfig(_Strict):
+    name: str  # run and registry name, e.g. "lightgcn_gowalla"
+    model: str  # a key of ray_jobs.models.MODELS
+    model_params: dict[str, Any] = Field(default_factory=dict)  # overrides of the model's YAML
+    dataset: DatasetConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)
+    storage_path: str | None = None  # Ray Train storage for checkpoints (default ~/ray_results)
+    registry: str | None = None  # model registry root (path or URI); None skips registration
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "JobConfig":
+        """Load a job YAML and deep-merge ``overrides`` (e.g. from the command line)."""
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+        return cls(**deep_merge(raw, overrides or {}))
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` merged in recursively (``update`` wins)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

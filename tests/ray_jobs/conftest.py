@@ -1,0 +1,85 @@
+"""Shared fixtures for the ray_jobs tests: real-data slices, a local training helper, Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ray_jobs.data import InteractionData, default_datasets_dir, load_dataset
+from ray_jobs.models import build_model
+from ray_jobs.trainers.batches import pairwise_batches, sequence_batches
+
+DATASETS = default_datasets_dir()
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# One intra-op thread: on a shared 2-core machine two spinning threads per test slow everything down.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def datasets_dir():
+    if not DATASETS.is_dir():
+        pytest.skip(f"shared datasets not found at {DATASETS}")
+    return DATASETS
+
+
+def fit_local(name: str, data: InteractionData, epochs: int, overrides: dict, seed: int = 0) -> torch.nn.Module:
+    """Train ``name`` in-process (no Ray) with the same batches the Ray worker loop uses."""
+    torch.manual_seed(seed)
+    model = build_model(name, data, overrides)
+    cfg = model.config
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, getattr(cfg, "beta2", 0.999)),
+                           weight_decay=cfg.weight_decay)
+    for epoch in range(epochs):
+        model.on_epoch_start(epoch)
+        model.train()
+        if model.batch_kind == "sequence":
+            batches = sequence_batches(data.train, data.n_users, data.n_items, cfg.max_len, cfg.batch_size, epoch, seed)
+        else:
+            batches = pairwise_batches(data.train, data.n_items, cfg.batch_size, epoch, seed)
+        for batch in batches:
+            loss = model(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    return model
+
+
+@pytest.fixture(name="fit_local")
+def fit_local_fixture():
+    """The in-process training helper, as a fixture (test modules do not import conftest)."""
+    return fit_local
+
+
+@pytest.fixture(scope="session")
+def gowalla_small(datasets_dir) -> InteractionData:
+    return load_dataset("gowalla", datasets_dir, max_users=1500, seed=0)
+
+
+@pytest.fixture(scope="session")
+def youshu_small(datasets_dir) -> InteractionData:
+    return load_dataset("youshu", datasets_dir, max_users=2000, seed=0)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private 2-CPU local Ray instance for the module (reuses one a session fixture started)."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
