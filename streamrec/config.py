@@ -30,6 +30,9 @@ from pydantic_settings import (
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE_ENV = "STREAMREC_CONFIG"
 ENV_PREFIX = "STREAMREC_"
+# STREAMREC_* variables that are not settings: the config file path, and the code version that a
+# job submitted without .git records in the model registry (ray_jobs/registry/provenance.py).
+NON_SETTINGS_ENV = frozenset({"CONFIG", "CODE_VERSION"})
 
 
 class BaseModel(_PydanticModel):
@@ -252,7 +255,7 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _no_unknown_environment_keys(cls, values: Any) -> Any:
-        known = {name.upper() for name in cls.model_fields} | {CONFIG_FILE_ENV[len(ENV_PREFIX):]}
+        known = {name.upper() for name in cls.model_fields} | NON_SETTINGS_ENV
         unknown = sorted(
             key for key in os.environ
             if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX):].split("__")[0] not in known
