@@ -205,7 +205,9 @@ def ray_head_running(settings: Settings) -> bool:
 # The embedded head listens on loopback only; Ray's token auth (on by default for new local
 # clusters once ~/.ray/auth_token exists) is switched off explicitly so that every local client
 # (serve CLI, job submission, pipelines) connects the same way. Clusters enable it (deploy/).
-_LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+# Ray starts its workers at nice 15 by default; on a shared laptop that lets any ordinary process
+# (the replay, a local Beam micro-batch) starve the Serve replicas, so the embedded stack uses 0.
+_LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "0"}
 
 
 def _ray_head_process(settings: Settings) -> ManagedProcess:

@@ -117,6 +117,7 @@ def main() -> None:
     from ray import serve
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as the embedded stack (streamrec/local_stack.py)
     state = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     settings = make_settings(state, free_port(), collector={"limits": {"max_batch_events": args.batch_size}})
     broker = EmbeddedBroker(settings)
