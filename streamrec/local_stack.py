@@ -219,6 +219,14 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> None:
     (plain `ray stop` would kill every Ray cluster on the machine, tests' included)."""
     if ray_head_running(settings):
         return
+    for what, port in (
+        ("Ray dashboard", settings.ray.dashboard_port),
+        ("Serve HTTP", settings.collector.port),
+        ("Ray metrics", settings.ray.metrics_export_port),
+    ):
+        if port_open("127.0.0.1", port):
+            # Most often another Ray cluster on this machine: talking to it would fail confusingly.
+            raise StackError(f"port {port} ({what}) is taken by another process; choose another in the settings")
     argv = _venv_tool(
         "ray", "start", "--head", "--block",
         f"--port={settings.ray.head_port}",
