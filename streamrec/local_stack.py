@@ -239,8 +239,16 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> None:
     if settings.ray.num_cpus is not None:
         argv.append(f"--num-cpus={settings.ray.num_cpus}")
     # Ray's workers inherit this environment: STREAMREC_* reach the Serve replicas.
-    _ray_head_process(settings).start(argv, env=_LOCAL_RAY_ENV)
-    wait_until(lambda: ray_head_running(settings), timeout_s, "Ray head")
+    process = _ray_head_process(settings)
+    process.start(argv, env=_LOCAL_RAY_ENV)
+
+    def up_or_failed() -> bool:
+        if process.pid() is None:  # `ray start` exited: say why instead of waiting out the timeout
+            tail = process.log_file.read_text(errors="replace").strip().splitlines()[-3:]
+            raise StackError("ray start exited: " + " | ".join(tail) + f" (log: {process.log_file})")
+        return ray_head_running(settings)
+
+    wait_until(up_or_failed, timeout_s, "Ray head")
 
 
 def stop_ray_head(settings: Settings) -> bool:
