@@ -8,10 +8,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-slow test-all bench-ingest lock up down status clean
+.PHONY: help setup system-deps demo test test-slow test-all bench-ingest bench-bandit lock up down status clean
 
 help:
-	@echo "make demo | test | test-slow | bench-ingest | up | down | status | clean"
+	@echo "make demo | test | test-slow | bench-ingest | bench-bandit | bench-pipeline | up | down | status | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) system-deps
+
+# Debian packages: redis-server for the Feast online store on Redis (its tests start it
+# themselves and are skipped, saying why, where it cannot be installed).
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
+	  || echo "warning: could not install redis-server: the Redis tests will be skipped"; }
 
 demo: $(STAMP)
 	$(BIN)/streamrec demo
@@ -34,17 +41,23 @@ status: $(STAMP)
 	$(BIN)/streamrec status
 
 # Default suite: everything except slow and GPU tests. Exit code 5 (no tests ran) is a failure.
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) system-deps
 	$(BIN)/python -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
 
-test-all: $(STAMP)
+test-all: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench-ingest: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_ingest.py
+
+bench-bandit: $(STAMP)
+	$(BIN)/python tests/benchmarks/bench_bandit_replay.py
+
+bench-pipeline: $(STAMP)
+	$(BIN)/python tests/pipelines/bench_pipeline.py
 
 lock: $(STAMP)
 	( head -2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | sed "s/^torch==2.13.0+cpu$$/torch==2.13.0/" ) > constraints.txt.new

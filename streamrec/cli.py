@@ -6,6 +6,10 @@
     streamrec demo                        the whole loop on the embedded defaults
     streamrec config show                 print the effective configuration
     streamrec schema export               write the event JSON Schema under features/schema/
+    streamrec features apply              `feast apply` of the repository in features/
+    streamrec pipeline run --once|--follow   Kafka -> Beam -> Feast + Parquet lake
+    streamrec pipeline backfill --from DATE  recompute features from the lake
+    streamrec pipeline training-set ...   point-in-time-correct training rows from Feast
 """
 
 from __future__ import annotations
@@ -133,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = schema.add_parser("export", help="write the JSON Schema generated from features/events.py")
     export.add_argument("--out", help="file (default: features/schema/events.v1.json)")
     export.set_defaults(func=cmd_schema_export)
+
+    from pipelines.cli import register as register_pipeline  # pipeline run|backfill|training-set, features apply
+
+    register_pipeline(sub)
     return parser
 
 

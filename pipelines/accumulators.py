@@ -1,0 +1,412 @@
+"""Per-key feature state and the exact feature definitions (pure Python, no Beam, no I/O).
+
+The Beam composites in ``pipelines.transforms`` group events by key and fold them into these
+accumulators; the same accumulators would sit in a stateful DoFn on a streaming runner. Every
+accumulator is *order independent*: folding the same set of events in any order and in any number
+of micro-batches gives the same features, which is what makes one batch and many batches agree.
+
+Definitions (``T`` is the *as-of time*: the largest event time among all accepted events so far,
+i.e. the event-time watermark; ``w`` a window length):
+
+* An event is *in window w* when ``T - w < ts <= T``.
+* *Interactions* of an event: view / add_to_cart / remove_from_cart / favorite -> one
+  ``(item_id, type)``; purchase and bundle_purchase -> one per line item; click with ``item_id``
+  -> one ``(item_id, "click")``. Other events have none.
+* User features: ``last_seen_unix`` (largest ts of any of the user's events, unix seconds);
+  the last ``sequence_length`` interactions ordered by ``(ts, event_id, line index)``, oldest
+  first (item ids, types, unix seconds); ``<type>_count_1h`` / ``_24h`` = number of the user's
+  events of each type in the short / long window; category affinity
+  ``A(c) = sum_i weight(type_i) * exp(-(last_seen - ts_i) / affinity_decay_s)`` over interactions
+  with a category (weights in ``AFFINITY_WEIGHTS``), relative to the user's own last-seen time
+  (so it does not change while the user is idle; multiply by ``exp(-(now - last_seen)/decay)``
+  for an absolute value); top ``top_categories`` by affinity (ties: category id), scores rounded
+  to 12 significant digits.
+* Item features: views / carts (events) and purchases (units over purchase and bundle_purchase
+  lines) in the short and long windows; ``rec_impressions`` (slots of impressions on the
+  ``recommendations`` surface) and ``rec_clicks`` (clicks naming the item), all time;
+  ``rec_ctr = (clicks + prior_clicks) / (impressions + prior_impressions)``;
+  ``trending_score = (views_1h + 1) / (views_24h / (window_long/window_short) + 1)``: last hour
+  against the average hour of the last day.
+* Item co-occurrence: sessions are ``session_id``s; an item is *in* a session when the session has
+  an add_to_cart or purchase (line) of it. ``count(a, b)`` = number of sessions containing both
+  (a != b); ``sessions(a)`` = number of sessions containing a; ``score(a, b) = count /
+  sessions(a)`` (P(b in session | a in session)). Categories of an item in a session = the
+  category ids on its cart/purchase lines there; ``cats(a)`` = union over a's sessions;
+  ``cats_a(b)`` = union of b's categories over the sessions shared with a. The pair is
+  *cross-category* when both are non-empty and disjoint. Top ``cooccurrence_top_k`` partners by
+  (count desc, item id), and separately the top-k cross-category partners.
+* Bundle: impressions (slots on the ``bundles`` surface), clicks (clicks naming the bundle),
+  purchases (bundle_purchase events), all time, and the CTR with the prior.
+* Experiment variant ``(experiment, variant)``: impressions = impression events carrying both;
+  clicks and bundle purchases are attributed to it through ``request_id`` (whichever of the
+  impression and the click arrives first); never-matched clicks count nowhere.
+
+Lateness: see ``LatenessPolicy``.
+
+Example:
+    >>> spec = FeatureSpec()
+    >>> state = UserState()
+    >>> # state.add(event, spec) for each event; state.features("u1", as_of, spec) -> dict row
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from features.events import EVENT_TYPES
+
+# Weight of an interaction type in the user-category affinity.
+AFFINITY_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 1.0,
+    "favorite": 2.0,
+    "add_to_cart": 3.0,
+    "remove_from_cart": 0.0,
+    "purchase": 5.0,
+    "bundle_purchase": 5.0,
+}
+COOCCURRENCE_TYPES = ("add_to_cart", "purchase", "bundle_purchase")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Windows and sizes of the features (units in the names). Built from ``PipelineConfig``."""
+
+    window_short_s: int = 3600
+    window_long_s: int = 86_400
+    allowed_lateness_s: int = 86_400
+    sequence_length: int = 50
+    top_categories: int = 5
+    affinity_decay_s: float = 86_400.0
+    cooccurrence_top_k: int = 20
+    ctr_prior_clicks: float = 1.0
+    ctr_prior_impressions: float = 20.0
+
+    @classmethod
+    def from_config(cls, config: Any) -> "FeatureSpec":
+        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
+
+    @property
+    def state_retention_s(self) -> int:
+        """Sessions and requests are kept until their last event is this far behind T."""
+        return 2 * self.allowed_lateness_s
+
+    def ctr(self, clicks: int, impressions: int) -> float:
+        return (clicks + self.ctr_prior_clicks) / (impressions + self.ctr_prior_impressions)
+
+
+@dataclass(frozen=True)
+class LatenessPolicy:
+    """What happens to late and out-of-order events.
+
+    ``W`` is the watermark (largest accepted event time) *before* a micro-batch. An event with
+    ``ts < W - allowed_lateness_s`` is *late*: it goes to the dead-letter topic with reason
+    ``late_event`` and changes no feature. Any other event, however out of order, is folded in
+    exactly: windowed counts as of the new T include it when it lies in the window, sequences are
+    re-ordered by event time. De-duplication remembers event ids for ``allowed_lateness_s`` of
+    event time behind T, so every duplicate that is not itself late is recognised.
+    """
+
+    allowed_lateness_s: int
+
+    def is_late(self, ts: float, watermark: float | None) -> bool:
+        return watermark is not None and ts < watermark - self.allowed_lateness_s
+
+
+def event_seconds(event: Any) -> float:
+    return event.ts.timestamp()
+
+
+def interactions(event: Any) -> list[tuple[str, str | None, str, int]]:
+    """``(item_id, category_id, type, quantity)`` for each item the event is about."""
+    kind = event.type
+    if kind in ("view", "add_to_cart", "remove_from_cart", "favorite"):
+        return [(event.item_id, event.category_id, kind, getattr(event, "quantity", 1))]
+    if kind in ("purchase", "bundle_purchase"):
+        return [(line.item_id, line.category_id, kind, line.quantity) for line in event.items]
+    if kind == "click" and event.item_id is not None:
+        return [(event.item_id, None, "click", 1)]
+    return []
+
+
+def _in_window(ts: float, as_of: float, window_s: float) -> bool:
+    return as_of - window_s < ts <= as_of
+
+
+def _window_changed(times: Iterable[float], previous: float | None, as_of: float, spec: FeatureSpec) -> bool:
+    """Did an event leave the short or long window while the as-of time moved from previous to as_of?"""
+    if previous is None or as_of <= previous:
+        return False
+    return any(
+        previous - w < ts <= as_of - w for ts in times for w in (spec.window_short_s, spec.window_long_s)
+    )
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.12g}")
+
+
+# --- users ---------------------------------------------------------------------------------
+
+
+@dataclass
+class UserState:
+    """What a user's features need: last-seen, the sequence tail, recent events, affinities."""
+
+    last_seen: float | None = None
+    # (ts, event_id, line index, item_id, type), at most sequence_length, any order.
+    sequence: list[tuple[float, str, int, str, str]] = field(default_factory=list)
+    # (ts, type) of events that may still be in the long window.
+    recent: list[tuple[float, str]] = field(default_factory=list)
+    # category -> affinity relative to last_seen.
+    affinity: dict[str, float] = field(default_factory=dict)
+
+    def add(self, event: Any, spec: FeatureSpec) -> None:
+        ts = event_seconds(event)
+        if self.last_seen is None or ts > self.last_seen:
+            if self.last_seen is not None:
+                factor = math.exp(-(ts - self.last_seen) / spec.affinity_decay_s)
+                self.affinity = {c: a * factor for c, a in self.affinity.items()}
+            self.last_seen = ts
+        self.recent.append((ts, event.type))
+        event_id = str(event.event_id)
+        for index, (item_id, category_id, kind, _qty) in enumerate(interactions(event)):
+            self.sequence.append((ts, event_id, index, item_id, kind))
+            weight = AFFINITY_WEIGHTS.get(kind, 0.0)
+            if category_id is not None and weight > 0:
+                self.affinity[category_id] = self.affinity.get(category_id, 0.0) + weight * math.exp(
+                    -(self.last_seen - ts) / spec.affinity_decay_s
+                )
+        if len(self.sequence) > spec.sequence_length:
+            self.sequence = sorted(self.sequence)[-spec.sequence_length :]
+
+    def window_changed(self, previous: float | None, as_of: float, spec: FeatureSpec) -> bool:
+        """Whether the windowed counts changed only because time moved on (no new event)."""
+        return _window_changed((ts for ts, _ in self.recent), previous, as_of, spec)
+
+    def prune(self, as_of: float, spec: FeatureSpec) -> None:
+        self.recent = [(ts, k) for ts, k in self.recent if ts > as_of - spec.window_long_s]
+
+    def features(self, user_id: str, as_of: float, spec: FeatureSpec) -> dict[str, Any]:
+        seq = sorted(self.sequence)[-spec.sequence_length :]
+        row: dict[str, Any] = {
+            "user_id": user_id,
+            "last_seen_unix": int(self.last_seen) if self.last_seen is not None else None,
+            "seq_item_ids": [s[3] for s in seq],
+            "seq_event_types": [s[4] for s in seq],
+            "seq_ts_unix": [int(s[0]) for s in seq],
+        }
+        for kind in EVENT_TYPES:
+            row[f"{kind}_count_1h"] = sum(
+                1 for ts, k in self.recent if k == kind and _in_window(ts, as_of, spec.window_short_s)
+            )
+            row[f"{kind}_count_24h"] = sum(
+                1 for ts, k in self.recent if k == kind and _in_window(ts, as_of, spec.window_long_s)
+            )
+        top = sorted(((-_round(a), c) for c, a in self.affinity.items()))[: spec.top_categories]
+        row["top_category_ids"] = [c for _, c in top]
+        row["top_category_scores"] = [-a for a, _ in top]
+        return row
+
+
+# --- items ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ItemState:
+    """Recent views/carts/purchases of an item and its all-time recommendation impressions/clicks."""
+
+    # (ts, kind, quantity) with kind in view / cart / purchase.
+    recent: list[tuple[float, str, int]] = field(default_factory=list)
+    rec_impressions: int = 0
+    rec_clicks: int = 0
+
+    def add_signal(self, ts: float, kind: str, quantity: int) -> None:
+        if kind == "impression":
+            self.rec_impressions += quantity
+        elif kind == "click":
+            self.rec_clicks += quantity
+        else:
+            self.recent.append((ts, kind, quantity))
+
+    def window_changed(self, previous: float | None, as_of: float, spec: FeatureSpec) -> bool:
+        """Whether the windowed counts changed only because time moved on (no new event)."""
+        return _window_changed((ts for ts, _, _ in self.recent), previous, as_of, spec)
+
+    def prune(self, as_of: float, spec: FeatureSpec) -> None:
+        self.recent = [r for r in self.recent if r[0] > as_of - spec.window_long_s]
+
+    def features(self, item_id: str, as_of: float, spec: FeatureSpec) -> dict[str, Any]:
+        def total(kind: str, window_s: int) -> int:
+            return sum(q for ts, k, q in self.recent if k == kind and _in_window(ts, as_of, window_s))
+
+        row: dict[str, Any] = {"item_id": item_id}
+        for kind, name in (("view", "views"), ("cart", "carts"), ("purchase", "purchases")):
+            row[f"{name}_1h"] = total(kind, spec.window_short_s)
+            row[f"{name}_24h"] = total(kind, spec.window_long_s)
+        row["rec_impressions"] = self.rec_impressions
+        row["rec_clicks"] = self.rec_clicks
+        row["rec_ctr"] = spec.ctr(self.rec_clicks, self.rec_impressions)
+        hours = spec.window_long_s / spec.window_short_s
+        row["trending_score"] = (row["views_1h"] + 1) / (row["views_24h"] / hours + 1)
+        return row
+
+
+def item_signals(event: Any) -> list[tuple[str, str, int]]:
+    """``(item_id, kind, quantity)`` signals of an event for the item features."""
+    kind = event.type
+    if kind == "view":
+        return [(event.item_id, "view", 1)]
+    if kind == "add_to_cart":
+        return [(event.item_id, "cart", 1)]
+    if kind in ("purchase", "bundle_purchase"):
+        return [(line.item_id, "purchase", line.quantity) for line in event.items]
+    if kind == "impression" and event.surface == "recommendations":
+        return [(slot.id, "impression", 1) for slot in event.slots]
+    if kind == "click" and event.item_id is not None:
+        return [(event.item_id, "click", 1)]
+    return []
+
+
+# --- co-occurrence ---------------------------------------------------------------------------
+
+
+@dataclass
+class SessionState:
+    """Items carted or bought in one session, with their categories there."""
+
+    items: dict[str, set[str]] = field(default_factory=dict)
+    last_ts: float = float("-inf")
+
+    def add(self, ts: float, item_id: str, category_id: str | None) -> list[tuple[str, tuple[str | None, int, frozenset[str]]]]:
+        """Fold one cart/purchase line in; returns co-occurrence updates ``(item, (partner, dcount, partner cats))``.
+
+        A partner of ``None`` carries the item's own categories and a new session (dcount 1)."""
+        self.last_ts = max(self.last_ts, ts)
+        cats = {category_id} if category_id is not None else set()
+        updates: list[tuple[str, tuple[str | None, int, frozenset[str]]]] = []
+        if item_id not in self.items:
+            updates.append((item_id, (None, 1, frozenset(cats))))
+            for other, other_cats in self.items.items():
+                updates.append((item_id, (other, 1, frozenset(other_cats))))
+                updates.append((other, (item_id, 1, frozenset(cats))))
+            self.items[item_id] = set(cats)
+        elif cats - self.items[item_id]:
+            self.items[item_id] |= cats
+            updates.append((item_id, (None, 0, frozenset(cats))))
+            for other in self.items:
+                if other != item_id:
+                    updates.append((other, (item_id, 0, frozenset(cats))))
+        return updates
+
+
+@dataclass
+class CooccurrenceState:
+    """Per item: sessions containing it, its categories, and per partner (count, categories)."""
+
+    sessions: int = 0
+    categories: set[str] = field(default_factory=set)
+    partners: dict[str, list[Any]] = field(default_factory=dict)  # partner -> [count, set(cats)]
+
+    def add(self, partner: str | None, dcount: int, cats: Iterable[str]) -> None:
+        if partner is None:
+            self.sessions += dcount
+            self.categories |= set(cats)
+            return
+        entry = self.partners.setdefault(partner, [0, set()])
+        entry[0] += dcount
+        entry[1] |= set(cats)
+
+    def features(self, item_id: str, spec: FeatureSpec) -> dict[str, Any]:
+        ranked = sorted(self.partners.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        cross = [
+            bool(self.categories) and bool(cats) and not (self.categories & cats) for _, (_, cats) in ranked
+        ]
+        top = ranked[: spec.cooccurrence_top_k]
+        cross_top = [kv for kv, is_cross in zip(ranked, cross) if is_cross][: spec.cooccurrence_top_k]
+        denominator = max(self.sessions, 1)
+        return {
+            "item_id": item_id,
+            "sessions": self.sessions,
+            "co_item_ids": [b for b, _ in top],
+            "co_counts": [e[0] for _, e in top],
+            "co_scores": [e[0] / denominator for _, e in top],
+            "co_cross_category": cross[: len(top)],
+            "cross_item_ids": [b for b, _ in cross_top],
+            "cross_scores": [e[0] / denominator for _, e in cross_top],
+        }
+
+
+# --- bundles and experiments -----------------------------------------------------------------
+
+
+@dataclass
+class CounterState:
+    """All-time impressions, clicks, purchases of a bundle or an experiment variant."""
+
+    impressions: int = 0
+    clicks: int = 0
+    purchases: int = 0
+
+    def add(self, impressions: int, clicks: int, purchases: int) -> None:
+        self.impressions += impressions
+        self.clicks += clicks
+        self.purchases += purchases
+
+    def features(self, key_name: str, key: str, spec: FeatureSpec) -> dict[str, Any]:
+        return {
+            key_name: key,
+            "impressions": self.impressions,
+            "clicks": self.clicks,
+            "purchases": self.purchases,
+            "ctr": spec.ctr(self.clicks, self.impressions),
+        }
+
+
+def bundle_signals(event: Any) -> list[tuple[str, tuple[int, int, int]]]:
+    """``(bundle_id, (impressions, clicks, purchases))`` increments of an event."""
+    if event.type == "impression" and event.surface == "bundles":
+        return [(slot.id, (1, 0, 0)) for slot in event.slots]
+    if event.type == "click" and event.bundle_id is not None:
+        return [(event.bundle_id, (0, 1, 0))]
+    if event.type == "bundle_purchase":
+        return [(event.bundle_id, (0, 0, 1))]
+    return []
+
+
+@dataclass
+class RequestState:
+    """Attribution of one recommendation request to an experiment variant."""
+
+    variant_key: str | None = None
+    has_impression: bool = False
+    pending_clicks: int = 0
+    pending_purchases: int = 0
+    last_ts: float = float("-inf")
+
+    def add(self, event: Any, variant_key_of: Any) -> list[tuple[str, tuple[int, int, int]]]:
+        """Fold an impression/click/bundle_purchase in; returns attributed variant increments."""
+        self.last_ts = max(self.last_ts, event_seconds(event))
+        out: list[tuple[str, tuple[int, int, int]]] = []
+        if event.type == "impression":
+            if self.has_impression:
+                # A request has one impression; a second one with another event id still counts as
+                # an impression of its own variant but does not re-attribute clicks.
+                key = variant_key_of(event)
+                return [(key, (1, 0, 0))] if key is not None else []
+            self.has_impression = True
+            self.variant_key = variant_key_of(event)
+            if self.variant_key is not None:
+                out.append((self.variant_key, (1, self.pending_clicks, self.pending_purchases)))
+            self.pending_clicks = self.pending_purchases = 0
+            return out
+        clicks, purchases = (1, 0) if event.type == "click" else (0, 1)
+        if self.has_impression:
+            if self.variant_key is not None:
+                out.append((self.variant_key, (0, clicks, purchases)))
+        else:
+            self.pending_clicks += clicks
+            self.pending_purchases += purchases
+        return out

@@ -1,0 +1,438 @@
+"""The feature pipeline's driver: Kafka offset ranges -> Beam composites -> Feast, lake, DLQ.
+
+One micro-batch (``FeaturePipeline.run_once``):
+
+1. plan ``[committed, end)`` per partition (``kafka_source.plan_offset_ranges``) and read exactly
+   those records (at the edge: the driver needs them to pick the state the batch can touch,
+   ``state_subset``);
+2. run the Beam pipeline (runner from ``pipeline.beam_args``) on them: parse, drop late events,
+   de-duplicate, compute every feature family against that part of the carried state;
+3. sinks, in this order: event lake (Parquet, replace by offset range), dead letters (Kafka,
+   ``acks=all``), Feast offline files and online push, the state checkpoint;
+4. only then commit the stops as the group's offsets.
+
+A crash anywhere before 4 re-runs the batch from the same committed offsets: the lake and offline
+files are replaced, the online rows re-upserted, and records already folded into a saved state
+are dropped as duplicates (dead letters are at-least-once, keyed by topic/partition/offset).
+
+``--follow`` loops micro-batches, a poll interval apart when there is nothing new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.accumulators import FeatureSpec
+from pipelines.kafka_source import (
+    KafkaOffsetRange,
+    commit_offsets,
+    plan_offset_ranges,
+    read_offset_ranges,
+)
+from pipelines.lake import lake_row, write_event_lake
+from pipelines.records import DeadLetter, KafkaRecord
+from pipelines.state_store import PipelineState, load_state, save_state, state_path
+from pipelines.state_subset import merge_state, relevant_state
+from pipelines.transforms import (
+    ComputeBundleFeatures,
+    ComputeExperimentFeatures,
+    ComputeItemCooccurrence,
+    ComputeItemFeatures,
+    ComputeUserFeatures,
+    DeduplicateEvents,
+    DropLateEvents,
+    DropProcessedRecords,
+    EventTimeWatermark,
+    ParseEvents,
+)
+
+# Feature family -> (view name, state attribute).
+VIEW_OUTPUTS = {
+    "user_features": "users",
+    "item_features": "items",
+    "item_cooccurrence": "cooccurrence",
+    "bundle_features": "bundles",
+    "experiment_variant_features": "variants",
+}
+
+
+@dataclass
+class BatchResult:
+    """What one Beam run produced (before any sink)."""
+
+    as_of: float | None
+    lake_rows: list[Any]
+    dead_letters: list[DeadLetter]
+    duplicates: int
+    reprocessed: int
+    features: dict[str, list[dict[str, Any]]]
+    state: PipelineState
+    records: int
+
+
+@dataclass
+class BatchSummary:
+    """What a micro-batch did; ``as_text`` is the CLI's line."""
+
+    ranges: list[KafkaOffsetRange] = field(default_factory=list)
+    records: int = 0
+    valid: int = 0
+    duplicates: int = 0
+    # Records the saved state already held (a re-run after a crash before the commit).
+    reprocessed: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    features_written: dict[str, int] = field(default_factory=dict)
+    watermark: float | None = None
+    lag: int = 0
+    elapsed_s: float = 0.0
+
+    def as_text(self) -> str:
+        wm = datetime.fromtimestamp(self.watermark, tz=timezone.utc).isoformat() if self.watermark else "-"
+        dlq = sum(self.dead_letters.values())
+        reasons = ", ".join(f"{r}={n}" for r, n in self.dead_letters.most_common()) or "none"
+        written = sum(self.features_written.values())
+        return (
+            f"events in {self.records} (valid {self.valid}, duplicates {self.duplicates}, "
+            f"already processed {self.reprocessed}), "
+            f"features written {written} {dict(self.features_written)}, DLQ {dlq} ({reasons}), "
+            f"watermark {wm}, lag {self.lag} records, {self.elapsed_s:.1f}s"
+        )
+
+
+class _CollectFn(beam.DoFn):
+    """Pickles each bundle's ``(name, element)`` pairs into a staging folder (how results leave
+    the runner; the driver reads them back after the pipeline finished)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def start_bundle(self):
+        self.buffer: list[Any] = []
+
+    def process(self, element):
+        self.buffer.append(element)
+
+    def finish_bundle(self):
+        if self.buffer:
+            path = Path(self.folder) / f"{uuid.uuid4().hex}.pkl"
+            with open(path, "wb") as handle:
+                pickle.dump(self.buffer, handle, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _collect_all(outputs: dict[str, Any], staging: Path) -> None:
+    tagged = [pcoll | f"Tag{name}" >> beam.Map(lambda x, n=name: (n, x)) for name, pcoll in outputs.items()]
+    tagged | "CollectAll" >> beam.Flatten() | "Collect" >> beam.ParDo(_CollectFn(str(staging)))
+
+
+def _read_collected(staging: Path) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for path in sorted(staging.glob("*.pkl")):
+        with open(path, "rb") as handle:
+            for name, element in pickle.load(handle):
+                out.setdefault(name, []).append(element)
+    return out
+
+
+def compute_batch(
+    read: beam.PTransform,
+    state: PipelineState,
+    spec: FeatureSpec,
+    beam_args: list[str],
+    topic: str = "",
+    staging_root: Path | None = None,
+) -> BatchResult:
+    """Run the composites once over the records ``read`` produces, against ``state``.
+
+    Args:
+        read: a PTransform from the pipeline root to ``KafkaRecord``s.
+        state: the state after the previous batch (not modified).
+        spec: feature windows and sizes.
+        beam_args: Beam pipeline options (the runner).
+        staging_root: where the run's outputs are staged (default: the system temp dir).
+
+    Returns:
+        The batch's outputs and the new state (offsets and batch count are left to the caller).
+    """
+    if staging_root is not None:
+        staging_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="streamrec-batch-", dir=staging_root))
+    watermark = state.watermark
+    try:
+        with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
+            records = p | "Read" >> read
+            parsed = records | "Parse" >> ParseEvents()
+            fresh = parsed["parsed"] | "SkipProcessed" >> DropProcessedRecords(state.offsets)
+            fresh_dead = parsed["dead_letters"] | "SkipProcessedDeadLetters" >> DropProcessedRecords(state.offsets)
+            on_time = fresh | "Lateness" >> DropLateEvents(watermark, spec.allowed_lateness_s, topic)
+            as_of = on_time["events"] | "AsOf" >> EventTimeWatermark(watermark)
+
+            def state_of(name: str):
+                return p | f"State{name}" >> beam.Create(list(getattr(state, name).items()), reshuffle=False)
+
+            unique = {"events": on_time["events"], "seen": state_of("seen")} | "Dedupe" >> DeduplicateEvents(
+                as_of, spec.allowed_lateness_s
+            )
+            events = unique["events"]
+            users = {"events": events, "state": state_of("users")} | "Users" >> ComputeUserFeatures(as_of, spec, watermark)
+            items = {"events": events, "state": state_of("items")} | "Items" >> ComputeItemFeatures(as_of, spec, watermark)
+            cooc = {
+                "events": events,
+                "sessions": state_of("sessions"),
+                "state": state_of("cooccurrence"),
+            } | "Cooccurrence" >> ComputeItemCooccurrence(as_of, spec)
+            bundles = {"events": events, "state": state_of("bundles")} | "Bundles" >> ComputeBundleFeatures(spec)
+            variants = {
+                "events": events,
+                "requests": state_of("requests"),
+                "state": state_of("variants"),
+            } | "Experiments" >> ComputeExperimentFeatures(as_of, spec)
+
+            outputs = {
+                "records": records | "Count" >> beam.combiners.Count.Globally(),
+                "lake": parsed["parsed"] | "LakeRows" >> beam.Map(lake_row),
+                "dead_letters": (fresh_dead, on_time["dead_letters"]) | "AllDeadLetters" >> beam.Flatten(),
+                "reprocessed": records
+                | "Reprocessed" >> beam.Filter(lambda r, o=dict(state.offsets): r.offset < o.get(r.partition, 0))
+                | "CountReprocessed" >> beam.combiners.Count.Globally(),
+                "duplicates": unique["duplicates"] | "CountDuplicates" >> beam.combiners.Count.Globally(),
+                "as_of": as_of,
+                "user_features": users["features"],
+                "item_features": items["features"],
+                "item_cooccurrence": cooc["features"],
+                "bundle_features": bundles["features"],
+                "experiment_variant_features": variants["features"],
+                "state_seen": unique["seen"],
+                "state_users": users["state"],
+                "state_items": items["state"],
+                "state_sessions": cooc["sessions"],
+                "state_cooccurrence": cooc["state"],
+                "state_bundles": bundles["state"],
+                "state_requests": variants["requests"],
+                "state_variants": variants["state"],
+            }
+            _collect_all(outputs, staging)
+        collected = _read_collected(staging)
+
+        def _collected(_staging: Path, name: str) -> list[Any]:
+            return collected.get(name, [])
+
+        as_of_values = [v for v in _collected(staging, "as_of") if v is not None]
+        new_state = PipelineState(
+            watermark=max(as_of_values) if as_of_values else watermark,
+            offsets=dict(state.offsets),
+            batches=state.batches,
+            **{name: dict(_collected(staging, f"state_{name}")) for name in (
+                "seen", "users", "items", "sessions", "cooccurrence", "bundles", "requests", "variants"
+            )},
+        )
+        return BatchResult(
+            as_of=new_state.watermark,
+            lake_rows=_collected(staging, "lake"),
+            dead_letters=_collected(staging, "dead_letters"),
+            duplicates=sum(_collected(staging, "duplicates")),
+            reprocessed=sum(_collected(staging, "reprocessed")),
+            features={name: _collected(staging, name) for name in VIEW_OUTPUTS},
+            state=new_state,
+            records=sum(_collected(staging, "records")),
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def batch_tag(ranges: Iterable[KafkaOffsetRange], state_batches: int) -> str:
+    """A stable name for a batch: the same offsets on the same prior state (a re-run after a crash
+    before the state was saved) get the same tag, so their offline files replace each other;
+    a re-run on a newer state (crash after the save) writes new files beside the old ones."""
+    key = ";".join(f"{r.topic}/{r.partition}/{r.start}-{r.stop}" for r in sorted(ranges)) + f"@{state_batches}"
+    return "batch-" + hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+class FeaturePipeline:
+    """Micro-batches from Kafka into Feast (online + offline), the event lake and the DLQ.
+
+    Example:
+        >>> pipeline = FeaturePipeline(get_settings())  # doctest: +SKIP
+        >>> print(pipeline.run_once().as_text())
+    """
+
+    def __init__(self, settings: Any, store: Any = None, push_online: bool = True):
+        from features.repo import apply_feature_repo
+
+        self.settings = settings
+        self.spec = FeatureSpec.from_config(settings.pipeline)
+        self.topic = settings.kafka.topics.events
+        self.group_id = settings.pipeline.group_id
+        self.state_file = state_path(settings)
+        self.lake_root = Path(settings.data.state_dir) / "lake" / "events"
+        self.push_online = push_online
+        self.store = store if store is not None else apply_feature_repo(settings)
+        self._producer = None
+        # Test hook: called between sinks with the step's name (the kill test stops here).
+        self.on_step: Callable[[str], None] = lambda step: None
+
+    def _dlq_producer(self):
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            self._producer = KafkaProducer(**self.settings.kafka.client_options(), acks="all", linger_ms=5)
+        return self._producer
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
+
+    def run_once(self, start_offsets: dict[int, int] | None = None, max_records_per_partition: int | None = None) -> BatchSummary:
+        """One bounded micro-batch from the committed (or given) offsets to the end offsets now."""
+        started = time.monotonic()
+        ranges = plan_offset_ranges(
+            self.settings.kafka,
+            self.topic,
+            self.group_id,
+            start_offsets,
+            max_records_per_partition or self.settings.pipeline.max_records_per_partition,
+        )
+        summary = BatchSummary(ranges=ranges)
+        if sum(r.size for r in ranges) == 0:
+            summary.watermark = load_state(self.state_file).watermark
+            summary.elapsed_s = time.monotonic() - started
+            return summary
+        state = load_state(self.state_file)
+        self.on_step("beam")
+        # The records are read here, at the edge, because the driver needs them to pick the part of
+        # the state this batch can touch (``state_subset``); the Beam job gets them as its input.
+        records = read_offset_ranges(self.settings.kafka, ranges)
+        passed = relevant_state(state, records, self.spec)
+        staging_root = self.state_file.parent / "staging"
+        for stale in staging_root.glob("streamrec-batch-*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        result = compute_batch(
+            beam.Create(records, reshuffle=False), passed, self.spec, self.settings.pipeline.beam_args, self.topic,
+            staging_root,
+        )
+        result.state = merge_state(state, passed, result.state, self.spec)
+        self._sink(result, ranges, summary)
+        summary.elapsed_s = time.monotonic() - started
+        return summary
+
+    def _sink(self, result: BatchResult, ranges: list[KafkaOffsetRange], summary: BatchSummary) -> None:
+        from pipelines.feast_sink import feature_frame, push_online, write_offline
+
+        self.on_step("lake")
+        write_event_lake(self.lake_root, ranges, result.lake_rows)
+        self.on_step("dlq")
+        if result.dead_letters:
+            producer = self._dlq_producer()
+            limit = self.settings.collector.limits.dlq_max_raw_bytes
+            futures = [
+                producer.send(self.settings.kafka.topics.dlq, key=d.dlq_key, value=d.to_json(limit))
+                for d in result.dead_letters
+            ]
+            producer.flush()
+            for future in futures:
+                future.get(timeout=self.settings.kafka.produce_timeout_s)
+        self.on_step("features")
+        tag = batch_tag(ranges, result.state.batches)
+        for view_name, rows in result.features.items():
+            summary.features_written[view_name] = len(rows)
+            if not rows or result.as_of is None:
+                continue
+            frame = feature_frame(view_name, rows, result.as_of)
+            write_offline(self.settings, view_name, frame, tag, result.as_of)
+            if self.push_online:
+                push_online(self.store, view_name, frame)
+        self.on_step("state")
+        new_state = result.state
+        new_state.offsets = {**new_state.offsets, **{r.partition: r.stop for r in ranges}}
+        new_state.batches += 1
+        save_state(self.state_file, new_state)
+        self.on_step("commit")
+        commit_offsets(self.settings.kafka, self.group_id, ranges)
+        summary.records = result.records
+        summary.valid = len(result.lake_rows)
+        summary.duplicates = result.duplicates
+        summary.reprocessed = result.reprocessed
+        summary.dead_letters = Counter(d.reason for d in result.dead_letters)
+        summary.watermark = result.as_of
+        summary.lag = self.lag()
+
+    def lag(self) -> int:
+        """Records in the topic not yet committed by the group."""
+        ranges = plan_offset_ranges(self.settings.kafka, self.topic, self.group_id)
+        return sum(r.size for r in ranges)
+
+    def follow(
+        self,
+        max_batches: int | None = None,
+        stop_when_idle: bool = False,
+        on_batch: Callable[[BatchSummary], None] = lambda s: None,
+        max_consecutive_failures: int = 10,
+    ) -> list[BatchSummary]:
+        """Micro-batches in a loop until SIGINT/SIGTERM (or ``max_batches`` / idle when asked).
+
+        A failed batch (broker away, a sink down) committed nothing, so it is retried with
+        exponential back-off; after ``max_consecutive_failures`` in a row the error is raised.
+        """
+        stopping = {"flag": False}
+
+        def stop(signum, frame):
+            stopping["flag"] = True
+
+        def pause(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and not stopping["flag"]:
+                time.sleep(0.1)
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        summaries: list[BatchSummary] = []
+        failures = 0
+        try:
+            while not stopping["flag"]:
+                try:
+                    summary = self.run_once()
+                    failures = 0
+                except Exception as exc:  # noqa: BLE001 - retried, then re-raised
+                    failures += 1
+                    if failures >= max_consecutive_failures:
+                        raise
+                    backoff = min(60.0, self.settings.pipeline.poll_interval_s * 2**failures)
+                    print(f"pipeline: batch failed ({type(exc).__name__}: {exc}); retrying in {backoff:.0f}s",
+                          file=sys.stderr, flush=True)
+                    pause(backoff)
+                    continue
+                if summary.records:
+                    summaries.append(summary)
+                    on_batch(summary)
+                    if max_batches is not None and len(summaries) >= max_batches:
+                        break
+                    continue
+                if stop_when_idle:
+                    break
+                pause(self.settings.pipeline.poll_interval_s)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return summaries
+
+
+def records_from_lake(frame: Any, topic: str) -> list[KafkaRecord]:
+    """Lake rows back as Kafka records (for backfills through the same composites)."""
+    return [
+        KafkaRecord(topic, int(p), int(o), 0, None, j.encode("utf-8"))
+        for p, o, j in zip(frame["kafka_partition"], frame["kafka_offset"], frame["event_json"])
+    ]

@@ -1,0 +1,92 @@
+"""The Feast repository: applied to a temporary directory, a pushed frame is read back online;
+names agree with what the pipeline writes; production selects Redis by configuration only."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from features.repo import apply_feature_repo, repo_config
+from features.services import ALL_FEATURE_SERVICES
+from features.views import ALL_FEATURE_VIEWS
+from pipelines.feast_sink import feature_frame, push_online
+from streamrec.config import REPO_ROOT, Settings
+
+
+def _settings(tmp_path: Path, **feast) -> Settings:
+    return Settings(data={"state_dir": str(tmp_path / "state")}, feast={"project": "unit", **feast})
+
+
+def _user_row(user_id: str) -> dict:
+    row = {"user_id": user_id, "last_seen_unix": 1511600000, "seq_item_ids": ["i1", "i2"],
+           "seq_event_types": ["view", "add_to_cart"], "seq_ts_unix": [1511599000, 1511600000],
+           "top_category_ids": ["c1"], "top_category_scores": [1.5]}
+    from features.events import EVENT_TYPES
+
+    row.update({f"{k}_count_{w}": 1 for k in EVENT_TYPES for w in ("1h", "24h")})
+    return row
+
+
+def test_apply_push_and_read_online(tmp_path):
+    store = apply_feature_repo(_settings(tmp_path))
+    assert {fv.name for fv in store.list_feature_views()} == {fv.name for fv in ALL_FEATURE_VIEWS}
+    assert {fs.name for fs in store.list_feature_services()} == {"retrieval_v1", "ranking_v1", "bundle_bandit_v1"}
+    assert all(fs.name.endswith("_v1") for fs in ALL_FEATURE_SERVICES)
+    apply_feature_repo(_settings(tmp_path))  # idempotent
+
+    push_online(store, "user_features", feature_frame("user_features", [_user_row("u1")], 1511600000))
+    online = store.get_online_features(
+        features=store.get_feature_service("retrieval_v1"), entity_rows=[{"user_id": "u1"}, {"user_id": "nobody"}]
+    ).to_dict()
+    assert online["seq_item_ids"] == [["i1", "i2"], None]
+    assert online["last_seen_unix"] == [1511600000, None]
+
+
+def test_committed_feature_store_yamls():
+    dev = yaml.safe_load((REPO_ROOT / "features/feature_repo/feature_store.yaml").read_text())
+    prod = yaml.safe_load((REPO_ROOT / "deploy/production/feast/feature_store.yaml").read_text())
+    assert dev["online_store"]["type"] == "sqlite" and dev["offline_store"]["type"] == "file"
+    assert prod["online_store"]["type"] == "redis" and prod["project"] == dev["project"]
+    fragment = yaml.safe_load((REPO_ROOT / "deploy/production/feast/streamrec.yaml").read_text())
+    settings = Settings(**fragment)
+    assert repo_config(settings).online_store.type == "redis"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.redis
+def test_redis_online_store_by_configuration_only(tmp_path):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not installed (apt-get install -y redis-server)")
+    pytest.importorskip("redis", reason="the `redis` Python client (feast[redis]) is not installed")
+    port = _free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.1)
+        settings = _settings(tmp_path, online_store="redis", redis_connection_string=f"127.0.0.1:{port}")
+        store = apply_feature_repo(settings)
+        push_online(store, "user_features", feature_frame("user_features", [_user_row("u7")], 1511600000))
+        online = store.get_online_features(features=["user_features:seq_item_ids"], entity_rows=[{"user_id": "u7"}]).to_dict()
+        assert online["seq_item_ids"] == [["i1", "i2"]]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

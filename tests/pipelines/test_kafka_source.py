@@ -1,0 +1,55 @@
+"""The pure-Python Kafka source against the real broker: planned ranges, exact reads, commits
+without a group join, and the unbounded splittable DoFn (bounded by stop offsets here)."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from pipeline_support import ev, pipeline_settings, produce
+
+from pipelines.kafka_source import (
+    ReadKafkaOffsetRanges,
+    ReadKafkaUnbounded,
+    commit_offsets,
+    committed_offsets,
+    plan_offset_ranges,
+)
+
+pytestmark = pytest.mark.kafka
+BEAM_ARGS = ["--runner=DirectRunner", "--direct_num_workers=1"]
+
+
+def test_plan_read_commit_and_unbounded_read(kafka_broker, tmp_path):
+    settings = pipeline_settings(kafka_broker.settings, tmp_path / "state")
+    topic, group = settings.kafka.topics.events, settings.pipeline.group_id
+    events = [ev("view", f"u{i % 7}", i, item_id=f"i{i}") for i in range(300)]
+    produce(settings, events)
+
+    ranges = plan_offset_ranges(settings.kafka, topic, group)
+    assert sum(r.size for r in ranges) == 300 and all(r.start == 0 for r in ranges)
+    # Cut to at most 10 per partition, then read exactly those records.
+    small = plan_offset_ranges(settings.kafka, topic, group, max_records_per_partition=10)
+    with TestPipeline(argv=BEAM_ARGS) as p:
+        records = p | beam.Create(small) | ReadKafkaOffsetRanges(settings.kafka.client_options())
+        assert_that(
+            records | beam.Map(lambda r: (r.partition, r.offset)),
+            equal_to([(r.partition, o) for r in small for o in range(r.start, r.stop)]),
+        )
+
+    commit_offsets(settings.kafka, group, small)
+    assert committed_offsets(settings.kafka, topic, group) == {r.partition: r.stop for r in small}
+    after = plan_offset_ranges(settings.kafka, topic, group)
+    assert [r.start for r in after] == [r.stop for r in small]
+    assert sum(r.size for r in after) == 300 - sum(r.size for r in small)
+
+    # The unbounded reader (what a streaming runner would run), made finite by stop offsets.
+    starts = {r.partition: r.start for r in after}
+    stops = {r.partition: r.stop for r in after}
+    with TestPipeline(argv=BEAM_ARGS) as p:
+        records = p | ReadKafkaUnbounded(settings.kafka.client_options(), topic, starts, stops)
+        assert_that(
+            records | beam.Map(lambda r: (r.partition, r.offset)),
+            equal_to([(r.partition, o) for r in after for o in range(r.start, r.stop)]),
+        )

@@ -1,0 +1,160 @@
+"""Each Beam composite on its own (TestPipeline, Create, assert_that), against the pandas oracle;
+and the state carried between batches: one batch == several batches == oracle."""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+import pandas as pd
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from oracle import compute_features
+from pipeline_support import T0, assert_frames_match, ev, mixed_events
+
+from features.events import event_to_json, parse_event
+from features.views import ALL_FEATURE_VIEWS, JOIN_KEY_OF_VIEW, feature_names
+from pipelines.accumulators import FeatureSpec
+from pipelines.records import KafkaRecord
+from pipelines.runner import compute_batch
+from pipelines.state_store import PipelineState
+from pipelines.transforms import (
+    ComputeBundleFeatures,
+    ComputeExperimentFeatures,
+    ComputeItemCooccurrence,
+    ComputeItemFeatures,
+    ComputeUserFeatures,
+    DeduplicateEvents,
+    DropLateEvents,
+    EventTimeWatermark,
+    ParseEvents,
+)
+
+SPEC = FeatureSpec()
+BEAM_ARGS = ["--runner=DirectRunner", "--direct_num_workers=1"]
+
+
+def _record(value: bytes, offset: int) -> KafkaRecord:
+    return KafkaRecord("events", 0, offset, 0, b"k", value)
+
+
+def _models(events):
+    return [parse_event(e) for e in events]
+
+
+def _matches(expected: pd.DataFrame, key: str, label: str):
+    def check(rows):
+        actual = pd.DataFrame(list(rows)).set_index(key)
+        assert_frames_match(actual, expected, label)
+
+    return check
+
+
+def test_parse_events_sends_invalid_records_to_dead_letters_with_reasons():
+    good = mixed_events()[:3]
+    bad = [
+        (b"{not json", "invalid_json"),
+        (b"\xff\xfe", "invalid_utf8"),
+        (json.dumps({**good[0], "type": "teleport"}).encode(), "unknown_event_type"),
+        (json.dumps({k: v for k, v in good[0].items() if k != "user_id"}).encode(), "missing_field"),
+        (json.dumps({**good[0], "surprise": 1}).encode(), "unknown_field"),
+        (json.dumps({**good[0], "schema_version": 2}).encode(), "unsupported_schema_version"),
+        (b"[1, 2]", "not_an_object"),
+    ]
+    records = [_record(event_to_json(parse_event(e)), i) for i, e in enumerate(good)]
+    records += [_record(raw, 100 + i) for i, (raw, _) in enumerate(bad)]
+    with TestPipeline(argv=BEAM_ARGS) as p:
+        out = p | beam.Create(records) | ParseEvents()
+        assert_that(out["events"] | beam.Map(lambda e: str(e.event_id)), equal_to([e["event_id"] for e in good]), label="good")
+        assert_that(
+            out["dead_letters"] | beam.Map(lambda d: (d.offset, d.reason)),
+            equal_to([(100 + i, reason) for i, (_, reason) in enumerate(bad)]),
+            label="bad",
+        )
+
+
+def test_drop_late_events_and_watermark():
+    events = [ev("view", "u1", dt, item_id="i1") for dt in (0, -100, -5000)]
+    parsed = [(0, i, m) for i, m in enumerate(_models(events))]
+    from pipelines.records import ParsedRecord
+
+    with TestPipeline(argv=BEAM_ARGS) as p:
+        out = p | beam.Create([ParsedRecord(*x) for x in parsed]) | DropLateEvents(T0 + 1000, 3600, "events")
+        assert_that(out["events"] | beam.Map(lambda e: e.ts.timestamp()), equal_to([T0, T0 - 100]), label="on_time")
+        assert_that(out["dead_letters"] | beam.Map(lambda d: (d.reason, d.offset)), equal_to([("late_event", 2)]), label="late")
+        wm = out["events"] | EventTimeWatermark(T0 + 1000)
+        assert_that(wm, equal_to([T0 + 1000]), label="watermark")
+
+
+def test_deduplicate_events_within_and_across_batches():
+    a, b, c = (ev("view", "u1", dt, item_id="i1") for dt in (0, 10, 20))
+    events = _models([a, a, b, c])
+    seen = [(c["event_id"], T0 + 20.0)]  # c was processed in an earlier batch
+    with TestPipeline(argv=BEAM_ARGS) as p:
+        as_of = p | "AsOf" >> beam.Create([T0 + 20.0])
+        out = {"events": p | "E" >> beam.Create(events), "seen": p | "S" >> beam.Create(seen)} | DeduplicateEvents(as_of, 3600)
+        assert_that(out["events"] | beam.Map(lambda e: str(e.event_id)), equal_to([a["event_id"], b["event_id"]]), label="unique")
+        assert_that(out["duplicates"], equal_to([a["event_id"], c["event_id"]]), label="dups")
+        assert_that(out["seen"] | beam.Map(lambda kv: kv[0]), equal_to([a["event_id"], b["event_id"], c["event_id"]]), label="seen")
+
+
+def test_feature_composites_equal_oracle():
+    """Each feature composite, asserted on its own, in one TestPipeline (one runner start-up)."""
+    events = mixed_events()
+    expected = compute_features(events, SPEC)
+    models = _models(events)
+    with TestPipeline(argv=BEAM_ARGS) as p:
+        as_of = p | "AsOf" >> beam.Create([max(m.ts.timestamp() for m in models)])
+        source = p | "Events" >> beam.Create(models)
+
+        def empty(label):
+            return p | label >> beam.Create([])
+
+        outputs = {
+            "user_features": {"events": source, "state": empty("U")} | "Users" >> ComputeUserFeatures(as_of, SPEC, None),
+            "item_features": {"events": source, "state": empty("I")} | "Items" >> ComputeItemFeatures(as_of, SPEC, None),
+            "item_cooccurrence": {"events": source, "state": empty("C"), "sessions": empty("S")}
+            | "Cooccurrence" >> ComputeItemCooccurrence(as_of, SPEC),
+            "bundle_features": {"events": source, "state": empty("B")} | "Bundles" >> ComputeBundleFeatures(SPEC),
+            "experiment_variant_features": {"events": source, "state": empty("V"), "requests": empty("R")}
+            | "Experiments" >> ComputeExperimentFeatures(as_of, SPEC),
+        }
+        for view, out in outputs.items():
+            assert len(expected[view]) > 0, view
+            assert_that(out["features"], _matches(expected[view], JOIN_KEY_OF_VIEW[view], view), label=f"Check{view}")
+
+
+def test_feature_rows_have_the_feast_schema_columns():
+    result = compute_batch(
+        beam.Create([_record(event_to_json(parse_event(e)), i) for i, e in enumerate(mixed_events())]),
+        PipelineState(), SPEC, BEAM_ARGS,
+    )
+    for view in ALL_FEATURE_VIEWS:
+        rows = result.features[view.name]
+        assert rows, view.name
+        assert set(rows[0]) == {JOIN_KEY_OF_VIEW[view.name], *feature_names(view)}, view.name
+
+
+def _latest(results):
+    latest: dict[str, dict] = {}
+    for result in results:
+        for view, rows in result.features.items():
+            for row in rows:
+                latest.setdefault(view, {})[row[JOIN_KEY_OF_VIEW[view]]] = row
+    return {view: pd.DataFrame(list(rows.values())).set_index(JOIN_KEY_OF_VIEW[view]) for view, rows in latest.items()}
+
+
+def test_state_carried_across_batches_gives_the_same_features():
+    events = sorted(mixed_events(), key=lambda e: e["ts"])
+    records = [_record(event_to_json(parse_event(e)), i) for i, e in enumerate(events)]
+    expected = compute_features(events, SPEC)
+    one = compute_batch(beam.Create(records), PipelineState(), SPEC, BEAM_ARGS)
+    state, results = PipelineState(), []
+    for chunk in (records[:6], records[6:12], records[12:]):
+        result = compute_batch(beam.Create(chunk), state, SPEC, BEAM_ARGS)
+        state = result.state
+        results.append(result)
+    for label, got in (("one batch", _latest([one])), ("three batches", _latest(results))):
+        for view, frame in expected.items():
+            assert_frames_match(got[view], frame, f"{view} ({label})")
