@@ -66,3 +66,16 @@ lock: $(STAMP)
 clean:
 	-$(BIN)/streamrec down
 	rm -rf $(VENV) .streamrec .pytest_cache
+
+.PHONY: bench-training bench-quality
+
+# Training throughput: Ray Train (1 and 2 workers) vs a plain PyTorch loop, same model and batch.
+BENCH_TRAINING_ARGS ?= --model lightgcn --max-users 3000 --epochs 3 --workers 1,2
+bench-training: $(STAMP)
+	$(BIN)/python tests/benchmarks/bench_training.py $(BENCH_TRAINING_ARGS)
+
+# Model quality on the papers' protocols (CPU epoch budget; BENCH_QUALITY_ARGS="--full --use-gpu" on a GPU).
+QUALITY_RESULTS ?= reports/quality
+BENCH_QUALITY_ARGS ?= --epochs 2
+bench-quality: $(STAMP)
+	$(BIN)/python tests/benchmarks/bench_quality.py --results-dir $(QUALITY_RESULTS) $(BENCH_QUALITY_ARGS)

@@ -5,28 +5,40 @@ micro-batch driver (``FeaturePipeline``), backfill and training-set builders, an
 Feature definitions (windows, decay, priors, lateness) are documented in ``accumulators``.
 """
 
-from pipelines.accumulators import FeatureSpec, LatenessPolicy
-from pipelines.kafka_source import (
-    KafkaOffsetRange,
-    ReadKafkaOffsetRanges,
-    ReadKafkaUnbounded,
-    commit_offsets,
-    committed_offsets,
-    plan_offset_ranges,
-)
-from pipelines.runner import BatchSummary, FeaturePipeline, compute_batch
-from pipelines.transforms import (
-    ComputeBundleFeatures,
-    ComputeExperimentFeatures,
-    ComputeItemCooccurrence,
-    ComputeItemFeatures,
-    ComputeUserFeatures,
-    DeduplicateEvents,
-    DropLateEvents,
-    DropProcessedRecords,
-    EventTimeWatermark,
-    ParseEvents,
-)
+# Imported lazily (PEP 562): importing `pipelines.cli` for `streamrec --help` must not pay
+# for Apache Beam's import (seconds); the names resolve on first use.
+_EXPORTS = {
+    "BatchSummary": "pipelines.runner",
+    "ComputeBundleFeatures": "pipelines.transforms",
+    "ComputeExperimentFeatures": "pipelines.transforms",
+    "ComputeItemCooccurrence": "pipelines.transforms",
+    "ComputeItemFeatures": "pipelines.transforms",
+    "ComputeUserFeatures": "pipelines.transforms",
+    "DeduplicateEvents": "pipelines.transforms",
+    "DropLateEvents": "pipelines.transforms",
+    "DropProcessedRecords": "pipelines.transforms",
+    "EventTimeWatermark": "pipelines.transforms",
+    "FeaturePipeline": "pipelines.runner",
+    "FeatureSpec": "pipelines.accumulators",
+    "KafkaOffsetRange": "pipelines.kafka_source",
+    "LatenessPolicy": "pipelines.accumulators",
+    "ParseEvents": "pipelines.transforms",
+    "ReadKafkaOffsetRanges": "pipelines.kafka_source",
+    "ReadKafkaUnbounded": "pipelines.kafka_source",
+    "commit_offsets": "pipelines.kafka_source",
+    "committed_offsets": "pipelines.kafka_source",
+    "compute_batch": "pipelines.runner",
+    "plan_offset_ranges": "pipelines.kafka_source",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BatchSummary",

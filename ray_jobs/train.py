@@ -23,6 +23,7 @@ import ray
 from ray_jobs.models import MODELS
 from ray_jobs.registry import ModelRegistry, code_version, data_snapshot_id
 from ray_jobs.trainers import JobConfig, TrainingOutcome, load_job_data, run_training
+from ray_jobs.trainers.launch import ensure_ray
 
 __all__ = ["main", "parse_args", "register_outcome"]
 
@@ -49,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--storage-path", help="Ray Train checkpoint storage (path or URI)")
     p.add_argument("--registry", help="model registry root (path or pyarrow URI) to publish to")
     p.add_argument("--name", help="run / registry name (default: from the config)")
+    p.add_argument("--address", help="Ray cluster to join, e.g. 127.0.0.1:6380 (default: $RAY_ADDRESS, "
+                                     "else a private local instance)")
     return p.parse_args(argv)
 
 
@@ -72,20 +75,25 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return o
 
 
-def register_outcome(outcome: TrainingOutcome, registry_root: str) -> str:
-    """Publish a finished run to the registry; returns the new version id."""
+def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | None = None) -> str:
+    """Publish a finished run to the registry (as ``name``, default the job name); returns the version."""
     job = outcome.job
     data = load_job_data(job)
     embeddings = {p.stem: np.load(p) for p in sorted(outcome.embeddings_dir().glob("*.npy"))}
     weights = outcome.weights_file()
+    # Raw ids of the rows (when the dataset has them, e.g. taobao): serving maps its ids with these.
+    ids = {kind: [str(v) for v in raw.tolist()]
+           for kind, raw in (("user", data.user_ids), ("item", data.item_ids))
+           if raw is not None and kind in embeddings and len(raw) == len(embeddings[kind])}
     return ModelRegistry(registry_root).register(
-        job.name,
+        name or job.name,
         embeddings=embeddings,
         metrics=outcome.metrics,
         config=job.model_dump(mode="json"),
         data_snapshot_id=data_snapshot_id(data.source_files),
         code_version=code_version(),
         weights_file=weights if weights.exists() else None,
+        extra={"model": job.model, "dataset": job.dataset.name, **({"ids": ids} if ids else {})},
     )
 
 
@@ -95,10 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     job = JobConfig.from_yaml(config, _overrides(args))
     owns_ray = not ray.is_initialized()  # leave a caller's Ray session running
     try:
+        ensure_ray(args.address)
         outcome = run_training(job)
         summary: dict[str, Any] = {"run_name": outcome.run_name, "metrics": outcome.metrics}
         if job.registry:
             summary["registered_version"] = register_outcome(outcome, job.registry)
+            summary["registered_name"] = job.name
+            summary["registry"] = job.registry
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     finally:
         if owns_ray:

@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.cli import register as register_pipeline  # pipeline run|backfill|training-set, features apply
 
     register_pipeline(sub)
+    from ray_jobs.cli import register as register_train
+    register_train(sub)
     return parser
 
 

@@ -67,6 +67,8 @@ class InteractionData:
         item_category: optional ``(n_items,)`` integer category per item.
         bundles: item-level graphs for bundle datasets, else ``None``.
         source_files: the raw files read, for the registry's data snapshot id.
+        user_ids, item_ids: optional raw (source) ids of the rows, ``(n_users,)`` / ``(n_items,)``;
+            registered with the embeddings so that serving can map its string ids to rows.
     """
 
     name: str
@@ -80,10 +82,16 @@ class InteractionData:
     item_category: np.ndarray | None = None
     bundles: BundleGraphs | None = None
     source_files: tuple[str, ...] = field(default_factory=tuple)
+    user_ids: np.ndarray | None = None
+    item_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.n_users <= 0 or self.n_items <= 0:
             raise ValueError("n_users and n_items must be positive")
+        if self.user_ids is not None and len(self.user_ids) != self.n_users:
+            raise ValueError("user_ids must have n_users entries")
+        if self.item_ids is not None and len(self.item_ids) != self.n_items:
+            raise ValueError("item_ids must have n_items entries")
         for split in ("train", "valid", "test"):
             _check_pairs(split, getattr(self, split), self.n_users, self.n_items)
         if self.item_category is not None and self.item_category.shape != (self.n_items,):

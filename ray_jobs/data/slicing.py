@@ -52,7 +52,7 @@ def subsample_users(
         return np.stack([_remap(p[:, 0], kept_users, data.n_users), p[:, 1]], axis=1)
 
     train, valid, test = (users_only(getattr(data, s)) for s in ("train", "valid", "test"))
-    n_items, category = data.n_items, data.item_category
+    n_items, category, item_ids = data.n_items, data.item_category, data.item_ids
     if compact_items:
         kept_items = np.unique(train[:, 1])
         item_ok = np.zeros(data.n_items, dtype=bool)
@@ -65,6 +65,7 @@ def subsample_users(
         train, valid, test = items_only(train), items_only(valid), items_only(test)
         n_items = len(kept_items)
         category = None if category is None else category[kept_items]
+        item_ids = None if item_ids is None else item_ids[kept_items]
     bundles = data.bundles
     if bundles is not None:
         bundles = BundleGraphs(
@@ -82,4 +83,6 @@ def subsample_users(
         test=test,
         item_category=category,
         bundles=bundles,
+        user_ids=None if data.user_ids is None else data.user_ids[kept_users],
+        item_ids=item_ids,
     )

@@ -50,7 +50,7 @@ def load_taobao(
     frame = pd.read_csv(path, header=None, names=COLUMNS)
     frame = frame[frame["behavior"].isin(list(behaviors))]
     frame = frame.sort_values(["user_id", "timestamp"], kind="stable")
-    _, users = np.unique(frame["user_id"].to_numpy(), return_inverse=True)
+    user_ids, users = np.unique(frame["user_id"].to_numpy(), return_inverse=True)
     item_ids, items = np.unique(frame["item_id"].to_numpy(), return_inverse=True)
     # An item has one category in this data; take the first seen to be safe.
     first = frame.drop_duplicates("item_id").set_index("item_id")["category_id"]
@@ -67,4 +67,6 @@ def load_taobao(
         test_excludes_valid=True,
         item_category=category.astype(np.int64),
         source_files=(str(path),),
+        user_ids=user_ids,
+        item_ids=item_ids,
     )

@@ -133,6 +133,7 @@ class ModelRegistry:
         code_version: str = "unknown",
         weights_file: str | os.PathLike[str] | None = None,
         set_latest: bool = True,
+        extra: dict[str, Any] | None = None,
     ) -> str:
         """Write a new version of ``name`` and (by default) point ``LATEST`` at it.
 
@@ -145,6 +146,8 @@ class ModelRegistry:
             code_version: git revision of the training code.
             weights_file: a local ``state_dict`` file to store as ``model.pt``.
             set_latest: move the ``LATEST`` pointer to the new version.
+            extra: more manifest keys (e.g. ``ids``: ``kind -> raw ids of the rows``, which serving
+                uses to map its string ids to embedding rows); cannot replace the keys above.
 
         Returns:
             The new version id (UTC timestamp plus a random suffix, sortable).
@@ -176,6 +179,10 @@ class ModelRegistry:
             "embeddings": {k: list(np.shape(v)) for k, v in embeddings.items()},
             "files": sorted(files),
         }
+        clash = set(extra or {}) & set(manifest)
+        if clash:
+            raise ValueError(f"extra manifest keys {sorted(clash)} are reserved")
+        manifest.update(extra or {})
         # The manifest goes last: a version directory with a manifest is complete.
         manifest_json = json.dumps(manifest, indent=2, sort_keys=True, default=str)
         self._write_bytes(f"{staging}/{MANIFEST}", manifest_json.encode())

@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -24,7 +25,7 @@ from ray.train.torch import TorchTrainer
 from ray_jobs.data.paths import resolve_datasets_dir
 from ray_jobs.trainers.checkpointing import BEST_FILE, FINAL_DIR
 from ray_jobs.trainers.config import JobConfig
-from ray_jobs.trainers.worker_loop import train_loop_per_worker
+from ray_jobs.trainers.worker_loop import HISTORY_FILE, train_loop_per_worker
 
 __all__ = ["TrainingOutcome", "run_training", "ensure_ray"]
 
@@ -40,12 +41,14 @@ class TrainingOutcome:
         artifacts_dir: local copy of the final checkpoint: ``best_model.pt`` and ``final/``.
         job: the resolved job config that ran.
         run_name: the Ray Train run name (its checkpoints live under ``storage_path/run_name``).
+        history: the per-epoch reports of rank 0 (train loss, validation metrics), oldest first.
     """
 
     metrics: dict[str, Any]
     artifacts_dir: Path
     job: JobConfig
     run_name: str
+    history: tuple[dict[str, Any], ...] = ()
 
     def embeddings_dir(self) -> Path:
         return self.artifacts_dir / FINAL_DIR / "embeddings"
@@ -54,15 +57,19 @@ class TrainingOutcome:
         return self.artifacts_dir / BEST_FILE
 
 
-def ensure_ray() -> None:
-    """[Ray] Join the cluster in ``RAY_ADDRESS`` (or the job's cluster), else start a local one."""
+def ensure_ray(address: str | None = None) -> None:
+    """[Ray] Join ``address`` or the cluster in ``RAY_ADDRESS`` (or the job's cluster), else start a
+    private local one."""
     if ray.is_initialized():
+        return
+    # Make this checkout importable in worker processes without installing it.
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    if address:  # an existing cluster on this machine (e.g. the head `streamrec up` runs)
+        ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": path}})
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init()  # under `ray job submit` the working_dir runtime env is inherited
         return
-    # Local start: make this checkout importable in worker processes without installing it.
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     # address="local": start a fresh instance rather than silently joining one found in /tmp/ray.
     ray.init(address="local", runtime_env={"env_vars": {"PYTHONPATH": path}})
 
@@ -107,4 +114,25 @@ def run_training(job: JobConfig, keep_dir: Path | None = None) -> TrainingOutcom
     with result.checkpoint.as_directory() as d:
         shutil.copytree(d, out, dirs_exist_ok=True)
     metrics = json.loads((out / FINAL_DIR / "metrics.json").read_text())
-    return TrainingOutcome(metrics=metrics, artifacts_dir=out, job=job, run_name=run_name)
+    history_file = out / HISTORY_FILE
+    history = tuple(json.loads(history_file.read_text())) if history_file.exists() else _history(result)
+    return TrainingOutcome(metrics=metrics, artifacts_dir=out, job=job, run_name=run_name, history=history)
+
+
+def _history(result: Any) -> tuple[dict[str, Any], ...]:
+    """Fallback: the reports Ray kept (only those of retained checkpoints), JSON-safe scalars only."""
+    frame = getattr(result, "metrics_dataframe", None)
+    if frame is None or len(frame) == 0:
+        return ()
+    rows = []
+    for rec in frame.to_dict("records"):
+        row = {}
+        for k, v in rec.items():
+            v = v.item() if hasattr(v, "item") else v
+            if k.startswith(("config/", "_")) or not isinstance(v, (bool, int, float, str)):
+                continue
+            if isinstance(v, float) and not math.isfinite(v):
+                continue  # epochs without validation have NaN there
+            row[k] = v
+        rows.append(row)
+    return tuple(rows)

@@ -8,8 +8,10 @@ local runs).
 from __future__ import annotations
 
 import copy
+import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
@@ -30,7 +32,9 @@ from ray_jobs.trainers.early_stopping import EarlyStopping
 from ray_jobs.trainers.evaluate import evaluate
 from ray_jobs.trainers.job_data import load_job_data
 
-__all__ = ["train_loop_per_worker"]
+__all__ = ["train_loop_per_worker", "HISTORY_FILE"]
+
+HISTORY_FILE = "history.json"  # per-epoch metrics (training curves) in every checkpoint
 
 
 def _make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -41,8 +45,9 @@ def _make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
 
 def _epoch_batches(
     model: torch.nn.Module, data: InteractionData, job: JobConfig, epoch: int, rank: int, world: int, device
-) -> tuple[Iterator[dict[str, torch.Tensor]], int]:
-    """This worker's batches for ``epoch`` and the number of global steps (for the progress bar)."""
+) -> tuple[Iterator[dict[str, torch.Tensor]], int, int]:
+    """This worker's batches for ``epoch``, the number of global steps (for the progress bar) and
+    the number of training samples in the epoch over all workers (for throughput)."""
     cfg: Any = model.config
     seed = job.train.seed
     if model.batch_kind == "sequence":
@@ -50,9 +55,9 @@ def _epoch_batches(
         batches = sequence_batches(
             data.train, data.n_users, data.n_items, cfg.max_len, cfg.batch_size, epoch, seed, rank, world, device
         )
-        return batches, n_global_batches(n_users, cfg.batch_size)
+        return batches, n_global_batches(n_users, cfg.batch_size), n_users
     batches = pairwise_batches(data.train, data.n_items, cfg.batch_size, epoch, seed, rank, world, device)
-    return batches, n_global_batches(len(data.train), cfg.batch_size)
+    return batches, n_global_batches(len(data.train), cfg.batch_size), len(data.train)
 
 
 def _global_mean(total: float, count: int, world: int, device) -> float:
@@ -117,6 +122,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stopper = EarlyStopping.from_state_dict(state["stopper"])
         start_epoch = state["epoch"] + 1
     resumed_from = start_epoch
+    history: list[dict[str, Any]] = []  # per-epoch scalar metrics, shipped in every checkpoint
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            if (Path(d) / HISTORY_FILE).exists():
+                history = [h for h in json.loads((Path(d) / HISTORY_FILE).read_text()) if h["epoch"] < start_epoch]
 
     # [Ray] Wrap in DDP (gloo on CPU, NCCL on GPU). Graph buffers are data, identical everywhere.
     model = ray.train.torch.prepare_model(core, parallel_strategy_kwargs={"broadcast_buffers": False})
@@ -124,14 +134,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def write_state(d: Path) -> None:
         save_state(d, core.state_dict(), optimizer.state_dict(), best_state, epoch,
                    {"stopper": stopper.state_dict()})
+        (d / HISTORY_FILE).write_text(json.dumps(history))
 
     epoch = start_epoch - 1
     while epoch + 1 < job.train.epochs and not stopper.should_stop:
         epoch += 1
         core.on_epoch_start(epoch)
         model.train()
-        batches, n_batches = _epoch_batches(core, data, job, epoch, rank, world, device)
+        batches, n_batches, n_samples = _epoch_batches(core, data, job, epoch, rank, world, device)
         total, count = 0.0, 0
+        started = time.perf_counter()
         for step, batch in enumerate(tqdm(batches, total=n_batches, desc=f"epoch {epoch}",
                                           disable=rank != 0 or not job.train.progress, mininterval=5)):
             if step == n_batches // 2:
@@ -141,8 +153,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss.backward()
             optimizer.step()
             total, count = total + float(loss.detach()), count + 1
+        train_s = time.perf_counter() - started  # batches + forward/backward/step, no evaluation
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": _global_mean(total, count, world, device),
-                                   "resumed_from_epoch": resumed_from}
+                                   "resumed_from_epoch": resumed_from, "train_time_s": train_s,
+                                   "train_samples": n_samples, "train_samples_per_s": n_samples / train_s}
         is_last = epoch == job.train.epochs - 1
         if (epoch + 1) % job.train.eval_every == 0 or is_last:
             report = evaluate(core, data, "valid", job.train, rank, world, device)
@@ -151,6 +165,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 best_state = copy.deepcopy(core.state_dict())
         metrics.update({"best_epoch": stopper.best_epoch,
                         "best_valid": stopper.best if stopper.best_epoch >= 0 else None})
+        history.append({k: v for k, v in metrics.items() if isinstance(v, (bool, int, float)) and v is not None})
         _report(metrics, rank, write_state)  # [Ray] metrics + resumable checkpoint every epoch
 
     _finish(core, data, job, rank, world, device, best_state,

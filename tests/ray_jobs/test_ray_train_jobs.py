@@ -29,7 +29,11 @@ def _job(tmp_path, datasets_dir, model: str = "bprmf", **train) -> JobConfig:
     )
 
 
-def test_launcher_registers_model(ray_local, datasets_dir, tmp_path):
+def test_launcher_registers_model(ray_local, datasets_dir, tmp_path, monkeypatch):
+    import ray_jobs.train as launcher
+
+    outcomes = []
+    monkeypatch.setattr(launcher, "run_training", lambda job: outcomes.append(run_training(job)) or outcomes[-1])
     registry = tmp_path / "registry"
     rc = main([
         "bprmf", "--config", "ray_jobs/configs/bprmf_gowalla.yaml", "--epochs", "2", "--max-users", "400",
@@ -37,6 +41,11 @@ def test_launcher_registers_model(ray_local, datasets_dir, tmp_path):
         "--storage-path", str(tmp_path / "ray_results"),
     ])
     assert rc == 0
+    # The training curves (one row per epoch, with throughput) come back with the outcome.
+    rows = list(outcomes[0].history)
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert all(r["train_samples_per_s"] > 0 and r["train_samples"] > 0 and "train_loss" in r for r in rows)
+    assert ["valid/recall@20" in r for r in rows] == [False, True]  # eval_every 10: only the last epoch
     model = ModelRegistry(registry).load_latest("bprmf_gowalla")
     m = model.manifest["metrics"]
     assert m["test/protocol"].startswith("full ranking") and 0.0 <= m["test/recall@20"] <= 1.0
@@ -89,3 +98,4 @@ def test_single_gpu_worker(ray_local, datasets_dir, tmp_path):
     })
     metrics = run_training(job).metrics
     assert metrics["done"] is True and metrics["test/recall@20"] > 0
+

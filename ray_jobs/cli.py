@@ -1,0 +1,114 @@
+"""`streamrec train`: the Ray Train launcher (``python -m ray_jobs.train``) on the local stack.
+
+    streamrec train <model> --config <yaml> [--num-workers N] [--use-gpu] [--epochs N]
+                    [--registry URI] [--datasets-dir DIR] [--name NAME] [--serve-as item|bundle|none]
+
+* Ray: joins ``settings.ray.address`` when set, else the local head that ``streamrec up`` runs
+  (127.0.0.1:``settings.ray.head_port``, token auth off as in ``streamrec.local_stack``), else starts
+  a private Ray instance for the run.
+* Registry: ``--registry``, else the root the recommender reads (``settings.serving.registry_root``,
+  else ``settings.data.state_dir / "registry"``).
+* Name: ``--name``; else, with ``--serve-as item`` (the default for a model with item embeddings
+  trained on ``taobao``, the catalogue the recommender serves) ``settings.serving.item_model``;
+  ``--serve-as bundle``: ``settings.serving.bundle_model``; otherwise the job's name (e.g.
+  ``lightgcn_gowalla``), which the recommender does not load.
+
+Registered with ``streamrec.cli.build_parser`` via :func:`register`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "cmd_train", "MODEL_NAMES", "resolve_ray_address", "registry_name"]
+
+# Kept literal so that building the CLI parser does not import torch (tested against MODELS).
+MODEL_NAMES = ("bprmf", "crosscbr", "lightgcn", "popularity", "sasrec")
+# Datasets whose raw ids are the ones the recommender sees (registered with the embeddings).
+SERVED_CATALOGUES = ("taobao",)
+_ITEM_EMBEDDING_MODELS = ("bprmf", "lightgcn", "sasrec")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train`` subcommand to the ``streamrec`` sub-parsers."""
+    p = subparsers.add_parser("train", help="train a model with Ray Train and publish it to the registry")
+    p.add_argument("model", choices=MODEL_NAMES)
+    p.add_argument("--config", type=Path, help="job YAML (default: the model's config in ray_jobs/configs/)")
+    p.add_argument("--num-workers", type=int, help="Ray Train workers (DDP ranks)")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL)")
+    p.add_argument("--epochs", type=int, help="maximum epochs")
+    p.add_argument("--max-users", type=int, help="train on a random slice of this many users")
+    p.add_argument("--registry", help="registry root, path or URI (default: the one serving reads)")
+    p.add_argument("--datasets-dir", help="shared datasets folder (default: settings.data.datasets_dir)")
+    p.add_argument("--storage-path", help="Ray Train checkpoint storage (default: ~/ray_results)")
+    p.add_argument("--name", help="registry name (overrides --serve-as)")
+    p.add_argument("--serve-as", choices=("item", "bundle", "none"),
+                   help="publish under the serving model name (settings.serving.item_model / bundle_model)")
+    p.add_argument("--private-ray", action="store_true", help="do not join a running local head")
+    p.set_defaults(func=cmd_train)
+
+
+def resolve_ray_address(settings: Any, private: bool = False) -> str | None:
+    """The cluster to join: configured address, else the running local head, else None (private)."""
+    if private:
+        return None
+    if settings.ray.address:
+        return settings.ray.address
+    from streamrec.local_stack import ray_head_running
+
+    if ray_head_running(settings):
+        return f"127.0.0.1:{settings.ray.head_port}"
+    return None
+
+
+def registry_name(model: str, dataset: str, job_name: str, settings: Any,
+                  name: str | None = None, serve_as: str | None = None) -> str:
+    """The name a run is registered under (see the module docstring)."""
+    if name:
+        return name
+    if serve_as is None:
+        serve_as = "item" if dataset in SERVED_CATALOGUES and model in _ITEM_EMBEDDING_MODELS else "none"
+    if serve_as == "item":
+        return settings.serving.item_model
+    if serve_as == "bundle":
+        return settings.serving.bundle_model
+    return job_name
+
+
+def cmd_train(args: argparse.Namespace, settings: Any) -> int:
+    import yaml
+
+    from ray_jobs import train as launcher
+
+    config = args.config or launcher.CONFIG_DIR / launcher.DEFAULT_CONFIGS[args.model]
+    raw = yaml.safe_load(Path(config).read_text()) or {}
+    registry = args.registry or settings.serving.registry_root or str(settings.data.state_dir / "registry")
+    name = registry_name(args.model, raw.get("dataset", {}).get("name", ""), raw.get("name", args.model),
+                         settings, args.name, args.serve_as)
+    address = resolve_ray_address(settings, args.private_ray)
+    if address and address.startswith("127.0.0.1:"):
+        # The embedded head runs without token auth (see streamrec.local_stack._LOCAL_RAY_ENV).
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    argv = [args.model, "--config", str(config), "--registry", registry, "--name", name,
+            "--datasets-dir", str(args.datasets_dir or settings.data.datasets_dir)]
+    for flag, value in (("--num-workers", args.num_workers), ("--epochs", args.epochs),
+                        ("--max-users", args.max_users), ("--storage-path", args.storage_path),
+                        ("--address", address)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.use_gpu:
+        argv.append("--use-gpu")
+    print(f"training {args.model} ({config}) on {'Ray at ' + address if address else 'a private Ray instance'}; "
+          f"registry {registry} as {name!r}", flush=True)
+    rc = launcher.main(argv)
+    served = {settings.serving.item_model: "item_model", settings.serving.bundle_model: "bundle_model"}
+    if name in served:
+        print(f"the recommender loads it as serving.{served[name]} (refresh every {settings.serving.refresh_s}s)")
+    else:
+        print(f"note: the recommender loads {settings.serving.item_model!r} / {settings.serving.bundle_model!r}, "
+              f"not {name!r} (use --serve-as or --name to publish for serving)")
+    return rc
