@@ -1,7 +1,9 @@
 """`streamrec demo`: the main job on the embedded defaults, end to end, with a printed summary.
 
-Stage 1 (ingestion): start the broker, Ray and the collector; replay the real Taobao slice through
-the collector over HTTP; read the topics back and account for every event; stop everything.
+Start the broker, Ray and the Serve apps; replay the real Taobao slice through the collector over
+HTTP; read the topics back and account for every event; turn the events into features (Beam ->
+Feast + Parquet lake, one micro-batch); ask the recommender for bundles and items; stop everything.
+(Training, simulated shoppers and the A/B read-out join here as those stages land.)
 """
 
 from __future__ import annotations
@@ -40,21 +42,51 @@ def tally_topics(settings: Settings) -> TopicTally:
     )
 
 
+def run_feature_batch(settings: Settings) -> str:
+    """One bounded micro-batch from the committed offsets to the end (what `pipeline run --once` does)."""
+    from features.repo import apply_feature_repo
+    from pipelines.runner import FeaturePipeline
+
+    apply_feature_repo(settings)
+    pipeline = FeaturePipeline(settings)
+    try:
+        return pipeline.run_once().as_text()
+    finally:
+        pipeline.close()
+
+
+def ask_recommender(settings: Settings, user_id: str) -> list[str]:
+    """One bundles request and one recommendations request for a real user, summarised."""
+    import httpx
+
+    base = f"http://{settings.collector.host}:{settings.collector.port}"
+    bundles = httpx.get(f"{base}/v1/bundles", params={"user_id": user_id}, timeout=30).json()
+    items = httpx.get(f"{base}/v1/recommendations", params={"user_id": user_id, "k": 5}, timeout=30).json()
+    shown = ", ".join(f"{b['bundle_id']} (p={b['propensity']:.2f})" for b in bundles.get("bundles", []))
+    ranked = ", ".join(f"{i['item_id']} ({i['reason']})" for i in items.get("items", []))
+    return [
+        f"/v1/bundles for user {user_id}: experiment {bundles.get('experiment')}, variant {bundles.get('variant')}, "
+        f"policy {bundles.get('policy')}: {shown or bundles}",
+        f"/v1/recommendations ({items.get('source')}): {ranked or items}",
+    ]
+
+
 def run_demo(settings: Settings, limit: int = 0, rate: float = 0.0, keep_running: bool = False) -> int:
     started = time.monotonic()
-    print("[1/4] starting the embedded stack (tansu broker, Ray, Serve collector) ...", flush=True)
+    ok = False
+    print("[1/6] starting the embedded stack (tansu broker, Ray, Serve collector) ...", flush=True)
     try:
         for name, state in local_stack.up(settings).items():
             print(f"      {name}: {state}")
         rows = read_taobao_rows(settings.data.taobao_csv)
         events = taobao_events(rows)[: limit or None]
         url = f"http://{settings.collector.host}:{settings.collector.port}"
-        print(f"[2/4] replaying {len(events):,} real Taobao events through {url}/v1/events ...", flush=True)
+        print(f"[2/6] replaying {len(events):,} real Taobao events through {url}/v1/events ...", flush=True)
         summary: ReplaySummary = asyncio.run(
             replay_events(events, url, settings.collector.auth_token.get_secret_value(), rate=rate)
         )
         print(f"      {summary.as_text()}")
-        print("[3/4] reading the topics back from Kafka ...", flush=True)
+        print("[3/6] reading the topics back from Kafka ...", flush=True)
         tally = tally_topics(settings)
         accounted = tally.distinct_event_ids + tally.dlq
         print(
@@ -64,9 +96,14 @@ def run_demo(settings: Settings, limit: int = 0, rate: float = 0.0, keep_running
         )
         ok = accounted >= len(events) and summary.accepted + summary.rejected == len(events)
         print(f"      every replayed event accounted for: {'yes' if ok else 'NO'} ({accounted:,} of {len(events):,})")
+        print("[4/6] features: Kafka -> Beam -> Feast (online + offline) + Parquet lake, one micro-batch ...", flush=True)
+        print(f"      {run_feature_batch(settings)}")
+        print("[5/6] asking the recommender ...", flush=True)
+        for line in ask_recommender(settings, user_id=events[-1]["user_id"]):
+            print(f"      {line}")
     finally:
         if not keep_running:
-            print("[4/4] stopping the stack ...", flush=True)
+            print("[6/6] stopping the stack ...", flush=True)
             for name, state in local_stack.down(settings).items():
                 print(f"      {name}: {state}")
     print(f"demo finished in {time.monotonic() - started:.0f}s")
