@@ -66,7 +66,7 @@ def cmd_replay_taobao(args: argparse.Namespace, settings: Settings) -> int:
     events = taobao_events(read_taobao_rows(path))
     if args.limit:
         events = events[: args.limit]
-    url = args.collector or f"http://{settings.collector.host}:{settings.collector.port}"
+    url = args.collector or settings.collector.base_url
     print(f"replaying {len(events)} Taobao events from {path} to {url} ...", flush=True)
     summary = asyncio.run(
         replay_events(

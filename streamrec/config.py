@@ -113,6 +113,11 @@ class CollectorConfig(BaseModel):
     auth_token: SecretStr = SecretStr("streamrec-dev-token")
     limits: CollectorLimits = CollectorLimits()
 
+    @property
+    def base_url(self) -> str:
+        """Where Serve's HTTP proxy answers (the collector and the recommender apps)."""
+        return f"http://{self.host}:{self.port}"
+
 
 class RayConfig(BaseModel):
     """Where Ray runs. `address=None` means: start or join the local head that `streamrec up` runs."""

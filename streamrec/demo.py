@@ -59,7 +59,7 @@ def ask_recommender(settings: Settings, user_id: str) -> list[str]:
     """One bundles request and one recommendations request for a real user, summarised."""
     import httpx
 
-    base = f"http://{settings.collector.host}:{settings.collector.port}"
+    base = settings.collector.base_url
     bundles = httpx.get(f"{base}/v1/bundles", params={"user_id": user_id}, timeout=30).json()
     items = httpx.get(f"{base}/v1/recommendations", params={"user_id": user_id, "k": 5}, timeout=30).json()
     shown = ", ".join(f"{b['bundle_id']} (p={b['propensity']:.2f})" for b in bundles.get("bundles", []))
@@ -80,7 +80,7 @@ def run_demo(settings: Settings, limit: int = 0, rate: float = 0.0, keep_running
             print(f"      {name}: {state}")
         rows = read_taobao_rows(settings.data.taobao_csv)
         events = taobao_events(rows)[: limit or None]
-        url = f"http://{settings.collector.host}:{settings.collector.port}"
+        url = settings.collector.base_url
         print(f"[2/6] replaying {len(events):,} real Taobao events through {url}/v1/events ...", flush=True)
         summary: ReplaySummary = asyncio.run(
             replay_events(events, url, settings.collector.auth_token.get_secret_value(), rate=rate)

@@ -283,7 +283,7 @@ def deploy_serve_apps(settings: Settings, timeout_s: float = 180.0) -> Path:
     )
     if done.returncode != 0:
         raise StackError(f"serve deploy failed:\n{done.stdout}\n{done.stderr}")
-    base = f"http://{settings.collector.host}:{settings.collector.port}"
+    base = settings.collector.base_url
     for health in (f"{base}/v1/events/healthz", f"{base}/healthz"):  # collector, recommender
         wait_until(lambda: _http_ok(health), timeout_s, f"Serve app at {health}", interval_s=1.0)
     return path
@@ -318,7 +318,7 @@ def up(settings: Settings, with_serve: bool = True) -> dict[str, str]:
         start_ray_head(settings)
         started["ray"] = f"head on 127.0.0.1:{settings.ray.head_port}, dashboard {dashboard_url(settings)}"
         deploy_serve_apps(settings)
-        base = f"http://{settings.collector.host}:{settings.collector.port}"
+        base = settings.collector.base_url
         started["collector"] = f"{base}/v1/events"
         started["recommender"] = f"{base}/v1/recommendations, {base}/v1/bundles, docs {base}/docs"
     return started

@@ -66,11 +66,15 @@ def end_offsets(consumer: KafkaConsumer, partitions: list[TopicPartition]) -> di
     return result
 
 
+def _partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
+    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+
+
 def topic_end_offsets(config: KafkaConfig, topic: str) -> dict[int, int]:
     """Partition -> end offset of `topic` now (to read only what arrives later)."""
     consumer = KafkaConsumer(**config.client_options(), enable_auto_commit=False)
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        partitions = _partitions(consumer, topic)
         return {tp.partition: end for tp, end in end_offsets(consumer, partitions).items()}
     finally:
         consumer.close()
@@ -83,7 +87,7 @@ def read_topic(
     beginning), partition by partition in offset order. Reads without a consumer group."""
     consumer = KafkaConsumer(**config.client_options(), enable_auto_commit=False)
     try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        partitions = _partitions(consumer, topic)
         ends = end_offsets(consumer, partitions)
         consumer.assign(partitions)
         for tp in partitions:
