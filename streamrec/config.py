@@ -210,6 +210,8 @@ class ServingConfig(BaseModel):
     # Registered models whose embeddings serving uses, when present (else cold-start fallbacks).
     item_model: str = "lightgcn"
     bundle_model: str = "crosscbr"
+    # Sequential ranker (SASRec) that re-ranks retrieved items over the user's live sequence.
+    ranker_model: str = "sasrec"
     # Fixed bandit dimensions: registry embeddings are projected to arm_dim, so a new model
     # version does not invalidate the learned bandit state.
     user_dim: int = Field(default=8, ge=1, le=256)
