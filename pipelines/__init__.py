@@ -8,6 +8,11 @@ Feature definitions (windows, decay, priors, lateness) are documented in ``accum
 # Imported lazily (PEP 562): importing `pipelines.cli` for `streamrec --help` must not pay
 # for Apache Beam's import (seconds); the names resolve on first use.
 _EXPORTS = {
+    "beginning_offsets": "pipelines.kafka_source",
+    "run_streaming": "pipelines.streaming",
+    "build_streaming_pipeline": "pipelines.streaming",
+    "TrackEventTimeHead": "pipelines.streaming",
+    "ComputeFeaturesStreaming": "pipelines.streaming",
     "BatchSummary": "pipelines.runner",
     "ComputeBundleFeatures": "pipelines.transforms",
     "ComputeExperimentFeatures": "pipelines.transforms",
@@ -41,6 +46,11 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "beginning_offsets",
+    "run_streaming",
+    "build_streaming_pipeline",
+    "TrackEventTimeHead",
+    "ComputeFeaturesStreaming",
     "BatchSummary",
     "ComputeBundleFeatures",
     "ComputeExperimentFeatures",

@@ -1,6 +1,7 @@
 """Command line of the feature pipeline; ``register(subparsers)`` adds it to ``streamrec``.
 
     streamrec pipeline run (--once | --follow) [--max-batches N] [--max-records-per-partition N]
+    streamrec pipeline run --streaming [--beam-arg=--runner=FlinkRunner ...]   (one unbounded job)
     streamrec pipeline backfill --from YYYY-MM-DD [--step-hours H]
     streamrec pipeline training-set --entities FILE --out FILE [--service ranking_v1]
     streamrec features apply
@@ -20,15 +21,42 @@ from typing import Any
 from tqdm import tqdm
 
 
+def batch_record(summary: Any) -> dict[str, Any]:
+    """One micro-batch as a JSON line (``--summary-jsonl``; the demo report plots these)."""
+    import time
+
+    return {
+        "t": time.time(), "records": summary.records, "valid": summary.valid, "duplicates": summary.duplicates,
+        "dlq": sum(summary.dead_letters.values()), "dlq_reasons": dict(summary.dead_letters),
+        "features_written": sum(summary.features_written.values()), "lag": summary.lag,
+        "elapsed_s": round(summary.elapsed_s, 4),
+    }
+
+
+def _append_jsonl(path: Path | None, record: dict[str, Any]) -> None:
+    if path is not None:
+        import json
+
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
 def cmd_pipeline_run(args: argparse.Namespace, settings: Any) -> int:
     from pipelines.runner import FeaturePipeline
 
+    if args.streaming:
+        from pipelines.streaming import run_streaming
+
+        run_streaming(settings, args.beam_arg)
+        return 0
     pipeline = FeaturePipeline(settings)
     totals = {"events": 0, "features": 0, "dlq": 0, "duplicates": 0, "batches": 0}
     try:
         if args.once:
             summary = pipeline.run_once(max_records_per_partition=args.max_records_per_partition)
             print(f"pipeline: 1 batch: {summary.as_text()}", flush=True)
+            if summary.records:
+                _append_jsonl(args.summary_jsonl, batch_record(summary))
             return 0
         with tqdm(desc="micro-batches", unit="batch", file=sys.stderr, dynamic_ncols=True) as bar:
 
@@ -39,6 +67,7 @@ def cmd_pipeline_run(args: argparse.Namespace, settings: Any) -> int:
                 totals["dlq"] += sum(summary.dead_letters.values())
                 totals["duplicates"] += summary.duplicates
                 bar.update(1)
+                _append_jsonl(args.summary_jsonl, batch_record(summary))
                 bar.set_postfix(events=totals["events"], features=totals["features"], dlq=totals["dlq"], lag=summary.lag)
                 if args.verbose:
                     tqdm.write(summary.as_text(), file=sys.stderr)
@@ -119,10 +148,19 @@ def register(subparsers: Any) -> None:
     mode = run.add_mutually_exclusive_group(required=True)
     mode.add_argument("--once", action="store_true", help="one batch up to the end offsets seen now")
     mode.add_argument("--follow", action="store_true", help="loop micro-batches until Ctrl-C / SIGTERM")
+    mode.add_argument(
+        "--streaming", action="store_true",
+        help="submit ONE unbounded streaming job (pipelines.streaming) to the runner in pipeline.beam_args",
+    )
+    run.add_argument(
+        "--beam-arg", action="append", default=[], metavar="OPTION",
+        help="--streaming: an extra Beam option, e.g. --beam-arg=--runner=FlinkRunner (repeatable)",
+    )
     run.add_argument("--max-batches", type=int, default=None, help="--follow: stop after N non-empty batches")
     run.add_argument("--until-idle", action="store_true", help="--follow: stop when a batch finds nothing new")
     run.add_argument("--max-records-per-partition", type=int, default=None)
     run.add_argument("-v", "--verbose", action="store_true", help="print every batch's summary")
+    run.add_argument("--summary-jsonl", type=Path, default=None, help="append each non-empty batch's summary as a JSON line")
     run.set_defaults(func=cmd_pipeline_run)
 
     backfill = pipeline.add_parser("backfill", help="rebuild offline feature history from the event lake")

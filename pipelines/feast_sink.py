@@ -30,6 +30,13 @@ def feature_frame(view_name: str, rows: list[dict[str, Any]], as_of_s: float) ->
     return frame
 
 
+def feature_frame_at(view_name: str, rows: list[dict[str, Any]], as_of_s: list[float]) -> pd.DataFrame:
+    """Rows of one view, each stamped with its own as-of time (the streaming job's rows)."""
+    frame = feature_frame(view_name, rows, 0.0)
+    frame[TIMESTAMP_FIELD] = pd.to_datetime(pd.Series(as_of_s, dtype="float64"), unit="s", utc=True)
+    return frame
+
+
 def offline_file_name(as_of_s: float, batch_tag: str) -> str:
     """``asof-<unix seconds>-<tag>.parquet``: the as-of time in the name lets a backfill replace
     every file from a date on."""

@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
@@ -37,6 +37,7 @@ __all__ = [
     "KafkaOffsetRange",
     "ReadKafkaOffsetRanges",
     "ReadKafkaUnbounded",
+    "beginning_offsets",
     "commit_offsets",
     "committed_offsets",
     "plan_offset_ranges",
@@ -76,6 +77,16 @@ def _partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"topic {topic!r} has no partitions (does it exist?)")
         time.sleep(0.2)
+
+
+def beginning_offsets(kafka_config: Any, topic: str) -> dict[int, int]:
+    """Partition -> the first offset the topic still holds."""
+    consumer = _consumer(kafka_config.client_options())
+    try:
+        partitions = _partitions(consumer, topic)
+        return {tp.partition: offset for tp, offset in consumer.beginning_offsets(partitions).items()}
+    finally:
+        consumer.close()
 
 
 def committed_offsets(kafka_config: Any, topic: str, group_id: str) -> dict[int, int | None]:
@@ -227,8 +238,15 @@ UNBOUNDED_STOP = (1 << 63) - 1
 class _ReadPartitionUnboundedFn(beam.DoFn):
     """Reads one partition from ``start`` onwards; defers (self-checkpoints) when caught up."""
 
-    def __init__(self, client_options: dict[str, Any], poll_timeout_ms: int = 1000, resume_delay_s: float = 1.0):
+    def __init__(
+        self,
+        client_options: dict[str, Any],
+        poll_timeout_ms: int = 1000,
+        resume_delay_s: float = 1.0,
+        event_time: Callable[[KafkaRecord], float | None] | None = None,
+    ):
         self.client_options = client_options
+        self.event_time = event_time
         self.poll_timeout_ms = poll_timeout_ms
         self.resume_delay_s = resume_delay_s
         self.consumer: KafkaConsumer | None = None
@@ -257,11 +275,10 @@ class _ReadPartitionUnboundedFn(beam.DoFn):
         for record in records:
             if not tracker.try_claim(record.offset):
                 return
-            ts = Timestamp.of(record.timestamp / 1000.0)
-            yield TimestampedValue(
-                KafkaRecord(record.topic, record.partition, record.offset, record.timestamp, record.key, record.value),
-                ts,
-            )
+            value = KafkaRecord(record.topic, record.partition, record.offset, record.timestamp, record.key, record.value)
+            seconds = self.event_time(value) if self.event_time is not None else None
+            ts = Timestamp.of(seconds if seconds is not None else record.timestamp / 1000.0)
+            yield TimestampedValue(value, ts)
             current = watermark_estimator.current_watermark()
             if current is None or ts > current:
                 watermark_estimator.set_watermark(ts)
@@ -276,20 +293,31 @@ class _ReadPartitionUnboundedFn(beam.DoFn):
 class ReadKafkaUnbounded(beam.PTransform):
     """Unbounded read of every partition of a topic from given offsets (for streaming runners).
 
-    The element timestamp is the Kafka record time (the parse step re-stamps with event time); the
-    watermark advances with the record times read. ``stop_offsets`` makes it bounded (tests).
+    The element timestamp is ``event_time(record)`` (unix seconds) when given and not None, else
+    the Kafka record time; the watermark of a partition advances with the largest timestamp read
+    from it. ``stop_offsets`` makes it bounded (tests).
     """
 
-    def __init__(self, client_options: dict[str, Any], topic: str, start_offsets: dict[int, int], stop_offsets: dict[int, int] | None = None):
+    def __init__(
+        self,
+        client_options: dict[str, Any],
+        topic: str,
+        start_offsets: dict[int, int],
+        stop_offsets: dict[int, int] | None = None,
+        event_time: Callable[[KafkaRecord], float | None] | None = None,
+    ):
         super().__init__()
         self.client_options = client_options
         self.topic = topic
         self.start_offsets = start_offsets
         self.stop_offsets = stop_offsets or {}
+        self.event_time = event_time
 
     def expand(self, pbegin):
         seeds = [
             KafkaOffsetRange(self.topic, p, start, self.stop_offsets.get(p, UNBOUNDED_STOP))
             for p, start in sorted(self.start_offsets.items())
         ]
-        return pbegin | "Partitions" >> beam.Create(seeds) | "Read" >> beam.ParDo(_ReadPartitionUnboundedFn(self.client_options))
+        return pbegin | "Partitions" >> beam.Create(seeds) | "Read" >> beam.ParDo(
+            _ReadPartitionUnboundedFn(self.client_options, event_time=self.event_time)
+        )

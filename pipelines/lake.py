@@ -88,27 +88,48 @@ def write_event_lake(root: Path, ranges: Iterable[Any], rows: Iterable[LakeRow])
     written = 0
     for (day, partition), part_rows in sorted(by_file.items()):
         r = range_of[partition]
-        folder = root / f"date={day}"
-        folder.mkdir(parents=True, exist_ok=True)
-        part_rows.sort(key=lambda x: x.kafka_offset)
-        table = pa.table(
-            {
-                "event_id": [x.event_id for x in part_rows],
-                "type": [x.type for x in part_rows],
-                "user_id": [x.user_id for x in part_rows],
-                "session_id": [x.session_id for x in part_rows],
-                "ts": pa.array([x.ts_us for x in part_rows], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-                "kafka_partition": [x.kafka_partition for x in part_rows],
-                "kafka_offset": [x.kafka_offset for x in part_rows],
-                "event_json": [x.event_json for x in part_rows],
-            }
-        ).cast(LAKE_SCHEMA)
-        target = folder / _file_name(r.topic, partition, r.start, r.stop)
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, target)
+        _write_rows(root / f"date={day}" / _file_name(r.topic, partition, r.start, r.stop), part_rows)
         written += len(part_rows)
     return written
+
+
+def append_event_lake(root: Path, topic: str, rows: Iterable[LakeRow]) -> int:
+    """Write rows as new files named by their own first and last offsets (the streaming job).
+
+    A streaming bundle is not a contiguous offset range, so nothing is replaced: a retried bundle
+    rewrites the file of the same name, and ``read_event_lake`` de-duplicates by ``event_id``.
+
+    Returns:
+        The number of rows written.
+    """
+    by_file: dict[tuple[str, int], list[LakeRow]] = {}
+    for row in rows:
+        day = datetime.fromtimestamp(row.ts_us / 1e6, tz=timezone.utc).date().isoformat()
+        by_file.setdefault((day, row.kafka_partition), []).append(row)
+    for (day, partition), part_rows in sorted(by_file.items()):
+        offsets = [x.kafka_offset for x in part_rows]
+        _write_rows(Path(root) / f"date={day}" / _file_name(topic, partition, min(offsets), max(offsets) + 1), part_rows)
+    return sum(len(r) for r in by_file.values())
+
+
+def _write_rows(target: Path, part_rows: list[LakeRow]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part_rows.sort(key=lambda x: x.kafka_offset)
+    table = pa.table(
+        {
+            "event_id": [x.event_id for x in part_rows],
+            "type": [x.type for x in part_rows],
+            "user_id": [x.user_id for x in part_rows],
+            "session_id": [x.session_id for x in part_rows],
+            "ts": pa.array([x.ts_us for x in part_rows], pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "kafka_partition": [x.kafka_partition for x in part_rows],
+            "kafka_offset": [x.kafka_offset for x in part_rows],
+            "event_json": [x.event_json for x in part_rows],
+        }
+    ).cast(LAKE_SCHEMA)
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, target)
 
 
 def read_event_lake(root: Path, from_date: date | None = None, dedupe: bool = True) -> pd.DataFrame:

@@ -45,6 +45,7 @@ from pipelines.kafka_source import (
     read_offset_ranges,
 )
 from pipelines.lake import lake_row, write_event_lake
+from pipelines.privacy import apply_new_tombstones, drop_deleted_users
 from pipelines.records import DeadLetter, KafkaRecord
 from pipelines.state_store import PipelineState, load_state, save_state, state_path
 from pipelines.state_subset import merge_state, relevant_state
@@ -100,6 +101,10 @@ class BatchSummary:
     watermark: float | None = None
     lag: int = 0
     elapsed_s: float = 0.0
+    # Records of deleted users dropped before the Beam run (not sent to the DLQ: it would copy
+    # their payload), and users purged from every store for tombstones seen at this batch.
+    deleted_user_records: int = 0
+    users_purged: int = 0
 
     def as_text(self) -> str:
         wm = datetime.fromtimestamp(self.watermark, tz=timezone.utc).isoformat() if self.watermark else "-"
@@ -111,6 +116,8 @@ class BatchSummary:
             f"already processed {self.reprocessed}), "
             f"features written {written} {dict(self.features_written)}, DLQ {dlq} ({reasons}), "
             f"watermark {wm}, lag {self.lag} records, {self.elapsed_s:.1f}s"
+            + (f", deleted users: {self.users_purged} purged, {self.deleted_user_records} records dropped"
+               if self.users_purged or self.deleted_user_records else "")
         )
 
 
@@ -254,6 +261,15 @@ def compute_batch(
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _file_identity(path: Path) -> tuple[int, int, int]:
+    """Inode, mtime and size: a save (write + rename) or another writer changes it."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return (0, 0, 0)
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
 def batch_tag(ranges: Iterable[KafkaOffsetRange], state_batches: int) -> str:
     """A stable name for a batch: the same offsets on the same prior state (a re-run after a crash
     before the state was saved) get the same tag, so their offline files replace each other;
@@ -282,8 +298,28 @@ class FeaturePipeline:
         self.push_online = push_online
         self.store = store if store is not None else apply_feature_repo(settings)
         self._producer = None
+        self._wake = None  # the idle long-poll consumer of follow(); see _wait_for_records
+        # (file identity, state) of the checkpoint this process saved last; see _saved_state.
+        self._state: tuple[tuple[int, int, int], PipelineState] | None = None
         # Test hook: called between sinks with the step's name (the kill test stops here).
         self.on_step: Callable[[str], None] = lambda step: None
+
+    def _saved_state(self, keep: bool) -> PipelineState:
+        """The saved checkpoint: the copy this process saved last while the file is still that one
+        (unpickling a long history's state each micro-batch cost more than the batch), else read.
+
+        ``keep=False`` hands the copy to a batch that will change it: until that batch saves, a
+        failure leaves no cached copy, and the retry reads the file.
+        """
+        cached = self._state
+        if not keep:
+            self._state = None
+        if cached is not None and cached[0] == _file_identity(self.state_file):
+            return cached[1]
+        state = load_state(self.state_file)
+        if keep and self.state_file.exists():
+            self._state = (_file_identity(self.state_file), state)
+        return state
 
     def _dlq_producer(self):
         if self._producer is None:
@@ -296,10 +332,45 @@ class FeaturePipeline:
         if self._producer is not None:
             self._producer.close()
             self._producer = None
+        if self._wake is not None:
+            self._wake.close()
+            self._wake = None
+
+    def _wait_for_records(self, ranges: list[KafkaOffsetRange], timeout_s: float, stopping: Callable[[], bool]) -> None:
+        """Return when a record lands past the ``ranges``' stops, after ``timeout_s``, or on a stop.
+
+        A long poll on a consumer kept open between batches: an idle pipeline starts the next
+        batch as soon as an event arrives, instead of up to a whole poll interval later (the
+        largest part of the produce-to-online time after the batch itself).
+        """
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.errors import KafkaError
+
+        deadline = time.monotonic() + timeout_s
+        try:
+            if self._wake is None:
+                # fetch_max_wait_ms: the longest a fetch may sit at the broker (caps the wake-up delay).
+                self._wake = KafkaConsumer(**self.settings.kafka.client_options(), group_id=None,
+                                           enable_auto_commit=False, fetch_max_wait_ms=100)
+            partitions = {TopicPartition(r.topic, r.partition): r.stop for r in ranges}
+            if set(self._wake.assignment()) != set(partitions):
+                self._wake.assign(list(partitions))
+            for tp, stop in partitions.items():
+                self._wake.seek(tp, stop)
+            while not stopping() and time.monotonic() < deadline:
+                if self._wake.poll(timeout_ms=200, max_records=1):
+                    return
+        except KafkaError as exc:  # the next batch reports a broker that is away; just wait here
+            print(f"pipeline: waiting for records failed ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
+            while not stopping() and time.monotonic() < deadline:
+                time.sleep(0.1)
 
     def run_once(self, start_offsets: dict[int, int] | None = None, max_records_per_partition: int | None = None) -> BatchSummary:
         """One bounded micro-batch from the committed (or given) offsets to the end offsets now."""
         started = time.monotonic()
+        # Tombstones first: a deletion seen now applies to this batch's records already.
+        self.on_step("tombstones")
+        ledger, purged = apply_new_tombstones(self.settings)
         ranges = plan_offset_ranges(
             self.settings.kafka,
             self.topic,
@@ -307,17 +378,21 @@ class FeaturePipeline:
             start_offsets,
             max_records_per_partition or self.settings.pipeline.max_records_per_partition,
         )
-        summary = BatchSummary(ranges=ranges)
+        summary = BatchSummary(ranges=ranges, users_purged=len(purged.users) if purged else 0)
         if sum(r.size for r in ranges) == 0:
-            summary.watermark = load_state(self.state_file).watermark
+            summary.watermark = self._saved_state(keep=True).watermark
             summary.elapsed_s = time.monotonic() - started
             return summary
-        state = load_state(self.state_file)
+        state = self._saved_state(keep=False)
         self.on_step("beam")
         # The records are read here, at the edge, because the driver needs them to pick the part of
         # the state this batch can touch (``state_subset``); the Beam job gets them as its input.
-        records = read_offset_ranges(self.settings.kafka, ranges)
+        records, summary.deleted_user_records = drop_deleted_users(
+            read_offset_ranges(self.settings.kafka, ranges), ledger.deleted
+        )
+        self.on_step("select_state")
         passed = relevant_state(state, records, self.spec)
+        self.on_step("compute")
         staging_root = self.state_file.parent / "staging"
         for stale in staging_root.glob("streamrec-batch-*"):  # left by a killed run
             shutil.rmtree(stale, ignore_errors=True)
@@ -348,12 +423,14 @@ class FeaturePipeline:
                 future.get(timeout=self.settings.kafka.produce_timeout_s)
         self.on_step("features")
         tag = batch_tag(ranges, result.state.batches)
+        frames = {}
         for view_name, rows in result.features.items():
             summary.features_written[view_name] = len(rows)
-            if not rows or result.as_of is None:
-                continue
-            frame = feature_frame(view_name, rows, result.as_of)
-            write_offline(self.settings, view_name, frame, tag, result.as_of)
+            if rows and result.as_of is not None:
+                frames[view_name] = feature_frame(view_name, rows, result.as_of)
+                write_offline(self.settings, view_name, frames[view_name], tag, result.as_of)
+        self.on_step("online")
+        for view_name, frame in frames.items():
             if self.push_online:
                 push_online(self.store, view_name, frame)
         self.on_step("state")
@@ -361,6 +438,7 @@ class FeaturePipeline:
         new_state.offsets = {**new_state.offsets, **{r.partition: r.stop for r in ranges}}
         new_state.batches += 1
         save_state(self.state_file, new_state)
+        self._state = (_file_identity(self.state_file), new_state)
         self.on_step("commit")
         commit_offsets(self.settings.kafka, self.group_id, ranges)
         summary.records = result.records
@@ -369,6 +447,7 @@ class FeaturePipeline:
         summary.reprocessed = result.reprocessed
         summary.dead_letters = Counter(d.reason for d in result.dead_letters)
         summary.watermark = result.as_of
+        self.on_step("lag")
         summary.lag = self.lag()
 
     def lag(self) -> int:
@@ -423,7 +502,7 @@ class FeaturePipeline:
                     continue
                 if stop_when_idle:
                     break
-                pause(self.settings.pipeline.poll_interval_s)
+                self._wait_for_records(summary.ranges, self.settings.pipeline.poll_interval_s, lambda: stopping["flag"])
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -174,19 +174,22 @@ class DropLateEvents(beam.PTransform):
                 yield record
 
         out = parsed | "Split" >> beam.FlatMap(split).with_outputs("late", main="on_time")
-        late = out.late | "LateDeadLetter" >> beam.Map(
-            lambda r: DeadLetter(
-                "late_event",
-                f"event time {r.event.ts.isoformat()} is more than {policy.allowed_lateness_s}s behind the watermark",
-                _canonical(r.event),
-                topic,
-                r.partition,
-                r.offset,
-                str(r.event.event_id),
-            )
-        )
+        late = out.late | "LateDeadLetter" >> beam.Map(late_dead_letter, policy=policy, topic=topic)
         events = out.on_time | "Event" >> beam.Map(lambda r: TimestampedValue(r.event, event_seconds(r.event)))
         return {"events": events, "dead_letters": late}
+
+
+def late_dead_letter(record: ParsedRecord, policy: LatenessPolicy, topic: str) -> DeadLetter:
+    """The dead letter of an event the lateness policy refused."""
+    return DeadLetter(
+        "late_event",
+        f"event time {record.event.ts.isoformat()} is more than {policy.allowed_lateness_s}s behind the watermark",
+        _canonical(record.event),
+        topic,
+        record.partition,
+        record.offset,
+        str(record.event.event_id),
+    )
 
 
 def _canonical(event: Any) -> bytes:
@@ -351,7 +354,8 @@ class ComputeItemFeatures(beam.PTransform):
         return {"features": out.features, "state": out.state}
 
 
-def _session_lines(event: Any) -> list[tuple[str, tuple[float, str, int, str, str | None]]]:
+def session_lines(event: Any) -> list[tuple[str, tuple[float, str, int, str, str | None]]]:
+    """``(session_id, (ts, event_id, line index, item_id, category_id))`` per cart/purchase line."""
     if event.type not in COOCCURRENCE_TYPES:
         return []
     ts, event_id = event_seconds(event), str(event.event_id)
@@ -387,7 +391,7 @@ class ComputeItemCooccurrence(beam.PTransform):
             if as_of is not None and state.last_ts >= as_of - retention:
                 yield TaggedOutput("sessions", (session_id, state))
 
-        lines = inputs["events"] | "SessionLines" >> beam.FlatMap(_session_lines)
+        lines = inputs["events"] | "SessionLines" >> beam.FlatMap(session_lines)
         updates = (
             {"lines": lines, "state": inputs["sessions"]}
             | "SessionGroup" >> beam.CoGroupByKey()
@@ -444,10 +448,12 @@ class ComputeBundleFeatures(beam.PTransform):
         return {"features": out.features, "state": out.state}
 
 
-_ATTRIBUTED_TYPES = ("impression", "click", "bundle_purchase")
+# Event types attributed to an experiment variant through their request_id.
+ATTRIBUTED_TYPES = ("impression", "click", "bundle_purchase")
 
 
-def _variant_of(event: Any) -> str | None:
+def variant_of(event: Any) -> str | None:
+    """The experiment-variant key of an event (None without both experiment and variant)."""
     return experiment_variant_key(event.experiment, event.variant)
 
 
@@ -472,13 +478,13 @@ class ComputeExperimentFeatures(beam.PTransform):
             states = list(groups["state"])
             state: RequestState = states[0] if states else RequestState()
             for event in events:
-                yield from state.add(event, _variant_of)
+                yield from state.add(event, variant_of)
             if as_of is not None and state.last_ts >= as_of - retention:
                 yield TaggedOutput("requests", (request_id, state))
 
         keyed = (
             inputs["events"]
-            | "Attributed" >> beam.Filter(lambda e: e.type in _ATTRIBUTED_TYPES)
+            | "Attributed" >> beam.Filter(lambda e: e.type in ATTRIBUTED_TYPES)
             | "ByRequest" >> beam.Map(lambda e: (e.request_id, e))
         )
         attributed = (

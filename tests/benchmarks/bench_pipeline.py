@@ -1,0 +1,376 @@
+"""Feature pipeline benchmark: throughput, freshness and Feast online reads (not collected by pytest).
+
+    make bench-pipeline      (or: .venv/bin/python tests/benchmarks/bench_pipeline.py [--users N])
+
+On a private embedded broker, with private state, Feast repository and (for the Redis part) a
+private ``redis-server``, it measures in one run:
+
+1. throughput (events/s) over the real Taobao slice: a raw kafka-python consume of the topic
+   (assign every partition, read to the end offsets, ``json.loads`` each value: the least a
+   consumer must do) against one ``FeaturePipeline.run_once`` end to end (read, Beam DirectRunner,
+   event lake, Feast offline files and online push, state checkpoint, offset commit), the ratio
+   (target >= 0.25x) and the pipeline's time per stage;
+2. freshness: ``pipeline run --follow`` in a subprocess on that state; single new events are
+   produced at random phases of its poll loop and the Feast online store is polled until each is
+   visible; produce -> visible p50/p95 (target p95 < 5 s);
+3. Feast online read of one entity (``get_online_features``, every feature of ``user_features``)
+   p50/p99 on SQLite and on Redis, against a raw redis-py ``HGETALL`` of the same Redis key
+   (target Redis p99 < 5 ms and <= 2x raw).
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+TESTS = Path(__file__).resolve().parents[1]
+REPO = TESTS.parent
+sys.path[:0] = [str(TESTS), str(TESTS / "pipelines"), str(REPO)]
+
+from pipeline_support import (  # noqa: E402  (tests/pipelines/pipeline_support.py)
+    ev,
+    offline_latest,
+    pipeline_settings,
+    produce,
+    subprocess_env,
+    taobao_subset,
+    write_config,
+)
+from support import free_port, start_broker  # noqa: E402  (tests/support.py)
+
+from features.repo import apply_feature_repo  # noqa: E402
+from pipelines.feast_sink import feature_frame, push_online  # noqa: E402
+from pipelines.runner import FeaturePipeline  # noqa: E402
+from streamrec.config import Settings  # noqa: E402
+
+# The pipeline's on_step marks (each stage runs up to the next mark); unknown marks print as named.
+STAGE_LABELS = {
+    "start": "batch start",
+    "tombstones": "deletions + plan offsets + load state",
+    "beam": "read records (kafka-python)",
+    "select_state": "select state subset",
+    "compute": "Beam run (DirectRunner)",
+    "lake": "event lake (Parquet)",
+    "dlq": "dead letters",
+    "features": "Feast offline files",
+    "online": "Feast online push",
+    "state": "state checkpoint",
+    "commit": "offset commit",
+    "lag": "lag check",
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def user_feature_refs() -> list[str]:
+    from features.views import ALL_FEATURE_VIEWS
+
+    view = next(v for v in ALL_FEATURE_VIEWS if v.name == "user_features")
+    return [f"user_features:{f.name}" for f in view.features]
+
+
+# --- 1. throughput ------------------------------------------------------------------------------
+
+
+def raw_consume(settings: Settings) -> tuple[int, float]:
+    """Records read and seconds for a plain consume of the whole topic (consumer start included)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    started = time.perf_counter()
+    consumer = KafkaConsumer(**settings.kafka.client_options(), enable_auto_commit=False, group_id=None)
+    topic = settings.kafka.topics.events
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    ends = consumer.end_offsets(partitions)
+    remaining = {tp for tp in partitions if ends[tp] > 0}
+    count = 0
+    while remaining:
+        for tp, records in consumer.poll(timeout_ms=500, max_records=5000).items():
+            for record in records:
+                json.loads(record.value)
+                count += 1
+            if records and records[-1].offset + 1 >= ends[tp]:
+                remaining.discard(tp)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return count, elapsed
+
+
+def pipeline_batch(pipeline: FeaturePipeline) -> tuple[Any, float, dict[str, float]]:
+    """One ``run_once`` over everything produced: summary, seconds, seconds per stage."""
+    started = time.perf_counter()
+    marks: list[tuple[str, float]] = [("start", started)]
+    pipeline.on_step = lambda step: marks.append((step, time.perf_counter()))
+    summary = pipeline.run_once()
+    ended = time.perf_counter()
+    pipeline.on_step = lambda step: None
+    stages = {name: end - at for (name, at), (_, end) in zip(marks, [*marks[1:], ("end", ended)])}
+    return summary, ended - started, stages
+
+
+# --- 2. freshness -------------------------------------------------------------------------------
+
+
+def small_batches(pipeline: FeaturePipeline, settings: Settings, head_ts: int, n: int = 3) -> list[tuple[float, dict[str, float]]]:
+    """Seconds and stages of single-event batches on the full state: what one --follow step costs."""
+    at = datetime.fromtimestamp(head_ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    out = []
+    for i in range(n):
+        produce(settings, [ev("view", f"bench-small-{i}", 0, item_id="bench-item", category_id="bench-cat", ts=at)])
+        summary, seconds, stages = pipeline_batch(pipeline)
+        assert summary.records == 1, summary.as_text()
+        out.append((seconds, stages))
+    return out
+
+
+def online_last_seen(store: Any, user_id: str) -> Any:
+    return store.get_online_features(
+        features=["user_features:last_seen_unix"], entity_rows=[{"user_id": user_id}]
+    ).to_dict()["last_seen_unix"][0]
+
+
+def wait_visible(store: Any, user_id: str, expected: int, timeout_s: float, proc: subprocess.Popen, log: Path) -> float:
+    """Seconds until ``user_id``'s last-seen reads ``expected`` online (polling every 20 ms)."""
+    started = time.perf_counter()
+    while online_last_seen(store, user_id) != expected:
+        if proc.poll() is not None:
+            raise RuntimeError("follow process exited:\n" + log.read_text()[-3000:])
+        if time.perf_counter() - started > timeout_s:
+            raise TimeoutError(f"{user_id} not visible online after {timeout_s}s")
+        time.sleep(0.02)
+    return time.perf_counter() - started
+
+
+def freshness(settings: Settings, workdir: Path, head_ts: int, samples: int) -> list[float]:
+    """Produce -> visible-online latencies of single events against ``pipeline run --follow``."""
+    from kafka import KafkaProducer
+
+    from features.events import event_to_json, parse_event
+
+    config = write_config(settings, workdir / "streamrec.yaml")
+    log = workdir / "follow.log"
+    store = apply_feature_repo(settings)
+    producer = KafkaProducer(**settings.kafka.client_options(), acks="all", linger_ms=0)
+    at = datetime.fromtimestamp(head_ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+    def send(user_id: str) -> float:
+        # At the head of event time: the watermark does not move, so the batch is one event's work.
+        event = parse_event(ev("view", user_id, 0, item_id="bench-item", category_id="bench-cat", ts=at))
+        sent = time.perf_counter()
+        producer.send(settings.kafka.topics.events, key=user_id.encode(), value=event_to_json(event)).get(timeout=30)
+        return sent
+
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", "pipeline", "run", "--follow", "-v"],
+            env=subprocess_env(config), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+        )
+    latencies: list[float] = []
+    try:
+        send("bench-warm")
+        wait_visible(store, "bench-warm", head_ts, 300, proc, log)  # start-up: imports, Feast, first batch
+        rng = random.Random(7)
+        for i in range(samples):
+            # A random phase of the poll loop, so the samples cover the whole poll interval.
+            time.sleep(rng.uniform(0, settings.pipeline.poll_interval_s))
+            user_id = f"bench-fresh-{i}"
+            sent = send(user_id)
+            wait_visible(store, user_id, head_ts, 120, proc, log)
+            latencies.append(time.perf_counter() - sent)
+    finally:
+        producer.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return latencies
+
+
+# --- 3. Feast online reads -------------------------------------------------------------------
+
+
+def timed_calls(call: Callable[[], Any], n: int, warmup: int = 50) -> list[float]:
+    """Milliseconds of each of ``n`` calls (after ``warmup`` untimed ones)."""
+    for _ in range(warmup):
+        call()
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        call()
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def feast_read(store: Any, user_id: str, refs: list[str]) -> Callable[[], Any]:
+    def call() -> Any:
+        row = store.get_online_features(features=refs, entity_rows=[{"user_id": user_id}]).to_dict()
+        assert row["last_seen_unix"][0] is not None, f"{user_id} has no online features"
+        return row
+
+    return call
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen, int]:
+    import socket
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server not installed (make system-deps)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, port
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.1)
+
+
+def redis_settings(settings: Settings, workdir: Path, port: int) -> Settings:
+    dumped = settings.model_dump(mode="json")
+    dumped["collector"]["auth_token"] = settings.collector.auth_token.get_secret_value()
+    dumped["feast"] = {
+        **dumped["feast"],
+        "repo_dir": str(workdir / "feast-redis"),
+        "online_store": "redis",
+        "redis_connection_string": f"127.0.0.1:{port}",
+    }
+    return Settings(**dumped)
+
+
+def redis_key(settings: Settings, user_id: str) -> bytes:
+    """The Redis key Feast's Redis online store keeps a user's features under."""
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from features.repo import repo_config
+
+    entity = EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_id)])
+    config = repo_config(settings)
+    return serialize_entity_key(entity, entity_key_serialization_version=config.entity_key_serialization_version) + (
+        config.project.encode("utf-8")
+    )
+
+
+def online_reads(settings: Settings, workdir: Path, user_id: str, n: int) -> dict[str, list[float]]:
+    """Latencies (ms) of one-entity reads: Feast on SQLite, Feast on Redis, raw redis-py HGETALL."""
+    import redis
+
+    refs = user_feature_refs()
+    results = {"feast_sqlite": timed_calls(feast_read(apply_feature_repo(settings), user_id, refs), n)}
+    proc, port = start_redis(workdir)
+    try:
+        on_redis = redis_settings(settings, workdir, port)
+        store = apply_feature_repo(on_redis)
+        # The same rows the pipeline served on SQLite (latest per user), pushed to Redis.
+        latest = offline_latest(settings, "user_features").reset_index()
+        rows = latest.to_dict("records")
+        push_online(store, "user_features", feature_frame("user_features", rows, time.time()))
+        results["feast_redis"] = timed_calls(feast_read(store, user_id, refs), n)
+        client = redis.Redis(host="127.0.0.1", port=port)
+        key = redis_key(on_redis, user_id)
+        assert client.hgetall(key), "the computed Redis key holds nothing: key format mismatch"
+        results["raw_redis_hgetall"] = timed_calls(lambda: client.hgetall(key), n)
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    return results
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def print_report(
+    events: int, raw: tuple[int, float], batch: tuple[Any, float, dict[str, float]],
+    small: list[tuple[float, dict[str, float]]], fresh: list[float], reads: dict[str, list[float]],
+    poll_interval_s: float,
+) -> None:
+    raw_count, raw_s = raw
+    summary, batch_s, stages = batch
+    raw_rate, pipe_rate = raw_count / raw_s, summary.records / batch_s
+    print(f"\n## Throughput ({events:,} Taobao events, one micro-batch)")
+    print("| | events | seconds | events/s |\n|---|---|---|---|")
+    print(f"| raw kafka-python consume + json.loads | {raw_count:,} | {raw_s:.2f} | {raw_rate:,.0f} |")
+    print(f"| pipeline run_once end to end | {summary.records:,} | {batch_s:.2f} | {pipe_rate:,.0f} |")
+    print(f"| **ratio** | | | **{pipe_rate / raw_rate:.3f}x** (target >= 0.25x) |")
+    print("\n| pipeline stage | seconds | share |\n|---|---|---|")
+    for stage, seconds in stages.items():
+        print(f"| {STAGE_LABELS.get(stage, stage)} | {seconds:.2f} | {seconds / batch_s:.0%} |")
+    print(f"\n  {summary.as_text()}")
+    print("\n## One-event batches on that state (what a --follow step costs), seconds")
+    print("| stage | " + " | ".join(f"batch {i + 1}" for i in range(len(small))) + " |")
+    print("|---|" + "---|" * len(small))
+    for stage in small[0][1]:
+        print(f"| {STAGE_LABELS.get(stage, stage)} | " + " | ".join(f"{s.get(stage, 0):.3f}" for _, s in small) + " |")
+    print("| **total** | " + " | ".join(f"**{t:.3f}**" for t, _ in small) + " |")
+    print(f"\n## Freshness: produce -> visible in Feast online (SQLite), --follow, poll interval {poll_interval_s}s")
+    print(f"| samples | p50 s | p95 s | max s |\n|---|---|---|---|\n| {len(fresh)} | "
+          f"{percentile(fresh, 50):.2f} | {percentile(fresh, 95):.2f} | {max(fresh):.2f} | (target p95 < 5 s)")
+    print("\n## Online read of one entity (every user_features feature)")
+    print("| read | calls | p50 ms | p99 ms |\n|---|---|---|---|")
+    for name, values in reads.items():
+        print(f"| {name} | {len(values)} | {percentile(values, 50):.2f} | {percentile(values, 99):.2f} |")
+    ratio = {q: percentile(reads["feast_redis"], q) / percentile(reads["raw_redis_hgetall"], q) for q in (50, 99)}
+    print(f"| **Feast Redis / raw HGETALL** | | **{ratio[50]:.1f}x** | **{ratio[99]:.1f}x** "
+          "(target: Feast Redis p99 < 5 ms and <= 2x raw) |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=None, help="first N users of the slice only (default: all)")
+    parser.add_argument("--samples", type=int, default=30, help="freshness samples (>= 20 for a p95)")
+    parser.add_argument("--reads", type=int, default=2000, help="timed online reads per store")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    handle = start_broker(workdir / "broker")
+    print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)", flush=True)
+    try:
+        settings = pipeline_settings(handle.settings, workdir / "state")
+        events = taobao_subset(None, users=args.users)
+        produce(settings, events)
+        raw = raw_consume(settings)
+        print(f"raw consume: {raw[0]:,} records in {raw[1]:.2f}s", flush=True)
+        pipeline = FeaturePipeline(settings)  # Feast apply: start-up, not part of a batch
+        batch = pipeline_batch(pipeline)
+        print(f"pipeline batch: {batch[0].records:,} records in {batch[1]:.2f}s", flush=True)
+        head_ts = int(max(datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp() for e in events))
+        small = small_batches(pipeline, settings, head_ts)
+        pipeline.close()
+        fresh = freshness(settings, workdir, head_ts, args.samples)
+        print(f"freshness: {[round(x, 2) for x in fresh]}", flush=True)
+        active = max(statistics.multimode(e["user_id"] for e in events))
+        reads = online_reads(settings, workdir, active, args.reads)
+        print_report(len(events), raw, batch, small, fresh, reads, settings.pipeline.poll_interval_s)
+        print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
+    finally:
+        handle.broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
