@@ -1,17 +1,22 @@
 """`streamrec train`: the Ray Train launcher (``python -m ray_jobs.train``) on the local stack.
 
     streamrec train <model> --config <yaml> [--num-workers N] [--use-gpu] [--epochs N]
-                    [--registry URI] [--datasets-dir DIR] [--name NAME] [--serve-as item|bundle|none]
+                    [--registry URI] [--datasets-dir DIR] [--name NAME]
+                    [--serve-as item|bundle|ranker|none] [--until TIME] [--lake-root PATH|URI]
 
 * Ray: joins ``settings.ray.address`` when set, else the local head that ``streamrec up`` runs
   (127.0.0.1:``settings.ray.head_port``, token auth off as in ``streamrec.local_stack``), else starts
   a private Ray instance for the run.
 * Registry: ``--registry``, else the root the recommender reads (``settings.serving.registry_root``,
   else ``settings.data.state_dir / "registry"``).
-* Name: ``--name``; else, with ``--serve-as item`` (the default for a model with item embeddings
-  trained on ``taobao``, the catalogue the recommender serves) ``settings.serving.item_model``;
-  ``--serve-as bundle``: ``settings.serving.bundle_model``; otherwise the job's name (e.g.
-  ``lightgcn_gowalla``), which the recommender does not load.
+* Name: ``--name``; else, with ``--serve-as item`` (the default for bprmf / lightgcn trained on a
+  served catalogue: ``taobao`` or the event ``lake``, whose raw ids the recommender sees)
+  ``settings.serving.item_model``; ``--serve-as ranker`` (the default for sasrec on a served
+  catalogue): ``settings.serving.ranker_model``; ``--serve-as bundle``:
+  ``settings.serving.bundle_model``; otherwise the job's name (e.g. ``lightgcn_gowalla``), which the
+  recommender does not load.
+* Event lake (dataset ``lake``): the root defaults to the one the feature pipeline writes for these
+  settings (``--lake-root`` overrides); ``--until`` trains point-in-time on events up to that time.
 
 Registered with ``streamrec.cli.build_parser`` via :func:`register`.
 """
@@ -28,8 +33,9 @@ __all__ = ["register", "cmd_train", "MODEL_NAMES", "resolve_ray_address", "regis
 # Kept literal so that building the CLI parser does not import torch (tested against MODELS).
 MODEL_NAMES = ("bprmf", "crosscbr", "lightgcn", "popularity", "sasrec")
 # Datasets whose raw ids are the ones the recommender sees (registered with the embeddings).
-SERVED_CATALOGUES = ("taobao",)
-_ITEM_EMBEDDING_MODELS = ("bprmf", "lightgcn", "sasrec")
+SERVED_CATALOGUES = ("taobao", "lake")
+_ITEM_EMBEDDING_MODELS = ("bprmf", "lightgcn")
+_SEQUENTIAL_RANKERS = ("sasrec",)
 
 
 def register(subparsers: Any) -> None:
@@ -45,8 +51,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--datasets-dir", help="shared datasets folder (default: settings.data.datasets_dir)")
     p.add_argument("--storage-path", help="Ray Train checkpoint storage (default: ~/ray_results)")
     p.add_argument("--name", help="registry name (overrides --serve-as)")
-    p.add_argument("--serve-as", choices=("item", "bundle", "none"),
-                   help="publish under the serving model name (settings.serving.item_model / bundle_model)")
+    p.add_argument("--serve-as", choices=("item", "bundle", "ranker", "none"),
+                   help="publish under the serving model name (settings.serving.item_model / bundle_model / "
+                        "ranker_model)")
+    p.add_argument("--until", help="dataset lake: train on events with event time <= this ISO 8601 time "
+                                   "(UTC without an offset; default: everything in the lake at launch)")
+    p.add_argument("--lake-root", help="dataset lake: lake root, path or URI (default: the feature "
+                                       "pipeline's, under settings.data.state_dir)")
     p.add_argument("--private-ray", action="store_true", help="do not join a running local head")
     p.set_defaults(func=cmd_train)
 
@@ -70,23 +81,35 @@ def registry_name(model: str, dataset: str, job_name: str, settings: Any,
     if name:
         return name
     if serve_as is None:
-        serve_as = "item" if dataset in SERVED_CATALOGUES and model in _ITEM_EMBEDDING_MODELS else "none"
+        serve_as = _default_serve_as(model, dataset)
     if serve_as == "item":
         return settings.serving.item_model
     if serve_as == "bundle":
         return settings.serving.bundle_model
+    if serve_as == "ranker":
+        return settings.serving.ranker_model
     return job_name
+
+
+def _default_serve_as(model: str, dataset: str) -> str:
+    if dataset not in SERVED_CATALOGUES:
+        return "none"  # integer ids of a benchmark dataset match nothing the recommender serves
+    if model in _SEQUENTIAL_RANKERS:
+        return "ranker"
+    return "item" if model in _ITEM_EMBEDDING_MODELS else "none"
 
 
 def cmd_train(args: argparse.Namespace, settings: Any) -> int:
     import yaml
 
     from ray_jobs import train as launcher
+    from ray_jobs.data.lake import lake_root_of
 
     config = args.config or launcher.CONFIG_DIR / launcher.DEFAULT_CONFIGS[args.model]
     raw = yaml.safe_load(Path(config).read_text()) or {}
     registry = args.registry or settings.serving.registry_root or str(settings.data.state_dir / "registry")
-    name = registry_name(args.model, raw.get("dataset", {}).get("name", ""), raw.get("name", args.model),
+    dataset = raw.get("dataset", {})
+    name = registry_name(args.model, dataset.get("name", ""), raw.get("name", args.model),
                          settings, args.name, args.serve_as)
     address = resolve_ray_address(settings, args.private_ray)
     if address and address.startswith("127.0.0.1:"):
@@ -95,9 +118,12 @@ def cmd_train(args: argparse.Namespace, settings: Any) -> int:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     argv = [args.model, "--config", str(config), "--registry", registry, "--name", name,
             "--datasets-dir", str(args.datasets_dir or settings.data.datasets_dir)]
+    lake_root = args.lake_root
+    if dataset.get("name") == "lake" and lake_root is None and not dataset.get("options", {}).get("root"):
+        lake_root = str(lake_root_of(settings))  # these settings' lake, not the process-wide default
     for flag, value in (("--num-workers", args.num_workers), ("--epochs", args.epochs),
                         ("--max-users", args.max_users), ("--storage-path", args.storage_path),
-                        ("--address", address)):
+                        ("--address", address), ("--until", args.until), ("--lake-root", lake_root)):
         if value is not None:
             argv += [flag, str(value)]
     if args.use_gpu:
@@ -105,10 +131,11 @@ def cmd_train(args: argparse.Namespace, settings: Any) -> int:
     print(f"training {args.model} ({config}) on {'Ray at ' + address if address else 'a private Ray instance'}; "
           f"registry {registry} as {name!r}", flush=True)
     rc = launcher.main(argv)
-    served = {settings.serving.item_model: "item_model", settings.serving.bundle_model: "bundle_model"}
+    served = {settings.serving.item_model: "item_model", settings.serving.bundle_model: "bundle_model",
+              settings.serving.ranker_model: "ranker_model"}
     if name in served:
         print(f"the recommender loads it as serving.{served[name]} (refresh every {settings.serving.refresh_s}s)")
     else:
-        print(f"note: the recommender loads {settings.serving.item_model!r} / {settings.serving.bundle_model!r}, "
-              f"not {name!r} (use --serve-as or --name to publish for serving)")
+        print(f"note: the recommender loads {settings.serving.item_model!r} / {settings.serving.bundle_model!r} / "
+              f"{settings.serving.ranker_model!r}, not {name!r} (use --serve-as or --name to publish for serving)")
     return rc

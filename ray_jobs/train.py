@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import ray
 
-from ray_jobs.models import MODELS
-from ray_jobs.registry import ModelRegistry, code_version, data_snapshot_id
+from ray_jobs.models import MODELS, model_config
+from ray_jobs.registry import ModelRegistry, code_version, describe_data
 from ray_jobs.trainers import JobConfig, TrainingOutcome, load_job_data, run_training
 from ray_jobs.trainers.launch import ensure_ray
 
@@ -52,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", help="run / registry name (default: from the config)")
     p.add_argument("--address", help="Ray cluster to join, e.g. 127.0.0.1:6380 (default: $RAY_ADDRESS, "
                                      "else a private local instance)")
+    p.add_argument("--until", help="dataset lake: train on events with event time <= this ISO 8601 time "
+                                   "(UTC without an offset; default: everything in the lake at launch)")
+    p.add_argument("--lake-root", help="dataset lake: lake root, path or URI (default: the one the feature "
+                                       "pipeline writes under settings.data.state_dir)")
     return p.parse_args(argv)
 
 
@@ -72,28 +76,50 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("storage_path", "registry", "name"):
         if getattr(args, key) is not None:
             o[key] = getattr(args, key)
+    for key, value in (("until", args.until), ("root", args.lake_root)):
+        if value is not None:
+            o.setdefault("dataset", {}).setdefault("options", {})[key] = value
     return o
 
 
+def _trained_on(outcome: TrainingOutcome) -> dict[str, Any]:
+    """What the workers trained on (``final/data.json``); older checkpoints lack it: reload the data."""
+    path = outcome.data_info_file()
+    if path.exists():
+        return json.loads(path.read_text())
+    return describe_data(load_job_data(outcome.job))
+
+
 def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | None = None) -> str:
-    """Publish a finished run to the registry (as ``name``, default the job name); returns the version."""
+    """Publish a finished run to the registry (as ``name``, default the job name); returns the version.
+
+    The manifest gets, besides metrics and provenance: ``model`` and ``dataset`` names, the resolved
+    ``model_config`` (YAML defaults + overrides: what rebuilding the network for inference needs),
+    ``ids`` (raw ids of the embedding rows, when the dataset has them) and, for the event lake,
+    ``data_snapshot`` (partitions, max event time, row count, cut-off).
+    """
     job = outcome.job
-    data = load_job_data(job)
+    trained_on = _trained_on(outcome)
     embeddings = {p.stem: np.load(p) for p in sorted(outcome.embeddings_dir().glob("*.npy"))}
     weights = outcome.weights_file()
     # Raw ids of the rows (when the dataset has them, e.g. taobao): serving maps its ids with these.
-    ids = {kind: [str(v) for v in raw.tolist()]
-           for kind, raw in (("user", data.user_ids), ("item", data.item_ids))
-           if raw is not None and kind in embeddings and len(raw) == len(embeddings[kind])}
+    ids = {kind: raw for kind, raw in trained_on["ids"].items()
+           if kind in embeddings and len(raw) == len(embeddings[kind])}
+    extra: dict[str, Any] = {"model": job.model, "dataset": job.dataset.name,
+                             "model_config": model_config(job.model, job.model_params).model_dump(mode="json")}
+    if ids:
+        extra["ids"] = ids
+    if trained_on.get("snapshot"):
+        extra["data_snapshot"] = trained_on["snapshot"]
     return ModelRegistry(registry_root).register(
         name or job.name,
         embeddings=embeddings,
         metrics=outcome.metrics,
         config=job.model_dump(mode="json"),
-        data_snapshot_id=data_snapshot_id(data.source_files),
+        data_snapshot_id=trained_on["snapshot_id"],
         code_version=code_version(),
         weights_file=weights if weights.exists() else None,
-        extra={"model": job.model, "dataset": job.dataset.name, **({"ids": ids} if ids else {})},
+        extra=extra,
     )
 
 
@@ -101,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = args.config or CONFIG_DIR / DEFAULT_CONFIGS[args.model]
     job = JobConfig.from_yaml(config, _overrides(args))
+    if (args.until or args.lake_root) and job.dataset.name != "lake":
+        raise SystemExit(f"--until / --lake-root apply to dataset 'lake', not {job.dataset.name!r}")
     owns_ray = not ray.is_initialized()  # leave a caller's Ray session running
     try:
         ensure_ray(args.address)

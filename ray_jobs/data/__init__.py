@@ -8,6 +8,7 @@ Example:
 
 from ray_jobs.data.dataset import BundleGraphs, InteractionData
 from ray_jobs.data.gowalla import load_gowalla
+from ray_jobs.data.lake import LakeChangedError, LakeSnapshot, load_lake
 from ray_jobs.data.paths import DATASETS_DIR_ENV, default_datasets_dir, resolve_datasets_dir
 from ray_jobs.data.recbole_atomic import load_recbole_atomic
 from ray_jobs.data.catalog import DATASETS, load_dataset
@@ -29,5 +30,8 @@ __all__ = [
     "load_youshu",
     "load_recbole_atomic",
     "load_taobao",
+    "load_lake",
+    "LakeSnapshot",
+    "LakeChangedError",
     "subsample_users",
 ]

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from ray_jobs.data.dataset import InteractionData
 from ray_jobs.data.gowalla import load_gowalla
+from ray_jobs.data.lake import load_lake
 from ray_jobs.data.recbole_atomic import load_recbole_atomic
 from ray_jobs.data.sasrec_games import load_sasrec_games
 from ray_jobs.data.slicing import subsample_users
@@ -25,6 +26,7 @@ DATASETS: dict[str, Callable[..., InteractionData]] = {
     "youshu": load_youshu,
     "recbole": load_recbole_atomic,
     "taobao": load_taobao,
+    "lake": load_lake,  # the event lake the feature pipeline writes (not a shared dataset)
 }
 
 
@@ -39,10 +41,12 @@ def load_dataset(
 
     Args:
         name: one of ``DATASETS``.
-        datasets_dir: the shared datasets folder (ignored by ``recbole``, which takes file paths).
+        datasets_dir: the shared datasets folder (ignored by ``recbole``, which takes file paths, and
+            by ``lake``, which takes ``root``).
         max_users: keep this many users (see :func:`subsample_users`); ``None`` keeps all.
         seed: seed for the user slice.
-        **options: passed to the adapter (e.g. ``valid_fraction`` for gowalla, ``inter_path`` for recbole).
+        **options: passed to the adapter (e.g. ``valid_fraction`` for gowalla, ``inter_path`` for recbole,
+            ``root`` / ``until`` / ``event_types`` for lake).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")

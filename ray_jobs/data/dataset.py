@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +68,9 @@ class InteractionData:
         item_category: optional ``(n_items,)`` integer category per item.
         bundles: item-level graphs for bundle datasets, else ``None``.
         source_files: the raw files read, for the registry's data snapshot id.
+        source_snapshot: what a source that is not a fixed set of files read (the event lake's
+            ``LakeSnapshot.as_dict()``); its ``"id"`` replaces the hash of ``source_files`` as the
+            registry's data snapshot id and the whole dict goes into the manifest.
         user_ids, item_ids: optional raw (source) ids of the rows, ``(n_users,)`` / ``(n_items,)``;
             registered with the embeddings so that serving can map its string ids to rows.
     """
@@ -84,6 +88,7 @@ class InteractionData:
     source_files: tuple[str, ...] = field(default_factory=tuple)
     user_ids: np.ndarray | None = None
     item_ids: np.ndarray | None = None
+    source_snapshot: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.n_users <= 0 or self.n_items <= 0:

@@ -6,7 +6,7 @@ Example:
 """
 
 from ray_jobs.registry.model_registry import EMBEDDING_COLUMN, ID_COLUMN, ModelRegistry, RegisteredModel
-from ray_jobs.registry.provenance import code_version, data_snapshot_id
+from ray_jobs.registry.provenance import code_version, data_snapshot_id, describe_data
 
 __all__ = [
     "ModelRegistry",
@@ -15,4 +15,5 @@ __all__ = [
     "EMBEDDING_COLUMN",
     "code_version",
     "data_snapshot_id",
+    "describe_data",
 ]

@@ -7,8 +7,12 @@ import os
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["data_snapshot_id", "code_version"]
+if TYPE_CHECKING:
+    from ray_jobs.data.dataset import InteractionData
+
+__all__ = ["data_snapshot_id", "code_version", "describe_data"]
 
 _CHUNK = 1 << 20
 
@@ -48,3 +52,24 @@ def code_version(repo_dir: str | os.PathLike[str] | None = None) -> str:
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def describe_data(data: "InteractionData") -> dict[str, Any]:
+    """What a model was trained on, JSON-ready: the registry's ``data_snapshot_id``, the source's own
+    snapshot (the event lake's partitions, max event time and row count), and the raw ids of the rows.
+
+    Computed where the data was loaded (the training worker), so that registering never re-reads a
+    source that may have changed since (the lake grows while a model trains).
+
+    Example:
+        >>> describe_data(load_dataset("taobao"))["snapshot_id"]  # doctest: +SKIP
+        'sha256:...'
+    """
+    snapshot = data.source_snapshot
+    return {
+        "dataset": data.name,
+        "snapshot_id": snapshot["id"] if snapshot else data_snapshot_id(data.source_files),
+        "snapshot": snapshot,
+        "ids": {kind: [str(v) for v in raw.tolist()]
+                for kind, raw in (("user", data.user_ids), ("item", data.item_ids)) if raw is not None},
+    }

@@ -4,7 +4,8 @@ Layout of a checkpoint directory::
 
     state.pt          current model + optimizer state, epoch, early-stopping state (to resume)
     best_model.pt     model weights of the best validation epoch so far
-    final/            only in the last checkpoint: embeddings/*.npy and metrics.json of the best model
+    final/            only in the last checkpoint: embeddings/*.npy and metrics.json of the best model,
+                      and data.json (what the workers trained on: snapshot id, raw ids of the rows)
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["STATE_FILE", "BEST_FILE", "FINAL_DIR", "save_state", "load_state", "save_final"]
+__all__ = ["STATE_FILE", "BEST_FILE", "FINAL_DIR", "DATA_FILE", "save_state", "load_state", "save_final"]
 
 STATE_FILE = "state.pt"
 BEST_FILE = "best_model.pt"
 FINAL_DIR = "final"
+DATA_FILE = "data.json"  # inside FINAL_DIR
 
 
 def save_state(
@@ -46,10 +48,14 @@ def load_state(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     return state, best
 
 
-def save_final(directory: Path, embeddings: dict[str, np.ndarray], metrics: dict[str, Any]) -> None:
-    """Write the retrieval embeddings and final metrics of the best model."""
+def save_final(directory: Path, embeddings: dict[str, np.ndarray], metrics: dict[str, Any],
+               data_info: dict[str, Any] | None = None) -> None:
+    """Write the retrieval embeddings and final metrics of the best model, and ``data_info`` (see
+    :func:`ray_jobs.registry.provenance.describe_data`)."""
     final = directory / FINAL_DIR
     (final / "embeddings").mkdir(parents=True, exist_ok=True)
     for name, array in embeddings.items():
         np.save(final / "embeddings" / f"{name}.npy", np.ascontiguousarray(array, dtype=np.float32))
     (final / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    if data_info is not None:
+        (final / DATA_FILE).write_text(json.dumps(data_info, sort_keys=True))

@@ -34,6 +34,10 @@ class TrainConfig(_Strict):
     epochs: PositiveInt = 100
     patience: PositiveInt = 10  # evaluations without improvement before stopping
     eval_every: PositiveInt = 1  # epochs between validation runs
+    # Epochs between Ray Train reports, each with a resumable checkpoint (the last epoch always
+    # reports; every epoch's metrics are kept in history.json). Raise it for epochs of a few seconds
+    # or less: a report waits for the controller's 2 s poll and writes model + optimizer state.
+    checkpoint_every: PositiveInt = 1
     protocol: Literal["full", "sampled"] = "full"  # full ranking, or SASRec's 100 sampled negatives
     ks: list[PositiveInt] = Field(default_factory=lambda: [20])
     monitor: str = "recall@20"  # validation metric for early stopping and best-checkpoint choice

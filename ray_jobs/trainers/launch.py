@@ -22,8 +22,9 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from ray_jobs.data.lake import DEFAULT_EVENT_TYPES, default_lake_root, read_lake_snapshot
 from ray_jobs.data.paths import resolve_datasets_dir
-from ray_jobs.trainers.checkpointing import BEST_FILE, FINAL_DIR
+from ray_jobs.trainers.checkpointing import BEST_FILE, DATA_FILE, FINAL_DIR
 from ray_jobs.trainers.config import JobConfig
 from ray_jobs.trainers.worker_loop import HISTORY_FILE, train_loop_per_worker
 
@@ -56,6 +57,9 @@ class TrainingOutcome:
     def weights_file(self) -> Path:
         return self.artifacts_dir / BEST_FILE
 
+    def data_info_file(self) -> Path:
+        return self.artifacts_dir / FINAL_DIR / DATA_FILE
+
 
 def ensure_ray(address: str | None = None) -> None:
     """[Ray] Join ``address`` or the cluster in ``RAY_ADDRESS`` (or the job's cluster), else start a
@@ -75,11 +79,37 @@ def ensure_ray(address: str | None = None) -> None:
 
 
 def resolve_job(job: JobConfig) -> JobConfig:
-    """Pin the datasets directory to an absolute path on the driver (workers may run elsewhere)."""
+    """Pin the data on the driver: the datasets directory as an absolute path (workers may run
+    elsewhere), or for the event lake its root, cut-off and snapshot (see :func:`pin_lake`)."""
     if job.dataset.name == "recbole":
         return job
+    if job.dataset.name == "lake":
+        return pin_lake(job)
     d = job.dataset.model_copy(update={"datasets_dir": str(resolve_datasets_dir(job.dataset.datasets_dir))})
     return job.model_copy(update={"dataset": d})
+
+
+def pin_lake(job: JobConfig) -> JobConfig:
+    """Fix what a lake job trains on before any worker reads it.
+
+    The lake grows while a job runs (the feature pipeline keeps writing). Every worker, every restart
+    after a failure, and the registered config must see the same events, so the driver resolves the
+    root (default: the one the pipeline writes), sets ``until`` to the latest event time now when it
+    is open, and pins ``expect_snapshot``: a worker that reads anything else fails instead of
+    training on different data than its peers.
+    """
+    options = dict(job.dataset.options)
+    if options.get("root") is None:
+        options["root"] = str(default_lake_root())
+    snapshot = read_lake_snapshot(options["root"], options.get("until"),
+                                  options.get("event_types", DEFAULT_EVENT_TYPES))
+    if snapshot.rows == 0:
+        raise ValueError(f"nothing to train on: no {list(snapshot.event_types)} events in the lake at "
+                         f"{snapshot.root}" + (f" up to {snapshot.until}" if snapshot.until else ""))
+    if options.get("until") is None:
+        options["until"] = snapshot.max_event_time
+    options["expect_snapshot"] = snapshot.id
+    return job.model_copy(update={"dataset": job.dataset.model_copy(update={"options": options})})
 
 
 def run_training(job: JobConfig, keep_dir: Path | None = None) -> TrainingOutcome:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ray_jobs.data.dataset import InteractionData
 from ray_jobs.models import build_model
+from ray_jobs.registry.provenance import describe_data
 from ray_jobs.trainers.batches import n_global_batches, pairwise_batches, sequence_batches
 from ray_jobs.trainers.checkpointing import load_state, save_final, save_state
 from ray_jobs.trainers.config import JobConfig
@@ -90,7 +91,7 @@ def _finish(core, data, job, rank, world, device, best_state, extra_metrics, wri
     def write(d: Path) -> None:
         write_state(d)
         core.eval()
-        save_final(d, core.export_embeddings(), metrics)
+        save_final(d, core.export_embeddings(), metrics, describe_data(data))
 
     _report(metrics, rank, write)
 
@@ -137,13 +138,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         (d / HISTORY_FILE).write_text(json.dumps(history))
 
     epoch = start_epoch - 1
+    report_s: float | None = None  # how long the last report (checkpoint upload + queue wait) took
     while epoch + 1 < job.train.epochs and not stopper.should_stop:
         epoch += 1
         core.on_epoch_start(epoch)
         model.train()
         batches, n_batches, n_samples = _epoch_batches(core, data, job, epoch, rank, world, device)
         total, count = 0.0, 0
-        started = time.perf_counter()
+        started, thread_cpu, process_cpu = time.perf_counter(), time.thread_time(), time.process_time()
         for step, batch in enumerate(tqdm(batches, total=n_batches, desc=f"epoch {epoch}",
                                           disable=rank != 0 or not job.train.progress, mininterval=5)):
             if step == n_batches // 2:
@@ -156,7 +158,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         train_s = time.perf_counter() - started  # batches + forward/backward/step, no evaluation
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": _global_mean(total, count, world, device),
                                    "resumed_from_epoch": resumed_from, "train_time_s": train_s,
-                                   "train_samples": n_samples, "train_samples_per_s": n_samples / train_s}
+                                   "train_samples": n_samples, "train_samples_per_s": n_samples / train_s,
+                                   # CPU seconds of this thread / the whole worker process (Ray's own
+                                   # threads included): on a shared machine wall time also counts the
+                                   # time spent waiting for a core, these do not.
+                                   "train_thread_cpu_s": time.thread_time() - thread_cpu,
+                                   "train_process_cpu_s": time.process_time() - process_cpu,
+                                   "torch_threads": torch.get_num_threads(), "last_report_s": report_s}
         is_last = epoch == job.train.epochs - 1
         if (epoch + 1) % job.train.eval_every == 0 or is_last:
             report = evaluate(core, data, "valid", job.train, rank, world, device)
@@ -166,7 +174,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics.update({"best_epoch": stopper.best_epoch,
                         "best_valid": stopper.best if stopper.best_epoch >= 0 else None})
         history.append({k: v for k, v in metrics.items() if isinstance(v, (bool, int, float)) and v is not None})
-        _report(metrics, rank, write_state)  # [Ray] metrics + resumable checkpoint every epoch
+        # [Ray] Report with a resumable checkpoint every `checkpoint_every` epochs (every epoch's
+        # metrics are in `history`). A report blocks until the Train controller has taken the previous
+        # one, and it polls every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s): reporting after each
+        # sub-second epoch would make an epoch take >= 2 s.
+        if (epoch + 1) % job.train.checkpoint_every == 0 or is_last:
+            reported = time.perf_counter()
+            _report(metrics, rank, write_state)
+            report_s = time.perf_counter() - reported
 
     _finish(core, data, job, rank, world, device, best_state,
             {"epoch": epoch, "best_epoch": stopper.best_epoch, "resumed_from_epoch": resumed_from,

@@ -12,8 +12,9 @@ counts, validation cadence and early stopping (official lengths: LightGCN up to 
 SASRec 201, CrossCBR 100; hours on CPU, meant for a GPU).
 
 Writes ``<results-dir>/quality.json`` (every metric, its protocol, the per-epoch curves, timings,
-load) and ``<results-dir>/training_curves.png`` when matplotlib is installed (else says so and
-writes ``training_curves.csv``).
+load), ``<results-dir>/training_curves.csv`` and, next to it, one PNG of train loss and validation
+metric per trained run (``training_curves_<dataset>_<model>.png``, by
+``streamrec.report.plot_training_curves``; skipped, saying so, when matplotlib is not installed).
 """
 
 from __future__ import annotations
@@ -144,38 +145,22 @@ def print_table(results: dict) -> None:
 
 
 def plot(results: dict, out_dir: Path) -> str:
+    path = out_dir / "training_curves.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "epoch", "train_loss", "valid_metric", "valid_value"])
+        for run_id, r in results.items():
+            for c in r["curves"]:
+                w.writerow([run_id, c.get("epoch"), c.get("train_loss"), r["monitor"],
+                            c.get("valid/" + r["monitor"])])
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from streamrec.report import plot_training_curves
     except ImportError:
-        path = out_dir / "training_curves.csv"
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["run", "epoch", "train_loss", "valid_metric", "valid_value"])
-            for run_id, r in results.items():
-                for c in r["curves"]:
-                    w.writerow([run_id, c.get("epoch"), c.get("train_loss"), r["monitor"],
-                                c.get("valid/" + r["monitor"])])
-        return f"matplotlib is not installed in this venv: no PNG; curves written to {path}"
-    trained = {k: v for k, v in results.items() if v["curves"]}
-    fig, axes = plt.subplots(2, max(1, len(trained)), figsize=(3.2 * max(1, len(trained)), 6), squeeze=False)
-    for col, (run_id, r) in enumerate(trained.items()):
-        ep = [c["epoch"] for c in r["curves"]]
-        axes[0][col].plot(ep, [c.get("train_loss") for c in r["curves"]], marker=".")
-        axes[0][col].set_title(run_id, fontsize=9)
-        axes[0][col].set_xlabel("epoch")
-        axes[0][col].set_ylabel("train loss")
-        pts = [(c["epoch"], c["valid/" + r["monitor"]]) for c in r["curves"] if "valid/" + r["monitor"] in c]
-        if pts:
-            axes[1][col].plot(*zip(*pts), marker="o", label="ours (valid)")
-        axes[1][col].set_xlabel("epoch")
-        axes[1][col].set_ylabel("valid " + r["monitor"])
-    fig.tight_layout()
-    path = out_dir / "training_curves.png"
-    fig.savefig(path, dpi=110)
-    return f"wrote {path}"
+        return f"wrote {path}; matplotlib is not installed in this venv: no PNG curves"
+    pngs = [plot_training_curves(r["curves"], out_dir / f"training_curves_{run_id.replace('/', '_')}.png",
+                                 r["monitor"], run_id)
+            for run_id, r in results.items() if r["curves"]]
+    return f"wrote {path} and {len(pngs)} PNG curve(s): {', '.join(p.name for p in pngs) or 'none (no trained run)'}"
 
 
 def main() -> int:

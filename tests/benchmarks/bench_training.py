@@ -6,12 +6,16 @@ In one run, on the same data slice, model, global batch and seed:
   * plain: a single-process PyTorch loop over the exact batches the Ray worker loop draws
     (``pairwise_batches`` / ``sequence_batches``), same optimizer, same per-step loss read-back, run
     in a child process with the Ray workers' niceness and intra-op threads, once before and once
-    after the Ray runs (the reference is their mean: the machine is shared, this shows the drift);
+    after each round of Ray runs (each Ray run is compared with the mean of its two neighbouring
+    baseline runs: the machine is shared, this shows the drift; ``--repeats N`` runs N rounds and
+    reports the median ratio and the spread);
   * ray-N: ``run_training`` (TorchTrainer, N DDP workers, gloo on CPU) on a private local Ray.
 Throughput = training samples per second of pure training time (batch generation, forward, backward,
 optimizer step; no evaluation, no start-up), measured inside the loop for every epoch; the figure is
 the median over epochs after the first (warm-up). Ray's start-up and evaluation are reported apart
 as the wall time of ``fit``. Target: ray-1 overhead <= 10 % vs plain.
+CPU milliseconds per sample (the loop's thread, and its whole process with Ray's own threads) are
+reported beside it: on a loaded machine they tell extra work in the Ray loop from waiting for a core.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ def plain_loop(args) -> dict:
         model.train()
         batches, _, n_samples = _epoch_batches(model, data, job, epoch, 0, 1, torch.device("cpu"))
         total = 0.0
-        started = time.perf_counter()
+        started, thread_cpu, process_cpu = time.perf_counter(), time.thread_time(), time.process_time()
         for batch in batches:
             loss = model(batch)
             opt.zero_grad()
@@ -75,13 +79,24 @@ def plain_loop(args) -> dict:
             total += float(loss.detach())
         s = time.perf_counter() - started
         epochs.append({"epoch": epoch, "train_time_s": s, "train_samples": n_samples,
-                       "train_samples_per_s": n_samples / s})
+                       "train_samples_per_s": n_samples / s, "train_thread_cpu_s": time.thread_time() - thread_cpu,
+                       "train_process_cpu_s": time.process_time() - process_cpu})
     return {"epochs": epochs, "nice": os.nice(0), "threads": torch.get_num_threads(), "data": data.summary()}
 
 
 def _median_sps(epochs: list[dict]) -> float:
     rows = epochs[1:] if len(epochs) > 1 else epochs
     return statistics.median(r["train_samples_per_s"] for r in rows)
+
+
+def _cpu_ms_per_sample(epochs: list[dict], key: str) -> float:
+    """Median CPU milliseconds per training sample (``key``: thread or process CPU seconds).
+
+    Wall time on a shared machine also counts the time a runnable process waits for a core; CPU time
+    does not, so this separates "the Ray loop does more work" from "the machine was busier".
+    """
+    rows = epochs[1:] if len(epochs) > 1 else epochs
+    return statistics.median(1000 * r[key] / r["train_samples"] for r in rows)
 
 
 def _worker_env() -> dict:
@@ -105,6 +120,9 @@ def main() -> int:
     p.add_argument("--max-users", type=int, default=4000, help="user slice (the whole run must fit ~5 min)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per run (first one is warm-up)")
     p.add_argument("--workers", default="1,2", help="Ray Train worker counts to run")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of (Ray runs, baseline run); >1 gives the run-to-run spread, which on a "
+                        "shared VM reaches +-10%% even for identical code")
     p.add_argument("--model-params", default="{}", help="JSON overrides of the model YAML (batch_size, ...)")
     p.add_argument("--datasets-dir")
     p.add_argument("--storage-path", default=None)
@@ -145,36 +163,61 @@ def main() -> int:
           f"(overrides {args.model_params}); {args.epochs} epochs, median over epochs 2..{args.epochs}")
     print(f"worker env: nice {env['nice']}, torch threads {env['threads']} (OMP_NUM_THREADS={env['OMP_NUM_THREADS']});"
           f" baseline: nice {plain['nice']}, threads {plain['threads']}")
-    print(f"{'run':<8} {'samples/s':>10} {'vs plain':>9} {'epoch s':>8} {'wall s':>8}")
-    print(f"{'plain':<8} {plain_sps:>10.0f} {'1.00x':>9} {epoch_s(plain['epochs']):>8.2f} {plain_wall:>8.1f}", flush=True)
-    runs = {}
-    for workers in [int(w) for w in args.workers.split(",")]:
-        t0 = time.perf_counter()
-        outcome = run_training(_job(args, workers))
-        wall = time.perf_counter() - t0
-        epochs = [h for h in outcome.history if "train_samples_per_s" in h]
-        sps = _median_sps(epochs)
-        runs[workers] = {"samples_per_s": sps, "fit_wall_s": wall, "epochs": epochs}
-        print(f"{'ray-' + str(workers):<8} {sps:>10.0f} {sps / plain_sps:>8.2f}x "
-              f"{epoch_s(epochs):>8.2f} {wall:>8.1f}", flush=True)
-    # The baseline again after the Ray runs: the machine is shared, this shows the drift; the
-    # reference is the mean of both baseline runs.
-    plain2, plain2_wall = run_plain()
-    sps2 = _median_sps(plain2["epochs"])
-    print(f"{'plain#2':<8} {sps2:>10.0f} {sps2 / plain_sps:>8.2f}x {epoch_s(plain2['epochs']):>8.2f} {plain2_wall:>8.1f}")
-    plain_sps = (plain_sps + sps2) / 2
-    print(f"reference plain throughput (mean of both): {plain_sps:.0f} samples/s")
+    def cpu_cols(epochs: list[dict]) -> str:
+        return (f"{_cpu_ms_per_sample(epochs, 'train_thread_cpu_s'):>11.3f} "
+                f"{_cpu_ms_per_sample(epochs, 'train_process_cpu_s'):>12.3f}")
+
+    print(f"{'run':<8} {'samples/s':>10} {'vs plain':>9} {'epoch s':>8} {'wall s':>8} {'cpu thread':>11} "
+          f"{'cpu process':>12}   (CPU ms per sample: the loop's thread / its whole process)")
+    print(f"{'plain':<8} {plain_sps:>10.0f} {'1.00x':>9} {epoch_s(plain['epochs']):>8.2f} {plain_wall:>8.1f} "
+          f"{cpu_cols(plain['epochs'])}", flush=True)
+    plains = [plain]
+    runs: dict[int, list[dict]] = {}
+    for rep in range(args.repeats):
+        for workers in [int(w) for w in args.workers.split(",")]:
+            t0 = time.perf_counter()
+            outcome = run_training(_job(args, workers))
+            wall = time.perf_counter() - t0
+            epochs = [h for h in outcome.history if "train_samples_per_s" in h]
+            sps = _median_sps(epochs)
+            runs.setdefault(workers, []).append({"samples_per_s": sps, "fit_wall_s": wall, "epochs": epochs})
+            print(f"{'ray-' + str(workers):<8} {sps:>10.0f} {sps / plain_sps:>8.2f}x "
+                  f"{epoch_s(epochs):>8.2f} {wall:>8.1f} {cpu_cols(epochs)}", flush=True)
+        # The baseline again after each round of Ray runs: the machine is shared, this shows the drift;
+        # each Ray run is compared with the mean of the baseline runs just before and after it.
+        again, again_wall = run_plain()
+        plains.append(again)
+        print(f"{'plain#' + str(rep + 2):<8} {_median_sps(again['epochs']):>10.0f} "
+              f"{_median_sps(again['epochs']) / plain_sps:>8.2f}x {epoch_s(again['epochs']):>8.2f} "
+              f"{again_wall:>8.1f} {cpu_cols(again['epochs'])}", flush=True)
+    plain_sps = statistics.mean(_median_sps(x["epochs"]) for x in plains)
+    print(f"reference plain throughput (mean of all {len(plains)} baseline runs): {plain_sps:.0f} samples/s")
     load_after = os.getloadavg()
     summary = {"model": args.model, "dataset": args.dataset, "max_users": args.max_users, "epochs": args.epochs,
-               "plain_samples_per_s": plain_sps, "plain_epochs": plain["epochs"], "plain2_epochs": plain2["epochs"], "worker_env": env,
+               "repeats": args.repeats, "plain_samples_per_s": plain_sps,
+               "plain_epochs": [x["epochs"] for x in plains], "worker_env": env,
                "ray": runs, "loadavg_before": load_before, "loadavg_after": load_after, "cpus": os.cpu_count()}
     if 1 in runs:
-        overhead = 1 - runs[1]["samples_per_s"] / plain_sps
-        summary["ray1_overhead"] = overhead  # vs the mean of both baseline runs
+        def neighbours(i: int, metric) -> float:
+            """``metric`` of the baseline runs just before and after Ray round ``i``, averaged."""
+            return statistics.mean(metric(plains[j]["epochs"]) for j in (i, i + 1))
+
+        ratios = [r["samples_per_s"] / neighbours(i, _median_sps) for i, r in enumerate(runs[1])]
+        overhead = 1 - statistics.median(ratios)
+        summary["ray1_overhead"] = overhead  # median over repeats, each vs its neighbouring baselines
+        summary["ray1_overhead_per_repeat"] = [1 - x for x in ratios]
         print(f"Ray Train overhead at 1 worker: {overhead:+.1%} (target <= 10%): "
-              f"{'OK' if overhead <= 0.10 else 'MISSED'}")
+              f"{'OK' if overhead <= 0.10 else 'MISSED'}; per repeat "
+              + ", ".join(f"{1 - x:+.1%}" for x in ratios))
+        for key, what in (("train_thread_cpu_s", "thread"), ("train_process_cpu_s", "process")):
+            extra = [_cpu_ms_per_sample(r["epochs"], key) / neighbours(i, lambda e: _cpu_ms_per_sample(e, key)) - 1
+                     for i, r in enumerate(runs[1])]
+            summary[f"ray1_extra_{what}_cpu"] = statistics.median(extra)
+            print(f"  CPU per sample, ray-1 vs plain ({what} CPU time): {statistics.median(extra):+.1%}; per repeat "
+                  + ", ".join(f"{x:+.1%}" for x in extra))
     if 1 in runs and 2 in runs:
-        summary["scaling_1_to_2"] = runs[2]["samples_per_s"] / runs[1]["samples_per_s"]
+        summary["scaling_1_to_2"] = statistics.median(
+            two["samples_per_s"] / one["samples_per_s"] for one, two in zip(runs[1], runs[2]))
         print(f"1 -> 2 workers: {summary['scaling_1_to_2']:.2f}x throughput (ideal 2.00x; {os.cpu_count()} CPUs "
               f"on this machine, shared)")
     print(f"load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "

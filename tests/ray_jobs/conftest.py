@@ -83,3 +83,38 @@ def ray_local():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def write_lake(root: Path, events: list[dict], start: int = 0, partition: int = 0, topic: str = "events") -> int:
+    """Write contract events to an event lake at ``root`` as offsets ``start..`` of one partition,
+    through the feature pipeline's own path (``parse_event`` -> ``ParsedRecord`` -> ``lake_row`` ->
+    ``write_event_lake``); returns the rows written."""
+    from features.events import parse_event
+    from pipelines.kafka_source import KafkaOffsetRange
+    from pipelines.lake import lake_row, write_event_lake
+    from pipelines.records import ParsedRecord
+
+    rows = [lake_row(ParsedRecord(partition, start + i, parse_event(e))) for i, e in enumerate(events)]
+    return write_event_lake(root, [KafkaOffsetRange(topic, partition, start, start + len(events))], rows)
+
+
+@pytest.fixture(name="write_lake")
+def write_lake_fixture():
+    """The lake writer helper, as a fixture (test modules do not import conftest)."""
+    return write_lake
+
+
+@pytest.fixture(scope="session")
+def taobao_events(datasets_dir) -> list[dict]:
+    """The real Taobao slice as contract events (what `streamrec replay` posts), event-time order."""
+    from streamrec.replay import read_taobao_rows, taobao_events as to_events
+
+    return to_events(read_taobao_rows(datasets_dir / "taobao_userbehavior_subset" / "UserBehavior_head.csv"))
+
+
+@pytest.fixture(scope="session")
+def taobao_lake(taobao_events, tmp_path_factory) -> Path:
+    """An event lake holding the whole Taobao slice (84,287 events), written by the pipeline's writer."""
+    root = tmp_path_factory.mktemp("lake") / "events"
+    write_lake(root, taobao_events)
+    return root
