@@ -46,6 +46,9 @@ class TopicsConfig(BaseModel):
 
     events: str = "events"
     dlq: str = "events.dlq"
+    # User deletion requests (key = user_id; value: features.privacy.Tombstone). Every stage that
+    # keeps user data reads it and drops the user (Kafka cannot delete records from `events`).
+    tombstones: str = "privacy.tombstones"
 
 
 class KafkaConfig(BaseModel):
@@ -139,6 +142,11 @@ class DataConfig(BaseModel):
     @property
     def run_dir(self) -> Path:
         return self.state_dir / "run"
+
+    @property
+    def demo_dir(self) -> Path:
+        """Where `streamrec demo` writes its run directory (the input of `streamrec report`)."""
+        return self.state_dir / "demo"
 
     @property
     def log_dir(self) -> Path:
@@ -241,6 +249,9 @@ class ServingConfig(BaseModel):
     min_cross_category: int = Field(default=1, ge=0)
     # Seconds between re-reads of the registry / cached popularity.
     refresh_s: float = Field(default=30.0, gt=0)
+    # Bearer token of the admin endpoints (DELETE /v1/admin/users/{id}); separate from the collector's
+    # so a frontend token can never delete users. The default only suits a laptop: set it in production.
+    admin_token: SecretStr = SecretStr("streamrec-dev-admin-token")
 
 
 class Settings(BaseSettings):

@@ -13,14 +13,18 @@ from streamrec.config import KafkaConfig
 
 
 def ensure_topics(config: KafkaConfig, timeout_s: float = 10.0) -> dict[str, int]:
-    """Create the `events` and dead-letter topics if missing.
+    """Create the `events`, dead-letter and privacy tombstone topics if missing.
 
     Returns:
         topic name -> partition count, as the broker reports it after the call.
     """
     admin = KafkaAdminClient(**config.client_options(), request_timeout_ms=int(timeout_s * 1000))
     try:
-        wanted = {config.topics.events: config.partitions, config.topics.dlq: config.partitions}
+        wanted = {
+            config.topics.events: config.partitions,
+            config.topics.dlq: config.partitions,
+            config.topics.tombstones: config.partitions,
+        }
         existing = set(admin.list_topics())
         missing = [
             NewTopic(name, num_partitions=parts, replication_factor=config.replication_factor)

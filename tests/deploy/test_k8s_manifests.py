@@ -278,7 +278,7 @@ def test_topics_partitions_and_replication_agree_with_settings(overlay: str, cle
     for label, container in streamrec_containers(docs):
         with pytest.MonkeyPatch.context() as mp:
             s = settings_for(container, mp)
-        assert set(topics) == {s.kafka.topics.events, s.kafka.topics.dlq, s.serving.feedback_topic}, label
+        assert set(topics) == {s.kafka.topics.events, s.kafka.topics.dlq, s.kafka.topics.tombstones, s.serving.feedback_topic}, label
         for name, spec in topics.items():
             assert spec["partitions"] == s.kafka.partitions, f"{label}: {name} partitions"
             assert spec["replicas"] == s.kafka.replication_factor, f"{label}: {name} replicas"
