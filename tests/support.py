@@ -46,6 +46,7 @@ def settings_overrides(settings: Settings) -> dict[str, Any]:
     """The settings as a plain dict, for the Serve app's `args.settings`."""
     dumped = settings.model_dump(mode="json")
     dumped["collector"]["auth_token"] = settings.collector.auth_token.get_secret_value()
+    dumped["serving"]["admin_token"] = settings.serving.admin_token.get_secret_value()
     return dumped
 
 

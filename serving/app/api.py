@@ -1,11 +1,11 @@
 """The recommender Serve application: `/v1/bundles`, `/v1/feedback`, `/v1/experiments`,
-`/v1/recommendations`, `/healthz`.
+`/v1/recommendations`, `/healthz`, and `DELETE /v1/admin/users/{user_id}` (admin token).
 
 Composition (one deployment per job, dependencies as DeploymentHandles)::
 
     RecommenderAPI (FastAPI ingress: experiment router, impression + feedback producer)
       ├── Features      (Feast / registry / popularity: user context and bundle candidates)
-      ├── ItemRanker    (item retrieval, MMR, cross-category quota)
+      ├── ItemRanker    (item retrieval, SASRec re-ranking over the live sequence, MMR, cross-category quota)
       └── BanditLearner (one replica: policies per (experiment, variant), learns from Kafka)
 
 Deployed through :func:`build_app` from the Serve config (``deploy/local/serve.yaml``).
@@ -13,11 +13,13 @@ Deployed through :func:`build_app` from the Serve config (``deploy/local/serve.y
 
 import asyncio
 import dataclasses
+import hmac
 import json
+import logging
 import math
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -27,13 +29,23 @@ from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
-from features.events import SCHEMA_VERSION, EventRejected, LineItem, ValidationContext, event_to_json, parse_event
+from features.events import (
+    SCHEMA_VERSION,
+    EventRejected,
+    ImpressionEvent,
+    LineItem,
+    ShownSlot,
+    ValidationContext,
+    event_to_json,
+    parse_event,
+)
+from features.privacy import Tombstone
 from serving.app.args import RecommenderArgs
 from serving.app.deployments import Features, ItemRanker
 from serving.app.learner import BanditLearner
 from serving.app.learner_state import CONTEXT_HEADER
 from serving.bandit.base import Decision
-from serving.bandit.impressions import decision_to_impression
+from serving.bandit.impressions import CANDIDATES_HEADER, decision_to_impression, encode_candidates
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
 from serving.experiments import Experiment, analyze_experiment, assign_variant
 
@@ -41,6 +53,7 @@ api = FastAPI(title="streamrec recommender", version="v1", description="Bundles 
 
 _ID = r"^[\x21-\x7e]+$"
 HANDLE_TIMEOUT_S = 10.0
+log = logging.getLogger("ray.serve")
 
 
 class ApiError(Exception):
@@ -64,10 +77,13 @@ class BundlesQuery(_Query):
 class RecommendationsQuery(_Query):
     user_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
     item_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
+    session_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
     k: int = Field(default=10, ge=1)
     diversity: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
     min_cross_category: int | None = Field(default=None, ge=0)
     exclude: list[str] = Field(default_factory=list)
+    # Items in the cart now: appended to the user's sequence for the ranker, never recommended.
+    cart: list[Annotated[str, Field(min_length=1, max_length=64, pattern=_ID)]] = Field(default_factory=list)
 
 
 class FeedbackBody(_Query):
@@ -179,6 +195,25 @@ def _experiment_definition(e: Experiment) -> dict[str, Any]:
     return d
 
 
+def _item_list_impression(
+    result: dict[str, Any], *, request_id: str, user_id: str, session_id: str | None, now: datetime
+) -> ImpressionEvent:
+    """The ``impression`` event of a served item list: one slot per item at its position.
+
+    The ranking is deterministic given the request, so every slot's propensity is 1.0.
+    """
+    slots = [
+        ShownSlot(id=item["item_id"], position=pos, propensity=1.0,
+                  score=float(item["score"]) if math.isfinite(item["score"]) else None)
+        for pos, item in enumerate(result["items"])
+    ]
+    return ImpressionEvent(
+        schema_version=SCHEMA_VERSION, event_id=uuid.uuid4(), type="impression", user_id=user_id,
+        session_id=session_id or "unknown", ts=now, received_at=now, request_id=request_id,
+        surface="recommendations", slots=slots, policy=str(result.get("policy") or result["source"])[:64],
+    )
+
+
 async def _call(handle_call: Any, what: str) -> Any:
     try:
         return await asyncio.wait_for(handle_call, timeout=HANDLE_TIMEOUT_S)
@@ -205,6 +240,7 @@ class RecommenderAPI:
         self._min_cross = self._s.min_cross_category
         self._learner, self._features, self._ranker = learner, features, ranker
         self._publisher = EventPublisher(self._settings.kafka, client_id="streamrec-recommender")
+        self._background: set[asyncio.Task[None]] = set()
         self._served = metrics.Counter(
             "streamrec_bundles_served", description="Bundle slates served (and logged as impressions), per variant.",
             tag_keys=("experiment", "variant"),
@@ -301,6 +337,7 @@ class RecommenderAPI:
         headers = (
             ("schema_version", str(SCHEMA_VERSION).encode()), ("type", b"impression"),
             (CONTEXT_HEADER, json.dumps(context).encode()),
+            (CANDIDATES_HEADER, encode_candidates(cands["ids"], cands["embeddings"])),  # for `streamrec ope`
         )
         await self._publish([OutgoingRecord(self._settings.kafka.topics.events, user_id.encode(), event_to_json(impression), headers)])
         self._served.inc(tags={"experiment": experiment.name, "variant": variant})
@@ -359,17 +396,49 @@ class RecommenderAPI:
         return {"accepted": True, "event_id": str(event_id), "type": kind, "topic": topic}
 
     async def recommendations(self, query: RecommendationsQuery) -> dict[str, Any]:
+        """Rank items for a user / current item / cart, and log the served list as an impression
+        in the background (clicks name its ``request_id``)."""
         if query.k > self._s.max_k:
             raise ApiError(422, "k_too_large", f"k={query.k} is over the limit {self._s.max_k}")
-        if len(query.exclude) > self._s.max_candidates:
-            raise ApiError(422, "list_too_long", f"exclude has {len(query.exclude)} ids; the limit is {self._s.max_candidates}")
+        for name in ("exclude", "cart"):
+            if len(getattr(query, name)) > self._s.max_candidates:
+                raise ApiError(422, "list_too_long", f"{name} has {len(getattr(query, name))} ids; the limit is {self._s.max_candidates}")
         diversity = self._diversity if query.diversity is None else query.diversity
         min_cross = self._min_cross if query.min_cross_category is None else query.min_cross_category
         result = await _call(
-            self._ranker.recommend.remote(query.user_id, query.item_id, query.k, diversity, min_cross, query.exclude), "ranker"
+            self._ranker.recommend.remote(
+                query.user_id, query.item_id, query.k, diversity, min_cross, query.exclude, cart=query.cart
+            ), "ranker",
         )
         self._recommended.inc(tags={"source": result["source"].split("@")[0]})
-        return {"request_id": uuid.uuid4().hex, "user_id": query.user_id, "diversity": diversity, "min_cross_category": min_cross, **result}
+        request_id = uuid.uuid4().hex
+        if result["items"]:
+            self._log_impression_later(result, request_id, query)
+        return {"request_id": request_id, "user_id": query.user_id, "diversity": diversity, "min_cross_category": min_cross, **result}
+
+    def _log_impression_later(self, result: dict[str, Any], request_id: str, query: RecommendationsQuery) -> None:
+        """Publish the list's impression without making the response wait for the broker's ack."""
+        user_id = query.user_id or f"anon-{request_id[:16]}"
+        try:
+            impression = _item_list_impression(
+                result, request_id=request_id, user_id=user_id, session_id=query.session_id, now=datetime.now(timezone.utc)
+            )
+        except ValidationError as exc:  # e.g. a registered id outside the event contract
+            self._errors.inc(tags={"reason": "impression_invalid"})
+            log.warning("impression of %s not logged: %s", request_id, _validation_detail(exc))
+            return
+        headers = (("schema_version", str(SCHEMA_VERSION).encode()), ("type", b"impression"))
+        record = OutgoingRecord(self._settings.kafka.topics.events, user_id.encode(), event_to_json(impression), headers)
+        task = asyncio.get_running_loop().create_task(self._publish_impression(record, request_id))
+        self._background.add(task)  # a strong reference until done (the loop keeps only weak ones)
+        task.add_done_callback(self._background.discard)
+
+    async def _publish_impression(self, record: OutgoingRecord, request_id: str) -> None:
+        try:
+            await self._publisher.publish([record])
+        except BrokerUnavailable as exc:
+            self._errors.inc(tags={"reason": "impression_not_logged"})
+            log.warning("impression of %s not logged: %s", request_id, exc)
 
     async def experiment_report(self, name: str) -> dict[str, Any]:
         experiment = self._experiment(name)
@@ -411,7 +480,7 @@ class RecommenderAPI:
     @api.get("/v1/recommendations", summary="Ranked items for a user (query parameters)")
     async def get_recommendations(self, request: Request) -> JSONResponse:
         try:
-            query = _parse(RecommendationsQuery, _query_dict(request, ("exclude",)))
+            query = _parse(RecommendationsQuery, _query_dict(request, ("exclude", "cart")))
             return JSONResponse(await self.recommendations(query))
         except ApiError as exc:
             return self._fail(exc)
@@ -442,6 +511,41 @@ class RecommenderAPI:
     async def learner_stats(self) -> JSONResponse:
         try:
             return JSONResponse(_jsonable(await _call(self._learner.stats.remote(), "learner")))
+        except ApiError as exc:
+            return self._fail(exc)
+
+    def _is_admin(self, request: Request) -> bool:
+        # Constant-time compare, as the collector checks its token.
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        expected = self._s.admin_token.get_secret_value().encode()
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
+
+    async def delete_user(self, user_id: str, reason: str | None) -> dict[str, Any]:
+        """Publish the user's tombstone (acks=all) and make the learner forget the user now.
+
+        The feature pipeline purges the lake, Feast and its state when it reads the tombstone at
+        its next micro-batch, hence 202: accepted, completed downstream.
+        """
+        try:
+            tombstone = Tombstone.for_user(user_id, reason=reason or "user_request", source="admin_api")
+        except ValidationError as exc:
+            raise ApiError(422, "invalid_request", _validation_detail(exc)) from None
+        topic = self._settings.kafka.topics.tombstones
+        await self._publish([OutgoingRecord(topic, tombstone.key, tombstone.to_json())])
+        forgotten = await _call(self._learner.forget_user.remote(user_id, tombstone.request_id), "learner")
+        log.info("user deletion %s accepted (tombstone on %s)", tombstone.request_id, topic)
+        return {
+            "request_id": tombstone.request_id, "user_id": user_id, "status": "accepted",
+            "tombstone_topic": topic, "requested_at": tombstone.requested_at.isoformat(), "learner_removed": forgotten,
+        }
+
+    @api.delete("/v1/admin/users/{user_id}", summary="Delete a user everywhere (admin token; 202 + request id)")
+    async def delete_user_http(self, user_id: str, request: Request) -> JSONResponse:
+        if not self._is_admin(request):
+            return self._fail(ApiError(401, "unauthorized", "send 'Authorization: Bearer <admin token>'", {"WWW-Authenticate": "Bearer"}))
+        try:
+            reason = _query_dict(request).get("reason")
+            return JSONResponse(await self.delete_user(user_id, reason), status_code=202)
         except ApiError as exc:
             return self._fail(exc)
 

@@ -136,7 +136,9 @@ class BanditLearner:
     # -- the consumer thread ----------------------------------------------------------------
 
     def _partitions(self, consumer: KafkaConsumer) -> list[TopicPartition]:
-        topics = (self._settings.kafka.topics.events, self._settings.serving.feedback_topic)
+        topics = (
+            self._settings.kafka.topics.events, self._settings.serving.feedback_topic, self._settings.kafka.topics.tombstones,
+        )
         return [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
 
     def _connect(self) -> tuple[KafkaConsumer, list[TopicPartition]]:
@@ -152,7 +154,25 @@ class BanditLearner:
         self._seek(consumer, partitions)
         return consumer, partitions
 
+    def _discard_snapshot_of_another_log(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        """A snapshot position past a partition's end means the log it came from is gone (the
+        embedded broker is memory-only; a topic was re-created): its state would skip the new
+        records, so start again from this log instead."""
+        known = [tp for tp in partitions if self._state.position(tp.topic, tp.partition) is not None]
+        if not known:
+            return
+        ends = end_offsets(consumer, known)
+        ahead = {f"{tp.topic}:{tp.partition}": (self._state.position(tp.topic, tp.partition), ends.get(tp, 0))
+                 for tp in known if (self._state.position(tp.topic, tp.partition) or 0) > ends.get(tp, 0)}
+        if ahead:
+            log.error("bandit snapshot is ahead of the log (position, end): %s; discarding it", ahead)
+            with self._lock:
+                self._state = new_learner_state(self._args, self._settings)
+            self._restored = {"from_snapshot": False, "fresh_policies": [], "records_at_restore": 0,
+                              "discarded_snapshot": ahead}
+
     def _seek(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        self._discard_snapshot_of_another_log(consumer, partitions)
         unknown = [tp for tp in partitions if self._state.position(tp.topic, tp.partition) is None]
         ends: dict[TopicPartition, int] = {}
         if unknown and self._settings.serving.start_from == "latest":
@@ -178,10 +198,15 @@ class BanditLearner:
                     self._consumer_error = None
                 batches = consumer.poll(timeout_ms=200)
                 updated: list[str] = []
+                forgot = False
                 duplicates_before = self._state.counters["feedback_duplicates"]
+                tombstones = self._settings.kafka.topics.tombstones
                 with self._lock:
                     for tp in sorted(batches, key=lambda t: (t.topic, t.partition)):
                         for r in batches[tp]:
+                            if r.topic == tombstones:
+                                forgot |= self._state.apply_tombstone(r.topic, r.partition, r.offset, r.value) is not None
+                                continue
                             updated += self._state.apply_record(
                                 r.topic, r.partition, r.offset, r.timestamp, r.value, r.headers
                             )
@@ -194,7 +219,8 @@ class BanditLearner:
                 if duplicates > 0:
                     self._duplicates.inc(duplicates)
                 now = time.monotonic()
-                if self._dirty and now - self._last_snapshot >= self._snapshot_interval_s:
+                # A deletion is persisted at once: the snapshot on disk must not keep the user.
+                if self._dirty and (forgot or now - self._last_snapshot >= self._snapshot_interval_s):
                     self._snapshot()
                 if now - checked > 10:  # partitions added to a topic, or the feedback topic created late
                     checked = now
@@ -251,6 +277,14 @@ class BanditLearner:
             pid=os.getpid(),
         )
         return stats
+
+    async def forget_user(self, user_id: str, request_id: str = "") -> dict[str, int]:
+        """Drop the user's per-request entries now and persist the snapshot without them."""
+        with self._lock:
+            removed = self._state.forget_user(user_id, request_id)
+            self._dirty = True
+        self._snapshot()
+        return removed
 
     async def snapshot_now(self) -> int:
         self._snapshot()

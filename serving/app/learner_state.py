@@ -10,7 +10,11 @@ from the snapshot's offsets equals the state of a learner that never stopped:
 * ``event_id`` de-duplication (the collector and ``POST /v1/feedback`` may both carry a retried event);
 * decision contexts per ``request_id`` (bounded, TTL in log time), so feedback updates the arm that was
   shown with the context it was shown in; feedback that arrives before its impression (another
-  partition) waits in ``pending`` until it shows up.
+  partition) waits in ``pending`` until it shows up;
+* user deletion (``forget_user``, or a tombstone record through ``apply_tombstone``): the user's
+  contexts, pending feedback and request outcomes are dropped (found through ``request_users``) and
+  the user's later records are skipped. Item popularity and the policies' parameters are
+  aggregates with no user id and are kept.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from features.privacy import Tombstone
 from serving.bandit import Arm, Arms, BanditPolicy, Decision, make_policy
 from serving.experiments import Experiment, RequestOutcome
 
@@ -92,6 +97,11 @@ class LearnerState:
         self.outcomes: OrderedDict[str, list[Any]] = OrderedDict()
         self.popularity: dict[str, float] = {}
         self.categories: dict[str, str] = {}
+        # request_id -> user_id of impressions and feedback (what forget_user deletes by); bounded
+        # like the outcomes, the longest-lived per-request entries.
+        self.request_users: OrderedDict[str, str] = OrderedDict()
+        # Users deleted by a tombstone (user_id -> tombstone request id): their records are skipped.
+        self.deleted_users: dict[str, str] = {}
         self.log_time_ms = 0
         self.counters: dict[str, int] = {
             "records": 0,
@@ -102,6 +112,8 @@ class LearnerState:
             "feedback_pending": 0,
             "feedback_unattributed": 0,
             "contexts_expired": 0,
+            "deleted_user_records": 0,
+            "users_forgotten": 0,
         }
         self.variant_counts: dict[str, dict[str, float]] = {
             k: {"requests": 0, "clicks": 0, "purchases": 0, "dismissals": 0, "updates": 0, "reward_sum": 0.0}
@@ -147,6 +159,9 @@ class LearnerState:
             self.counters["bad_records"] += 1
             return []
         kind = event["type"]
+        if event.get("user_id") in self.deleted_users:
+            self.counters["deleted_user_records"] += 1
+            return []
         if kind == "impression":
             header = dict(headers or {}).get(CONTEXT_HEADER)
             if header is not None:
@@ -168,6 +183,7 @@ class LearnerState:
             self.counters["bad_records"] += 1
             return []
         self.counters["impressions"] += 1
+        self._remember_user(request_id, event.get("user_id"))
         ctx["t"] = self.log_time_ms
         self.contexts[request_id] = ctx
         self.contexts.move_to_end(request_id)
@@ -191,6 +207,7 @@ class LearnerState:
         self.seen[event_id] = None
         while len(self.seen) > self.limits.max_seen_event_ids:
             self.seen.popitem(last=False)
+        self._remember_user(event["request_id"], event.get("user_id"))
         event = {k: event[k] for k in ("type", "request_id", "bundle_id", "items") if k in event}
         event["t"] = self.log_time_ms
         ctx = self.contexts.get(event["request_id"])
@@ -249,6 +266,49 @@ class LearnerState:
             self.counters["feedback_pending"] -= len(waiting)
             self.counters["feedback_unattributed"] += len(waiting)
 
+    def _remember_user(self, request_id: str, user_id: Any) -> None:
+        if not isinstance(user_id, str):
+            return
+        self.request_users[request_id] = user_id
+        self.request_users.move_to_end(request_id)
+        while len(self.request_users) > self.limits.max_outcomes:
+            self.request_users.popitem(last=False)
+
+    # -- user deletion ------------------------------------------------------------------------
+
+    def forget_user(self, user_id: str, request_id: str = "") -> dict[str, int]:
+        """Drop the user's decision contexts, pending feedback and outcomes; skip their later records.
+
+        Returns:
+            Entries removed per kind (zeros when the user was already forgotten).
+        """
+        requests = [r for r, u in self.request_users.items() if u == user_id]
+        removed = {"contexts": 0, "pending": 0, "outcomes": 0, "requests": len(requests)}
+        for r in requests:
+            del self.request_users[r]
+            removed["contexts"] += self.contexts.pop(r, None) is not None
+            removed["outcomes"] += self.outcomes.pop(r, None) is not None
+            waiting = self.pending.pop(r, [])
+            removed["pending"] += len(waiting)
+            self.counters["feedback_pending"] -= len(waiting)
+        if user_id not in self.deleted_users:
+            self.counters["users_forgotten"] += 1
+        self.deleted_users[user_id] = request_id
+        return removed
+
+    def apply_tombstone(self, topic: str, partition: int, offset: int, value: bytes | None) -> dict[str, int] | None:
+        """Fold one record of the tombstone topic in (forget its user); None when skipped."""
+        tp = f"{topic}:{partition}"
+        if offset < self.offsets.get(tp, 0):
+            return None
+        self.offsets[tp] = offset + 1
+        try:
+            tombstone = Tombstone.from_json(value or b"")
+        except ValueError:
+            self.counters["bad_records"] += 1
+            return None
+        return self.forget_user(tombstone.user_id, tombstone.request_id)
+
     def _popularity(self, event: dict[str, Any]) -> None:
         kind = event["type"]
         if kind in _POPULARITY_WEIGHT and isinstance(event.get("item_id"), str):
@@ -306,6 +366,8 @@ class LearnerState:
             "variant_counts": self.variant_counts,
             "fingerprints": self.fingerprints,
             "log_time_ms": self.log_time_ms,
+            "request_users": list(self.request_users.items()),
+            "deleted_users": self.deleted_users,
         }
         arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
         for key, policy in self.policies.items():
@@ -343,4 +405,7 @@ class LearnerState:
         self.categories = dict(meta["categories"])
         self.counters.update(meta["counters"])
         self.log_time_ms = int(meta["log_time_ms"])
+        # Absent in snapshots written before user deletion existed.
+        self.request_users = OrderedDict((k, v) for k, v in meta.get("request_users", []))
+        self.deleted_users = dict(meta.get("deleted_users", {}))
         return fresh

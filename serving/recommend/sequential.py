@@ -1,0 +1,103 @@
+"""Re-ranking candidate items with a sequential model (SASRec) over a user's live sequence.
+
+The model encodes the user's recent items (oldest first, the request's context appended) into one
+vector; a candidate's score is its inner product with the candidate's item embedding, as SASRec
+predicts the next item (Kang & McAuley, ICDM 2018, Eq. 5). One forward pass per request.
+
+Example:
+    >>> model, row_of = load_for_inference(ModelRegistry(root).load_latest("sasrec"))  # doctest: +SKIP
+    >>> ranker = SequenceRanker(model, row_of)  # doctest: +SKIP
+    >>> ranked = ranker.rank(["12", "7", "12"], ["3", "9", "44"])  # doctest: +SKIP
+    >>> ranked.items, ranked.because  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ray_jobs.models.sasrec import SASRec, score_candidates
+
+__all__ = ["SequenceRanker", "RankedItems"]
+
+
+@dataclass(frozen=True)
+class RankedItems:
+    """Candidates the model knows, best first.
+
+    Attributes:
+        items: candidate ids in score order.
+        scores: ``(n,)`` float64 model scores, descending.
+        vectors: ``(n, d)`` float64 item embeddings (for diversity re-ranking).
+        because: per item, the position in ``history`` of the history item most similar to it
+            (cosine over item embeddings): what the item is explained by.
+        history: the history ids the model knew, oldest first (at most ``max_len``).
+        history_positions: for each of ``history``, its position in the sequence given to ``rank``.
+    """
+
+    items: list[str]
+    scores: np.ndarray
+    vectors: np.ndarray
+    because: list[int]
+    history: list[str]
+    history_positions: list[int]
+
+
+class SequenceRanker:
+    """Scores candidate items for a sequence of raw item ids with a trained SASRec.
+
+    Scores come from ``ray_jobs.models.sasrec.score_candidates`` (the training code's own input
+    layout: the last ``max_len`` known items, left-padded); this class adds the order, the item
+    vectors for diversity and the history item that explains each candidate.
+
+    Args:
+        model: the network in eval mode (``ray_jobs.models.sasrec.load_for_inference``).
+        item_row_of: raw item id -> catalogue row, as registered with the model.
+    """
+
+    def __init__(self, model: SASRec, item_row_of: Mapping[str, int]) -> None:
+        self.model = model
+        self.max_len = model.config.max_len
+        self.row_of = dict(item_row_of)
+        with torch.inference_mode():
+            self._items = model.item_emb.weight[1:].detach().to(torch.float64).cpu().numpy()
+
+    def knows(self, item_id: str) -> bool:
+        return item_id in self.row_of
+
+    def rank(self, sequence: Sequence[str], candidates: Sequence[str]) -> RankedItems | None:
+        """Candidates known to the model, by score; None when no item of ``sequence`` is known
+        or no candidate is (the caller keeps its own order then).
+
+        Args:
+            sequence: raw item ids, oldest first (unknown ids are skipped).
+            candidates: raw item ids to score (unknown ids and repeats are dropped).
+        """
+        known = [(pos, i) for pos, i in enumerate(sequence) if i in self.row_of][-self.max_len :]
+        cands = list(dict.fromkeys(c for c in candidates if c in self.row_of))
+        if not known or not cands:
+            return None
+        history = [i for _, i in known]
+        scores = score_candidates(self.model, self.row_of, history, cands).astype(np.float64)
+        order = np.argsort(-scores, kind="stable")
+        vectors = self._items[[self.row_of[cands[i]] for i in order]]
+        because = _most_similar(vectors, self._items[[self.row_of[i] for i in history]])
+        return RankedItems(
+            items=[cands[i] for i in order],
+            scores=scores[order],
+            vectors=vectors,
+            because=[int(b) for b in because],
+            history=history,
+            history_positions=[p for p, _ in known],
+        )
+
+
+def _most_similar(items: np.ndarray, history: np.ndarray) -> np.ndarray:
+    """Per item row, the index of the most cosine-similar history row (latest one on ties)."""
+    unit = lambda m: m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    similarity = unit(items) @ unit(history).T
+    # Reverse so that argmax (first maximum) picks the most recent of equally similar history items.
+    return history.shape[0] - 1 - np.argmax(similarity[:, ::-1], axis=1)
