@@ -8,10 +8,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps demo test test-slow test-all bench-ingest bench-bandit lock up down status clean
+.PHONY: help setup system-deps demo test test-e2e test-slow test-all bench-ingest bench-bandit lock up down status clean
 
 help:
-	@echo "make demo | test | test-slow | bench-ingest | bench-bandit | bench-pipeline | up | down | status | clean"
+	@echo "make demo | test | test-slow | bench-ingest | bench-bandit | bench-pipeline | bench-serving | load-test | up | down | status | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,11 +24,19 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP) system-deps
 
 # Debian packages: redis-server for the Feast online store on Redis (its tests start it
-# themselves and are skipped, saying why, where it cannot be installed).
+# themselves and are skipped, saying why, where it cannot be installed); chromium, whose headless
+# mode renders the `streamrec report` HTML in its test (skipped, saying why, without it); wrk, for
+# bench-serving's closed-loop saturation runs (its latency runs use tests/benchmarks/loadgen.py).
 system-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
 	  || echo "warning: could not install redis-server: the Redis tests will be skipped"; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: could not install chromium: the report rendering test will be skipped"; }
+	@command -v wrk >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null) \
+	  || echo "warning: could not install wrk: bench-serving will skip its saturation runs"; }
 
 demo: $(STAMP)
 	$(BIN)/streamrec demo
@@ -40,12 +48,16 @@ down: $(STAMP)
 status: $(STAMP)
 	$(BIN)/streamrec status
 
-# Default suite: everything except slow and GPU tests. Exit code 5 (no tests ran) is a failure.
+# Default suite: everything except slow, GPU and end-to-end tests. Exit code 5 (no tests ran) is a failure.
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not gpu and not e2e" $(PYTEST_ARGS)
+
+# The whole loop: a shortened `streamrec demo` with faults injected (about 10 minutes on 2 cores).
+test-e2e: $(STAMP) system-deps
+	$(BIN)/python -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
 
 test-slow: $(STAMP) system-deps
-	$(BIN)/python -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "slow and not gpu and not e2e" $(PYTEST_ARGS)
 
 test-all: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -57,7 +69,19 @@ bench-bandit: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_bandit_replay.py
 
 bench-pipeline: $(STAMP)
-	$(BIN)/python tests/pipelines/bench_pipeline.py
+	$(BIN)/python tests/benchmarks/bench_pipeline.py
+
+# Serving latency at 100 requests/s (open loop) next to a no-op Serve endpoint, and ExactTopK
+# against the memory-bandwidth bound; results in reports/bench-serving/.
+BENCH_SERVING_ARGS ?=
+bench-serving: $(STAMP) system-deps
+	$(BIN)/python tests/benchmarks/bench_serving.py $(BENCH_SERVING_ARGS)
+
+# Collector + recommendations + bundles together for 5 minutes, then every accepted event checked in
+# Kafka (not in CI); results in reports/load-test/.
+LOAD_TEST_ARGS ?= --duration 300
+load-test: $(STAMP)
+	$(BIN)/python tests/benchmarks/load_test.py $(LOAD_TEST_ARGS)
 
 lock: $(STAMP)
 	( head -2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | sed "s/^torch==2.13.0+cpu$$/torch==2.13.0/" ) > constraints.txt.new
@@ -67,7 +91,7 @@ clean:
 	-$(BIN)/streamrec down
 	rm -rf $(VENV) .streamrec .pytest_cache
 
-.PHONY: bench-training bench-quality
+.PHONY: bench-training bench-quality bench-serving load-test
 
 # Training throughput: Ray Train (1 and 2 workers) vs a plain PyTorch loop, same model and batch.
 BENCH_TRAINING_ARGS ?= --model lightgcn --max-users 3000 --epochs 3 --workers 1,2

@@ -4,12 +4,15 @@
     streamrec topics create               create the Kafka topics (idempotent)
     streamrec replay taobao [--limit N]   post the Taobao slice through the collector
     streamrec demo                        the whole loop on the embedded defaults
+    streamrec report [--run-dir DIR]      the demo run as one self-contained HTML report
     streamrec config show                 print the effective configuration
     streamrec schema export               write the event JSON Schema under features/schema/
     streamrec features apply              `feast apply` of the repository in features/
     streamrec pipeline run --once|--follow   Kafka -> Beam -> Feast + Parquet lake
     streamrec pipeline backfill --from DATE  recompute features from the lake
     streamrec pipeline training-set ...   point-in-time-correct training rows from Feast
+    streamrec ope --policy P              off-policy estimate of a bandit policy on the logged impressions
+    streamrec users delete USER_ID        remove a user everywhere (tombstone + purge)
 """
 
 from __future__ import annotations
@@ -83,9 +86,13 @@ def cmd_replay_taobao(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from streamrec.demo import run_demo
+    from streamrec.demo import DemoOptions, run_demo
 
-    return run_demo(settings, limit=args.limit, rate=args.rate, keep_running=args.keep_running)
+    opts = DemoOptions(
+        history_limit=args.limit, shoppers=args.shoppers, steps_per_shopper=args.steps, train=not args.no_train,
+        epochs=args.epochs, inject_faults=args.inject_faults, keep_running=args.keep_running, run_dir=args.run_dir,
+    )
+    return run_demo(settings, opts)
 
 
 def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
@@ -125,8 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     taobao.set_defaults(func=cmd_replay_taobao)
 
     demo = sub.add_parser("demo", help="run the whole loop on the embedded defaults and print a summary")
-    demo.add_argument("--limit", type=int, default=0, help="replay only the first N events (0: all)")
-    demo.add_argument("--rate", type=float, default=0.0, help="replay rate in events/s (0: as fast as possible)")
+    demo.add_argument("--limit", type=int, default=0, help="replay only the first N history events (0: all)")
+    demo.add_argument("--shoppers", type=int, default=0, help="simulated shoppers (0: every user with later events)")
+    demo.add_argument("--steps", type=int, default=6, help="visits per shopper (their next real events)")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the lake configs' budget)")
+    demo.add_argument("--no-train", action="store_true", help="skip training: serving stays on its cold-start fallbacks")
+    demo.add_argument("--inject-faults", action="store_true",
+                      help="kill the pipeline, a recommender replica and the bandit learner once each during the traffic")
+    demo.add_argument("--run-dir", type=Path, default=None, help="where the run's files and report go (default: .streamrec/demo)")
     demo.add_argument("--keep-running", action="store_true", help="leave the stack up afterwards")
     demo.set_defaults(func=cmd_demo)
 
@@ -143,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     register_pipeline(sub)
     from ray_jobs.cli import register as register_train
     register_train(sub)
+    from serving.ope.cli import register as register_ope  # ope: off-policy evaluation of a bandit policy
+
+    register_ope(sub)
+    from pipelines.users_cli import register as register_users  # users delete
+
+    register_users(sub)
+    from streamrec.report.cli import register as register_report  # report [--run-dir] [--out]
+
+    register_report(sub)
     return parser
 
 

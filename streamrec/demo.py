@@ -1,110 +1,527 @@
-"""`streamrec demo`: the main job on the embedded defaults, end to end, with a printed summary.
+"""`streamrec demo`: the whole loop on the embedded defaults, on real data, with a report.
 
-Start the broker, Ray and the Serve apps; replay the real Taobao slice through the collector over
-HTTP; read the topics back and account for every event; turn the events into features (Beam ->
-Feast + Parquet lake, one micro-batch); ask the recommender for bundles and items; stop everything.
-(Training, simulated shoppers and the A/B read-out join here as those stages land.)
+1. start the broker, Ray and the Serve apps (collector + recommender);
+2. replay the Taobao slice *before* the cut through the collector (the history);
+3. run the feature pipeline in follow mode (a separate process, as in production) until it has
+   caught up, and measure feature freshness (produce -> visible in the Feast online store);
+4. train LightGCN (retrieval) and SASRec (ranking) on the event lake with Ray Train and register
+   them; wait until serving has hot-loaded them;
+5. simulated shoppers, built from each user's real events *after* the cut, call `/v1/bundles`
+   (A/B experiment: bandit policies against popularity) and `/v1/recommendations`, and send their
+   real events, clicks and purchases back through the collector;
+6. account for every event at every stage, read the experiment out, estimate the variants
+   off-policy from the logs, write the report;
+7. stop everything (`streamrec down`).
+
+Everything it writes goes to the run directory (``settings.data.demo_dir``); the report is
+``report.html`` there. With ``inject_faults`` it also kills the pipeline process, a recommender
+replica and the bandit learner once each during the shoppers' traffic, and shows that the final
+counts lose nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+from tqdm import tqdm
 
 from streamrec import local_stack
 from streamrec.config import Settings
 from streamrec.replay import ReplaySummary, read_taobao_rows, replay_events, taobao_events
-from streamrec.topics import read_topic
+from streamrec.topics import read_topic, topic_end_offsets
+
+# History / future cut of the Taobao slice: 74% of the events (62,767) are history; 814 users
+# have events after it and become shoppers.
+DEFAULT_CUT = datetime(2017, 12, 2, tzinfo=timezone.utc)
+FRESHNESS_USER = "freshness-probe"
 
 
 @dataclass
-class TopicTally:
-    events: int
-    distinct_event_ids: int
-    users: int
-    dlq: int
-    dlq_reasons: Counter[str]
+class DemoOptions:
+    cut: datetime = DEFAULT_CUT
+    history_limit: int = 0  # first N history events only (0: all)
+    shoppers: int = 0  # 0: every user with events after the cut
+    steps_per_shopper: int = 6
+    concurrency: int = 8
+    train: bool = True
+    epochs: int | None = None  # None: the lake configs' bounded budgets
+    freshness_probes: int = 12
+    inject_faults: bool = False
+    keep_running: bool = False
+    run_dir: Path | None = None
 
 
-def tally_topics(settings: Settings) -> TopicTally:
-    events = read_topic(settings.kafka, settings.kafka.topics.events)
-    dead = read_topic(settings.kafka, settings.kafka.topics.dlq)
-    values = [json.loads(r.value) for r in events]
-    return TopicTally(
-        events=len(values),
-        distinct_event_ids=len({v["event_id"] for v in values}),
-        users=len({v["user_id"] for v in values}),
-        dlq=len(dead),
-        dlq_reasons=Counter(json.loads(r.value)["reason"] for r in dead),
+@dataclass
+class StageCounts:
+    """What each stage saw; ``run.json`` keeps it and the end-of-run check compares them."""
+
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def record(self, stage: str, **counts: Any) -> None:
+        self.stages.setdefault(stage, {}).update(counts)
+
+
+def say(step: str, text: str) -> None:
+    print(f"[{step}] {text}", flush=True)
+
+
+def detail(text: str) -> None:
+    print(f"      {text}", flush=True)
+
+
+# -- stage 2: history ------------------------------------------------------------------------
+
+
+def replay_history(settings: Settings, events: list[dict[str, Any]]) -> ReplaySummary:
+    summary: ReplaySummary = asyncio.run(
+        replay_events(events, settings.collector.base_url, settings.collector.auth_token.get_secret_value())
     )
+    return summary
 
 
-def run_feature_batch(settings: Settings) -> str:
-    """One bounded micro-batch from the committed offsets to the end (what `pipeline run --once` does)."""
-    from features.repo import apply_feature_repo
-    from pipelines.runner import FeaturePipeline
-
-    apply_feature_repo(settings)
-    pipeline = FeaturePipeline(settings)
-    try:
-        return pipeline.run_once().as_text()
-    finally:
-        pipeline.close()
+# -- stage 3: the pipeline process and freshness ------------------------------------------------
 
 
-def ask_recommender(settings: Settings, user_id: str) -> list[str]:
-    """One bundles request and one recommendations request for a real user, summarised."""
-    import httpx
+class PipelineProcess:
+    """`streamrec pipeline run --follow` as its own process (killable, restartable)."""
 
-    base = settings.collector.base_url
-    bundles = httpx.get(f"{base}/v1/bundles", params={"user_id": user_id}, timeout=30).json()
-    items = httpx.get(f"{base}/v1/recommendations", params={"user_id": user_id, "k": 5}, timeout=30).json()
-    shown = ", ".join(f"{b['bundle_id']} (p={b['propensity']:.2f})" for b in bundles.get("bundles", []))
-    ranked = ", ".join(f"{i['item_id']} ({i['reason']})" for i in items.get("items", []))
+    def __init__(self, settings: Settings, run_dir: Path) -> None:
+        self.summaries = run_dir / "pipeline.jsonl"
+        self.log = run_dir / "pipeline.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "streamrec.cli", "pipeline", "run", "--follow", "--summary-jsonl", str(self.summaries)]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: the batch in flight committed nothing and is redone after restart."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # finishes the batch in flight, then exits
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def batches(self) -> list[dict[str, Any]]:
+        if not self.summaries.exists():
+            return []
+        return [json.loads(line) for line in self.summaries.read_text().splitlines() if line.strip()]
+
+    def wait_caught_up(self, settings: Settings, timeout_s: float = 600.0) -> int:
+        """Until the pipeline's consumer group has committed everything in the topic now (every
+        event produced before the call is in Feast and the lake). Fails fast if the process died.
+        Returns the number of non-empty micro-batches so far."""
+        from pipelines.kafka_source import committed_offsets
+
+        topic, group = settings.kafka.topics.events, settings.pipeline.group_id
+        targets = topic_end_offsets(settings.kafka, topic)
+        deadline = time.monotonic() + timeout_s
+        with tqdm(desc="      pipeline catching up", total=sum(targets.values()), unit="event", leave=False) as bar:
+            while time.monotonic() < deadline:
+                if self.proc is None or self.proc.poll() is not None:
+                    tail = self.log.read_text(errors="replace").splitlines()[-5:] if self.log.exists() else []
+                    raise RuntimeError("the pipeline process exited: " + " | ".join(tail))
+                committed = committed_offsets(settings.kafka, topic, group)
+                done = sum(min(committed.get(p) or 0, end) for p, end in targets.items())
+                bar.update(done - bar.n)
+                if all((committed.get(p) or 0) >= end for p, end in targets.items()):
+                    return len(self.batches())
+                time.sleep(1.0)
+        raise TimeoutError(f"the pipeline did not catch up within {timeout_s:.0f}s (log: {self.log})")
+
+
+class OnlineFeatures:
+    """Reads of the Feast online store, as serving does them."""
+
+    def __init__(self, settings: Settings) -> None:
+        from features.repo import get_feature_store
+
+        self.store = get_feature_store(settings)
+
+    def last_seen(self, user_id: str) -> int | None:
+        rows = self.store.get_online_features(
+            features=["user_features:last_seen_unix"], entity_rows=[{"user_id": user_id}]
+        ).to_dict()
+        return rows["last_seen_unix"][0]
+
+
+def probe_event(settings: Settings, item_id: str, n: int) -> dict[str, Any]:
+    from features.events import SCHEMA_VERSION
+    import uuid
+
+    return {
+        "schema_version": SCHEMA_VERSION, "event_id": str(uuid.uuid4()), "type": "view",
+        "user_id": FRESHNESS_USER, "session_id": f"{FRESHNESS_USER}-{n}", "item_id": item_id,
+        "ts": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+    }
+
+
+def measure_freshness(settings: Settings, online: OnlineFeatures, item_id: str, n: int, timeout_s: float = 60.0) -> float | None:
+    """Seconds from the collector's acknowledgement (acks=all) of one new event to the Feast
+    online store showing it; None when it did not show within ``timeout_s``."""
+    event = probe_event(settings, item_id, n)
+    event_ts = int(datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp())
+    headers = {"Authorization": f"Bearer {settings.collector.auth_token.get_secret_value()}"}
+    reply = httpx.post(f"{settings.collector.base_url}/v1/events", json=[event], headers=headers, timeout=30)
+    reply.raise_for_status()
+    acked = time.monotonic()
+    while time.monotonic() - acked < timeout_s:
+        seen = online.last_seen(FRESHNESS_USER)
+        if seen is not None and seen >= event_ts:
+            return time.monotonic() - acked
+        time.sleep(0.05)
+    return None
+
+
+# -- stage 4: training -------------------------------------------------------------------------
+
+
+def train_model(settings: Settings, model: str, config: Path, serve_as: str, epochs: int | None, log: Path) -> dict[str, Any]:
+    """`streamrec train` in its own process (it joins the local Ray head), as a user runs it."""
+    cmd = [sys.executable, "-m", "streamrec.cli", "train", model, "--config", str(config), "--serve-as", serve_as]
+    if epochs:
+        cmd += ["--epochs", str(epochs)]
+    started = time.monotonic()
+    with log.open("ab") as fh:
+        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace").splitlines()[-8:]
+        raise RuntimeError(f"training {model} failed (exit {done.returncode}): " + " | ".join(tail))
+    from ray_jobs.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.serving.registry_root or str(settings.data.state_dir / "registry"))
+    name = getattr(settings.serving, {"item": "item_model", "ranker": "ranker_model", "bundle": "bundle_model"}[serve_as])
+    version = registry.latest_version(name)
+    loaded = registry.load(name, version)
+    return {"model": model, "name": name, "version": version, "seconds": round(time.monotonic() - started, 1),
+            "metrics": getattr(loaded, "metrics", {})}
+
+
+def wait_for_model_in_serving(settings: Settings, user_id: str, version: str, timeout_s: float = 120.0) -> str:
+    """Until /v1/recommendations says it ranks with the new version (serving hot-reloads)."""
+    deadline = time.monotonic() + timeout_s
+    source = ""
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{settings.collector.base_url}/v1/recommendations", params={"user_id": user_id, "k": 5}, timeout=30).json()
+        source = str(body.get("source", ""))
+        if version in source:
+            return source
+        time.sleep(2.0)
+    raise TimeoutError(f"serving did not load model version {version} within {timeout_s:.0f}s (source: {source!r})")
+
+
+# -- stage 5: shoppers (with optional fault injection) -------------------------------------------
+
+
+def serve_replica_pids(settings: Settings, deployment: str) -> list[int]:
+    """PIDs of the live replicas of a recommender deployment, from Ray's state API."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(
+        address=local_stack.dashboard_url(settings),
+        filters=[("class_name", "=", f"ServeReplica:recommender:{deployment}"), ("state", "=", "ALIVE")],
+    )
+    return [a.pid for a in actors if a.pid]
+
+
+def kill_replica(settings: Settings, deployment: str) -> str:
+    pids = serve_replica_pids(settings, deployment)
+    if not pids:
+        return f"no live {deployment} replica found"
+    os.kill(pids[0], signal.SIGKILL)
+    return f"SIGKILL {deployment} replica pid {pids[0]}"
+
+
+def fault_plan(settings: Settings, pipeline: PipelineProcess) -> list[tuple[str, Callable[[], str]]]:
+    def kill_pipeline() -> str:
+        pid = pipeline.proc.pid if pipeline.proc else None
+        pipeline.kill()
+        time.sleep(2.0)
+        pipeline.start()
+        pipeline.restarts += 1
+        return f"SIGKILL pipeline pid {pid}, restarted"
+
     return [
-        f"/v1/bundles for user {user_id}: experiment {bundles.get('experiment')}, variant {bundles.get('variant')}, "
-        f"policy {bundles.get('policy')}: {shown or bundles}",
-        f"/v1/recommendations ({items.get('source')}): {ranked or items}",
+        ("pipeline", kill_pipeline),
+        ("recommender replica", lambda: kill_replica(settings, "RecommenderAPI")),
+        ("bandit learner", lambda: kill_replica(settings, "BanditLearner")),
     ]
 
 
-def run_demo(settings: Settings, limit: int = 0, rate: float = 0.0, keep_running: bool = False) -> int:
-    started = time.monotonic()
-    ok = False
-    print("[1/6] starting the embedded stack (tansu broker, Ray, Serve collector) ...", flush=True)
+async def run_shopper_phase(settings: Settings, shoppers: list[Any], category_of: dict[str, str], opts: DemoOptions,
+                            experiment: str, online: OnlineFeatures, probe_item: str, pipeline: PipelineProcess) -> tuple[Any, list[float], list[str]]:
+    from serving.simulation.shoppers import run_shoppers
+
+    total = sum(min(opts.steps_per_shopper, len(s.future_events)) for s in shoppers)
+    freshness: list[float] = []
+    faults_done: list[str] = []
+    with tqdm(total=total, desc="      shoppers", unit="visit") as bar:
+        task = asyncio.create_task(run_shoppers(
+            settings.collector.base_url, settings.collector.auth_token.get_secret_value(), shoppers, category_of,
+            steps_per_shopper=opts.steps_per_shopper, concurrency=opts.concurrency, experiment=experiment, progress=bar,
+        ))
+        faults = fault_plan(settings, pipeline) if opts.inject_faults else []
+        n = 0
+        while not task.done():
+            await asyncio.sleep(3.0)
+            done_share = bar.n / max(total, 1)
+            if faults and done_share >= 0.2 * (len(faults_done) + 1):
+                name, action = faults.pop(0)
+                faults_done.append(f"{name}: {await asyncio.to_thread(action)} at {done_share:.0%} of the visits")
+                tqdm.write(f"      fault injected: {faults_done[-1]}")
+            if n < opts.freshness_probes and not task.done():
+                seconds = await asyncio.to_thread(measure_freshness, settings, online, probe_item, n)
+                n += 1
+                if seconds is not None:
+                    freshness.append(seconds)
+        run = await task
+    return run, freshness, faults_done
+
+
+# -- stage 6: accounting, read-out -------------------------------------------------------------
+
+
+def wait_learner_applied(settings: Settings, timeout_s: float = 180.0) -> dict[str, Any]:
+    """Until the bandit learner has folded in every record now in the topics it reads."""
+    targets = {
+        f"{topic}:{p}": end
+        for topic in (settings.kafka.topics.events, settings.serving.feedback_topic)
+        for p, end in topic_end_offsets(settings.kafka, topic).items()
+    }
+    deadline = time.monotonic() + timeout_s
+    stats: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        stats = httpx.get(f"{settings.collector.base_url}/v1/learner", timeout=30).json()
+        offsets = stats.get("offsets", {})
+        if all(offsets.get(tp, 0) >= end for tp, end in targets.items() if end > 0):
+            return stats
+        time.sleep(1.0)
+    raise TimeoutError(f"the bandit learner did not reach the end offsets {targets} within {timeout_s:.0f}s: {stats.get('offsets')}")
+
+
+def account_events(settings: Settings, accepted_ids: set[str], counts: StageCounts) -> bool:
+    """Every accepted event is in Kafka once by id, and in the lake; the DLQ explains the rest."""
+    from pipelines.lake import read_event_lake
+
+    records = read_topic(settings.kafka, settings.kafka.topics.events)
+    in_kafka = {json.loads(r.value)["event_id"] for r in records}
+    dlq = read_topic(settings.kafka, settings.kafka.topics.dlq)
+    lake = read_event_lake(Path(settings.data.state_dir) / "lake" / "events")
+    in_lake = set(lake["event_id"].astype(str)) if len(lake) else set()
+    missing_kafka = accepted_ids - in_kafka
+    missing_lake = accepted_ids - in_lake
+    counts.record("kafka", records=len(records), distinct_event_ids=len(in_kafka), dlq=len(dlq),
+                  dlq_reasons=dict(Counter(json.loads(r.value)["reason"] for r in dlq)))
+    counts.record("lake", rows=len(lake), distinct_event_ids=len(in_lake))
+    counts.record("accounting", accepted_by_collector=len(accepted_ids), missing_in_kafka=len(missing_kafka),
+                  missing_in_lake=len(missing_lake))
+    return not missing_kafka and not missing_lake
+
+
+def read_experiment(settings: Settings, name: str) -> dict[str, Any]:
+    reply = httpx.get(f"{settings.collector.base_url}/v1/experiments/{name}", timeout=30)
+    reply.raise_for_status()
+    return reply.json()
+
+
+def run_ope(settings: Settings, experiment: dict[str, Any], run_dir: Path) -> str:
+    """`streamrec ope` for the first bandit variant, over the logged impressions and feedback."""
+    variants = [v["name"] for v in experiment["experiment"]["variants"] if v["name"] != experiment["experiment"].get("control")]
+    if not variants:
+        return "no treatment variant to evaluate"
+    cmd = [sys.executable, "-m", "streamrec.cli", "ope", "--experiment", experiment["experiment"]["name"],
+           "--policy", variants[0], "--json", str(run_dir / "ope.json")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"streamrec ope failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}"
+    return done.stdout.strip()
+
+
+def verdict_line(experiment: dict[str, Any]) -> str:
+    analysis = experiment.get("analysis")
+    if not analysis:
+        return f"no analysis ({experiment.get('analysis_note')})"
+    return str(analysis.get("verdict") or analysis.get("summary") or "analysis written to experiment.json")
+
+
+# -- the demo ------------------------------------------------------------------------------------
+
+
+# What the demo derives from the log. The embedded broker is memory-only, so every demo starts with
+# an empty log: state derived from an earlier log (offsets, features, models) would not match it.
+DERIVED_STATE = ("bandit", "feast", "lake", "pipeline", "registry")
+
+
+def reset_derived_state(settings: Settings) -> list[str]:
+    removed = []
+    for name in DERIVED_STATE:
+        path = settings.data.state_dir / name
+        if path.exists():
+            shutil.rmtree(path)
+            removed.append(name)
+    return removed
+
+
+def prepare_run_dir(settings: Settings, opts: DemoOptions) -> Path:
+    run_dir = opts.run_dir or settings.data.demo_dir
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, default=str))
+
+
+def run_demo(settings: Settings, opts: DemoOptions | None = None) -> int:
+    opts = opts or DemoOptions()
+    started_at, started = datetime.now(timezone.utc), time.monotonic()
+    run_dir = prepare_run_dir(settings, opts)
+    counts = StageCounts()
+    ok = True
+    pipeline = PipelineProcess(settings, run_dir)
+    experiment_name = "bundle_policy_v1"
+    if local_stack.status(settings).get("ray") == "running":
+        raise local_stack.StackError("a local stack is already running: `streamrec down` first (the demo starts its own)")
     try:
+        say("1/7", "starting the embedded stack (tansu broker, Ray, Serve: collector + recommender) ...")
+        removed = reset_derived_state(settings)
+        if removed:
+            detail(f"reset state derived from an earlier (memory-only) log: {', '.join(removed)}")
         for name, state in local_stack.up(settings).items():
-            print(f"      {name}: {state}")
+            detail(f"{name}: {state}")
+
+        from serving.simulation.shoppers import ShopperModel, add_oracle_rewards, split_shoppers, write_jsonl
+
         rows = read_taobao_rows(settings.data.taobao_csv)
-        events = taobao_events(rows)[: limit or None]
-        url = settings.collector.base_url
-        print(f"[2/6] replaying {len(events):,} real Taobao events through {url}/v1/events ...", flush=True)
-        summary: ReplaySummary = asyncio.run(
-            replay_events(events, url, settings.collector.auth_token.get_secret_value(), rate=rate)
+        category_of = {r.item_id: r.category_id for r in rows}
+        history, shoppers = split_shoppers(taobao_events(rows), opts.cut)
+        history = history[: opts.history_limit or None]
+        known = {e["user_id"] for e in history}
+        shoppers = [s for s in shoppers if s.user_id in known][: opts.shoppers or None]
+        say("2/7", f"replaying {len(history):,} real Taobao events before {opts.cut.date()} through the collector ...")
+        replay = replay_history(settings, history)
+        detail(replay.as_text())
+        counts.record("replay", events=len(history), accepted=replay.accepted, rejected=replay.rejected)
+        accepted_ids = set(replay.accepted_event_ids)
+
+        say("3/7", "feature pipeline: `streamrec pipeline run --follow` (Kafka -> Beam -> Feast + lake) ...")
+        from features.repo import apply_feature_repo
+
+        apply_feature_repo(settings)
+        pipeline.start()
+        pipeline.wait_caught_up(settings)
+        batches = pipeline.batches()
+        detail(f"caught up after {len(batches)} micro-batches: {sum(b['records'] for b in batches):,} events in, "
+               f"{sum(b['features_written'] for b in batches):,} feature rows, DLQ {sum(b['dlq'] for b in batches)}")
+        online = OnlineFeatures(settings)
+        popular_item = Counter(e.get("item_id") for e in history if "item_id" in e).most_common(1)[0][0]
+
+        models: list[dict[str, Any]] = []
+        if opts.train:
+            say("4/7", "training on the event lake with Ray Train and registering (LightGCN retrieval, SASRec ranking) ...")
+            configs = Path(__file__).resolve().parents[1] / "ray_jobs" / "configs"
+            for model, serve_as in (("lightgcn", "item"), ("sasrec", "ranker")):
+                result = train_model(settings, model, configs / f"{model}_lake.yaml", serve_as, opts.epochs, run_dir / "training.log")
+                models.append(result)
+                detail(f"{model}: registered {result['name']}@{result['version']} in {result['seconds']}s; "
+                       f"{json.dumps(result['metrics'], default=str)[:200]}")
+            source = wait_for_model_in_serving(settings, shoppers[0].user_id if shoppers else "0", models[0]["version"])
+            detail(f"serving hot-loaded it: /v1/recommendations source = {source}")
+        else:
+            say("4/7", "training skipped (--no-train): serving uses its cold-start fallbacks")
+        counts.record("training", models=models)
+
+        say("5/7", f"{len(shoppers)} simulated shoppers (their real later events) through experiment {experiment_name} ...")
+        shopper_run, freshness, faults = asyncio.run(
+            run_shopper_phase(settings, shoppers, category_of, opts, experiment_name, online, popular_item, pipeline)
         )
-        print(f"      {summary.as_text()}")
-        print("[3/6] reading the topics back from Kafka ...", flush=True)
-        tally = tally_topics(settings)
-        accounted = tally.distinct_event_ids + tally.dlq
-        print(
-            f"      {settings.kafka.topics.events}: {tally.events:,} records, {tally.distinct_event_ids:,} distinct "
-            f"event ids, {tally.users:,} users; {settings.kafka.topics.dlq}: {tally.dlq:,} "
-            f"({dict(tally.dlq_reasons) or 'empty'})"
-        )
-        ok = accounted >= len(events) and summary.accepted + summary.rejected == len(events)
-        print(f"      every replayed event accounted for: {'yes' if ok else 'NO'} ({accounted:,} of {len(events):,})")
-        print("[4/6] features: Kafka -> Beam -> Feast (online + offline) + Parquet lake, one micro-batch ...", flush=True)
-        print(f"      {run_feature_batch(settings)}")
-        print("[5/6] asking the recommender ...", flush=True)
-        for line in ask_recommender(settings, user_id=events[-1]["user_id"]):
-            print(f"      {line}")
+        accepted_ids |= shopper_run.accepted_event_ids
+        bundle_items = {b: items for r in shopper_run.records if r["endpoint"] == "bundles"
+                        for b, items in zip(r["shown"], r.get("shown_items", []))}
+        add_oracle_rewards(shopper_run.records, {s.user_id: s for s in shoppers}, bundle_items, category_of, ShopperModel())
+        write_jsonl(run_dir / "shoppers.jsonl", shopper_run.records)
+        write_json(run_dir / "freshness.json", {"samples_s": freshness})
+        latency: dict[str, list[float]] = {}
+        for r in shopper_run.records:
+            latency.setdefault(r["endpoint"], []).append(r["latency_ms"])
+        write_json(run_dir / "latency.json", latency)
+        counts.record("shoppers", shoppers=len(shoppers), requests=len(shopper_run.records),
+                      events_sent=shopper_run.events_sent, events_accepted=shopper_run.events_accepted,
+                      feedback_events=shopper_run.feedback_events, errors=shopper_run.errors, faults=faults)
+        for f in faults:
+            counts.notes.append(f"fault injected: {f}")
+        detail(f"{len(shopper_run.records):,} requests, {shopper_run.events_accepted:,} events accepted "
+               f"({shopper_run.feedback_events:,} clicks/purchases), errors {shopper_run.errors or 'none'}")
+        if freshness:
+            s = sorted(freshness)
+            detail(f"feature freshness (ack -> Feast online): p50 {s[len(s) // 2]:.2f}s, max {s[-1]:.2f}s over {len(s)} probes")
+
+        say("6/7", "accounting for every event, reading the experiment out ...")
+        pipeline.wait_caught_up(settings)
+        learner = wait_learner_applied(settings)
+        counts.record("pipeline", batches=len(pipeline.batches()), restarts=pipeline.restarts,
+                      events_in=sum(b["records"] for b in pipeline.batches()),
+                      features_written=sum(b["features_written"] for b in pipeline.batches()))
+        counts.record("learner", **learner.get("counters", {}), restored=learner.get("restored"))
+        accounted = account_events(settings, accepted_ids, counts)
+        ok = ok and accounted
+        acc = counts.stages["accounting"]
+        detail(f"accepted by the collector {acc['accepted_by_collector']:,}; missing in Kafka {acc['missing_in_kafka']}, "
+               f"missing in the lake {acc['missing_in_lake']}; learner applied {learner.get('counters', {}).get('feedback_applied', 0):,} "
+               f"feedback events, {learner.get('counters', {}).get('feedback_duplicates', 0)} duplicates ignored")
+        experiment = read_experiment(settings, experiment_name)
+        write_json(run_dir / "experiment.json", experiment)
+        detail(f"experiment {experiment_name}: {verdict_line(experiment)}")
+        detail(run_ope(settings, experiment, run_dir))
+    except Exception:
+        ok = False
+        raise
     finally:
-        if not keep_running:
-            print("[6/6] stopping the stack ...", flush=True)
+        pipeline.stop()
+        write_json(run_dir / "run.json", {
+            "started_at": started_at.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),
+            "experiment": experiment_name, "registry": settings.serving.registry_root or str(settings.data.state_dir / "registry"),
+            "stages": counts.stages, "notes": counts.notes, "ok": ok, "options": {k: str(v) for k, v in asdict(opts).items()},
+        })
+        report = write_report(run_dir)
+        if not opts.keep_running:
+            say("7/7", "stopping the stack ...")
             for name, state in local_stack.down(settings).items():
-                print(f"      {name}: {state}")
-    print(f"demo finished in {time.monotonic() - started:.0f}s")
+                detail(f"{name}: {state}")
+    print(f"demo finished in {time.monotonic() - started:.0f}s: {'the loop closed' if ok else 'FAILED'}; report: {report}")
     return 0 if ok else 1
+
+
+def write_report(run_dir: Path) -> str:
+    try:
+        from streamrec.report import build_report
+    except ImportError as exc:
+        return f"not written ({exc})"
+    try:
+        return str(build_report(run_dir))
+    except Exception as exc:  # noqa: BLE001 - the report must not hide the demo's own outcome
+        return f"not written ({type(exc).__name__}: {exc})"
