@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from datetime import date, datetime, timezone
-from pathlib import Path
 from typing import Any, Callable
 
 import apache_beam as beam
@@ -36,7 +35,7 @@ def backfill(
 
     started = time.monotonic()
     apply_feature_repo(settings)
-    lake = read_event_lake(Path(settings.data.state_dir) / "lake" / "events", from_date=from_date)
+    lake = read_event_lake(settings.data.lake_dir, from_date=from_date)
     cutoff = datetime(from_date.year, from_date.month, from_date.day, tzinfo=timezone.utc).timestamp()
     for view in ALL_FEATURE_VIEWS:
         for old in offline_dir(settings, view.name).glob("asof-*.parquet"):

@@ -342,7 +342,7 @@ def purge_users(settings: Any, users: set[str], registry: bool = True) -> PurgeS
     summary = PurgeSummary(sorted(users))
     if not users:
         return summary
-    lake = purge_lake(Path(settings.data.state_dir) / "lake" / "events", users)
+    lake = purge_lake(settings.data.lake_dir, users)
     summary.lake_rows, summary.lake_files = lake.rows, lake.files
     summary.offline_rows, summary.offline_files = purge_offline(settings, users)
     summary.online_rows = purge_online(settings, users)

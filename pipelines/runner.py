@@ -294,7 +294,7 @@ class FeaturePipeline:
         self.topic = settings.kafka.topics.events
         self.group_id = settings.pipeline.group_id
         self.state_file = state_path(settings)
-        self.lake_root = Path(settings.data.state_dir) / "lake" / "events"
+        self.lake_root = settings.data.lake_dir
         self.push_online = push_online
         self.store = store if store is not None else apply_feature_repo(settings)
         self._producer = None

@@ -457,7 +457,7 @@ def build_streaming_pipeline(
     on_time = parsed["parsed"] | "AsOf" >> TrackEventTimeHead(spec.allowed_lateness_s, topic)
     features = on_time["events"] | "Features" >> ComputeFeaturesStreaming(spec)
     features["rows"] | "WriteFeatures" >> beam.ParDo(_WriteFeatures(settings, push_online))
-    lake_root = str(Path(settings.data.state_dir) / "lake" / "events")
+    lake_root = str(settings.data.lake_dir)
     parsed["parsed"] | "WriteLake" >> beam.ParDo(_WriteLake(lake_root, topic))
     (
         (parsed["dead_letters"], on_time["dead_letters"])

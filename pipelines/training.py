@@ -51,11 +51,10 @@ def label_rows_from_lake(settings: Any, event_types: tuple[str, ...] = ("purchas
     """Training rows from the event lake: one per (user, item) interaction of ``event_types``, stamped
     ``epsilon_s`` before the event so its own features exclude it."""
     import json
-    from pathlib import Path
 
     from pipelines.lake import read_event_lake
 
-    lake = read_event_lake(Path(settings.data.state_dir) / "lake" / "events")
+    lake = read_event_lake(settings.data.lake_dir)
     lake = lake[lake["type"].isin(event_types)]
     rows = []
     for kind, user, ts, raw in zip(lake["type"], lake["user_id"], lake["ts"], lake["event_json"]):

@@ -96,7 +96,7 @@ def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | N
     The manifest gets, besides metrics and provenance: ``model`` and ``dataset`` names, the resolved
     ``model_config`` (YAML defaults + overrides: what rebuilding the network for inference needs),
     ``ids`` (raw ids of the embedding rows, when the dataset has them) and, for the event lake,
-    ``data_snapshot`` (partitions, max event time, row count, cut-off).
+    ``data_snapshot`` (partitions, max event time, row count, cut-off) and ``history`` (per-epoch metrics).
     """
     job = outcome.job
     trained_on = _trained_on(outcome)
@@ -111,6 +111,8 @@ def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | N
         extra["ids"] = ids
     if trained_on.get("snapshot"):
         extra["data_snapshot"] = trained_on["snapshot"]
+    if outcome.history:  # per-epoch loss / validation metrics: the training curves of `streamrec report`
+        extra["history"] = list(outcome.history)
     return ModelRegistry(registry_root).register(
         name or job.name,
         embeddings=embeddings,

@@ -144,6 +144,11 @@ class DataConfig(BaseModel):
         return self.state_dir / "run"
 
     @property
+    def lake_dir(self) -> Path:
+        """The Parquet event lake (date-partitioned) the pipeline writes and training reads."""
+        return self.state_dir / "lake" / "events"
+
+    @property
     def demo_dir(self) -> Path:
         """Where `streamrec demo` writes its run directory (the input of `streamrec report`)."""
         return self.state_dir / "demo"

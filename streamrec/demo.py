@@ -328,7 +328,7 @@ def account_events(settings: Settings, accepted_ids: set[str], counts: StageCoun
     records = read_topic(settings.kafka, settings.kafka.topics.events)
     in_kafka = {json.loads(r.value)["event_id"] for r in records}
     dlq = read_topic(settings.kafka, settings.kafka.topics.dlq)
-    lake = read_event_lake(Path(settings.data.state_dir) / "lake" / "events")
+    lake = read_event_lake(settings.data.lake_dir)
     in_lake = set(lake["event_id"].astype(str)) if len(lake) else set()
     missing_kafka = accepted_ids - in_kafka
     missing_lake = accepted_ids - in_lake

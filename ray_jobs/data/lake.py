@@ -105,9 +105,8 @@ class LakeSnapshot:
 
 
 def lake_root_of(settings: Any) -> Path:
-    """The lake root the feature pipeline writes for ``settings`` (``pipelines.runner``:
-    ``data.state_dir / "lake" / "events"``; there is no setting of its own)."""
-    return Path(settings.data.state_dir) / "lake" / "events"
+    """The lake root the feature pipeline writes for ``settings`` (``DataConfig.lake_dir``)."""
+    return settings.data.lake_dir
 
 
 def default_lake_root() -> Path:

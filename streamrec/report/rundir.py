@@ -56,7 +56,7 @@ FRESHNESS_FILE = "freshness.json"
 LATENCY_FILE = "latency.json"
 PIPELINE_FILE = "pipeline.jsonl"
 # Per-epoch training history per registered model, ``<name>.json``, used when the registry manifest
-# has no ``history`` key (ray_jobs.train.register_outcome does not store it today).
+# has no ``history`` key (models registered before ray_jobs.train.register_outcome stored it).
 HISTORY_DIR = "history"
 REGISTRY_KEY = "registry"
 

@@ -33,7 +33,7 @@ OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 IMAGE_ROOT = "/opt/streamrec"            # where the images hold the repository (README: image contract)
 CONFIG_MOUNT = "/etc/streamrec"
-EXTERNAL_SECRETS = {"prod": {"streamrec-collector"}}   # created out of band (overlays/prod/kustomization.yaml)
+EXTERNAL_SECRETS = {"prod": {"streamrec-collector", "streamrec-admin"}}   # created out of band (overlays/prod/kustomization.yaml)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
