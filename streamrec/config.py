@@ -130,6 +130,7 @@ class RayConfig(BaseModel):
     dashboard_port: int = 8265
     # Prometheus scrapes Ray's (and so Serve's and the collector's) metrics here.
     metrics_export_port: int = 8081
+    # Logical CPUs of the local head; None: the cores plus what the Serve apps reserve (local_stack.local_num_cpus).
     num_cpus: int | None = None
 
 

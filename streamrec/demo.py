@@ -53,7 +53,7 @@ FRESHNESS_USER = "freshness-probe"
 class DemoOptions:
     cut: datetime = DEFAULT_CUT
     history_limit: int = 0  # first N history events only (0: all)
-    shoppers: int = 0  # 0: every user with events after the cut
+    shoppers: int = 300  # 0: every user with events after the cut (814; ~8 minutes of traffic on 2 cores)
     steps_per_shopper: int = 6
     concurrency: int = 8
     train: bool = True
@@ -102,6 +102,8 @@ class PipelineProcess:
     def __init__(self, settings: Settings, run_dir: Path) -> None:
         self.summaries = run_dir / "pipeline.jsonl"
         self.log = run_dir / "pipeline.log"
+        # Its pid file sits with the stack's, so `streamrec down` stops it too if the demo dies.
+        self.pid_file = local_stack.pipeline_process(settings).pid_file
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
 
@@ -109,6 +111,8 @@ class PipelineProcess:
         cmd = [sys.executable, "-m", "streamrec.cli", "pipeline", "run", "--follow", "--summary-jsonl", str(self.summaries)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file.write_text(str(self.proc.pid))
 
     def kill(self) -> None:
         """SIGKILL, as a crash: the batch in flight committed nothing and is redone after restart."""
@@ -123,6 +127,7 @@ class PipelineProcess:
                 self.proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self.pid_file.unlink(missing_ok=True)
 
     def batches(self) -> list[dict[str, Any]]:
         if not self.summaries.exists():
@@ -216,20 +221,22 @@ def train_model(settings: Settings, model: str, config: Path, serve_as: str, epo
     version = registry.latest_version(name)
     loaded = registry.load(name, version)
     return {"model": model, "name": name, "version": version, "seconds": round(time.monotonic() - started, 1),
-            "metrics": getattr(loaded, "metrics", {})}
+            "metrics": loaded.manifest.get("metrics", {})}
 
 
-def wait_for_model_in_serving(settings: Settings, user_id: str, version: str, timeout_s: float = 120.0) -> str:
-    """Until /v1/recommendations says it ranks with the new version (serving hot-reloads)."""
+def wait_for_models_in_serving(settings: Settings, user_id: str, versions: list[str], timeout_s: float = 120.0) -> str:
+    """Until /v1/recommendations says it retrieves and ranks with the new versions (serving
+    hot-reloads the registry every ``serving.refresh_s``); returns its ``source``."""
     deadline = time.monotonic() + timeout_s
-    source = ""
+    body: dict[str, Any] = {}
     while time.monotonic() < deadline:
         body = httpx.get(f"{settings.collector.base_url}/v1/recommendations", params={"user_id": user_id, "k": 5}, timeout=30).json()
-        source = str(body.get("source", ""))
-        if version in source:
-            return source
+        described = json.dumps({k: v for k, v in body.items() if k != "items"})
+        if all(version in described for version in versions):
+            return f"{body.get('source')} (retrieval: {(body.get('ranker') or {}).get('retrieval', body.get('source'))})"
         time.sleep(2.0)
-    raise TimeoutError(f"serving did not load model version {version} within {timeout_s:.0f}s (source: {source!r})")
+    raise TimeoutError(f"serving did not load model versions {versions} within {timeout_s:.0f}s "
+                       f"(source: {body.get('source')!r}, ranker: {body.get('ranker')!r})")
 
 
 # -- stage 5: shoppers (with optional fault injection) -------------------------------------------
@@ -360,10 +367,19 @@ def run_ope(settings: Settings, experiment: dict[str, Any], run_dir: Path) -> st
 
 
 def verdict_line(experiment: dict[str, Any]) -> str:
+    """The report's first-screen verdict, from the server's live analysis."""
+    from streamrec.report.rundir import parse_analysis
+    from streamrec.report.verdict import decide
+
     analysis = experiment.get("analysis")
     if not analysis:
         return f"no analysis ({experiment.get('analysis_note')})"
-    return str(analysis.get("verdict") or analysis.get("summary") or "analysis written to experiment.json")
+    definition = experiment.get("experiment") or {}
+    verdict = decide(parse_analysis(analysis),
+                     definition.get("primary_metric", "ctr"), float(definition.get("alpha", 0.05)))
+    srm = "sample ratio mismatch!" if verdict.srm_detected else "no sample ratio mismatch"
+    requests = ", ".join(f"{name} {v['requests']}" for name, v in analysis["variants"].items())
+    return f"{verdict.headline} ({srm}; requests: {requests})"
 
 
 # -- the demo ------------------------------------------------------------------------------------
@@ -396,6 +412,10 @@ def write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2, default=str))
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_demo(settings: Settings, opts: DemoOptions | None = None) -> int:
     opts = opts or DemoOptions()
     started_at, started = datetime.now(timezone.utc), time.monotonic()
@@ -406,6 +426,8 @@ def run_demo(settings: Settings, opts: DemoOptions | None = None) -> int:
     experiment_name = "bundle_policy_v1"
     if local_stack.status(settings).get("ray") == "running":
         raise local_stack.StackError("a local stack is already running: `streamrec down` first (the demo starts its own)")
+    # SIGTERM (kill, a CI timeout) unwinds like Ctrl-C, so the `finally` below stops what it started.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         say("1/7", "starting the embedded stack (tansu broker, Ray, Serve: collector + recommender) ...")
         removed = reset_derived_state(settings)
@@ -448,8 +470,10 @@ def run_demo(settings: Settings, opts: DemoOptions | None = None) -> int:
                 result = train_model(settings, model, configs / f"{model}_lake.yaml", serve_as, opts.epochs, run_dir / "training.log")
                 models.append(result)
                 detail(f"{model}: registered {result['name']}@{result['version']} in {result['seconds']}s; "
-                       f"{json.dumps(result['metrics'], default=str)[:200]}")
-            source = wait_for_model_in_serving(settings, shoppers[0].user_id if shoppers else "0", models[0]["version"])
+                       + ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items()
+                                   if k.startswith("test/") and isinstance(v, float))
+                       + f" ({result['metrics'].get('test/protocol', 'protocol not recorded')})")
+            source = wait_for_models_in_serving(settings, shoppers[0].user_id if shoppers else "0", [m["version"] for m in models])
             detail(f"serving hot-loaded it: /v1/recommendations source = {source}")
         else:
             say("4/7", "training skipped (--no-train): serving uses its cold-start fallbacks")

@@ -8,6 +8,7 @@ Serve are given by configuration (``deploy/``) and only the topics are created.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -236,8 +237,7 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> None:
         "--node-ip-address=127.0.0.1",
         "--disable-usage-stats",
     )
-    if settings.ray.num_cpus is not None:
-        argv.append(f"--num-cpus={settings.ray.num_cpus}")
+    argv.append(f"--num-cpus={local_num_cpus(settings)}")
     # Ray's workers inherit this environment: STREAMREC_* reach the Serve replicas.
     process = _ray_head_process(settings)
     process.start(argv, env=_LOCAL_RAY_ENV)
@@ -258,6 +258,25 @@ def stop_ray_head(settings: Settings) -> bool:
 
 def dashboard_url(settings: Settings) -> str:
     return f"http://127.0.0.1:{settings.ray.dashboard_port}"
+
+
+def serve_cpu_reservation(serve_config: dict) -> float:
+    """Logical CPUs the Serve apps hold at their largest (every deployment at max replicas)."""
+    total = 0.0
+    for app in serve_config.get("applications", []):
+        for deployment in app.get("deployments", []):
+            replicas = deployment.get("autoscaling_config", {}).get("max_replicas") or deployment.get("num_replicas", 1)
+            total += replicas * deployment.get("ray_actor_options", {}).get("num_cpus", 1)
+    return total
+
+
+def local_num_cpus(settings: Settings) -> int:
+    """Logical CPUs of the local head: ``ray.num_cpus`` if set, else the machine's cores plus what the
+    Serve apps reserve. On a laptop, serving and training share the cores; without the extra, the
+    replicas' reservations (light, I/O-bound) would leave a 1-CPU training worker unschedulable."""
+    if settings.ray.num_cpus is not None:
+        return settings.ray.num_cpus
+    return (os.cpu_count() or 1) + math.ceil(serve_cpu_reservation(effective_serve_config(settings)))
 
 
 def effective_serve_config(settings: Settings) -> dict:
@@ -324,8 +343,16 @@ def up(settings: Settings, with_serve: bool = True) -> dict[str, str]:
     return started
 
 
+def pipeline_process(settings: Settings) -> ManagedProcess:
+    """The `pipeline run --follow` process a demo starts (pid file next to the stack's)."""
+    return ManagedProcess("pipeline", settings.data.run_dir, settings.data.log_dir)
+
+
 def down(settings: Settings) -> dict[str, str]:
     stopped: dict[str, str] = {}
+    # SIGTERM lets the pipeline finish its batch in flight and commit; SIGKILL after a minute.
+    if pipeline_process(settings).stop(timeout_s=60):
+        stopped["pipeline"] = "stopped"
     if settings.ray.address is None:
         stopped["ray"] = "stopped" if stop_ray_head(settings) else "was not running"
     if settings.broker.enabled:

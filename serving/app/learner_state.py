@@ -335,8 +335,8 @@ class LearnerState:
 
     def request_outcomes(self, experiment: str) -> list[RequestOutcome]:
         return [
-            RequestOutcome(v, bool(c), bool(p), float(r))
-            for e, v, c, p, r in self.outcomes.values()
+            RequestOutcome(v, bool(c), bool(p), float(r), self.request_users.get(request_id))
+            for request_id, (e, v, c, p, r) in self.outcomes.items()
             if e == experiment and v in {x.name for x in self.experiments[experiment].variants}
         ]
 

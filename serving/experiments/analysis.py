@@ -46,6 +46,9 @@ class RequestOutcome:
     clicked: bool
     purchased: bool
     revenue: float = 0.0
+    # Who was assigned; when every outcome has it, the SRM check counts users (the unit of
+    # assignment), not requests, whose number per user varies with how much each user browses.
+    user_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class ExperimentReport:
     srm: TestResult
     srm_detected: bool
     guardrails: tuple[GuardrailDecision, ...]
+    srm_unit: str = "requests"  # "users" when the outcomes carry user ids
 
     def stopped_variants(self) -> set[str]:
         """Variants at least one guardrail says to stop."""
@@ -204,6 +208,10 @@ def analyze_experiment(experiment: Experiment, outcomes: Iterable[RequestOutcome
     counts = [results[v.name].requests for v in experiment.variants]
     if sum(counts) == 0:
         raise ValueError("no outcomes to analyse")
+    srm_unit = "requests"
+    if all(o.user_id is not None for rows in by_variant.values() for o in rows):
+        srm_unit = "users"
+        counts = [len({o.user_id for o in by_variant[v.name]}) for v in experiment.variants]
     srm = chi_square_goodness_of_fit(counts, [v.share for v in experiment.variants])
     decisions = []
     for g in experiment.guardrails:
@@ -218,7 +226,8 @@ def analyze_experiment(experiment: Experiment, outcomes: Iterable[RequestOutcome
             reason = f"{g.metric} significantly worse than control (p={p:.3g} < {g.alpha})" if stop else "ok"
             decisions.append(GuardrailDecision(name, g.metric, stop, p, reason))
     return ExperimentReport(
-        experiment.name, experiment.control_name, results, comparisons, srm, srm.p_value < SRM_ALPHA, tuple(decisions)
+        experiment.name, experiment.control_name, results, comparisons, srm, srm.p_value < SRM_ALPHA, tuple(decisions),
+        srm_unit,
     )
 
 
@@ -233,17 +242,19 @@ def outcomes_from_events(events: Iterable[Event], experiment: str) -> list[Reque
         One outcome per impression request (revenue = sum of line price * quantity).
     """
     variants: dict[str, str] = {}
+    users: dict[str, str] = {}
     clicked: set[str] = set()
     revenue: dict[str, float] = {}
     for e in events:
         if isinstance(e, ImpressionEvent) and e.experiment == experiment and e.variant is not None:
             variants[e.request_id] = e.variant
+            users[e.request_id] = e.user_id
         elif isinstance(e, ClickEvent):
             clicked.add(e.request_id)
         elif isinstance(e, BundlePurchaseEvent):
             amount = math.fsum((line.price or 0.0) * line.quantity for line in e.items)
             revenue[e.request_id] = revenue.get(e.request_id, 0.0) + amount
     return [
-        RequestOutcome(variant, rid in clicked, rid in revenue, revenue.get(rid, 0.0))
+        RequestOutcome(variant, rid in clicked, rid in revenue, revenue.get(rid, 0.0), users[rid])
         for rid, variant in variants.items()
     ]

@@ -283,6 +283,11 @@ def _nan_for_none(value: Any) -> Any:
 
 
 _REPORT = TypeAdapter(ExperimentReport)
+
+
+def parse_analysis(raw: dict[str, Any]) -> ExperimentReport:
+    """An experiment analysis from its JSON (``GET /v1/experiments/{name}``; NaN arrives as null)."""
+    return _REPORT.validate_python(_nan_for_none(raw))
 _SHOPPER = TypeAdapter(ShopperRequest)
 _BATCH = TypeAdapter(PipelineBatch)
 
@@ -294,7 +299,7 @@ def _definition(raw: dict[str, Any]) -> Experiment:
 
 def _outcomes(shoppers: tuple[ShopperRequest, ...], experiment: str) -> list[RequestOutcome]:
     return [
-        RequestOutcome(s.variant, bool(s.clicked), bool(s.purchased), s.revenue)
+        RequestOutcome(s.variant, bool(s.clicked), bool(s.purchased), s.revenue, s.user_id)
         for s in shoppers if s.experiment == experiment and s.variant is not None
     ]
 

@@ -173,6 +173,24 @@ def test_sample_ratio_mismatch_is_detected() -> None:
     assert analyze_experiment(exp, skewed).srm_detected
 
 
+def test_sample_ratio_mismatch_counts_users_not_requests() -> None:
+    """Assignment is per user: users who browse more make more requests, which is no mismatch."""
+    exp = _experiment()
+    rng = np.random.default_rng(3)
+    shares = [v.share for v in exp.variants]
+    outcomes = []
+    for u in range(3000):
+        variant = exp.variants[rng.choice(len(shares), p=shares)].name
+        # The last variant's users happen to make three times as many requests.
+        for _ in range(int(rng.integers(1, 4)) * (3 if variant == exp.variants[-1].name else 1)):
+            outcomes.append(RequestOutcome(variant, bool(rng.random() < 0.1), False, 0.0, f"u{u}"))
+    by_users = analyze_experiment(exp, outcomes)
+    assert by_users.srm_unit == "users" and not by_users.srm_detected
+    anonymous = [RequestOutcome(o.variant, o.clicked, o.purchased, o.revenue) for o in outcomes]
+    by_requests = analyze_experiment(exp, anonymous)
+    assert by_requests.srm_unit == "requests" and by_requests.srm_detected
+
+
 def test_invalid_outcomes() -> None:
     exp = _experiment()
     with pytest.raises(ValueError, match="unknown variant"):
@@ -199,5 +217,5 @@ def test_outcomes_from_contract_events() -> None:
            items=[{"item_id": "i1", "quantity": 2, "price": 10.0}, {"item_id": "i2", "price": 5.5}]),
     ]
     got = sorted(outcomes_from_events(events, "e1"), key=lambda o: o.variant)
-    assert got == [RequestOutcome("control", False, False, 0.0), RequestOutcome("ts", True, True, 25.5)]
+    assert got == [RequestOutcome("control", False, False, 0.0, "u1"), RequestOutcome("ts", True, True, 25.5, "u1")]
     assert datetime.now(timezone.utc)  # (events carry aware timestamps)
