@@ -290,19 +290,27 @@ async def run_shopper_phase(settings: Settings, shoppers: list[Any], category_of
             steps_per_shopper=opts.steps_per_shopper, concurrency=opts.concurrency, experiment=experiment, progress=bar,
         ))
         faults = fault_plan(settings, pipeline) if opts.inject_faults else []
-        n = 0
-        while not task.done():
-            await asyncio.sleep(3.0)
-            done_share = bar.n / max(total, 1)
-            if faults and done_share >= 0.2 * (len(faults_done) + 1):
-                name, action = faults.pop(0)
-                faults_done.append(f"{name}: {await asyncio.to_thread(action)} at {done_share:.0%} of the visits")
-                tqdm.write(f"      fault injected: {faults_done[-1]}")
-            if n < opts.freshness_probes and not task.done():
+
+        async def inject_faults() -> None:
+            # Its own loop (a freshness probe can take up to a minute): one fault each at 20%, 40%, 60%.
+            while faults and not task.done():
+                await asyncio.sleep(0.5)
+                done_share = bar.n / max(total, 1)
+                if done_share >= 0.2 * (len(faults_done) + 1):
+                    name, action = faults.pop(0)
+                    faults_done.append(f"{name}: {await asyncio.to_thread(action)} at {done_share:.0%} of the visits")
+                    tqdm.write(f"      fault injected: {faults_done[-1]}")
+
+        async def probe_freshness() -> None:
+            n = 0
+            while n < opts.freshness_probes and not task.done():
+                await asyncio.sleep(3.0)
                 seconds = await asyncio.to_thread(measure_freshness, settings, online, probe_item, n)
                 n += 1
                 if seconds is not None:
                     freshness.append(seconds)
+
+        await asyncio.gather(task, inject_faults(), probe_freshness())
         run = await task
     return run, freshness, faults_done
 
