@@ -6,8 +6,11 @@ over real HTTP through Serve's proxy.
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -101,3 +104,81 @@ def make_event(event_type: str = "view", user_id: str | None = None, **fields: A
         event["item_id"] = "item-1"
     event.update(fields)
     return event
+
+
+def fit_in_process(name: str, data: Any, epochs: int, overrides: dict[str, Any], seed: int = 0) -> Any:
+    """Train model ``name`` in-process (no Ray) with the batches and optimiser the Ray worker loop
+    uses; returns it in eval mode. Imports torch lazily: most tests never train."""
+    import torch
+
+    from ray_jobs.models import build_model
+    from ray_jobs.trainers.batches import pairwise_batches, sequence_batches
+
+    torch.manual_seed(seed)
+    model = build_model(name, data, overrides)
+    cfg = model.config
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, getattr(cfg, "beta2", 0.999)),
+                           weight_decay=cfg.weight_decay)
+    for epoch in range(epochs):
+        model.on_epoch_start(epoch)
+        model.train()
+        if model.batch_kind == "sequence":
+            batches = sequence_batches(data.train, data.n_users, data.n_items, cfg.max_len, cfg.batch_size, epoch, seed)
+        else:
+            batches = pairwise_batches(data.train, data.n_items, cfg.batch_size, epoch, seed)
+        for batch in batches:
+            loss = model(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    return model
+
+
+def private_stack_env(state_dir: Path) -> tuple[dict[str, int], dict[str, str]]:
+    """Free ports and the environment of a private embedded stack (broker, Ray head, Serve) under
+    ``state_dir``, so a test's `streamrec up` / `demo` never meets another stack on this machine."""
+    import os
+
+    ports = {name: free_port() for name in ("broker", "head", "dashboard", "collector", "metrics")}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")},
+        "STREAMREC_BROKER__PORT": str(ports["broker"]),
+        "STREAMREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['broker']}",
+        "STREAMREC_RAY__HEAD_PORT": str(ports["head"]),
+        "STREAMREC_RAY__DASHBOARD_PORT": str(ports["dashboard"]),
+        "STREAMREC_RAY__METRICS_EXPORT_PORT": str(ports["metrics"]),
+        "STREAMREC_COLLECTOR__PORT": str(ports["collector"]),
+        "STREAMREC_DATA__STATE_DIR": str(state_dir),
+    }
+    return ports, env
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[int]:
+    """A throw-away `redis-server` (no persistence) on a free port; yields the port. Skips the test
+    where the Debian package is missing (`make system-deps` installs it)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not installed (make system-deps)")
+    pytest.importorskip("redis", reason="the `redis` Python client (feast[redis]) is not installed")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -10,14 +10,13 @@ pipeline process, a recommender replica and the bandit learner are each killed o
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from support import free_port
+from support import private_stack_env
 from streamrec.local_stack import port_open
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray, pytest.mark.e2e, pytest.mark.timeout(1500)]
@@ -26,19 +25,11 @@ pytestmark = [pytest.mark.kafka, pytest.mark.ray, pytest.mark.e2e, pytest.mark.t
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("demo")
-    ports = {name: free_port() for name in ("broker", "head", "dashboard", "collector", "metrics")}
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")},
-        "STREAMREC_BROKER__PORT": str(ports["broker"]),
-        "STREAMREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['broker']}",
-        "STREAMREC_RAY__HEAD_PORT": str(ports["head"]),
-        "STREAMREC_RAY__DASHBOARD_PORT": str(ports["dashboard"]),
-        "STREAMREC_RAY__METRICS_EXPORT_PORT": str(ports["metrics"]),
-        "STREAMREC_COLLECTOR__PORT": str(ports["collector"]),
-        "STREAMREC_DATA__STATE_DIR": str(tmp / "state"),
+    ports, env = private_stack_env(tmp / "state")
+    env.update({
         # Serving re-reads the registry every 5 s, so the freshly trained models show up quickly.
         "STREAMREC_SERVING__REFRESH_S": "5",
-    }
+    })
     run_dir = tmp / "run"
     cli = Path(sys.executable).parent / "streamrec"
     done = subprocess.run(

@@ -3,13 +3,8 @@ names agree with what the pipeline writes; production selects Redis by configura
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
@@ -18,6 +13,7 @@ from features.services import ALL_FEATURE_SERVICES
 from features.views import ALL_FEATURE_VIEWS
 from pipelines.feast_sink import feature_frame, push_online
 from streamrec.config import REPO_ROOT, Settings
+from support import redis_server
 
 
 def _settings(tmp_path: Path, **feast) -> Settings:
@@ -59,34 +55,11 @@ def test_committed_feature_store_yamls():
     assert repo_config(settings).online_store.type == "redis"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.redis
 def test_redis_online_store_by_configuration_only(tmp_path):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server not installed (apt-get install -y redis-server)")
-    pytest.importorskip("redis", reason="the `redis` Python client (feast[redis]) is not installed")
-    port = _free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.1)
+    with redis_server() as port:
         settings = _settings(tmp_path, online_store="redis", redis_connection_string=f"127.0.0.1:{port}")
         store = apply_feature_repo(settings)
         push_online(store, "user_features", feature_frame("user_features", [_user_row("u7")], 1511600000))
         online = store.get_online_features(features=["user_features:seq_item_ids"], entity_rows=[{"user_id": "u7"}]).to_dict()
         assert online["seq_item_ids"] == [["i1", "i2"]]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

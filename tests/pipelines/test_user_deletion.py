@@ -198,30 +198,12 @@ def test_users_delete_removes_the_user_everywhere_and_keeps_everyone_else(kafka_
 @pytest.mark.redis
 def test_redis_online_rows_of_one_user_are_deleted(tmp_path) -> None:
     """Production's online store: the user's Redis hash goes, another user's stays."""
-    import shutil
-    import socket
-    import subprocess
-    import time
-
     from features.repo import apply_feature_repo
     from pipelines.feast_sink import feature_frame, push_online
     from pipelines.privacy import purge_online
-    from support import free_port
+    from support import redis_server
 
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server not installed (make system-deps)")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.1)
+    with redis_server() as port:
         settings = Settings(data={"state_dir": str(tmp_path / "state")},
                             feast={"project": "privacy", "online_store": "redis", "redis_connection_string": f"127.0.0.1:{port}"})
         store = apply_feature_repo(settings)
@@ -232,9 +214,6 @@ def test_redis_online_rows_of_one_user_are_deleted(tmp_path) -> None:
         assert purge_online(settings, {"gone", "never-seen"}) == 1
         assert _online_sdk(store, ["gone", "kept"])["last_seen_unix"] == [None, 1511600000]
         assert purge_online(settings, {"gone"}) == 0
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def _user_row(user_id: str) -> dict[str, Any]:

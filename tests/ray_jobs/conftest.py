@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from ray_jobs.data import InteractionData, default_datasets_dir, load_dataset
-from ray_jobs.models import build_model
-from ray_jobs.trainers.batches import pairwise_batches, sequence_batches
+from support import fit_in_process
 
 DATASETS = default_datasets_dir()
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -26,33 +25,10 @@ def datasets_dir():
     return DATASETS
 
 
-def fit_local(name: str, data: InteractionData, epochs: int, overrides: dict, seed: int = 0) -> torch.nn.Module:
-    """Train ``name`` in-process (no Ray) with the same batches the Ray worker loop uses."""
-    torch.manual_seed(seed)
-    model = build_model(name, data, overrides)
-    cfg = model.config
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, getattr(cfg, "beta2", 0.999)),
-                           weight_decay=cfg.weight_decay)
-    for epoch in range(epochs):
-        model.on_epoch_start(epoch)
-        model.train()
-        if model.batch_kind == "sequence":
-            batches = sequence_batches(data.train, data.n_users, data.n_items, cfg.max_len, cfg.batch_size, epoch, seed)
-        else:
-            batches = pairwise_batches(data.train, data.n_items, cfg.batch_size, epoch, seed)
-        for batch in batches:
-            loss = model(batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    return model
-
-
 @pytest.fixture(name="fit_local")
 def fit_local_fixture():
     """The in-process training helper, as a fixture (test modules do not import conftest)."""
-    return fit_local
+    return fit_in_process
 
 
 @pytest.fixture(scope="session")

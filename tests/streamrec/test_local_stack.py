@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import free_port
+from support import private_stack_env
 from streamrec.local_stack import port_open
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]
@@ -36,18 +35,8 @@ def _wait_for_metric(port: int, name: str, value: float, timeout_s: float = 45.0
 
 
 def test_up_status_replay_down_leaves_nothing_running(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("broker", "head", "dashboard", "collector", "metrics")}
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")},
-        "STREAMREC_BROKER__PORT": str(ports["broker"]),
-        "STREAMREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['broker']}",
-        "STREAMREC_RAY__HEAD_PORT": str(ports["head"]),
-        "STREAMREC_RAY__DASHBOARD_PORT": str(ports["dashboard"]),
-        "STREAMREC_RAY__METRICS_EXPORT_PORT": str(ports["metrics"]),
-        "STREAMREC_COLLECTOR__PORT": str(ports["collector"]),
-        "STREAMREC_COLLECTOR__AUTH_TOKEN": "stack-test-token",
-        "STREAMREC_DATA__STATE_DIR": str(tmp_path / "state"),
-    }
+    ports, env = private_stack_env(tmp_path / "state")
+    env["STREAMREC_COLLECTOR__AUTH_TOKEN"] = "stack-test-token"
     try:
         up = _streamrec(env, "up")
         assert up.returncode == 0, up.stdout + up.stderr

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from ray_jobs.data import InteractionData, load_dataset
-from ray_jobs.models import SEQ, build_model
+from ray_jobs.models import SEQ
 from ray_jobs.registry import ModelRegistry
 from ray_jobs.trainers import JobConfig
-from ray_jobs.trainers.batches import pairwise_batches, sequence_batches
+from support import fit_in_process
 
 # Small enough to train in seconds on one shared core, big enough to give distinct scores.
 SASREC_PARAMS = {"hidden_dim": 16, "n_blocks": 1, "n_heads": 1, "dropout": 0.2, "batch_size": 128}
@@ -34,24 +34,7 @@ def taobao() -> InteractionData:
 
 def train(model_name: str, data: InteractionData, params: dict[str, Any], epochs: int, seed: int) -> torch.nn.Module:
     """Train in-process (no Ray) on the batches the Ray worker loop uses; returns it in eval mode."""
-    torch.manual_seed(seed)
-    model = build_model(model_name, data, params)
-    cfg = model.config
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, getattr(cfg, "beta2", 0.999)))
-    for epoch in range(epochs):
-        model.on_epoch_start(epoch)
-        model.train()
-        if model.batch_kind == "sequence":
-            batches = sequence_batches(data.train, data.n_users, data.n_items, cfg.max_len, cfg.batch_size, epoch, seed)
-        else:
-            batches = pairwise_batches(data.train, data.n_items, cfg.batch_size, epoch, seed)
-        for batch in batches:
-            loss = model(batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    return model
+    return fit_in_process(model_name, data, epochs, params, seed)
 
 
 def register(root: Path, name: str, model_name: str, model: torch.nn.Module, data: InteractionData,

@@ -303,6 +303,8 @@ def test_hot_reload_of_a_new_version_and_fallback_without_models(ranked: RankedA
         finally:
             for name, path in latest.items():
                 path.write_bytes(saved[name])
+            # the next tests expect both models served again: wait for the reload (refresh_s = 1 s)
+            wait_for(lambda: _get(c, user_id=user)["ranker"]["applied"], timeout_s=30, what="the models reloaded")
 
 
 def test_openapi_lists_the_endpoints(ranked: RankedApp) -> None:
@@ -323,7 +325,7 @@ def test_ranker_latency(ranked: RankedApp) -> None:
     the request wall time with and without the ranker, printed for BENCHMARKS-style reporting."""
     user, _, _ = _user_with_history(ranked)
     with ranked.client() as c:
-        _get(c, user_id=user)  # warm
+        wait_for(lambda: _get(c, user_id=user)["ranker"]["applied"], timeout_s=30, what="the SASRec path")  # warm
         ranker_ms, model_ms, wall_ms = [], [], []
         for _ in range(30):
             started = time.perf_counter()
