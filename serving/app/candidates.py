@@ -5,6 +5,7 @@ missing Feast store or an empty feature row falls back to hashed vectors and pop
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -41,19 +42,28 @@ class Candidate:
     reason: str
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)  # cached and shared between requests: nobody may change it
+    return array
+
+
+# Cached: a request asks for the same few thousand keys again and again, and seeding a generator
+# costs more than the vector itself.
+@functools.lru_cache(maxsize=65_536)
 def hashed_vector(key: str, dim: int) -> np.ndarray:
     """A deterministic unit vector for ``key`` (same in every process; no model needed)."""
     seed = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
     v = np.random.default_rng(seed).standard_normal(dim)
-    return v / max(float(np.linalg.norm(v)), 1e-12)
+    return _read_only(v / max(float(np.linalg.norm(v)), 1e-12))
 
 
+@functools.lru_cache(maxsize=64)
 def projection(d_in: int, d_out: int) -> np.ndarray:
     """A fixed random projection (d_in, d_out); identity when the dimensions agree."""
     if d_in == d_out:
-        return np.eye(d_in)
+        return _read_only(np.eye(d_in))
     rng = np.random.default_rng(1_000_003 * d_in + d_out)
-    return rng.standard_normal((d_in, d_out)) / math.sqrt(d_out)
+    return _read_only(rng.standard_normal((d_in, d_out)) / math.sqrt(d_out))
 
 
 def normalize_rows(m: np.ndarray) -> np.ndarray:
@@ -80,9 +90,18 @@ class EmbeddingTable:
     matrix: np.ndarray  # (n, d) float32 as registered
     row_of: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    _arm_matrices: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.row_of = {i: r for r, i in enumerate(self.ids)}
+
+    def arm_matrix(self, dim: int) -> np.ndarray:
+        """Every row projected to ``dim`` and unit-normed (the bandit's arm space), computed once
+        per loaded version: per-request projection of single rows was most of a bundle request."""
+        if dim not in self._arm_matrices:
+            projected = self.matrix.astype(np.float64) @ projection(self.matrix.shape[1], dim)
+            self._arm_matrices[dim] = _read_only(normalize_rows(projected))
+        return self._arm_matrices[dim]
 
 
 def _ids_from(model: Any, kind: str, n: int) -> list[str]:
@@ -95,6 +114,31 @@ def _ids_from(model: Any, kind: str, n: int) -> list[str]:
             if isinstance(value, list) and len(value) == n:
                 return [str(v) for v in value]
     return [str(r) for r in range(n)]
+
+
+def registered_version(registry_root: str | Path, model_name: str) -> str | None:
+    """The version ``LATEST`` of ``model_name`` points at, or None when nothing is registered
+    (never raises): one small read, so a refresh reloads a model only when it changed."""
+    root = str(registry_root)
+    if "://" not in root and not (Path(root) / model_name / "LATEST").is_file():
+        return None  # checked first: ModelRegistry() would create the root directory
+    try:
+        from ray_jobs.registry import ModelRegistry
+
+        return ModelRegistry(root).latest_version(model_name)
+    except (FileNotFoundError, OSError, ValueError, ImportError):
+        return None
+
+
+def reload_embeddings(current: EmbeddingTable | None, registry_root: str | Path, model_name: str,
+                      kind: str) -> EmbeddingTable | None:
+    """``current`` while ``LATEST`` still names its version, else the newly registered table."""
+    version = registered_version(registry_root, model_name)
+    if version is None:
+        return None
+    if current is not None and current.model == model_name and current.version == version:
+        return current
+    return load_embeddings(registry_root, model_name, kind)
 
 
 def load_embeddings(registry_root: str | Path, model_name: str, kind: str) -> EmbeddingTable | None:

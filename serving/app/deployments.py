@@ -28,9 +28,7 @@ from serving.app.candidates import (
     FeastReader,
     bundle_id_for,
     hashed_vector,
-    load_embeddings,
-    normalize_rows,
-    projection,
+    reload_embeddings,
     user_context,
 )
 from serving.app.ranker import LoadedRanker, RankerSlot
@@ -59,18 +57,17 @@ class _Embeddings:
             return
         self._loaded_at = time.monotonic()
         s = self._settings.serving
-        item = load_embeddings(self.root, s.item_model, "item")
-        if item is not None and (self.item is None or item.version != self.item.version):
+        item = reload_embeddings(self.item, self.root, s.item_model, "item")
+        if item is not None and item is not self.item:
             self.item_index = ExactTopK(item.matrix)
         self.item = item
         if item is None:
             self.item_index = None
-        self.user = load_embeddings(self.root, s.item_model, "user")
-        self.bundle = load_embeddings(self.root, s.bundle_model, "bundle")
+        self.user = reload_embeddings(self.user, self.root, s.item_model, "user")
+        self.bundle = reload_embeddings(self.bundle, self.root, s.bundle_model, "bundle")
 
     def arm_vectors(self, table: EmbeddingTable, rows: list[int]) -> np.ndarray:
-        m = table.matrix[rows].astype(np.float64) @ projection(table.matrix.shape[1], self._settings.serving.arm_dim)
-        return normalize_rows(m)
+        return table.arm_matrix(self._settings.serving.arm_dim)[rows]
 
     def item_arm_vector(self, item: str) -> np.ndarray:
         if self.item is not None and item in self.item.row_of:

@@ -19,6 +19,7 @@ from the snapshot's offsets equals the state of a learner that never stopped:
 
 from __future__ import annotations
 
+import heapq
 import io
 import json
 import logging
@@ -330,7 +331,8 @@ class LearnerState:
     # -- reads ------------------------------------------------------------------------------
 
     def popular_items(self, n: int) -> list[tuple[str, float, str | None]]:
-        top = sorted(self.popularity.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+        # a partial selection: the fold holds up to max_popular_items and requests want a few hundred
+        top = heapq.nsmallest(n, self.popularity.items(), key=lambda kv: (-kv[1], kv[0]))
         return [(item, score, self.categories.get(item)) for item, score in top]
 
     def request_outcomes(self, experiment: str) -> list[RequestOutcome]:

@@ -12,9 +12,9 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from serving.app.candidates import registered_version
 from serving.recommend.sequential import SequenceRanker
 
 log = logging.getLogger(__name__)
@@ -33,18 +33,6 @@ class LoadedRanker:
     @property
     def label(self) -> str:
         return f"{self.name}@{self.version}"
-
-
-def _latest_version(root: str, name: str) -> str | None:
-    """The version ``LATEST`` points at, or None when nothing is registered (never raises)."""
-    if "://" not in root and not (Path(root) / name / "LATEST").is_file():
-        return None  # checked first: ModelRegistry() would create the root directory
-    from ray_jobs.registry import ModelRegistry
-
-    try:
-        return ModelRegistry(root).latest_version(name)
-    except (FileNotFoundError, OSError, ValueError):
-        return None
 
 
 def load_ranker(root: str, name: str, version: str) -> LoadedRanker:
@@ -84,7 +72,7 @@ class RankerSlot:
         if time.monotonic() - self._checked_at < self.refresh_s:
             return self.current
         self._checked_at = time.monotonic()
-        version = _latest_version(self.root, self.name)
+        version = registered_version(self.root, self.name)
         if version is None:
             self.current = None
         elif (self.current is None or version != self.current.version) and version != self._failed_version:
