@@ -5,7 +5,8 @@ Composition (one deployment per job, dependencies as DeploymentHandles)::
 
     RecommenderAPI (FastAPI ingress: experiment router, impression + feedback producer)
       ├── Features      (Feast / registry / popularity: user context and bundle candidates)
-      ├── ItemRanker    (item retrieval, SASRec re-ranking over the live sequence, MMR, cross-category quota)
+      ├── ItemRanker    (item retrieval, SASRec re-ranking over the live sequence, MMR, cross-category quota;
+      │                  reads Feast in-process and popularity from the learner, one hop per request)
       └── BanditLearner (one replica: policies per (experiment, variant), learns from Kafka)
 
 Deployed through :func:`build_app` from the Serve config (``deploy/local/serve.yaml``).
@@ -564,5 +565,5 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     parsed = RecommenderArgs.model_validate(args or {})
     learner = BanditLearner.bind(parsed)
     features = Features.bind(parsed, learner)
-    ranker = ItemRanker.bind(parsed, features)
+    ranker = ItemRanker.bind(parsed, learner)
     return RecommenderAPI.bind(parsed, learner, features, ranker)

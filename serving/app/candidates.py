@@ -206,6 +206,15 @@ class FeastReader:
             return {}
         return {k.split("__")[-1]: v[0] for k, v in rows.items() if v and v[0] is not None and k != key}
 
+    def user(self, user_id: str | None) -> dict[str, Any]:
+        """Feast user features (empty without Feast / for an unknown user)."""
+        return self.online(USER_REFS, "user_id", user_id) if user_id else {}
+
+    def cooccurring(self, item_id: str) -> list[str]:
+        """Items bought together with ``item_id`` in sessions (Feast co-occurrence), best first."""
+        row = self.online(COOCCURRENCE_REFS, "item_id", item_id)
+        return [i for i in (row.get("co_item_ids") or []) if isinstance(i, str)]
+
 
 USER_REFS = [
     *(f"user_features:{t}_count_24h" for t in ("view", "add_to_cart", "purchase", "click", "impression")),

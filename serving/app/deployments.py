@@ -7,7 +7,6 @@ sequential ranker (``settings.serving.ranker_model``, SASRec) when there is one 
 of the user's sequence; otherwise they keep the retrieval order (``source`` says which).
 """
 
-import asyncio
 import logging
 import math
 import time
@@ -22,7 +21,6 @@ from ray.serve.handle import DeploymentHandle
 from serving.app.args import RecommenderArgs
 from serving.app.candidates import (
     COOCCURRENCE_REFS,
-    USER_REFS,
     Candidate,
     EmbeddingTable,
     FeastReader,
@@ -81,35 +79,45 @@ class _Embeddings:
         return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
+class _PopularItems:
+    """The learner's most popular items (its fold of the event log), fetched at most every
+    ``POPULARITY_CACHE_S`` per replica; the last list is served while the learner restarts."""
+
+    def __init__(self, learner: DeploymentHandle) -> None:
+        self._learner = learner
+        self._items: list[tuple[str, float, str | None]] = []
+        self._fetched_at = -math.inf
+
+    async def get(self, n: int) -> list[tuple[str, float, str | None]]:
+        if time.monotonic() - self._fetched_at > POPULARITY_CACHE_S:
+            try:
+                self._items = await self._learner.popular_items.remote(500)
+                self._fetched_at = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - learner restarting: serve the last list
+                log.warning("popular items unavailable: %s", exc)
+        return self._items[:n]
+
+
 @serve.deployment(name="Features", ray_actor_options={"num_cpus": 0})
 class Features:
     def __init__(self, args: RecommenderArgs, learner: DeploymentHandle) -> None:
         self._settings = args.resolved_settings()
         self._catalogue = list(args.catalogue)
-        self._learner = learner
         self._feast = FeastReader(self._settings)
         self._emb = _Embeddings(self._settings)
-        self._popular: list[tuple[str, float, str | None]] = []
-        self._popular_at = -math.inf
+        self._popular = _PopularItems(learner)
 
     async def popular(self, n: int = 500) -> list[tuple[str, float, str | None]]:
         """Most popular items (from the learner's fold of the event log), cached for 2 s."""
-        if time.monotonic() - self._popular_at > POPULARITY_CACHE_S:
-            try:
-                self._popular = await self._learner.popular_items.remote(500)
-                self._popular_at = time.monotonic()
-            except Exception as exc:  # noqa: BLE001 - learner restarting: serve the last list
-                log.warning("popular items unavailable: %s", exc)
-        return self._popular[:n]
+        return await self._popular.get(n)
 
     async def user(self, user_id: str | None) -> dict[str, Any]:
         """Feast user features (empty without Feast / for an unknown user)."""
-        return self._feast.online(USER_REFS, "user_id", user_id) if user_id else {}
+        return self._feast.user(user_id)
 
     async def cooccurring(self, item_id: str) -> list[str]:
         """Items bought together with ``item_id`` in sessions (Feast co-occurrence), best first."""
-        row = self._feast.online(COOCCURRENCE_REFS, "item_id", item_id)
-        return [i for i in (row.get("co_item_ids") or []) if isinstance(i, str)]
+        return self._feast.cooccurring(item_id)
 
     async def sources(self) -> dict[str, Any]:
         self._emb.refresh()
@@ -205,14 +213,17 @@ class ItemRanker:
     registered sequential ranker (SASRec) over the user's live Feast sequence with the request's
     context appended, then MMR diversity and the cross-category quota."""
 
-    def __init__(self, args: RecommenderArgs, features: DeploymentHandle) -> None:
+    def __init__(self, args: RecommenderArgs, learner: DeploymentHandle) -> None:
         import torch
 
         # One intra-op thread: a single-sequence forward pass gains nothing from more, and the
         # replica shares its cores with the rest of the app.
         torch.set_num_threads(1)
         self._settings = args.resolved_settings()
-        self._features = features
+        # Feast reads in-process, not through the Features deployment: each Serve handle call
+        # costs milliseconds of CPU on both sides, and a recommendation made three of them.
+        self._feast = FeastReader(self._settings)
+        self._popular = _PopularItems(learner)
         self._emb = _Embeddings(self._settings)
         s = self._settings.serving
         self._ranker = RankerSlot(self._emb.root, s.ranker_model, s.refresh_s)
@@ -228,7 +239,7 @@ class ItemRanker:
         self._emb.refresh()
         ranker = self._ranker.refresh()
         cart = list(cart or [])
-        popular, user = await asyncio.gather(self._features.popular.remote(500), self._features.user.remote(user_id))
+        popular, user = await self._popular.get(500), self._feast.user(user_id)
         categories = {i: c for i, _, c in popular}
         excluded = set(exclude) | set(cart) | ({seed_item} if seed_item else set())
         pool = self._retrieve(user_id, seed_item, user, excluded, k) or self._popular_pool(popular, user, excluded, k)
@@ -317,7 +328,7 @@ class ItemRanker:
         # The request's context is the newest part of the sequence: the cart, then the current item.
         sequence = [*history, *cart, *([seed_item] if seed_item else [])]
         anchor = seed_item or (cart[-1] if cart else (history[-1] if history else None))
-        partners = await self._features.cooccurring.remote(anchor) if anchor else []
+        partners = self._feast.cooccurring(anchor) if anchor else []
         candidates = [i for i in dict.fromkeys([*pool.ids, *partners]) if i not in excluded]
         started = time.perf_counter()
         ranked = ranker.ranker.rank(sequence, candidates)
