@@ -32,16 +32,6 @@ class BundleSpec(BaseModel):
     category: str | None = None
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One candidate bundle of a request."""
-
-    id: str
-    items: tuple[str, ...]
-    embedding: np.ndarray
-    reason: str
-
-
 def _read_only(array: np.ndarray) -> np.ndarray:
     array.setflags(write=False)  # cached and shared between requests: nobody may change it
     return array

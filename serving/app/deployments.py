@@ -21,11 +21,11 @@ from ray.serve.handle import DeploymentHandle
 from serving.app.args import RecommenderArgs
 from serving.app.candidates import (
     COOCCURRENCE_REFS,
-    Candidate,
     EmbeddingTable,
     FeastReader,
     bundle_id_for,
     hashed_vector,
+    normalize_rows,
     reload_embeddings,
     user_context,
 )
@@ -64,19 +64,25 @@ class _Embeddings:
         self.user = reload_embeddings(self.user, self.root, s.item_model, "user")
         self.bundle = reload_embeddings(self.bundle, self.root, s.bundle_model, "bundle")
 
-    def arm_vectors(self, table: EmbeddingTable, rows: list[int]) -> np.ndarray:
-        return table.arm_matrix(self._settings.serving.arm_dim)[rows]
-
-    def item_arm_vector(self, item: str) -> np.ndarray:
-        if self.item is not None and item in self.item.row_of:
-            return self.arm_vectors(self.item, [self.item.row_of[item]])[0]
-        return hashed_vector(f"item:{item}", self._settings.serving.arm_dim)
-
-    def bundle_arm_vector(self, bundle_id: str, items: tuple[str, ...]) -> np.ndarray:
-        if self.bundle is not None and bundle_id in self.bundle.row_of:
-            return self.arm_vectors(self.bundle, [self.bundle.row_of[bundle_id]])[0]
-        v = np.mean([self.item_arm_vector(i) for i in items], axis=0)
-        return v / max(float(np.linalg.norm(v)), 1e-12)
+    def bundle_arm_vectors(self, bundles: list[tuple[str, tuple[str, ...]]]) -> np.ndarray:
+        """(n, arm_dim) unit arm vectors of ``(bundle id, items)``: the bundle model's row when it
+        knows the bundle, else the mean of its items' vectors (the item model's rows, hashed vectors
+        for unknown items). One pass over cached rows: a request scores a few hundred candidates."""
+        dim = self._settings.serving.arm_dim
+        bundle_rows = self.bundle.row_of if self.bundle is not None else {}
+        bundle_arms = self.bundle.arm_matrix(dim) if self.bundle is not None else None
+        item_rows = self.item.row_of if self.item is not None else {}
+        item_arms = self.item.arm_matrix(dim) if self.item is not None else None
+        out = np.zeros((len(bundles), dim))
+        for n, (bundle_id, items) in enumerate(bundles):
+            if bundle_id in bundle_rows:
+                out[n] = bundle_arms[bundle_rows[bundle_id]]
+                continue
+            for item in items:
+                row = item_rows.get(item)
+                out[n] += item_arms[row] if row is not None else hashed_vector(f"item:{item}", dim)
+            out[n] /= max(len(items), 1)
+        return normalize_rows(out) if len(bundles) else np.zeros((0, dim))
 
 
 class _PopularItems:
@@ -134,11 +140,11 @@ class Features:
         self._emb.refresh()
         features = await self.user(user_id)
         context = user_context(features, s.user_dim)
-        candidates: dict[str, Candidate] = {}
+        candidates: dict[str, tuple[tuple[str, ...], str]] = {}  # id -> (items, reason), in order
 
         def add(bundle_id: str, items: tuple[str, ...], reason: str) -> None:
             if bundle_id not in candidates and len(candidates) < s.max_candidates:
-                candidates[bundle_id] = Candidate(bundle_id, items, self._emb.bundle_arm_vector(bundle_id, items), reason)
+                candidates[bundle_id] = (items, reason)
 
         # 1. Constructed from co-occurrence with the seed (or the user's last item): Feast first.
         anchor = seed_item
@@ -177,13 +183,12 @@ class Features:
             for j in range(max(len(others) - s.bundle_size + 2, 0)):
                 items = (head, *others[j : j + s.bundle_size - 1])
                 add(bundle_id_for(items, "pop"), items, f"popular cross-category with {head}")
-        ordered = list(candidates.values())
         return {
             "context": context,
-            "ids": [c.id for c in ordered],
-            "items": [list(c.items) for c in ordered],
-            "reasons": [c.reason for c in ordered],
-            "embeddings": np.array([c.embedding for c in ordered]) if ordered else np.zeros((0, s.arm_dim)),
+            "ids": list(candidates),
+            "items": [list(items) for items, _ in candidates.values()],
+            "reasons": [reason for _, reason in candidates.values()],
+            "embeddings": self._emb.bundle_arm_vectors([(b, items) for b, (items, _) in candidates.items()]),
             "feast_user": bool(features),
         }
 
