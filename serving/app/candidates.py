@@ -211,6 +211,8 @@ USER_REFS = [
     "user_features:top_category_ids",
     "user_features:top_category_scores",
     "user_features:seq_item_ids",
+    # what the user did to each item of the sequence: the ranker's reasons ("because you bought X")
+    "user_features:seq_event_types",
 ]
 COOCCURRENCE_REFS = ["item_cooccurrence:cross_item_ids", "item_cooccurrence:cross_scores", "item_cooccurrence:co_item_ids"]
 
