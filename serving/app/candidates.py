@@ -128,18 +128,20 @@ def reload_embeddings(current: EmbeddingTable | None, registry_root: str | Path,
         return None
     if current is not None and current.model == model_name and current.version == version:
         return current
-    return load_embeddings(registry_root, model_name, kind)
+    return load_embeddings(registry_root, model_name, kind, version)
 
 
-def load_embeddings(registry_root: str | Path, model_name: str, kind: str) -> EmbeddingTable | None:
-    """The latest registered ``kind`` embeddings of ``model_name``, or None (never raises)."""
+def load_embeddings(registry_root: str | Path, model_name: str, kind: str,
+                    version: str | None = None) -> EmbeddingTable | None:
+    """The ``kind`` embeddings of ``model_name`` at ``version`` (default: the one ``LATEST`` names),
+    or None (never raises)."""
     try:
-        root = str(registry_root)
-        if "://" not in root and not (Path(root) / model_name / "LATEST").is_file():
+        version = version or registered_version(registry_root, model_name)
+        if version is None:
             return None
         from ray_jobs.registry import ModelRegistry  # optional: absent or changing is a cold start
 
-        model = ModelRegistry(root).load_latest(model_name)
+        model = ModelRegistry(str(registry_root)).load(model_name, version)
         matrix = model.embeddings.get(kind)
         if matrix is None or matrix.ndim != 2 or matrix.shape[0] == 0 or not np.all(np.isfinite(matrix)):
             return None

@@ -82,7 +82,7 @@ class _Embeddings:
                 row = item_rows.get(item)
                 out[n] += item_arms[row] if row is not None else hashed_vector(f"item:{item}", dim)
             out[n] /= max(len(items), 1)
-        return normalize_rows(out) if len(bundles) else np.zeros((0, dim))
+        return normalize_rows(out)
 
 
 class _PopularItems:
@@ -113,18 +113,6 @@ class Features:
         self._emb = _Embeddings(self._settings)
         self._popular = _PopularItems(learner)
 
-    async def popular(self, n: int = 500) -> list[tuple[str, float, str | None]]:
-        """Most popular items (from the learner's fold of the event log), cached for 2 s."""
-        return await self._popular.get(n)
-
-    async def user(self, user_id: str | None) -> dict[str, Any]:
-        """Feast user features (empty without Feast / for an unknown user)."""
-        return self._feast.user(user_id)
-
-    async def cooccurring(self, item_id: str) -> list[str]:
-        """Items bought together with ``item_id`` in sessions (Feast co-occurrence), best first."""
-        return self._feast.cooccurring(item_id)
-
     async def sources(self) -> dict[str, Any]:
         self._emb.refresh()
         return {
@@ -138,7 +126,7 @@ class Features:
         """The user context vector and the candidate bundles (id, items, arm embedding, reason)."""
         s = self._settings.serving
         self._emb.refresh()
-        features = await self.user(user_id)
+        features = self._feast.user(user_id)
         context = user_context(features, s.user_dim)
         candidates: dict[str, tuple[tuple[str, ...], str]] = {}  # id -> (items, reason), in order
 
@@ -174,7 +162,7 @@ class Features:
                 items = bundle_items[r] if bundle_items else ()
                 add(table.ids[r], items or (f"bundle:{table.ids[r]}",), f"model {table.model}@{table.version}")
         # 4. Cold start: popular items across categories, around the seed when there is one.
-        popular = await self.popular(200)
+        popular = await self._popular.get(200)
         if len(candidates) < s.max_candidates and popular:
             pool = [(i, c) for i, _, c in popular if i != anchor]
             head = anchor or pool[0][0]
