@@ -13,7 +13,6 @@ import time
 from datetime import date, datetime, timezone
 from typing import Any, Callable
 
-import apache_beam as beam
 
 from pipelines.accumulators import FeatureSpec
 from pipelines.feast_sink import feature_frame, offline_file_as_of, write_offline
@@ -58,7 +57,7 @@ def backfill(
         chunk = lake[step_index == step]
         records = records_from_lake(chunk, topic)
         passed = relevant_state(state, records, spec)
-        result = compute_batch(beam.Create(records, reshuffle=False), passed, spec, settings.pipeline.beam_args, topic)
+        result = compute_batch(records, passed, spec, settings.pipeline.beam_args, topic)
         state = merge_state(state, passed, result.state, spec)
         for view_name, rows in result.features.items():
             if rows and result.as_of is not None:

@@ -110,24 +110,20 @@ def _parse_or_dead_letter(record: KafkaRecord):
 
 
 class ParseEvents(beam.PTransform):
-    """Kafka records -> contract events stamped with their event time, and dead letters.
+    """Kafka records -> parsed contract events (with their Kafka coordinates), and dead letters.
 
     Records that are not UTF-8, not JSON or violate the contract go to the dead-letter output
     with the contract's reason code (``invalid_json``, ``missing_field``, ...). Other exceptions
     are bugs and fail the batch (nothing is committed).
 
     Returns:
-        ``{"parsed": ParsedRecord, "events": Event (timestamped), "dead_letters": DeadLetter}``.
+        ``{"parsed": ParsedRecord, "dead_letters": DeadLetter}`` (timestamps as they came: the
+        streaming source stamps records with their event time, ``DropLateEvents`` stamps events).
     """
 
     def expand(self, records):
         out = records | "Validate" >> beam.FlatMap(_parse_or_dead_letter).with_outputs("dead_letters", main="parsed")
-        events = (
-            out.parsed
-            | "Event" >> beam.Map(lambda r: r.event)
-            | "EventTime" >> beam.Map(lambda e: TimestampedValue(e, event_seconds(e)))
-        )
-        return {"parsed": out.parsed, "events": events, "dead_letters": out.dead_letters}
+        return {"parsed": out.parsed, "dead_letters": out.dead_letters}
 
 
 class DropProcessedRecords(beam.PTransform):
@@ -168,15 +164,14 @@ class DropLateEvents(beam.PTransform):
         policy, watermark, topic = self.policy, self.watermark_s, self.topic
 
         def split(record: ParsedRecord):
-            if policy.is_late(event_seconds(record.event), watermark):
-                yield TaggedOutput("late", record)
+            ts = event_seconds(record.event)
+            if policy.is_late(ts, watermark):
+                yield TaggedOutput("late", late_dead_letter(record, policy, topic))
             else:
-                yield record
+                yield TimestampedValue(record.event, ts)
 
-        out = parsed | "Split" >> beam.FlatMap(split).with_outputs("late", main="on_time")
-        late = out.late | "LateDeadLetter" >> beam.Map(late_dead_letter, policy=policy, topic=topic)
-        events = out.on_time | "Event" >> beam.Map(lambda r: TimestampedValue(r.event, event_seconds(r.event)))
-        return {"events": events, "dead_letters": late}
+        out = parsed | "Split" >> beam.FlatMap(split).with_outputs("late", main="events")
+        return {"events": out.events, "dead_letters": out.late}
 
 
 def late_dead_letter(record: ParsedRecord, policy: LatenessPolicy, topic: str) -> DeadLetter:
@@ -249,7 +244,7 @@ class DeduplicateEvents(beam.PTransform):
             else:
                 ts = event_seconds(events[0]) if events else None
                 if events:
-                    yield events[0]
+                    yield TimestampedValue(events[0], ts)
                 duplicates = events[1:]
             for _ in duplicates:
                 yield TaggedOutput("duplicates", event_id)
@@ -262,8 +257,7 @@ class DeduplicateEvents(beam.PTransform):
             | "Group" >> beam.CoGroupByKey()
             | "Pick" >> beam.FlatMap(pick, as_of=AsSingleton(self.as_of)).with_outputs("seen", "duplicates", main="events")
         )
-        events = out.events | "EventTime" >> beam.Map(lambda e: TimestampedValue(e, event_seconds(e)))
-        return {"events": events, "seen": out.seen, "duplicates": out.duplicates}
+        return {"events": out.events, "seen": out.seen, "duplicates": out.duplicates}
 
 
 # --- features ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -55,6 +56,20 @@ def test_valid_events_round_trip_through_the_wire_form(event_type: str) -> None:
     assert again == event
     # The wire form is what the client sent: no defaults injected.
     assert json.loads(event_to_json(event)) == VALID_BY_TYPE[event_type]
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_events_survive_pickling_exactly(event_type: str) -> None:
+    # The pipeline's shuffles pickle events through a compact form of their own (_Strict.__reduce__).
+    payload = {**VALID_BY_TYPE[event_type], "ts": "2017-11-25T18:00:00.123457+08:00"}
+    event = parse_event(payload, CTX)
+    again = pickle.loads(pickle.dumps(event, protocol=pickle.HIGHEST_PROTOCOL))
+    assert type(again) is type(event)
+    assert again == event and again.__dict__ == event.__dict__
+    assert again.ts.tzinfo is timezone.utc and again.ts.microsecond == 123457
+    assert again.__pydantic_fields_set__ == event.__pydantic_fields_set__
+    assert event_to_json(again) == event_to_json(event)
+    assert pickle.loads(pickle.dumps(again)) == event
 
 
 def test_event_time_is_normalised_to_utc() -> None:

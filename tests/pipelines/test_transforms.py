@@ -66,7 +66,7 @@ def test_parse_events_sends_invalid_records_to_dead_letters_with_reasons():
     records += [_record(raw, 100 + i) for i, (raw, _) in enumerate(bad)]
     with TestPipeline(argv=BEAM_ARGS) as p:
         out = p | beam.Create(records) | ParseEvents()
-        assert_that(out["events"] | beam.Map(lambda e: str(e.event_id)), equal_to([e["event_id"] for e in good]), label="good")
+        assert_that(out["parsed"] | beam.Map(lambda r: str(r.event.event_id)), equal_to([e["event_id"] for e in good]), label="good")
         assert_that(
             out["dead_letters"] | beam.Map(lambda d: (d.offset, d.reason)),
             equal_to([(100 + i, reason) for i, (_, reason) in enumerate(bad)]),
