@@ -150,6 +150,15 @@ def _round(x: float) -> float:
 
 # --- users ---------------------------------------------------------------------------------
 
+# (ts, event_id, type, interactions): all a user's features read from an event, as plain values
+# (Beam encodes them without pickling; sorting them orders events by time, then id).
+UserUpdate = tuple[float, str, str, tuple[tuple[str, "str | None", str, int], ...]]
+
+
+def user_update(event: Any) -> UserUpdate:
+    return (event_seconds(event), str(event.event_id), event.type, tuple(interactions(event)))
+
+
 
 @dataclass
 class UserState:
@@ -164,15 +173,18 @@ class UserState:
     affinity: dict[str, float] = field(default_factory=dict)
 
     def add(self, event: Any, spec: FeatureSpec) -> None:
-        ts = event_seconds(event)
+        self.add_update(user_update(event), spec)
+
+    def add_update(self, update: UserUpdate, spec: FeatureSpec) -> None:
+        """Fold in one event in its ``user_update`` form."""
+        ts, event_id, event_type, lines = update
         if self.last_seen is None or ts > self.last_seen:
             if self.last_seen is not None:
                 factor = math.exp(-(ts - self.last_seen) / spec.affinity_decay_s)
                 self.affinity = {c: a * factor for c, a in self.affinity.items()}
             self.last_seen = ts
-        self.recent.append((ts, event.type))
-        event_id = str(event.event_id)
-        for index, (item_id, category_id, kind, _qty) in enumerate(interactions(event)):
+        self.recent.append((ts, event_type))
+        for index, (item_id, category_id, kind, _qty) in enumerate(lines):
             self.sequence.append((ts, event_id, index, item_id, kind))
             weight = AFFINITY_WEIGHTS.get(kind, 0.0)
             if category_id is not None and weight > 0:

@@ -40,6 +40,7 @@ from pipelines.accumulators import (
     event_seconds,
     interactions,
     item_signals,
+    user_update,
 )
 from pipelines.records import DeadLetter, KafkaRecord, ParsedRecord
 
@@ -236,7 +237,9 @@ class DeduplicateEvents(beam.PTransform):
 
         def pick(kv, as_of):
             event_id, groups = kv
-            events = sorted(groups["events"], key=_canonical)
+            events = list(groups["events"])
+            if len(events) > 1:  # which copy wins must not depend on arrival order
+                events.sort(key=_canonical)
             seen = list(groups["seen"])
             if seen:
                 ts = seen[0]
@@ -273,14 +276,14 @@ class _FoldUserEvents(beam.DoFn):
 
     def process(self, kv, as_of):
         user_id, groups = kv
-        events = sorted(groups["events"], key=_event_order)
+        updates = sorted(groups["events"])
         states = list(groups["state"])
         state: UserState = states[0] if states else UserState()
         if as_of is None:
             return
-        emit = bool(events) or state.window_changed(self.watermark_s, as_of, self.spec)
-        for event in events:
-            state.add(event, self.spec)
+        emit = bool(updates) or state.window_changed(self.watermark_s, as_of, self.spec)
+        for update in updates:
+            state.add_update(update, self.spec)
         if emit:
             yield state.features(user_id, as_of, self.spec)
         state.prune(as_of, self.spec)
@@ -302,7 +305,7 @@ class ComputeUserFeatures(beam.PTransform):
         self.as_of, self.spec, self.watermark_s = as_of, spec, watermark_s
 
     def expand(self, inputs):
-        keyed = inputs["events"] | "ByUser" >> beam.Map(lambda e: (e.user_id, e))
+        keyed = inputs["events"] | "ByUser" >> beam.Map(lambda e: (e.user_id, user_update(e)))
         out = _grouped(inputs, keyed, "User") | "Fold" >> beam.ParDo(
             _FoldUserEvents(self.spec, self.watermark_s), as_of=AsSingleton(self.as_of)
         ).with_outputs("state", main="features")
