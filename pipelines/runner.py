@@ -158,7 +158,7 @@ class _StagedValues(beam.PTransform):
             pickle.dump(list(values), handle, protocol=pickle.HIGHEST_PROTOCOL)
 
     def expand(self, pbegin):
-        return pbegin | "Path" >> beam.Create([self.path]) | "Load" >> beam.FlatMap(_load_pickle)
+        return pbegin | "Path" >> beam.Create([self.path], reshuffle=False) | "Load" >> beam.FlatMap(_load_pickle)
 
 
 def _load_pickle(path: str) -> list[Any]:
