@@ -12,7 +12,7 @@ Example:
     >>> from pipelines.transforms import ParseEvents
     >>> with beam.Pipeline() as p:  # doctest: +SKIP
     ...     parsed = p | beam.Create(records) | ParseEvents()
-    ...     parsed["events"], parsed["dead_letters"]
+    ...     parsed["parsed"], parsed["dead_letters"]
 """
 
 from __future__ import annotations
