@@ -159,7 +159,6 @@ def user_update(event: Any) -> UserUpdate:
     return (event_seconds(event), str(event.event_id), event.type, tuple(interactions(event)))
 
 
-
 @dataclass
 class UserState:
     """What a user's features need: last-seen, the sequence tail, recent events, affinities."""

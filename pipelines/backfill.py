@@ -13,7 +13,6 @@ import time
 from datetime import date, datetime, timezone
 from typing import Any, Callable
 
-
 from pipelines.accumulators import FeatureSpec
 from pipelines.feast_sink import feature_frame, offline_file_as_of, write_offline
 from pipelines.lake import read_event_lake

@@ -446,7 +446,6 @@ def build_streaming_pipeline(
 ) -> None:
     """Add the whole job to ``p``: unbounded read (bounded by ``stop_offsets`` in tests), parse,
     as-of time and lateness, de-duplication, features, and the Feast / lake / DLQ sinks."""
-
     topic = settings.kafka.topics.events
     spec = FeatureSpec.from_config(settings.pipeline)
     records = p | "Read" >> ReadKafkaUnbounded(
