@@ -3,11 +3,12 @@
 
 Composition (one deployment per job, dependencies as DeploymentHandles)::
 
-    RecommenderAPI (FastAPI ingress: experiment router, impression + feedback producer)
+    RecommenderAPI (FastAPI ingress: experiment router, impression + feedback producer; holds an
+      │             ItemRanker in-process: retrieval, SASRec re-ranking over the live Feast sequence,
+      │             MMR, cross-category quota; no handle call per recommendation)
       ├── Features      (Feast / registry / popularity: user context and bundle candidates)
-      ├── ItemRanker    (item retrieval, SASRec re-ranking over the live sequence, MMR, cross-category quota;
-      │                  reads Feast in-process and popularity from the learner, one hop per request)
-      └── BanditLearner (one replica: policies per (experiment, variant), learns from Kafka)
+      └── BanditLearner (one replica: policies per (experiment, variant), learns from Kafka;
+                         popularity for the ranker, cached per replica)
 
 Deployed through :func:`build_app` from the Serve config (``deploy/local/serve.yaml``).
 """
@@ -229,9 +230,7 @@ async def _call(handle_call: Any, what: str) -> Any:
 @serve.deployment(name="RecommenderAPI", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class RecommenderAPI:
-    def __init__(
-        self, args: RecommenderArgs, learner: DeploymentHandle, features: DeploymentHandle, ranker: DeploymentHandle
-    ) -> None:
+    def __init__(self, args: RecommenderArgs, learner: DeploymentHandle, features: DeploymentHandle) -> None:
         self._args = args
         self._settings = args.resolved_settings()
         self._s = self._settings.serving
@@ -239,7 +238,8 @@ class RecommenderAPI:
         self._default_experiment = args.default_experiment
         self._diversity = self._s.diversity
         self._min_cross = self._s.min_cross_category
-        self._learner, self._features, self._ranker = learner, features, ranker
+        self._learner, self._features = learner, features
+        self._ranker = ItemRanker(args, learner)
         self._publisher = EventPublisher(self._settings.kafka, client_id="streamrec-recommender")
         self._background: set[asyncio.Task[None]] = set()
         self._served = metrics.Counter(
@@ -406,10 +406,8 @@ class RecommenderAPI:
                 raise ApiError(422, "list_too_long", f"{name} has {len(getattr(query, name))} ids; the limit is {self._s.max_candidates}")
         diversity = self._diversity if query.diversity is None else query.diversity
         min_cross = self._min_cross if query.min_cross_category is None else query.min_cross_category
-        result = await _call(
-            self._ranker.recommend.remote(
-                query.user_id, query.item_id, query.k, diversity, min_cross, query.exclude, cart=query.cart
-            ), "ranker",
+        result = await self._ranker.recommend(
+            query.user_id, query.item_id, query.k, diversity, min_cross, query.exclude, cart=query.cart
         )
         self._recommended.inc(tags={"source": result["source"].split("@")[0]})
         request_id = uuid.uuid4().hex
@@ -565,5 +563,4 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     parsed = RecommenderArgs.model_validate(args or {})
     learner = BanditLearner.bind(parsed)
     features = Features.bind(parsed, learner)
-    ranker = ItemRanker.bind(parsed, learner)
-    return RecommenderAPI.bind(parsed, learner, features, ranker)
+    return RecommenderAPI.bind(parsed, learner, features)

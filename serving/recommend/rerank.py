@@ -49,6 +49,17 @@ def mmr(scores: np.ndarray, embeddings: np.ndarray, k: int, diversity: float) ->
     return chosen
 
 
+def diversified_order(scores: np.ndarray, embeddings: np.ndarray, k: int, diversity: float) -> list[int]:
+    """Every candidate position: the first ``k`` chosen by :func:`mmr`, then the rest by score.
+
+    The tail only feeds :func:`cross_category_quota`'s promotions, so it is not worth MMR's
+    quadratic greedy loop (a full MMR order of a 50-item pool was the ranker's largest cost).
+    """
+    head = mmr(scores, embeddings, k=k, diversity=diversity)
+    chosen = set(head)
+    return head + [int(i) for i in np.argsort(-scores, kind="stable") if int(i) not in chosen]
+
+
 def cross_category_quota(
     order: Sequence[int], categories: Sequence[str | None], anchor_category: str | None, k: int, min_other: int
 ) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.recommend import ExactTopK, cross_category_quota, mmr
+from serving.recommend import ExactTopK, cross_category_quota, diversified_order, mmr
 
 
 def test_exact_top_k_matches_a_full_sort_and_honours_exclusions() -> None:
@@ -49,6 +49,16 @@ def test_mmr_trades_relevance_for_diversity() -> None:
     assert mmr(scores, embeddings, k=2, diversity=0.6) == [0, 2]
     with pytest.raises(ValueError):
         mmr(scores, embeddings, k=2, diversity=1.5)
+
+
+def test_diversified_order_is_mmr_for_the_first_k_then_the_rest_by_score() -> None:
+    rng = np.random.default_rng(3)
+    embeddings, scores = rng.normal(size=(30, 4)), rng.normal(size=30)
+    order = diversified_order(scores, embeddings, k=5, diversity=0.4)
+    assert order[:5] == mmr(scores, embeddings, k=5, diversity=0.4)
+    tail = order[5:]
+    assert sorted(order) == list(range(30))
+    assert list(scores[tail]) == sorted(scores[tail], reverse=True)
 
 
 def test_cross_category_quota_promotes_the_best_other_category_items() -> None:
