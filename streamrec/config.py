@@ -242,6 +242,9 @@ class ServingConfig(BaseModel):
     max_outcomes: int = Field(default=200_000, ge=10)
     max_popular_items: int = Field(default=50_000, ge=10)
     snapshot_interval_s: float = Field(default=30.0, gt=0)
+    # Seconds between an ingress replica's pulls of the learner's policies (it selects bundles from
+    # its copy): how soon feedback the learner applied shows in the served decisions.
+    policy_refresh_s: float = Field(default=1.0, gt=0)
     # Without a snapshot the learner folds the whole log ("earliest") or starts at the end.
     start_from: Literal["earliest", "latest"] = "earliest"
     # Request limits (beyond them: 4xx).

@@ -1,14 +1,17 @@
 """The recommender Serve application: `/v1/bundles`, `/v1/feedback`, `/v1/experiments`,
 `/v1/recommendations`, `/healthz`, and `DELETE /v1/admin/users/{user_id}` (admin token).
 
-Composition (one deployment per job, dependencies as DeploymentHandles)::
+Composition (deployments, dependencies as DeploymentHandles)::
 
-    RecommenderAPI (FastAPI ingress: experiment router, impression + feedback producer; holds an
-      │             ItemRanker in-process: retrieval, SASRec re-ranking over the live Feast sequence,
-      │             MMR, cross-category quota; no handle call per recommendation)
-      ├── Features      (Feast / registry / popularity: user context and bundle candidates)
-      └── BanditLearner (one replica: policies per (experiment, variant), learns from Kafka;
-                         popularity for the ranker, cached per replica)
+    RecommenderAPI (FastAPI ingress: experiment router, impression + feedback producer), holding
+      │   in-process, so that a request makes no handle call (each costs milliseconds of CPU):
+      │   ItemRanker       (retrieval, SASRec re-ranking over the live Feast sequence, MMR,
+      │                     cross-category quota)
+      │   BundleCandidates (Feast / registry / popularity: user context and candidate bundles)
+      │   PolicyMirror     (copies of the learner's policies, pulled every serving.policy_refresh_s;
+      │                     the bandit's selection runs on them)
+      └── BanditLearner (one replica: owns the policies per (experiment, variant), learns from Kafka,
+                         snapshots; popularity for the ranker; both pulled and cached per replica)
 
 Deployed through :func:`build_app` from the Serve config (``deploy/local/serve.yaml``).
 """
@@ -43,10 +46,10 @@ from features.events import (
 )
 from features.privacy import Tombstone
 from serving.app.args import RecommenderArgs
-from serving.app.deployments import Features, ItemRanker
-from serving.app.learner import BanditLearner
+from serving.app.ranking import BundleCandidates, ItemRanker, ReplicaSources
+from serving.app.learner import BanditLearner, new_learner_state
 from serving.app.learner_state import CONTEXT_HEADER
-from serving.bandit.base import Decision
+from serving.app.policy_mirror import PolicyMirror
 from serving.bandit.impressions import CANDIDATES_HEADER, decision_to_impression, encode_candidates
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
 from serving.experiments import Experiment, analyze_experiment, assign_variant
@@ -230,7 +233,7 @@ async def _call(handle_call: Any, what: str) -> Any:
 @serve.deployment(name="RecommenderAPI", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class RecommenderAPI:
-    def __init__(self, args: RecommenderArgs, learner: DeploymentHandle, features: DeploymentHandle) -> None:
+    def __init__(self, args: RecommenderArgs, learner: DeploymentHandle) -> None:
         self._args = args
         self._settings = args.resolved_settings()
         self._s = self._settings.serving
@@ -238,8 +241,11 @@ class RecommenderAPI:
         self._default_experiment = args.default_experiment
         self._diversity = self._s.diversity
         self._min_cross = self._s.min_cross_category
-        self._learner, self._features = learner, features
-        self._ranker = ItemRanker(args, learner)
+        self._learner = learner
+        sources = ReplicaSources.create(self._settings, learner)
+        self._ranker = ItemRanker(sources)
+        self._candidates = BundleCandidates(sources, args.catalogue)
+        self._policies = PolicyMirror(new_learner_state(args, self._settings), learner, self._s.policy_refresh_s)
         self._publisher = EventPublisher(self._settings.kafka, client_id="streamrec-recommender")
         self._background: set[asyncio.Task[None]] = set()
         self._served = metrics.Counter(
@@ -310,7 +316,7 @@ class RecommenderAPI:
         request_id = uuid.uuid4().hex
         user_id = query.user_id or f"anon-{request_id[:16]}"
         variant = assign_variant(experiment, user_id)
-        cands = await _call(self._features.bundle_candidates.remote(query.user_id, query.item_id), "feature service")
+        cands = await self._candidates.bundle_candidates(query.user_id, query.item_id)
         response: dict[str, Any] = {
             "request_id": request_id, "experiment": experiment.name, "variant": variant,
             "policy": experiment.variant(variant).policy, "user_id": user_id, "bundles": [],
@@ -318,13 +324,7 @@ class RecommenderAPI:
         if not cands["ids"]:
             response["note"] = "no candidate bundles (empty catalogue, no model, no events yet)"
             return response
-        choice = await _call(
-            self._learner.select.remote(experiment.name, variant, cands["context"], cands["ids"], cands["embeddings"], k),
-            "learner",
-        )
-        decision = Decision(
-            tuple(choice["arm_ids"]), tuple(choice["propensities"]), tuple(choice["scores"]), choice["policy"], tuple(choice["indices"])
-        )
+        decision = await self._policies.select(experiment.name, variant, cands["context"], cands["ids"], cands["embeddings"], k)
         now = datetime.now(timezone.utc)
         impression = decision_to_impression(
             decision, user_id=user_id, session_id=query.session_id or "unknown", request_id=request_id, ts=now,
@@ -562,5 +562,4 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     """Application builder named by the Serve config's `import_path`."""
     parsed = RecommenderArgs.model_validate(args or {})
     learner = BanditLearner.bind(parsed)
-    features = Features.bind(parsed, learner)
-    return RecommenderAPI.bind(parsed, learner, features)
+    return RecommenderAPI.bind(parsed, learner)

@@ -40,8 +40,10 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 # Cached: a request asks for the same few thousand keys again and again, and seeding a generator
 # costs more than the vector itself.
 @functools.lru_cache(maxsize=65_536)
+@functools.lru_cache(maxsize=1 << 16)
 def hashed_vector(key: str, dim: int) -> np.ndarray:
-    """A deterministic unit vector for ``key`` (same in every process; no model needed)."""
+    """A deterministic unit vector for ``key`` (same in every process; no model needed). Cached:
+    seeding a generator costs tens of µs, and a cold-start request asks for dozens (read-only)."""
     seed = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
     v = np.random.default_rng(seed).standard_normal(dim)
     return _read_only(v / max(float(np.linalg.norm(v)), 1e-12))
@@ -61,8 +63,9 @@ def normalize_rows(m: np.ndarray) -> np.ndarray:
     return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def bundle_id_for(items: tuple[str, ...], prefix: str) -> str:
-    """A stable id (<= 64 chars) of a constructed bundle."""
+    """A stable id (<= 64 chars) of a constructed bundle (cached: a request builds hundreds)."""
     digest = hashlib.sha1("\x1f".join(sorted(items)).encode()).hexdigest()[:16]
     return f"{prefix}-{digest}"
 
@@ -167,6 +170,9 @@ class FeastReader:
         self._settings = settings
         self._store: Any = None
         self._checked_at = -math.inf
+        # Imported now (it imports Feast: seconds), so that the replica's start pays for it and not
+        # its first request, which would stall every request queued behind it.
+        import features.repo  # noqa: F401
 
     def _get_store(self) -> Any:
         if self._store is not None:

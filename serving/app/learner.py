@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -243,19 +242,10 @@ class BanditLearner:
 
     # -- the interface for the other deployments ---------------------------------------------
 
-    async def select(
-        self, experiment: str, variant: str, context: np.ndarray, ids: list[str], embeddings: np.ndarray, k: int
-    ) -> dict[str, Any]:
-        rng = np.random.default_rng()
+    async def policy_states(self, known: dict[str, int]) -> dict[str, bytes]:
+        """The policies (``to_bytes``) whose update count differs from ``known`` (a replica's copy)."""
         with self._lock:
-            decision = self._state.select(experiment, variant, np.asarray(context), ids, np.asarray(embeddings), k, rng)
-        return {
-            "arm_ids": list(decision.arm_ids),
-            "propensities": list(decision.propensities),
-            "scores": list(decision.scores),
-            "policy": decision.policy,
-            "indices": list(decision.indices),
-        }
+            return {key: p.to_bytes() for key, p in self._state.policies.items() if known.get(key) != p.n_updates}
 
     async def popular_items(self, n: int) -> list[tuple[str, float, str | None]]:
         with self._lock:

@@ -56,8 +56,8 @@ def diversified_order(scores: np.ndarray, embeddings: np.ndarray, k: int, divers
     quadratic greedy loop (a full MMR order of a 50-item pool was the ranker's largest cost).
     """
     head = mmr(scores, embeddings, k=k, diversity=diversity)
-    chosen = set(head)
-    return head + [int(i) for i in np.argsort(-scores, kind="stable") if int(i) not in chosen]
+    rest = np.argsort(-scores, kind="stable")
+    return head + rest[~np.isin(rest, head)].tolist()
 
 
 def cross_category_quota(

@@ -1,4 +1,5 @@
-"""`Features` (feature fetch + bundle candidates) and `ItemRanker` (item recommendations).
+"""`BundleCandidates` (feature fetch + bundle candidates) and `ItemRanker` (item recommendations),
+both held in-process by each ingress replica.
 
 Both fall back cleanly: with no registered model, embeddings are deterministic hashed vectors;
 with no Feast store, user contexts are zero and co-occurrence bundles are built from the popular
@@ -14,12 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
-from serving.app.args import RecommenderArgs
 from serving.app.candidates import (
+    BundleSpec,
     COOCCURRENCE_REFS,
     EmbeddingTable,
     FeastReader,
@@ -31,6 +31,7 @@ from serving.app.candidates import (
 )
 from serving.app.ranker import LoadedRanker, RankerSlot
 from serving.recommend import ExactTopK, cross_category_quota, diversified_order
+from streamrec.config import Settings
 
 log = logging.getLogger("ray.serve")
 
@@ -70,18 +71,40 @@ class _Embeddings:
         for unknown items). One pass over cached rows: a request scores a few hundred candidates."""
         dim = self._settings.serving.arm_dim
         bundle_rows = self.bundle.row_of if self.bundle is not None else {}
-        bundle_arms = self.bundle.arm_matrix(dim) if self.bundle is not None else None
         item_rows = self.item.row_of if self.item is not None else {}
-        item_arms = self.item.arm_matrix(dim) if self.item is not None else None
         out = np.zeros((len(bundles), dim))
+        # Gathered in bulk: a request scores a few hundred candidates of a few items each, and a
+        # numpy call per item was most of a bundle request's CPU.
+        by_model: list[tuple[int, int]] = []  # (candidate, bundle row)
+        owners: list[int] = []  # candidate of each item below
+        rows: list[int] = []  # item row, -1 for an item the model does not know
+        unknown: list[np.ndarray] = []
         for n, (bundle_id, items) in enumerate(bundles):
-            if bundle_id in bundle_rows:
-                out[n] = bundle_arms[bundle_rows[bundle_id]]
+            row = bundle_rows.get(bundle_id)
+            if row is not None:
+                by_model.append((n, row))
                 continue
             for item in items:
-                row = item_rows.get(item)
-                out[n] += item_arms[row] if row is not None else hashed_vector(f"item:{item}", dim)
-            out[n] /= max(len(items), 1)
+                owners.append(n)
+                r = item_rows.get(item, -1)
+                rows.append(r)
+                if r < 0:
+                    unknown.append(hashed_vector(f"item:{item}", dim))
+        if by_model:
+            at, bundle_row = zip(*by_model)
+            out[list(at)] = self.bundle.arm_matrix(dim)[list(bundle_row)]
+        if owners:
+            rows_arr = np.asarray(rows)
+            vectors = np.empty((len(rows), dim))
+            known = rows_arr >= 0
+            if known.any():
+                vectors[known] = self.item.arm_matrix(dim)[rows_arr[known]]
+            if unknown:
+                vectors[~known] = np.stack(unknown)
+            owner_arr = np.asarray(owners)
+            np.add.at(out, owner_arr, vectors)
+            counts = np.bincount(owner_arr, minlength=len(bundles))
+            out /= np.maximum(counts, 1)[:, None]
         return normalize_rows(out)
 
 
@@ -106,23 +129,33 @@ class _PopularItems:
         return self._items[:n]
 
 
-@serve.deployment(name="Features", ray_actor_options={"num_cpus": 0})
-class Features:
-    def __init__(self, args: RecommenderArgs, learner: DeploymentHandle) -> None:
-        self._settings = args.resolved_settings()
-        self._catalogue = list(args.catalogue)
-        self._feast = FeastReader(self._settings)
-        self._emb = _Embeddings(self._settings)
-        self._popular = _PopularItems(learner)
+@dataclass
+class ReplicaSources:
+    """What both request paths of an ingress replica read, one copy each: Feast, the registered
+    embeddings and the learner's popular items."""
 
-    async def sources(self) -> dict[str, Any]:
-        self._emb.refresh()
-        return {
-            "item_model": f"{self._emb.item.model}@{self._emb.item.version}" if self._emb.item else None,
-            "bundle_model": f"{self._emb.bundle.model}@{self._emb.bundle.version}" if self._emb.bundle else None,
-            "feast": self._feast._get_store() is not None,
-            "catalogue_bundles": len(self._catalogue),
-        }
+    settings: Settings
+    feast: FeastReader
+    embeddings: _Embeddings
+    popular: _PopularItems
+
+    @classmethod
+    def create(cls, settings: Settings, learner: DeploymentHandle) -> "ReplicaSources":
+        return cls(settings, FeastReader(settings), _Embeddings(settings), _PopularItems(learner))
+
+
+class BundleCandidates:
+    """The user context vector and the candidate bundles of a request, for the bandit to choose from.
+
+    In-process in each ingress replica, like :class:`ItemRanker` (no handle call per request).
+    """
+
+    def __init__(self, sources: ReplicaSources, catalogue: list[BundleSpec]) -> None:
+        self._settings = sources.settings
+        self._catalogue = list(catalogue)
+        self._feast = sources.feast
+        self._emb = sources.embeddings
+        self._popular = sources.popular
 
     async def bundle_candidates(self, user_id: str | None, seed_item: str | None) -> dict[str, Any]:
         """The user context vector and the candidate bundles (id, items, arm embedding, reason)."""
@@ -208,22 +241,21 @@ class ItemRanker:
     context appended, then MMR diversity and the cross-category quota.
 
     Not a deployment of its own: each ingress replica holds one. A Serve handle call costs about
-    3 ms of CPU in the callee's replica and 2 ms in the caller's (measured with wrk on 2 cores:
-    5.2 ms/request in the ItemRanker replica, a third of it this code), more than the work itself;
-    the ingress autoscales, so the ranker scales with it.
+    3 ms of CPU in the callee's replica and 2 ms in the caller's (measured with wrk on 2 cores,
+    when this was a deployment: 5.2 ms/request in its replica, a third of it this code), more than
+    the work itself; the ingress autoscales, so the ranker scales with it.
     """
 
-    def __init__(self, args: RecommenderArgs, learner: DeploymentHandle) -> None:
+    def __init__(self, sources: ReplicaSources) -> None:
         import torch
 
         # One intra-op thread: a single-sequence forward pass gains nothing from more, and the
         # replica shares its cores with the rest of the app.
         torch.set_num_threads(1)
-        self._settings = args.resolved_settings()
-        # Feast reads in-process, not through the Features deployment (see the class docstring).
-        self._feast = FeastReader(self._settings)
-        self._popular = _PopularItems(learner)
-        self._emb = _Embeddings(self._settings)
+        self._settings = sources.settings
+        self._feast = sources.feast
+        self._popular = sources.popular
+        self._emb = sources.embeddings
         s = self._settings.serving
         self._ranker = RankerSlot(self._emb.root, s.ranker_model, s.refresh_s)
         self._ranker_ms = metrics.Histogram(
@@ -294,8 +326,7 @@ class ItemRanker:
             source=f"model {table.model}@{table.version}", policy=f"{table.model}@{table.version}",
         )
 
-    @staticmethod
-    def _popular_pool(popular: list[tuple[str, float, str | None]], user: dict[str, Any], excluded: set[str],
+    def _popular_pool(self, popular: list[tuple[str, float, str | None]], user: dict[str, Any], excluded: set[str],
                       k: int) -> _Pool | None:
         """Popular items, boosted by the user's category affinity (the cold-start pool)."""
         affinity = dict(zip(user.get("top_category_ids") or [], user.get("top_category_scores") or []))
@@ -313,7 +344,7 @@ class ItemRanker:
                 break
         if not ids:
             return None
-        categories = {i: c for i, _, c in popular}
+        categories = self._popular.category_of
         vectors = np.array([hashed_vector(f"category:{categories.get(i) or i}", 8) for i in ids])
         return _Pool(ids, scores, reasons, vectors, source="popularity", policy="popularity")
 

@@ -1,0 +1,53 @@
+"""Bundle arm vectors: the bundle model's row when it knows the bundle, else the mean of its items'
+vectors (the item model's rows, hashed vectors for unknown items), unit-normed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from serving.app.candidates import EmbeddingTable, hashed_vector, normalize_rows
+from serving.app.ranking import _Embeddings
+from streamrec.config import Settings
+
+
+def _reference(emb: _Embeddings, bundles: list[tuple[str, tuple[str, ...]]], dim: int) -> np.ndarray:
+    out = np.zeros((len(bundles), dim))
+    for n, (bundle_id, items) in enumerate(bundles):
+        if bundle_id in emb.bundle.row_of:
+            out[n] = emb.bundle.arm_matrix(dim)[emb.bundle.row_of[bundle_id]]
+            continue
+        for item in items:
+            row = emb.item.row_of.get(item)
+            out[n] += emb.item.arm_matrix(dim)[row] if row is not None else hashed_vector(f"item:{item}", dim)
+        out[n] /= max(len(items), 1)
+    return normalize_rows(out)
+
+
+def test_arm_vectors_mix_bundle_rows_item_means_and_hashed_items(tmp_path) -> None:
+    settings = Settings(data={"state_dir": tmp_path})
+    dim = settings.serving.arm_dim
+    rng = np.random.default_rng(0)
+    emb = _Embeddings(settings)
+    emb.item = EmbeddingTable("lightgcn", "1", [f"i{n}" for n in range(40)], rng.normal(size=(40, 24)).astype(np.float32))
+    emb.bundle = EmbeddingTable("crosscbr", "1", ["b0", "b1", "b2"], rng.normal(size=(3, 24)).astype(np.float32))
+    bundles = [
+        ("b1", ("i1", "i2")),  # the bundle model's row, whatever its items
+        ("co-x", ("i3", "i4", "i5")),  # known items
+        ("co-y", ("i6", "new-item", "i7")),  # one item no model knows
+        ("pop-z", ("only-new", "also-new")),
+        ("empty", ()),
+        ("b0", ()),
+    ]
+    got = emb.bundle_arm_vectors(bundles)
+    assert got.shape == (len(bundles), dim)
+    np.testing.assert_allclose(got, _reference(emb, bundles, dim), atol=1e-12)
+    assert np.allclose(np.linalg.norm(got[:4], axis=1), 1.0)
+
+
+def test_arm_vectors_without_any_model_are_hashed_item_means(tmp_path) -> None:
+    settings = Settings(data={"state_dir": tmp_path})
+    emb = _Embeddings(settings)
+    got = emb.bundle_arm_vectors([("pop-a", ("x", "y")), ("pop-b", ("y", "x"))])
+    np.testing.assert_allclose(got[0], got[1])  # the same items in another order
+    mean = hashed_vector("item:x", settings.serving.arm_dim) + hashed_vector("item:y", settings.serving.arm_dim)
+    np.testing.assert_allclose(got[0], mean / np.linalg.norm(mean))
