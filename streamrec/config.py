@@ -132,6 +132,22 @@ class RayConfig(BaseModel):
     metrics_export_port: int = 8081
     # Logical CPUs of the local head; None: the cores plus what the Serve apps reserve (local_stack.local_num_cpus).
     num_cpus: int | None = None
+    # Serve's HTTP ingress: "haproxy" is Ray Serve's high-throughput mode (the HAProxy binary that
+    # ray[serve] ships, routing straight to replicas that serve HTTP themselves); "proxy" is Serve's
+    # Python proxy actor. Measured with wrk on 2 cores (BENCHMARKS.md): "proxy" costs 4-7 ms of CPU
+    # per request in the proxy actor alone, more than the recommendation itself.
+    serve_ingress: Literal["haproxy", "proxy"] = "haproxy"
+    # With HAProxy, a stopping ingress replica keeps answering this long so that every HAProxy has
+    # dropped it first. Ray's default (30 s) suits a cluster (the RayService keeps it); on one machine
+    # HAProxy's config reload is local and quick, and every `serve` shutdown would wait it out.
+    serve_drain_s: float = Field(default=2.0, ge=0)
+
+    def serve_env(self) -> dict[str, str]:
+        """Environment of the Ray processes this machine starts (head, tests) for ``serve_ingress``."""
+        return {
+            "RAY_SERVE_ENABLE_HA_PROXY": "1" if self.serve_ingress == "haproxy" else "0",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(self.serve_drain_s),
+        }
 
 
 class DataConfig(BaseModel):

@@ -240,7 +240,7 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> None:
     argv.append(f"--num-cpus={local_num_cpus(settings)}")
     # Ray's workers inherit this environment: STREAMREC_* reach the Serve replicas.
     process = _ray_head_process(settings)
-    process.start(argv, env=_LOCAL_RAY_ENV)
+    process.start(argv, env={**_LOCAL_RAY_ENV, **settings.ray.serve_env()})
 
     def up_or_failed() -> bool:
         if process.pid() is None:  # `ray start` exited: say why instead of waiting out the timeout

@@ -135,6 +135,7 @@ def start_serving_stack(state_dir: Path, history_events: int, train_epochs: int,
     """Start and fill the stack (see the module docstring); ``close()`` it afterwards."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["RAY_worker_niceness"] = "0"  # Ray's default nice 15 would make Serve lose to everything else
+    os.environ.update(Settings().ray.serve_env())  # the ingress of the embedded stack (HAProxy by default)
     import ray
     from ray import serve
 
