@@ -141,12 +141,18 @@ class RayConfig(BaseModel):
     # dropped it first. Ray's default (30 s) suits a cluster (the RayService keeps it); on one machine
     # HAProxy's config reload is local and quick, and every `serve` shutdown would wait it out.
     serve_drain_s: float = Field(default=2.0, ge=0)
+    # HAProxy's stats page and Prometheus exporter (Ray's defaults; one machine running two stacks,
+    # as the tests do, needs other ports for one of them).
+    haproxy_stats_port: int = 8404
+    haproxy_metrics_port: int = 9101
 
     def serve_env(self) -> dict[str, str]:
         """Environment of the Ray processes this machine starts (head, tests) for ``serve_ingress``."""
         return {
             "RAY_SERVE_ENABLE_HA_PROXY": "1" if self.serve_ingress == "haproxy" else "0",
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(self.serve_drain_s),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(self.haproxy_stats_port),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(self.haproxy_metrics_port),
         }
 
 

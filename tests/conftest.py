@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from support import BrokerHandle, CollectorHandle, deploy_collector, free_port, start_broker
+from support import BrokerHandle, CollectorHandle, deploy_collector, free_port, private_ray_config, start_broker
 
 
 @pytest.fixture(scope="session")
@@ -24,10 +24,8 @@ def ray_serve() -> Iterator[int]:
     from ray import serve
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from streamrec.config import RayConfig
-
     os.environ.setdefault("RAY_worker_niceness", "0")  # as the embedded stack (streamrec/local_stack.py)
-    os.environ.update(RayConfig().serve_env())  # the ingress the stack runs (HAProxy by default)
+    os.environ.update(private_ray_config().serve_env())  # the ingress the stack runs (HAProxy by default)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

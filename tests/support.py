@@ -135,12 +135,19 @@ def fit_in_process(name: str, data: Any, epochs: int, overrides: dict[str, Any],
     return model
 
 
+def private_ray_config():
+    """The Ray settings (STREAMREC_RAY__* apply) of a private Ray in this process, on free HAProxy ports."""
+    from streamrec.config import Settings
+
+    return Settings().ray.model_copy(update={"haproxy_stats_port": free_port(), "haproxy_metrics_port": free_port()})
+
+
 def private_stack_env(state_dir: Path) -> tuple[dict[str, int], dict[str, str]]:
     """Free ports and the environment of a private embedded stack (broker, Ray head, Serve) under
     ``state_dir``, so a test's `streamrec up` / `demo` never meets another stack on this machine."""
     import os
 
-    ports = {name: free_port() for name in ("broker", "head", "dashboard", "collector", "metrics")}
+    ports = {name: free_port() for name in ("broker", "head", "dashboard", "collector", "metrics", "haproxy_stats", "haproxy_metrics")}
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")},
         "STREAMREC_BROKER__PORT": str(ports["broker"]),
@@ -148,6 +155,8 @@ def private_stack_env(state_dir: Path) -> tuple[dict[str, int], dict[str, str]]:
         "STREAMREC_RAY__HEAD_PORT": str(ports["head"]),
         "STREAMREC_RAY__DASHBOARD_PORT": str(ports["dashboard"]),
         "STREAMREC_RAY__METRICS_EXPORT_PORT": str(ports["metrics"]),
+        "STREAMREC_RAY__HAPROXY_STATS_PORT": str(ports["haproxy_stats"]),
+        "STREAMREC_RAY__HAPROXY_METRICS_PORT": str(ports["haproxy_metrics"]),
         "STREAMREC_COLLECTOR__PORT": str(ports["collector"]),
         "STREAMREC_DATA__STATE_DIR": str(state_dir),
     }

@@ -46,10 +46,10 @@ from features.events import (
 )
 from features.privacy import Tombstone
 from serving.app.args import RecommenderArgs
-from serving.app.ranking import BundleCandidates, ItemRanker, ReplicaSources
 from serving.app.learner import BanditLearner, new_learner_state
 from serving.app.learner_state import CONTEXT_HEADER
 from serving.app.policy_mirror import PolicyMirror
+from serving.app.ranking import BundleCandidates, ItemRanker, ReplicaSources
 from serving.bandit.impressions import CANDIDATES_HEADER, decision_to_impression, encode_candidates
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
 from serving.experiments import Experiment, analyze_experiment, assign_variant

@@ -8,7 +8,6 @@ sequential ranker (``settings.serving.ranker_model``, SASRec) when there is one 
 of the user's sequence; otherwise they keep the retrieval order (``source`` says which).
 """
 
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -30,10 +29,10 @@ from serving.app.candidates import (
     user_context,
 )
 from serving.app.ranker import LoadedRanker, RankerSlot
+from serving.app.refresh import BackgroundRefresh
 from serving.recommend import ExactTopK, cross_category_quota, diversified_order
 from streamrec.config import Settings
 
-log = logging.getLogger("ray.serve")
 
 POPULARITY_CACHE_S = 2.0
 
@@ -109,23 +108,21 @@ class _Embeddings:
 
 
 class _PopularItems:
-    """The learner's most popular items (its fold of the event log), fetched at most every
-    ``POPULARITY_CACHE_S`` per replica; the last list is served while the learner restarts."""
+    """The learner's most popular items (its fold of the event log), pulled at most every
+    ``POPULARITY_CACHE_S`` per replica in the background; the last list is served meanwhile."""
 
     def __init__(self, learner: DeploymentHandle) -> None:
         self._learner = learner
         self._items: list[tuple[str, float, str | None]] = []
-        self.category_of: dict[str, str | None] = {}  # of the fetched list, built once per fetch
-        self._fetched_at = -math.inf
+        self.category_of: dict[str, str | None] = {}  # of the pulled list, built once per pull
+        self._refresh = BackgroundRefresh(self._pull, POPULARITY_CACHE_S, "popular items")
+
+    async def _pull(self) -> None:
+        items = await self._learner.popular_items.remote(500)
+        self._items, self.category_of = items, {i: c for i, _, c in items}
 
     async def get(self, n: int) -> list[tuple[str, float, str | None]]:
-        if time.monotonic() - self._fetched_at > POPULARITY_CACHE_S:
-            try:
-                self._items = await self._learner.popular_items.remote(500)
-                self.category_of = {i: c for i, _, c in self._items}
-                self._fetched_at = time.monotonic()
-            except Exception as exc:  # noqa: BLE001 - learner restarting: serve the last list
-                log.warning("popular items unavailable: %s", exc)
+        await self._refresh.ensure()
         return self._items[:n]
 
 

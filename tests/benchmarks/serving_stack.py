@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the `
 # namespace packages when this runs as a script (the editable install's finder comes after them).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from support import BrokerHandle, deploy_collector, free_port, settings_overrides, start_broker  # noqa: E402
+from support import BrokerHandle, deploy_collector, free_port, private_ray_config, settings_overrides, start_broker  # noqa: E402
 from streamrec.config import REPO_ROOT, Settings  # noqa: E402
 
 EXPERIMENTS_FILE = "deploy/local/experiments.yaml"
@@ -135,7 +135,7 @@ def start_serving_stack(state_dir: Path, history_events: int, train_epochs: int,
     """Start and fill the stack (see the module docstring); ``close()`` it afterwards."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["RAY_worker_niceness"] = "0"  # Ray's default nice 15 would make Serve lose to everything else
-    os.environ.update(Settings().ray.serve_env())  # the ingress of the embedded stack (HAProxy by default)
+    os.environ.update(private_ray_config().serve_env())  # the embedded stack's ingress (HAProxy by default)
     import ray
     from ray import serve
 

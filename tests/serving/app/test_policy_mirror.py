@@ -62,17 +62,25 @@ def _teach(state: LearnerState, best: str, n: int) -> None:
             policy.update(Arm(arm, vector), np.ones(USER_DIM), 1.0 if arm == best else 0.0)
 
 
-def test_mirror_selects_like_the_learner_after_a_pull_and_pulls_only_changes() -> None:
+def test_first_select_waits_for_a_pull_later_pulls_run_in_the_background_and_send_only_changes() -> None:
     learner = _Learner(LearnerState([EXP], USER_DIM, ARM_DIM))
     mirror = PolicyMirror(LearnerState([EXP], USER_DIM, ARM_DIM), learner, refresh_s=0.0)
     _teach(learner.state, "z", 50)
     ids, emb = _arms()
-    decision = asyncio.run(mirror.select("exp", "a", np.ones(USER_DIM), ids, emb, 1))
-    assert decision.arm_ids == ("z",)  # learned in the learner, selected in the replica
-    assert learner.calls[-1] == {"exp a": 0, "exp b": 0}
-    asyncio.run(mirror.select("exp", "a", np.ones(USER_DIM), ids, emb, 1))
-    assert learner.calls[-1] == {"exp a": 150, "exp b": 0}  # its copy is current: nothing sent back
-    assert mirror.pulls == 2
+
+    async def scenario() -> None:
+        decision = await mirror.select("exp", "a", np.ones(USER_DIM), ids, emb, 1)
+        assert decision.arm_ids == ("z",)  # learned in the learner, selected in the replica
+        assert learner.calls == [{"exp a": 0, "exp b": 0}]
+        _teach(learner.state, "x", 200)
+        stale = await mirror.select("exp", "a", np.ones(USER_DIM), ids, emb, 1)
+        assert stale.arm_ids == ("z",)  # served from the copy it has while the pull runs
+        await asyncio.sleep(0.01)
+        assert learner.calls[-1] == {"exp a": 150, "exp b": 0}  # what it had; "exp b" is not sent back
+        assert (await mirror.select("exp", "a", np.ones(USER_DIM), ids, emb, 1)).arm_ids == ("x",)
+
+    asyncio.run(scenario())
+    assert mirror.refresh.pulls >= 2
 
 
 def test_mirror_pulls_at_most_every_refresh_s_and_keeps_its_copy_while_the_learner_is_down() -> None:
@@ -80,13 +88,20 @@ def test_mirror_pulls_at_most_every_refresh_s_and_keeps_its_copy_while_the_learn
     mirror = PolicyMirror(LearnerState([EXP], USER_DIM, ARM_DIM), learner, refresh_s=3600.0)
     _teach(learner.state, "y", 50)
     ids, emb = _arms()
-    for _ in range(5):
-        assert asyncio.run(mirror.select("exp", "a", np.ones(USER_DIM), ids, emb, 1)).arm_ids == ("y",)
-    assert len(learner.calls) == 1
-    learner.down = True
-    mirror._refresh_s = 0.0
-    assert asyncio.run(mirror.select("exp", "a", np.ones(USER_DIM), ids, emb, 1)).arm_ids == ("y",)
-    assert mirror.pulls == 1
+
+    async def scenario() -> None:
+        for _ in range(5):
+            assert (await mirror.select("exp", "a", np.ones(USER_DIM), ids, emb, 1)).arm_ids == ("y",)
+            await asyncio.sleep(0)
+        assert len(learner.calls) == 1
+        learner.down = True
+        mirror.refresh._every_s = 0.0
+        for _ in range(3):
+            assert (await mirror.select("exp", "a", np.ones(USER_DIM), ids, emb, 1)).arm_ids == ("y",)
+            await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+    assert mirror.refresh.pulls == 1
 
 
 def test_unknown_variant_is_a_key_error() -> None:
