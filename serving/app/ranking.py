@@ -35,6 +35,7 @@ from streamrec.config import Settings
 
 
 POPULARITY_CACHE_S = 2.0
+POPULAR_BUNDLES_CACHE_SIZE = 10_000  # anchors whose popular bundles are kept between pulls
 
 
 class _Embeddings:
@@ -115,11 +116,13 @@ class _PopularItems:
         self._learner = learner
         self._items: list[tuple[str, float, str | None]] = []
         self.category_of: dict[str, str | None] = {}  # of the pulled list, built once per pull
+        self.version = 0  # pulls so far: what caches derived from the list compare against
         self._refresh = BackgroundRefresh(self._pull, POPULARITY_CACHE_S, "popular items")
 
     async def _pull(self) -> None:
         items = await self._learner.popular_items.remote(500)
         self._items, self.category_of = items, {i: c for i, _, c in items}
+        self.version += 1
 
     async def get(self, n: int) -> list[tuple[str, float, str | None]]:
         await self._refresh.ensure()
@@ -153,6 +156,8 @@ class BundleCandidates:
         self._feast = sources.feast
         self._emb = sources.embeddings
         self._popular = sources.popular
+        self._popular_bundles_cache: dict[str | None, list[tuple[str, tuple[str, ...], str]]] = {}
+        self._popular_bundles_of = -1  # the popularity pull the cache was built from
 
     async def bundle_candidates(self, user_id: str | None, seed_item: str | None) -> dict[str, Any]:
         """The user context vector and the candidate bundles (id, items, arm embedding, reason)."""
@@ -196,13 +201,8 @@ class BundleCandidates:
         # 4. Cold start: popular items across categories, around the seed when there is one.
         popular = await self._popular.get(200)
         if len(candidates) < s.max_candidates and popular:
-            pool = [(i, c) for i, _, c in popular if i != anchor]
-            head = anchor or pool[0][0]
-            head_cat = next((c for i, _, c in popular if i == head), None)
-            others = [i for i, c in pool if i != head and (c is None or c != head_cat)] or [i for i, _ in pool if i != head]
-            for j in range(max(len(others) - s.bundle_size + 2, 0)):
-                items = (head, *others[j : j + s.bundle_size - 1])
-                add(bundle_id_for(items, "pop"), items, f"popular cross-category with {head}")
+            for bundle_id, items, reason in self._popular_bundles(anchor, popular):
+                add(bundle_id, items, reason)
         return {
             "context": context,
             "ids": list(candidates),
@@ -211,6 +211,34 @@ class BundleCandidates:
             "embeddings": self._emb.bundle_arm_vectors([(b, items) for b, (items, _) in candidates.items()]),
             "feast_user": bool(features),
         }
+
+
+    def _popular_bundles(
+        self, anchor: str | None, popular: list[tuple[str, float, str | None]]
+    ) -> list[tuple[str, tuple[str, ...], str]]:
+        """Bundles of the anchor (else the top item) with popular items of other categories. The
+        same for every request with that anchor until the next popularity pull, so cached per
+        pull: building them was most of a bundle request without Feast co-occurrence."""
+        if self._popular.version != self._popular_bundles_of:
+            self._popular_bundles_cache.clear()
+            self._popular_bundles_of = self._popular.version
+        cached = self._popular_bundles_cache.get(anchor)
+        if cached is not None:
+            return cached
+        size = self._settings.serving.bundle_size
+        pool = [(i, c) for i, _, c in popular if i != anchor]
+        out: list[tuple[str, tuple[str, ...], str]] = []
+        if pool:
+            head = anchor or pool[0][0]
+            head_cat = next((c for i, _, c in popular if i == head), None)
+            others = [i for i, c in pool if i != head and (c is None or c != head_cat)] or [i for i, _ in pool if i != head]
+            for j in range(max(len(others) - size + 2, 0)):
+                items = (head, *others[j : j + size - 1])
+                out.append((bundle_id_for(items, "pop"), items, f"popular cross-category with {head}"))
+        if len(self._popular_bundles_cache) >= POPULAR_BUNDLES_CACHE_SIZE:
+            self._popular_bundles_cache.clear()
+        self._popular_bundles_cache[anchor] = out
+        return out
 
 
 @dataclass
