@@ -230,7 +230,9 @@ async def _call(handle_call: Any, what: str) -> Any:
         raise ApiError(503, f"{what}_unavailable", f"the {what} is unavailable ({type(exc).__name__}); retry", {"Retry-After": "1"}) from None
 
 
-@serve.deployment(name="RecommenderAPI", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+# Two replicas unless the Serve config says otherwise: a replica's event loop runs on one core
+# (deploy/local/serve.yaml says why).
+@serve.deployment(name="RecommenderAPI", num_replicas=2, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
 @serve.ingress(api)
 class RecommenderAPI:
     def __init__(self, args: RecommenderArgs, learner: DeploymentHandle) -> None:

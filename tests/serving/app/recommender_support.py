@@ -63,17 +63,30 @@ def recommender_args(settings: Settings) -> dict[str, Any]:
     return {"settings": settings_overrides(settings), "experiments": EXPERIMENTS, "catalogue": CATALOGUE}
 
 
-def wait_for(predicate, timeout_s: float = 30.0, interval_s: float = 0.2, what: str = "condition") -> Any:
+# Each ingress replica keeps its own copies (popularity, policies, the hot-reloaded models), and the
+# HTTP ingress spreads requests over the replicas: a condition on a replica's copy has to hold for
+# this many requests in a row before every replica can be taken to have it.
+EVERY_REPLICA = 8
+
+
+def wait_for(predicate, timeout_s: float = 30.0, interval_s: float = 0.2, what: str = "condition",
+             streak: int = 1) -> Any:
+    """The first truthy value of ``predicate`` once it has been truthy ``streak`` calls in a row."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
+    held = 0
     while time.monotonic() < deadline:
         try:
             last = predicate()
         except (httpx.HTTPError, KeyError) as exc:
             last = exc
+            held = 0
         else:
-            if last:
+            held = held + 1 if last else 0
+            if held >= streak:
                 return last
+            if last:
+                continue
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}")
 

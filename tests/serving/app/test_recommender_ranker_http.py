@@ -31,7 +31,7 @@ from ranker_support import (
     taobao,
     train,
 )
-from recommender_support import recommender_args, wait_for
+from recommender_support import EVERY_REPLICA, recommender_args, wait_for
 
 from features.events import event_to_json, parse_event
 from streamrec.config import Settings
@@ -170,7 +170,8 @@ def test_known_user_is_ranked_by_sasrec_over_the_live_feast_sequence(ranked: Ran
     data = taobao()
     label = f"{ranked.settings.serving.ranker_model}@{ranked.versions['sasrec']}"
     with ranked.client() as c:
-        body = wait_for(lambda: (b := _get(c, user_id=user))["ranker"]["applied"] and b, what="the SASRec path")
+        body = wait_for(lambda: (b := _get(c, user_id=user))["ranker"]["applied"] and b, what="the SASRec path",
+                        streak=EVERY_REPLICA)
     assert body["source"] == f"ranker {label}" and body["policy"] == label
     assert body["ranker"]["retrieval"] == f"model lightgcn@{ranked.versions['lightgcn']}"
     assert body["ranker"]["sequence_length"] == min(len(seq), ranked.sasrec.config.max_len)
@@ -286,25 +287,26 @@ def test_hot_reload_of_a_new_version_and_fallback_without_models(ranked: RankedA
     saved = {name: path.read_bytes() for name, path in latest.items()}
     with ranked.client() as c:
         body = wait_for(lambda: (b := _get(c, user_id=user))["ranker"]["model"] == label and b, timeout_s=30,
-                        what="the new version served")
+                        what="the new version served", streak=EVERY_REPLICA)
         pool = offline_lightgcn_pool(ranked.lightgcn, data, K * 5, set(), user_id=user)
         expected, scores = _expected(ranked, fresh, seq, pool, seq[-1], set())
         _assert_ranked_as_offline(body, expected, scores)
         try:
             latest[ranked.settings.serving.ranker_model].unlink()  # no ranker: retrieval order
             body = wait_for(lambda: (b := _get(c, user_id=user))["ranker"]["model"] is None and b, timeout_s=30,
-                            what="the ranker dropped")
+                            what="the ranker dropped", streak=EVERY_REPLICA)
             assert body["source"] == f"model lightgcn@{ranked.versions['lightgcn']}"
             assert [i["item_id"] for i in body["items"]] == pool[:K]
             latest[ranked.settings.serving.item_model].unlink()  # no model at all: popularity
             body = wait_for(lambda: (b := _get(c, user_id=user))["source"] == "popularity" and b, timeout_s=30,
-                            what="popularity fallback")
+                            what="popularity fallback", streak=EVERY_REPLICA)
             assert body["items"] and all(i["reason"] for i in body["items"])
         finally:
             for name, path in latest.items():
                 path.write_bytes(saved[name])
             # the next tests expect both models served again: wait for the reload (refresh_s = 1 s)
-            wait_for(lambda: _get(c, user_id=user)["ranker"]["applied"], timeout_s=30, what="the models reloaded")
+            wait_for(lambda: _get(c, user_id=user)["ranker"]["applied"], timeout_s=30, what="the models reloaded",
+                     streak=EVERY_REPLICA)
 
 
 def test_openapi_lists_the_endpoints(ranked: RankedApp) -> None:
@@ -325,7 +327,8 @@ def test_ranker_latency(ranked: RankedApp) -> None:
     the request wall time with and without the ranker, printed for BENCHMARKS-style reporting."""
     user, _, _ = _user_with_history(ranked)
     with ranked.client() as c:
-        wait_for(lambda: _get(c, user_id=user)["ranker"]["applied"], timeout_s=30, what="the SASRec path")  # warm
+        wait_for(lambda: _get(c, user_id=user)["ranker"]["applied"], timeout_s=30, what="the SASRec path",
+                 streak=EVERY_REPLICA)  # warm: every replica
         ranker_ms, model_ms, wall_ms = [], [], []
         for _ in range(30):
             started = time.perf_counter()
