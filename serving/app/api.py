@@ -248,7 +248,8 @@ class RecommenderAPI:
         self._ranker = ItemRanker(sources)
         self._candidates = BundleCandidates(sources, args.catalogue)
         self._policies = PolicyMirror(new_learner_state(args, self._settings), learner, self._s.policy_refresh_s)
-        self._publisher = EventPublisher(self._settings.kafka, client_id="streamrec-recommender")
+        # No linger: a bundle response waits for its impression's ack, one record at a time.
+        self._publisher = EventPublisher(self._settings.kafka, client_id="streamrec-recommender", linger_ms=0)
         self._background: set[asyncio.Task[None]] = set()
         self._served = metrics.Counter(
             "streamrec_bundles_served", description="Bundle slates served (and logged as impressions), per variant.",

@@ -36,6 +36,7 @@ from streamrec.config import Settings
 
 POPULARITY_CACHE_S = 2.0
 POPULAR_BUNDLES_CACHE_SIZE = 10_000  # anchors whose popular bundles are kept between pulls
+ARM_VECTOR_CACHE_SIZE = 50_000  # bundles whose arm vectors are kept until the models change (~8 MB)
 
 
 class _Embeddings:
@@ -50,6 +51,11 @@ class _Embeddings:
         self.bundle: EmbeddingTable | None = None
         self.item_index: ExactTopK | None = None
         self._loaded_at = -math.inf
+        # bundle id -> arm vector, for the models it was computed from: a bundle id always means
+        # the same items (catalogue ids are configured, constructed ids hash their items), and most
+        # requests score the same popular / catalogue / co-occurrence bundles again.
+        self._arm_vectors: dict[str, np.ndarray] = {}
+        self._arm_vectors_of: tuple[Any, Any] = (None, None)
 
     def refresh(self) -> None:
         if time.monotonic() - self._loaded_at < self._settings.serving.refresh_s:
@@ -68,7 +74,22 @@ class _Embeddings:
     def bundle_arm_vectors(self, bundles: list[tuple[str, tuple[str, ...]]]) -> np.ndarray:
         """(n, arm_dim) unit arm vectors of ``(bundle id, items)``: the bundle model's row when it
         knows the bundle, else the mean of its items' vectors (the item model's rows, hashed vectors
-        for unknown items). One pass over cached rows: a request scores a few hundred candidates."""
+        for unknown items). Cached per bundle id until the item or bundle model changes."""
+        if self._arm_vectors_of[0] is not self.item or self._arm_vectors_of[1] is not self.bundle:
+            self._arm_vectors.clear()
+            self._arm_vectors_of = (self.item, self.bundle)
+        cache = self._arm_vectors
+        missing = list({b: items for b, items in bundles if b not in cache}.items())
+        if missing:
+            if len(cache) + len(missing) > ARM_VECTOR_CACHE_SIZE:
+                cache.clear()
+            cache.update(zip((b for b, _ in missing), self._computed_arm_vectors(missing)))
+        if not bundles:
+            return np.zeros((0, self._settings.serving.arm_dim))
+        return np.stack([cache[b] for b, _ in bundles])
+
+    def _computed_arm_vectors(self, bundles: list[tuple[str, tuple[str, ...]]]) -> np.ndarray:
+        """`bundle_arm_vectors` without the cache, in one pass over the models' rows."""
         dim = self._settings.serving.arm_dim
         bundle_rows = self.bundle.row_of if self.bundle is not None else {}
         item_rows = self.item.row_of if self.item is not None else {}

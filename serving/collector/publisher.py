@@ -44,9 +44,10 @@ class EventPublisher:
     with several requests in flight.
     """
 
-    def __init__(self, config: KafkaConfig, client_id: str = "streamrec-collector") -> None:
+    def __init__(self, config: KafkaConfig, client_id: str = "streamrec-collector", linger_ms: int = 1) -> None:
         self._config = config
         self._client_id = client_id
+        self._linger_ms = linger_ms
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
 
@@ -60,7 +61,7 @@ class EventPublisher:
                         client_id=self._client_id,
                         acks="all",
                         enable_idempotence=True,
-                        linger_ms=1,
+                        linger_ms=self._linger_ms,
                         compression_type=None,
                         max_block_ms=int(self._config.metadata_timeout_s * 1000),
                         request_timeout_ms=max(1000, timeout_ms - 500),

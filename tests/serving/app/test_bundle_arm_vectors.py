@@ -51,3 +51,22 @@ def test_arm_vectors_without_any_model_are_hashed_item_means(tmp_path) -> None:
     np.testing.assert_allclose(got[0], got[1])  # the same items in another order
     mean = hashed_vector("item:x", settings.serving.arm_dim) + hashed_vector("item:y", settings.serving.arm_dim)
     np.testing.assert_allclose(got[0], mean / np.linalg.norm(mean))
+
+
+def test_cached_arm_vectors_follow_a_model_reload(tmp_path) -> None:
+    """Vectors are cached per bundle id, but a reloaded item or bundle model replaces them."""
+    settings = Settings(data={"state_dir": tmp_path})
+    dim = settings.serving.arm_dim
+    rng = np.random.default_rng(1)
+    emb = _Embeddings(settings)
+    emb.item = EmbeddingTable("lightgcn", "1", ["i0", "i1"], rng.normal(size=(2, 24)).astype(np.float32))
+    emb.bundle = EmbeddingTable("crosscbr", "1", ["b0"], rng.normal(size=(1, 24)).astype(np.float32))
+    bundles = [("co-a", ("i0", "i1")), ("b0", ()), ("co-a", ("i0", "i1"))]
+    first = emb.bundle_arm_vectors(bundles)
+    np.testing.assert_allclose(first, _reference(emb, bundles, dim), atol=1e-12)
+    first[:] = 0.0  # the caller's copy: the cache is not exposed
+    np.testing.assert_allclose(emb.bundle_arm_vectors(bundles), _reference(emb, bundles, dim), atol=1e-12)
+    emb.item = EmbeddingTable("lightgcn", "2", ["i0", "i1"], rng.normal(size=(2, 24)).astype(np.float32))
+    emb.bundle = EmbeddingTable("crosscbr", "2", ["b0"], rng.normal(size=(1, 24)).astype(np.float32))
+    np.testing.assert_allclose(emb.bundle_arm_vectors(bundles), _reference(emb, bundles, dim), atol=1e-12)
+    assert emb.bundle_arm_vectors([]).shape == (0, dim)
