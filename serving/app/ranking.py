@@ -137,13 +137,14 @@ class _PopularItems:
         self._learner = learner
         self._items: list[tuple[str, float, str | None]] = []
         self.category_of: dict[str, str | None] = {}  # of the pulled list, built once per pull
-        self.version = 0  # pulls so far: what caches derived from the list compare against
+        self.version = 0  # pulls that changed the list: what caches derived from it compare against
         self._refresh = BackgroundRefresh(self._pull, POPULARITY_CACHE_S, "popular items")
 
     async def _pull(self) -> None:
         items = await self._learner.popular_items.remote(500)
-        self._items, self.category_of = items, {i: c for i, _, c in items}
-        self.version += 1
+        if items != self._items:  # unchanged (no new events): the derived caches stay valid
+            self._items, self.category_of = items, {i: c for i, _, c in items}
+            self.version += 1
 
     async def get(self, n: int) -> list[tuple[str, float, str | None]]:
         await self._refresh.ensure()
