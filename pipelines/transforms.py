@@ -74,7 +74,7 @@ def parse_record(record: KafkaRecord) -> ParsedRecord:
     except UnicodeDecodeError as exc:
         raise EventRejected("invalid_utf8", str(exc)) from None
     try:
-        payload = json.loads(text, parse_constant=_reject_constant)
+        payload = _JSON.decode(text)
     except ValueError as exc:
         raise EventRejected("invalid_json", str(exc)) from None
     return ParsedRecord(record.partition, record.offset, parse_event(payload))
@@ -82,6 +82,11 @@ def parse_record(record: KafkaRecord) -> ParsedRecord:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# One decoder for every record: ``json.loads`` with an option builds a new decoder (and scanner)
+# per call.
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _dead_letter(record: KafkaRecord, exc: EventRejected) -> DeadLetter:
@@ -225,6 +230,9 @@ class _FirstCopy(beam.CombineFn):
         return (None, 0)
 
     def add_input(self, accumulator: tuple[Any, int], event: Any) -> tuple[Any, int]:
+        winner, copies = accumulator
+        if winner is None:  # the usual case: the first copy
+            return (event, copies + 1)
         return self.merge_accumulators([accumulator, (event, 1)])
 
     def merge_accumulators(self, accumulators: Iterable[tuple[Any, int]]) -> tuple[Any, int]:
