@@ -1,4 +1,4 @@
-"""Writing feature rows to Feast: Parquet files in each view's offline folder, and a push online.
+"""Writing feature rows to Feast: Parquet files in each view's offline folder, and the online store.
 
 The offline write is ours rather than ``PushMode.OFFLINE`` because Feast's file offline store
 rewrites one growing Parquet file on every push (not crash-safe, quadratic); one file per batch,
