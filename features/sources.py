@@ -1,9 +1,10 @@
 """Feast data sources: one PushSource per feature family, each backed by a Parquet batch source.
 
-The feature pipeline pushes fresh rows to the online store through the PushSource and writes the
-same rows as Parquet files into the batch source's folder (the offline store, used for
-point-in-time training sets). Paths are relative to the Feast repo directory
-(``FeastConfig.repo_dir``, by default ``.streamrec/feast``).
+The feature pipeline writes fresh rows to the online store of the view each PushSource feeds (the
+provider's ``online_write_batch``, where ``store.push`` ends too) and the same rows as Parquet
+files into the batch source's folder (the offline store, used for point-in-time training sets).
+Paths are relative to the Feast repo directory (``FeastConfig.repo_dir``, by default
+``.streamrec/feast``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Writing feature rows to Feast: Parquet files in each view's offline folder, and a push online.
+"""Writing feature rows to Feast: Parquet files in each view's offline folder, and the online store.
 
 The offline write is ours rather than ``PushMode.OFFLINE`` because Feast's file offline store
 rewrites one growing Parquet file on every push (not crash-safe, quadratic); one file per batch,
@@ -14,10 +14,25 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from feast.value_type import ValueType
 
 from features.repo import arrow_schema, offline_dir
 from features.sources import TIMESTAMP_FIELD
-from features.views import ALL_FEATURE_VIEWS, PUSH_SOURCE_OF_VIEW
+from features.views import ALL_FEATURE_VIEWS, JOIN_KEY_OF_VIEW
+
+# Value types of the views' columns -> the Value proto field (and, for scalars, the cast Feast
+# applies; lists go in as they are: the rows hold plain Python values).
+_SCALAR_FIELDS = {
+    ValueType.INT64: ("int64_val", int),
+    ValueType.DOUBLE: ("double_val", float),
+    ValueType.STRING: ("string_val", str),
+}
+_LIST_FIELDS = {
+    ValueType.INT64_LIST: ("int64_list_val", "Int64List"),
+    ValueType.DOUBLE_LIST: ("double_list_val", "DoubleList"),
+    ValueType.STRING_LIST: ("string_list_val", "StringList"),
+    ValueType.BOOL_LIST: ("bool_list_val", "BoolList"),
+}
 
 VIEWS = {view.name: view for view in ALL_FEATURE_VIEWS}
 
@@ -61,9 +76,55 @@ def write_offline(settings: Any, view_name: str, frame: pd.DataFrame, batch_tag:
     os.replace(tmp, target)
 
 
-def push_online(store: Any, view_name: str, frame: pd.DataFrame, chunk_rows: int = 20_000) -> None:
-    """Upsert the rows into the online store through the view's PushSource."""
-    from feast.data_source import PushMode
+def push_online(store: Any, view_name: str, frame: pd.DataFrame) -> None:
+    """Upsert the rows into the online store: the provider's ``online_write_batch`` (where
+    ``store.push(..., to=PushMode.ONLINE)`` ends too), with the value protos built per column.
 
-    for start in range(0, len(frame), chunk_rows):
-        store.push(PUSH_SOURCE_OF_VIEW[view_name], frame.iloc[start : start + chunk_rows], to=PushMode.ONLINE)
+    Not ``store.push``: Feast converts every value to a proto in Python, inspecting each one
+    (``python_values_to_proto_values``: ~6 us a value, 3.4 s of a 60k-row push); the view's
+    column types are known, so ``online_rows`` converts each column in one pass. The online
+    store's own write (SQLite, Redis) is unchanged, so reads see the same bytes (test).
+    """
+    if frame.empty:
+        return
+    view = store.get_feature_view(view_name, allow_registry_cache=True)
+    store.provider.online_write_batch(store.config, view, online_rows(view, frame), progress=None)
+
+
+def online_rows(view: Any, frame: pd.DataFrame) -> list[tuple[Any, dict[str, Any], datetime, None]]:
+    """``(EntityKey, {feature: Value}, event time, None)`` per row, as Feast's push builds them."""
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+
+    join_key = JOIN_KEY_OF_VIEW[view.name]
+    keys = [EntityKey(join_keys=[join_key], entity_values=[v]) for v in _proto_column(frame[join_key].tolist(), ValueType.STRING)]
+    columns = {f.name: _proto_column(frame[f.name].tolist(), f.dtype.to_value_type()) for f in view.features}
+    names = list(columns)
+    features = [dict(zip(names, values)) for values in zip(*columns.values())] if names else [{} for _ in keys]
+    # Naive UTC datetimes, as Feast's arrow path hands them to the store.
+    times = [ts.to_pydatetime() for ts in frame[TIMESTAMP_FIELD].dt.tz_convert(None)]
+    return list(zip(keys, features, times, [None] * len(keys)))
+
+
+def _proto_column(values: list[Any], value_type: Any) -> list[Any]:
+    """One column as ``Value`` protos; types other than the views' fall back to Feast's conversion."""
+    from feast.protos.feast.types import Value_pb2
+    from feast.type_map import python_values_to_proto_values
+
+    Value = Value_pb2.Value
+    if value_type in _SCALAR_FIELDS:
+        field_name, cast = _SCALAR_FIELDS[value_type]
+        # Counts repeat a lot: one proto per distinct value (the stores only serialize them).
+        protos: dict[Any, Any] = {}
+        out = []
+        for v in values:
+            proto = protos.get(v)
+            if proto is None:
+                # None and NaN (an int column with a null reads back as float): Feast's empty Value.
+                proto = protos[v] = Value() if v is None or v != v else Value(**{field_name: cast(v)})
+            out.append(proto)
+        return out
+    if value_type in _LIST_FIELDS and all(v is None or (isinstance(v, list) and None not in v) for v in values):
+        field_name, message = _LIST_FIELDS[value_type]
+        list_type = getattr(Value_pb2, message)
+        return [Value() if v is None else Value(**{field_name: list_type(val=v)}) for v in values]
+    return python_values_to_proto_values(values, value_type)

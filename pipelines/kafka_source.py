@@ -175,11 +175,40 @@ def read_offset_range(consumer: KafkaConsumer, offset_range: KafkaOffsetRange, t
             position = offset_range.stop
 
 
-def read_offset_ranges(kafka_config: Any, ranges: list[KafkaOffsetRange]) -> list[KafkaRecord]:
-    """All records of ``ranges``, read by the caller (the micro-batch driver), partition by partition."""
+def read_offset_ranges(kafka_config: Any, ranges: list[KafkaOffsetRange], timeout_s: float = 60.0) -> list[KafkaRecord]:
+    """All records of ``ranges``, read by the caller (the micro-batch driver): every partition
+    assigned at once (one partition after the other waited for each one's fetches in turn),
+    returned partition by partition in offset order."""
+    todo = [r for r in ranges if r.size > 0]
+    if not todo:
+        return []
     consumer = _consumer(kafka_config.client_options())
     try:
-        return [record for r in ranges for record in read_offset_range(consumer, r)]
+        by_tp = {TopicPartition(r.topic, r.partition): r for r in todo}
+        consumer.assign(list(by_tp))
+        for tp, r in by_tp.items():
+            consumer.seek(tp, r.start)
+        read: dict[TopicPartition, list[KafkaRecord]] = {tp: [] for tp in by_tp}
+        positions = {tp: r.start for tp, r in by_tp.items()}
+        deadline = time.monotonic() + timeout_s
+        while any(positions[tp] < r.stop for tp, r in by_tp.items()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {todo} stalled at offsets {positions}")
+            polled = consumer.poll(timeout_ms=500, max_records=5000)
+            for tp, r in by_tp.items():
+                records = polled.get(tp, [])
+                for record in records:
+                    if record.offset >= r.stop:
+                        break
+                    if record.offset >= positions[tp]:
+                        positions[tp] = record.offset + 1
+                        read[tp].append(KafkaRecord(record.topic, record.partition, record.offset, record.timestamp, record.key, record.value))
+                if not records and positions[tp] < r.stop:
+                    # Offsets can have gaps (compaction, transaction markers): trust the consumer position.
+                    positions[tp] = max(positions[tp], min(consumer.position(tp), r.stop))
+                elif records and records[-1].offset + 1 >= r.stop:
+                    positions[tp] = r.stop
+        return [record for tp in by_tp for record in read[tp]]
     finally:
         consumer.close()
 

@@ -20,6 +20,7 @@ are dropped as duplicates (dead letters are at-least-once, keyed by topic/partit
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import pickle
 import shutil
@@ -29,13 +30,15 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pvalue import TaggedOutput
 
 from pipelines.accumulators import FeatureSpec
 from pipelines.kafka_source import (
@@ -47,7 +50,7 @@ from pipelines.kafka_source import (
 from pipelines.lake import lake_row, write_event_lake
 from pipelines.privacy import apply_new_tombstones, drop_deleted_users
 from pipelines.records import DeadLetter, KafkaRecord
-from pipelines.state_store import PipelineState, load_state, save_state, state_path
+from pipelines.state_store import FAMILIES, PipelineState, load_state, save_state, state_path
 from pipelines.state_subset import merge_state, relevant_state
 from pipelines.transforms import (
     ComputeBundleFeatures,
@@ -166,6 +169,33 @@ def _load_pickle(path: str) -> list[Any]:
         return pickle.load(handle)
 
 
+class _StagedState(beam.PTransform):
+    """The state subset's families through one staged file, split into one output per family
+    (one source stage for all of them: each source costs the runner a stage of its own)."""
+
+    def __init__(self, state: PipelineState, path: Path):
+        super().__init__()
+        self.path = str(path)
+        with open(path, "wb") as handle:
+            pickle.dump({name: list(getattr(state, name).items()) for name in FAMILIES}, handle,
+                        protocol=pickle.HIGHEST_PROTOCOL)
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Path" >> beam.Create([self.path], reshuffle=False)
+            | "Load" >> beam.FlatMap(_load_families).with_outputs(*FAMILIES)
+        )
+
+
+def _load_families(path: str):
+    with open(path, "rb") as handle:
+        families = pickle.load(handle)
+    for name, items in families.items():
+        for item in items:
+            yield TaggedOutput(name, item)
+
+
 def _collect_all(outputs: dict[str, Any], staging: Path) -> None:
     # One collector per output, not one behind a Flatten: each fuses into the stage that produces
     # its output, so no element is encoded and decoded again on its way out.
@@ -218,8 +248,10 @@ def compute_batch(
             on_time = fresh | "Lateness" >> DropLateEvents(watermark, spec.allowed_lateness_s, topic)
             as_of = on_time["events"] | "AsOf" >> EventTimeWatermark(watermark)
 
+            carried = p | "State" >> _StagedState(state, inputs / "state.pkl")
+
             def state_of(name: str):
-                return p | f"State{name}" >> _StagedValues(getattr(state, name).items(), inputs / f"state-{name}.pkl")
+                return carried[name]
 
             unique = {"events": on_time["events"], "seen": state_of("seen")} | "Dedupe" >> DeduplicateEvents(
                 as_of, spec.allowed_lateness_s
@@ -289,6 +321,23 @@ def compute_batch(
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def _batch_gc_thresholds() -> Iterator[None]:
+    """Young-generation collections ~140x less often while a batch runs.
+
+    A batch allocates millions of objects that live until its end (events, feature rows, state,
+    protos), and CPython's default thresholds (700, 10, 10) walk them again and again, full passes
+    included: 2-3 s of a 20 s Beam run and 0.5 s of the state selection over 84k events
+    (measured). Cyclic garbage is still collected, in larger steps; the thresholds come back after.
+    """
+    previous = gc.get_threshold()
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
 
 
 def _file_identity(path: Path) -> tuple[int, int, int]:
@@ -397,6 +446,10 @@ class FeaturePipeline:
 
     def run_once(self, start_offsets: dict[int, int] | None = None, max_records_per_partition: int | None = None) -> BatchSummary:
         """One bounded micro-batch from the committed (or given) offsets to the end offsets now."""
+        with _batch_gc_thresholds():
+            return self._run_once(start_offsets, max_records_per_partition)
+
+    def _run_once(self, start_offsets: dict[int, int] | None, max_records_per_partition: int | None) -> BatchSummary:
         started = time.monotonic()
         # Tombstones first: a deletion seen now applies to this batch's records already.
         self.on_step("tombstones")

@@ -21,7 +21,7 @@ import json
 from typing import Any, Iterable
 
 import apache_beam as beam
-from apache_beam.pvalue import AsSingleton, TaggedOutput
+from apache_beam.pvalue import AsDict, AsSingleton, TaggedOutput
 from apache_beam.transforms.window import TimestampedValue
 
 from features.entities import experiment_variant_key
@@ -74,7 +74,7 @@ def parse_record(record: KafkaRecord) -> ParsedRecord:
     except UnicodeDecodeError as exc:
         raise EventRejected("invalid_utf8", str(exc)) from None
     try:
-        payload = json.loads(text, parse_constant=_reject_constant)
+        payload = _JSON.decode(text)
     except ValueError as exc:
         raise EventRejected("invalid_json", str(exc)) from None
     return ParsedRecord(record.partition, record.offset, parse_event(payload))
@@ -82,6 +82,11 @@ def parse_record(record: KafkaRecord) -> ParsedRecord:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# One decoder for every record: ``json.loads`` with an option builds a new decoder (and scanner)
+# per call.
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _dead_letter(record: KafkaRecord, exc: EventRejected) -> DeadLetter:
@@ -217,11 +222,41 @@ class EventTimeWatermark(beam.PTransform):
         return events | "EventTime" >> beam.Map(event_seconds) | "Max" >> beam.CombineGlobally(largest)
 
 
+class _FirstCopy(beam.CombineFn):
+    """Per event id: ``(the winning copy, number of copies)``; the winner is the copy with the
+    smallest canonical JSON, so it does not depend on arrival order."""
+
+    def create_accumulator(self) -> tuple[Any, int]:
+        return (None, 0)
+
+    def add_input(self, accumulator: tuple[Any, int], event: Any) -> tuple[Any, int]:
+        winner, copies = accumulator
+        if winner is None:  # the usual case: the first copy
+            return (event, copies + 1)
+        return self.merge_accumulators([accumulator, (event, 1)])
+
+    def merge_accumulators(self, accumulators: Iterable[tuple[Any, int]]) -> tuple[Any, int]:
+        winner, copies = None, 0
+        for event, n in accumulators:
+            copies += n
+            if event is not None and (winner is None or _canonical(event) < _canonical(winner)):
+                winner = event
+        return (winner, copies)
+
+    def extract_output(self, accumulator: tuple[Any, int]) -> tuple[Any, int]:
+        return accumulator
+
+
 class DeduplicateEvents(beam.PTransform):
     """Keeps the first copy of each ``event_id`` across this and earlier batches.
 
     Input ``{"events": Event, "seen": (event_id, ts)}``; ids are remembered while their event time is
     within ``allowed_lateness_s`` of the as-of time (older copies are late anyway).
+
+    The copies of an id meet in a combine (lifted: each bundle pre-combines its own, so mostly one
+    event per id crosses the shuffle, once), and the ids seen before come in as a side input:
+    not a CoGroupByKey with the seen ids, whose Flatten the portable runner materializes, so every
+    event was encoded and decoded twice.
 
     Returns:
         ``{"events": new unique events, "seen": remembered ids, "duplicates": event ids dropped}``.
@@ -235,32 +270,36 @@ class DeduplicateEvents(beam.PTransform):
     def expand(self, inputs):
         lateness = self.allowed_lateness_s
 
-        def pick(kv, as_of):
-            event_id, groups = kv
-            events = list(groups["events"])
-            if len(events) > 1:  # which copy wins must not depend on arrival order
-                events.sort(key=_canonical)
-            seen = list(groups["seen"])
-            if seen:
-                ts = seen[0]
-                duplicates = events
-            else:
-                ts = event_seconds(events[0]) if events else None
-                if events:
-                    yield TimestampedValue(events[0], ts)
-                duplicates = events[1:]
-            for _ in duplicates:
-                yield TaggedOutput("duplicates", event_id)
-            if ts is not None and as_of is not None and ts >= as_of - lateness:
-                yield TaggedOutput("seen", (event_id, ts))
+        def remembered(ts: float, as_of: float | None) -> bool:
+            return as_of is not None and ts >= as_of - lateness
 
-        keyed = inputs["events"] | "ById" >> beam.Map(lambda e: (str(e.event_id), e))
+        def pick(kv, seen, as_of):
+            event_id, (event, copies) = kv
+            if event_id in seen:  # processed in an earlier batch: every copy is a duplicate
+                duplicates = copies
+            else:
+                ts = event_seconds(event)
+                yield TimestampedValue(event, ts)
+                duplicates = copies - 1
+                if remembered(ts, as_of):
+                    yield TaggedOutput("seen", (event_id, ts))
+            for _ in range(duplicates):
+                yield TaggedOutput("duplicates", event_id)
+
         out = (
-            {"events": keyed, "seen": inputs["seen"]}
-            | "Group" >> beam.CoGroupByKey()
-            | "Pick" >> beam.FlatMap(pick, as_of=AsSingleton(self.as_of)).with_outputs("seen", "duplicates", main="events")
+            inputs["events"]
+            | "ById" >> beam.Map(lambda e: (str(e.event_id), e))
+            | "FirstCopy" >> beam.CombinePerKey(_FirstCopy())
+            | "Pick" >> beam.FlatMap(pick, seen=AsDict(inputs["seen"]), as_of=AsSingleton(self.as_of)).with_outputs(
+                "seen", "duplicates", main="events"
+            )
         )
-        return {"events": out.events, "seen": out.seen, "duplicates": out.duplicates}
+        # Ids seen before stay remembered (with their first time) whether or not they came again.
+        still_seen = inputs["seen"] | "StillSeen" >> beam.Filter(
+            lambda kv, as_of: remembered(kv[1], as_of), as_of=AsSingleton(self.as_of)
+        )
+        seen = (out.seen, still_seen) | "Seen" >> beam.Flatten()
+        return {"events": out.events, "seen": seen, "duplicates": out.duplicates}
 
 
 # --- features ---------------------------------------------------------------------------------
