@@ -162,17 +162,28 @@ def read_offset_range(consumer: KafkaConsumer, offset_range: KafkaOffsetRange, t
         if time.monotonic() > deadline:
             raise TimeoutError(f"reading {offset_range} stalled at offset {position}")
         records = consumer.poll(timeout_ms=500, max_records=5000).get(tp, [])
-        for record in records:
-            if record.offset >= offset_range.stop:
-                break
-            if record.offset >= position:
-                position = record.offset + 1
-                yield KafkaRecord(record.topic, record.partition, record.offset, record.timestamp, record.key, record.value)
-        if not records:
-            # Offsets can have gaps (compaction, transaction markers): trust the consumer position.
-            position = max(position, min(consumer.position(tp), offset_range.stop))
-        elif records[-1].offset + 1 >= offset_range.stop:
-            position = offset_range.stop
+        position, taken = _take_polled(consumer, tp, offset_range, position, records)
+        yield from taken
+
+
+def _take_polled(
+    consumer: KafkaConsumer, tp: TopicPartition, offset_range: KafkaOffsetRange, position: int, records: list[Any]
+) -> tuple[int, list[KafkaRecord]]:
+    """The polled ``records`` of one partition that belong to ``offset_range`` from ``position``
+    on, and the position after them."""
+    taken = []
+    for record in records:
+        if record.offset >= offset_range.stop:
+            break
+        if record.offset >= position:
+            position = record.offset + 1
+            taken.append(KafkaRecord(record.topic, record.partition, record.offset, record.timestamp, record.key, record.value))
+    if not records:
+        # Offsets can have gaps (compaction, transaction markers): trust the consumer position.
+        position = max(position, min(consumer.position(tp), offset_range.stop))
+    elif records[-1].offset + 1 >= offset_range.stop:
+        position = offset_range.stop
+    return position, taken
 
 
 def read_offset_ranges(kafka_config: Any, ranges: list[KafkaOffsetRange], timeout_s: float = 60.0) -> list[KafkaRecord]:
@@ -196,18 +207,9 @@ def read_offset_ranges(kafka_config: Any, ranges: list[KafkaOffsetRange], timeou
                 raise TimeoutError(f"reading {todo} stalled at offsets {positions}")
             polled = consumer.poll(timeout_ms=500, max_records=5000)
             for tp, r in by_tp.items():
-                records = polled.get(tp, [])
-                for record in records:
-                    if record.offset >= r.stop:
-                        break
-                    if record.offset >= positions[tp]:
-                        positions[tp] = record.offset + 1
-                        read[tp].append(KafkaRecord(record.topic, record.partition, record.offset, record.timestamp, record.key, record.value))
-                if not records and positions[tp] < r.stop:
-                    # Offsets can have gaps (compaction, transaction markers): trust the consumer position.
-                    positions[tp] = max(positions[tp], min(consumer.position(tp), r.stop))
-                elif records and records[-1].offset + 1 >= r.stop:
-                    positions[tp] = r.stop
+                if positions[tp] < r.stop:
+                    positions[tp], taken = _take_polled(consumer, tp, r, positions[tp], polled.get(tp, []))
+                    read[tp].extend(taken)
         return [record for tp in by_tp for record in read[tp]]
     finally:
         consumer.close()

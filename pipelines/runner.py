@@ -250,25 +250,22 @@ def compute_batch(
 
             carried = p | "State" >> _StagedState(state, inputs / "state.pkl")
 
-            def state_of(name: str):
-                return carried[name]
-
-            unique = {"events": on_time["events"], "seen": state_of("seen")} | "Dedupe" >> DeduplicateEvents(
+            unique = {"events": on_time["events"], "seen": carried["seen"]} | "Dedupe" >> DeduplicateEvents(
                 as_of, spec.allowed_lateness_s
             )
             events = unique["events"]
-            users = {"events": events, "state": state_of("users")} | "Users" >> ComputeUserFeatures(as_of, spec, watermark)
-            items = {"events": events, "state": state_of("items")} | "Items" >> ComputeItemFeatures(as_of, spec, watermark)
+            users = {"events": events, "state": carried["users"]} | "Users" >> ComputeUserFeatures(as_of, spec, watermark)
+            items = {"events": events, "state": carried["items"]} | "Items" >> ComputeItemFeatures(as_of, spec, watermark)
             cooc = {
                 "events": events,
-                "sessions": state_of("sessions"),
-                "state": state_of("cooccurrence"),
+                "sessions": carried["sessions"],
+                "state": carried["cooccurrence"],
             } | "Cooccurrence" >> ComputeItemCooccurrence(as_of, spec)
-            bundles = {"events": events, "state": state_of("bundles")} | "Bundles" >> ComputeBundleFeatures(spec)
+            bundles = {"events": events, "state": carried["bundles"]} | "Bundles" >> ComputeBundleFeatures(spec)
             variants = {
                 "events": events,
-                "requests": state_of("requests"),
-                "state": state_of("variants"),
+                "requests": carried["requests"],
+                "state": carried["variants"],
             } | "Experiments" >> ComputeExperimentFeatures(as_of, spec)
 
             outputs = {
