@@ -169,6 +169,7 @@ class FeastReader:
     def __init__(self, settings: Any) -> None:
         self._settings = settings
         self._store: Any = None
+        self._readers: dict[tuple[str, ...], Any] = {}  # one OnlineReader per refs: its set-up is per refs
         self._checked_at = -math.inf
         # Imported now (it imports Feast: seconds), so that the replica's start pays for it and not
         # its first request, which would stall every request queued behind it.
@@ -198,11 +199,17 @@ class FeastReader:
         if store is None:
             return {}
         try:
-            rows = store.get_online_features(features=refs, entity_rows=[{key: value}]).to_dict()
-        except Exception as exc:  # noqa: BLE001
+            reader = self._readers.get(tuple(refs))
+            if reader is None:
+                from features.online import OnlineReader
+
+                reader = self._readers[tuple(refs)] = OnlineReader(store, refs)
+            if reader.join_key != key:
+                raise ValueError(f"refs {refs} are keyed by {reader.join_key!r}, not {key!r}")
+            return reader.read(value)
+        except Exception as exc:  # noqa: BLE001 - a failed read serves the fallbacks, never an error
             log.warning("Feast online read failed: %s", exc)
             return {}
-        return {k.split("__")[-1]: v[0] for k, v in rows.items() if v and v[0] is not None and k != key}
 
     def user(self, user_id: str | None) -> dict[str, Any]:
         """Feast user features (empty without Feast / for an unknown user)."""

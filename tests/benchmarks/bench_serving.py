@@ -212,7 +212,7 @@ def print_tables(results: dict[str, Any]) -> None:
               f"p50 {ratio:.2f}x no-op (<= {P50_RATIO_TARGET:g}x: {'met' if ratio <= P50_RATIO_TARGET else 'NOT met'})")
     print("  (service p50: from the actual send; late p99: how late sends left, i.e. queueing on a busy connection;\n"
           "   status -1: connection error, -2: not sent, over 10 s behind schedule, so p99 is then a lower bound)")
-    print(f"  statuses: " + "; ".join(f"{k} {v['statuses']}" for k, v in results["endpoints"].items()))
+    print("  statuses: " + "; ".join(f"{k} {v['statuses']}" for k, v in results["endpoints"].items()))
     print(f"  recommendation sources (sample): {results['sources']}")
     if results.get("saturation"):
         print("\nSaturation (wrk -t2 -c8, closed loop: max throughput only)")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 

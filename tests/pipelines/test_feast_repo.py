@@ -63,6 +63,8 @@ def test_redis_online_store_by_configuration_only(tmp_path):
         push_online(store, "user_features", feature_frame("user_features", [_user_row("u7")], 1511600000))
         online = store.get_online_features(features=["user_features:seq_item_ids"], entity_rows=[{"user_id": "u7"}]).to_dict()
         assert online["seq_item_ids"] == [["i1", "i2"]]
+        refs = [f"user_features:{f.name}" for f in next(v for v in ALL_FEATURE_VIEWS if v.name == "user_features").features]
+        assert_reader_matches(store, refs, ["u7", "nobody"])
 
 
 def _online_table(store, view_name: str) -> list[tuple]:
@@ -112,3 +114,20 @@ def test_online_write_stores_what_feast_push_stores(tmp_path):
         read = [s.get_online_features(features=refs, entity_rows=entity_rows).to_dict() for s in (ours, feast)]
         assert read[0] == read[1], view.name
         assert read[0][refs[0].split(":")[1]][0] is not None, view.name
+        assert_reader_matches(ours, refs, [row[key] for row in rows[view.name]] + ["nobody"])
+
+
+def assert_reader_matches(store, refs: list[str], entity_values: list[str]) -> None:
+    """``OnlineReader`` (what serving reads with) gives what ``get_online_features`` gives, less the
+    join key and the features an entity does not have."""
+    from features.online import OnlineReader
+
+    reader = OnlineReader(store, refs)
+    asked = [list(features) for _, features in reader._views]
+    for value in entity_values:
+        feast = store.get_online_features(features=refs, entity_rows=[{reader.join_key: value}]).to_dict()
+        expected = {k: v[0] for k, v in feast.items() if k != reader.join_key and v[0] is not None}
+        assert reader.read(value) == expected, value
+    # Feast's Redis store appends "_ts:<view>" to the list it is given: a reader that handed over
+    # its own list asked for one more field on every read.
+    assert [features for _, features in reader._views] == asked

@@ -3,7 +3,6 @@ within the freshness target."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -7,7 +7,6 @@ import json
 
 import apache_beam as beam
 import pandas as pd
-import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from oracle import compute_features

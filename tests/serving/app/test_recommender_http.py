@@ -7,7 +7,6 @@ import json
 import time
 import uuid
 
-import httpx
 import pytest
 from recommender_support import CATALOGUE, EVERY_REPLICA, learner_stats, recommender, wait_for  # noqa: F401 (fixture)
 
