@@ -94,7 +94,7 @@ clean:
 .PHONY: bench-training bench-quality bench-serving load-test
 
 # Training throughput: Ray Train (1 and 2 workers) vs a plain PyTorch loop, same model and batch.
-BENCH_TRAINING_ARGS ?= --model lightgcn --max-users 3000 --epochs 3 --workers 1,2
+BENCH_TRAINING_ARGS ?= --model lightgcn --max-users 3000 --epochs 6 --workers 1,2 --repeats 3
 bench-training: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_training.py $(BENCH_TRAINING_ARGS)
 

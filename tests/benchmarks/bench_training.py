@@ -149,9 +149,14 @@ def main() -> int:
     cmd = [sys.executable, __file__, "--plain-only", "--threads", str(env["threads"]), "--model", args.model,
            "--dataset", args.dataset, "--max-users", str(args.max_users), "--epochs", str(args.epochs),
            "--model-params", args.model_params] + (["--datasets-dir", args.datasets_dir] if args.datasets_dir else [])
+    # And with the workers' OMP_NUM_THREADS (Ray sets it to the worker's CPUs): it changes how the
+    # OpenMP runtime allocates, not only how many threads torch uses.
+    child_env = {**os.environ, **({"OMP_NUM_THREADS": env["OMP_NUM_THREADS"]} if env["OMP_NUM_THREADS"] else {})}
+
     def run_plain() -> tuple[dict, float]:
         t0 = time.perf_counter()
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, preexec_fn=lambda: os.nice(bump))
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, preexec_fn=lambda: os.nice(bump),
+                             env=child_env)
         return json.loads(out.stdout.strip().splitlines()[-1]), time.perf_counter() - t0
 
     def epoch_s(epochs: list[dict]) -> float:
