@@ -2,7 +2,7 @@
 
 ``OnlineReader(store, refs).read(value)`` returns ``{feature name: Python value}`` for one entity key,
 the values ``store.get_online_features(features=refs, entity_rows=[{key: value}]).to_dict()`` gives
-(test: tests/features/test_online_reader.py), through the provider's ``online_read``, which is also
+(parity tests: tests/pipelines/test_feast_repo.py, on SQLite and Redis), through the provider's ``online_read``, which is also
 where ``get_online_features`` ends. Why not ``get_online_features`` itself: per call it parses the
 refs, looks the views up in the registry, groups them, builds a ``GetOnlineFeaturesResponse`` proto
 and converts it back to Python: ~0.7 ms of Python around a ~0.3 ms Redis read (bench-pipeline). A
@@ -27,7 +27,10 @@ _LIST_KINDS = frozenset({"int64_list_val", "int32_list_val", "double_list_val", 
 
 
 def _python_value(value: Any) -> Any:
+    """The Python value of a Feast value proto; None for an unset (null) one."""
     kind = value.WhichOneof("val")
+    if kind is None:
+        return None
     if kind in _SCALAR_KINDS:
         return getattr(value, kind)
     if kind in _LIST_KINDS:
@@ -70,7 +73,8 @@ class OnlineReader:
             # A copy: Feast's Redis store appends its "_ts:<view>" field to the list it is given.
             [(_, values)] = provider.online_read(config, view, [key], list(features))
             for name in features:
-                value = (values or {}).get(name)
-                if value is not None and value.WhichOneof("val") is not None:
-                    out[name] = _python_value(value)
+                proto = values.get(name) if values else None
+                value = None if proto is None else _python_value(proto)
+                if value is not None:
+                    out[name] = value
         return out

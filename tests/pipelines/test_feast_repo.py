@@ -10,7 +10,7 @@ import yaml
 
 from features.repo import apply_feature_repo, repo_config
 from features.services import ALL_FEATURE_SERVICES
-from features.views import ALL_FEATURE_VIEWS
+from features.views import ALL_FEATURE_VIEWS, feature_names, user_features
 from pipelines.feast_sink import feature_frame, push_online
 from streamrec.config import REPO_ROOT, Settings
 from support import redis_server
@@ -63,7 +63,7 @@ def test_redis_online_store_by_configuration_only(tmp_path):
         push_online(store, "user_features", feature_frame("user_features", [_user_row("u7")], 1511600000))
         online = store.get_online_features(features=["user_features:seq_item_ids"], entity_rows=[{"user_id": "u7"}]).to_dict()
         assert online["seq_item_ids"] == [["i1", "i2"]]
-        refs = [f"user_features:{f.name}" for f in next(v for v in ALL_FEATURE_VIEWS if v.name == "user_features").features]
+        refs = [f"{user_features.name}:{name}" for name in feature_names(user_features)]
         assert_reader_matches(store, refs, ["u7", "nobody"])
 
 
