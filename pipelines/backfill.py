@@ -56,7 +56,8 @@ def backfill(
         chunk = lake[step_index == step]
         records = records_from_lake(chunk, topic)
         passed = relevant_state(state, records, spec)
-        result = compute_batch(records, passed, spec, settings.pipeline.beam_args, topic)
+        result = compute_batch(records, passed, spec, settings.pipeline.beam_args, topic,
+                               shards=settings.pipeline.key_shards)
         state = merge_state(state, passed, result.state, spec)
         for view_name, rows in result.features.items():
             if rows and result.as_of is not None:

@@ -49,7 +49,7 @@ from pipelines.kafka_source import (
 )
 from pipelines.lake import lake_row, write_event_lake
 from pipelines.privacy import apply_new_tombstones, drop_deleted_users
-from pipelines.records import DeadLetter, KafkaRecord
+from pipelines.records import DeadLetter, KafkaRecord, Packed
 from pipelines.state_store import FAMILIES, PipelineState, load_state, save_state, state_path
 from pipelines.state_subset import merge_state, relevant_state
 from pipelines.transforms import (
@@ -58,11 +58,13 @@ from pipelines.transforms import (
     ComputeItemCooccurrence,
     ComputeItemFeatures,
     ComputeUserFeatures,
+    DEFAULT_SHARDS,
     DeduplicateEvents,
     DropLateEvents,
     DropProcessedRecords,
     EventTimeWatermark,
-    ParseEvents,
+    ParseRecordBatches,
+    split_state_by_shard,
 )
 
 # Feature family -> (view name, state attribute).
@@ -144,8 +146,9 @@ class _CollectFn(beam.DoFn):
                 pickle.dump(self.buffer, handle, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-class _StagedValues(beam.PTransform):
-    """Values handed to the pipeline through a pickle file in the batch's staging folder.
+class _StagedBatches(beam.PTransform):
+    """Values handed to the pipeline as lists of ``batch_size`` (batched elements, see
+    ``pipelines.transforms``) through a pickle file in the batch's staging folder.
 
     Not ``beam.Create``: Create pickles its values into the transform's payload, and Beam
     bz2-compresses every payload three times per run (at apply and in both ``to_runner_api``
@@ -154,11 +157,13 @@ class _StagedValues(beam.PTransform):
     ``pipelines.streaming``).
     """
 
-    def __init__(self, values: Iterable[Any], path: Path):
+    def __init__(self, values: Iterable[Any], path: Path, batch_size: int):
         super().__init__()
         self.path = str(path)
+        values = list(values)
         with open(path, "wb") as handle:
-            pickle.dump(list(values), handle, protocol=pickle.HIGHEST_PROTOCOL)
+            pickle.dump([Packed(values[i:i + batch_size]) for i in range(0, len(values), batch_size)], handle,
+                        protocol=pickle.HIGHEST_PROTOCOL)
 
     def expand(self, pbegin):
         return pbegin | "Path" >> beam.Create([self.path], reshuffle=False) | "Load" >> beam.FlatMap(_load_pickle)
@@ -170,14 +175,15 @@ def _load_pickle(path: str) -> list[Any]:
 
 
 class _StagedState(beam.PTransform):
-    """The state subset's families through one staged file, split into one output per family
-    (one source stage for all of them: each source costs the runner a stage of its own)."""
+    """The state subset's families through one staged file, split into one output per family of
+    ``(shard, {key: state})`` (one source stage for all of them: each source costs the runner a
+    stage of its own)."""
 
-    def __init__(self, state: PipelineState, path: Path):
+    def __init__(self, state: PipelineState, path: Path, shards: int):
         super().__init__()
         self.path = str(path)
         with open(path, "wb") as handle:
-            pickle.dump({name: list(getattr(state, name).items()) for name in FAMILIES}, handle,
+            pickle.dump({name: split_state_by_shard(getattr(state, name), shards) for name in FAMILIES}, handle,
                         protocol=pickle.HIGHEST_PROTOCOL)
 
     def expand(self, pbegin):
@@ -191,9 +197,9 @@ class _StagedState(beam.PTransform):
 def _load_families(path: str):
     with open(path, "rb") as handle:
         families = pickle.load(handle)
-    for name, items in families.items():
-        for item in items:
-            yield TaggedOutput(name, item)
+    for name, shards in families.items():
+        for shard in shards:
+            yield TaggedOutput(name, shard)
 
 
 def _collect_all(outputs: dict[str, Any], staging: Path) -> None:
@@ -211,6 +217,10 @@ def _read_collected(staging: Path) -> dict[str, list[Any]]:
     return out
 
 
+# Records per element of the Beam run (see ``pipelines.transforms``): large enough that the
+# runner's per-element work vanishes, small enough that a batch still splits over workers.
+RECORDS_PER_ELEMENT = 4096
+
 def compute_batch(
     read: beam.PTransform | Iterable[KafkaRecord],
     state: PipelineState,
@@ -218,15 +228,18 @@ def compute_batch(
     beam_args: list[str],
     topic: str = "",
     staging_root: Path | None = None,
+    shards: int = DEFAULT_SHARDS,
 ) -> BatchResult:
     """Run the composites once over the records ``read`` produces, against ``state``.
 
     Args:
-        read: the batch's ``KafkaRecord``s, or a PTransform from the pipeline root to them.
+        read: the batch's ``KafkaRecord``s, or a PTransform from the pipeline root to them (one
+            record per element; they are batched here).
         state: the state after the previous batch (not modified).
         spec: feature windows and sizes.
         beam_args: Beam pipeline options (the runner).
         staging_root: where the run's outputs are staged (default: the system temp dir).
+        shards: shards per keyed family (``pipeline.key_shards``).
 
     Returns:
         The batch's outputs and the new state (offsets and batch count are left to the caller).
@@ -237,45 +250,51 @@ def compute_batch(
     inputs = staging / "inputs"
     inputs.mkdir()
     watermark = state.watermark
+    processed = dict(state.offsets)
     try:
         with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
-            if not isinstance(read, beam.PTransform):
-                read = _StagedValues(read, inputs / "records.pkl")
-            records = p | "Read" >> read
-            parsed = records | "Parse" >> ParseEvents()
-            fresh = parsed["parsed"] | "SkipProcessed" >> DropProcessedRecords(state.offsets)
-            fresh_dead = parsed["dead_letters"] | "SkipProcessedDeadLetters" >> DropProcessedRecords(state.offsets)
+            if isinstance(read, beam.PTransform):
+                records = (p | "Read" >> read
+                           | "Batch" >> beam.BatchElements(min_batch_size=RECORDS_PER_ELEMENT,
+                                                           max_batch_size=RECORDS_PER_ELEMENT)
+                           | "Pack" >> beam.Map(Packed))
+            else:
+                records = p | "Read" >> _StagedBatches(read, inputs / "records.pkl", RECORDS_PER_ELEMENT)
+            parsed = records | "Parse" >> ParseRecordBatches()
+            fresh = parsed["parsed"] | "SkipProcessed" >> DropProcessedRecords(processed)
+            fresh_dead = parsed["dead_letters"] | "SkipProcessedDeadLetters" >> DropProcessedRecords(processed)
             on_time = fresh | "Lateness" >> DropLateEvents(watermark, spec.allowed_lateness_s, topic)
             as_of = on_time["events"] | "AsOf" >> EventTimeWatermark(watermark)
 
-            carried = p | "State" >> _StagedState(state, inputs / "state.pkl")
+            carried = p | "State" >> _StagedState(state, inputs / "state.pkl", shards)
 
             unique = {"events": on_time["events"], "seen": carried["seen"]} | "Dedupe" >> DeduplicateEvents(
-                as_of, spec.allowed_lateness_s
+                as_of, spec.allowed_lateness_s, shards
             )
             events = unique["events"]
-            users = {"events": events, "state": carried["users"]} | "Users" >> ComputeUserFeatures(as_of, spec, watermark)
-            items = {"events": events, "state": carried["items"]} | "Items" >> ComputeItemFeatures(as_of, spec, watermark)
+            users = {"events": events, "state": carried["users"]} | "Users" >> ComputeUserFeatures(
+                as_of, spec, watermark, shards)
+            items = {"events": events, "state": carried["items"]} | "Items" >> ComputeItemFeatures(
+                as_of, spec, watermark, shards)
             cooc = {
                 "events": events,
                 "sessions": carried["sessions"],
                 "state": carried["cooccurrence"],
-            } | "Cooccurrence" >> ComputeItemCooccurrence(as_of, spec)
-            bundles = {"events": events, "state": carried["bundles"]} | "Bundles" >> ComputeBundleFeatures(spec)
+            } | "Cooccurrence" >> ComputeItemCooccurrence(as_of, spec, shards)
+            bundles = {"events": events, "state": carried["bundles"]} | "Bundles" >> ComputeBundleFeatures(spec, shards)
             variants = {
                 "events": events,
                 "requests": carried["requests"],
                 "state": carried["variants"],
-            } | "Experiments" >> ComputeExperimentFeatures(as_of, spec)
+            } | "Experiments" >> ComputeExperimentFeatures(as_of, spec, shards)
 
             outputs = {
-                "records": records | "Count" >> beam.combiners.Count.Globally(),
-                "lake": parsed["parsed"] | "LakeRows" >> beam.Map(lake_row),
+                "records": records | "Count" >> beam.Map(lambda batch: len(batch.value)),
+                "lake": parsed["parsed"] | "LakeRows" >> beam.Map(lambda batch: Packed([lake_row(r) for r in batch.value])),
                 "dead_letters": (fresh_dead, on_time["dead_letters"]) | "AllDeadLetters" >> beam.Flatten(),
-                "reprocessed": records
-                | "Reprocessed" >> beam.Filter(lambda r, o=dict(state.offsets): r.offset < o.get(r.partition, 0))
-                | "CountReprocessed" >> beam.combiners.Count.Globally(),
-                "duplicates": unique["duplicates"] | "CountDuplicates" >> beam.combiners.Count.Globally(),
+                "reprocessed": records | "Reprocessed" >> beam.Map(
+                    lambda batch: sum(1 for r in batch.value if r.offset < processed.get(r.partition, 0))),
+                "duplicates": unique["duplicates"] | "CountDuplicates" >> beam.Map(lambda batch: len(batch.value)),
                 "as_of": as_of,
                 "user_features": users["features"],
                 "item_features": items["features"],
@@ -294,27 +313,31 @@ def compute_batch(
             _collect_all(outputs, staging)
         collected = _read_collected(staging)
 
-        def _collected(_staging: Path, name: str) -> list[Any]:
-            return collected.get(name, [])
+        def flat(name: str) -> list[Any]:
+            return [value for batch in collected.get(name, []) for value in batch.value]
 
-        as_of_values = [v for v in _collected(staging, "as_of") if v is not None]
+        def family(name: str) -> dict[str, Any]:
+            merged: dict[str, Any] = {}
+            for _shard, part in collected.get(f"state_{name}", []):
+                merged.update(part.value)
+            return merged
+
+        as_of_values = [v for v in collected.get("as_of", []) if v is not None]
         new_state = PipelineState(
             watermark=max(as_of_values) if as_of_values else watermark,
             offsets=dict(state.offsets),
             batches=state.batches,
-            **{name: dict(_collected(staging, f"state_{name}")) for name in (
-                "seen", "users", "items", "sessions", "cooccurrence", "bundles", "requests", "variants"
-            )},
+            **{name: family(name) for name in FAMILIES},
         )
         return BatchResult(
             as_of=new_state.watermark,
-            lake_rows=_collected(staging, "lake"),
-            dead_letters=_collected(staging, "dead_letters"),
-            duplicates=sum(_collected(staging, "duplicates")),
-            reprocessed=sum(_collected(staging, "reprocessed")),
-            features={name: _collected(staging, name) for name in VIEW_OUTPUTS},
+            lake_rows=flat("lake"),
+            dead_letters=flat("dead_letters"),
+            duplicates=sum(collected.get("duplicates", [])),
+            reprocessed=sum(collected.get("reprocessed", [])),
+            features={name: flat(name) for name in VIEW_OUTPUTS},
             state=new_state,
-            records=sum(_collected(staging, "records")),
+            records=sum(collected.get("records", [])),
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -478,7 +501,7 @@ class FeaturePipeline:
             shutil.rmtree(stale, ignore_errors=True)
         result = compute_batch(
             records, passed, self.spec, self.settings.pipeline.beam_args, self.topic,
-            staging_root,
+            staging_root, self.settings.pipeline.key_shards,
         )
         result.state = merge_state(state, passed, result.state, self.spec)
         self._sink(result, ranges, summary)

@@ -2,7 +2,8 @@
 
 A batch touches few keys, but the state covers every key ever seen; sending all of it through
 the runner each batch makes a batch cost grow with history instead of with its size. The driver
-parses the batch's records once (cheap next to the Beam run) and selects, per family:
+reads the batch's records' JSON (not the contract's validation: that is the Beam run's; see
+``_touched``) and selects, per family:
 
 * users / items: the keys the batch names, plus those an event of which leaves the short or long
   window as the as-of time advances (``window_changed``: their counts change without a new event);
@@ -17,7 +18,10 @@ events that left the long window.
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Any, Iterable
+from uuid import UUID
 
 from features.events import EventRejected
 from pipelines.accumulators import (
@@ -34,32 +38,117 @@ from pipelines.state_store import FAMILIES, PipelineState
 from pipelines.transforms import parse_record
 
 _ATTRIBUTED = ("impression", "click", "bundle_purchase")
+_JSON = json.JSONDecoder()
 
 
-def relevant_state(state: PipelineState, records: Iterable[KafkaRecord], spec: FeatureSpec) -> PipelineState:
-    """The part of ``state`` the batch of ``records`` can read or change."""
-    policy = LatenessPolicy(spec.allowed_lateness_s)
-    events = []
+class _Touched:
+    """The keys a batch's events may read or change, per family, and their event times."""
+
+    def __init__(self) -> None:
+        self.users: set[str] = set()
+        self.items: set[str] = set()
+        self.sessions: set[str] = set()
+        self.cooc: set[str] = set()
+        self.bundles: set[str] = set()
+        self.requests: set[str] = set()
+        self.ids: set[str] = set()
+        self.times: list[float] = []
+
+    def add_event(self, event: Any) -> None:
+        """A contract event, exactly as the composites key it."""
+        self.times.append(event_seconds(event))
+        self.users.add(event.user_id)
+        self.items.update(item for item, _, _ in item_signals(event))
+        if event.type in COOCCURRENCE_TYPES:
+            self.sessions.add(event.session_id)
+            self.cooc.update(item for item, _, _, _ in interactions(event))
+        self.bundles.update(b for b, _ in bundle_signals(event))
+        if event.type in _ATTRIBUTED:
+            self.requests.add(event.request_id)
+        self.ids.add(str(event.event_id))
+
+    def add_payload(self, payload: dict[str, Any], ts: float) -> None:
+        """A decoded record not validated against the contract: every id it names, in every family
+        it could be one of (a superset of what ``add_event`` takes from its event)."""
+        self.times.append(ts)
+        _add(self.users, payload.get("user_id"))
+        named = [payload.get("item_id"), *_ids_in(payload.get("items"), "item_id")]
+        slots = list(_ids_in(payload.get("slots"), "id"))
+        self.items.update(v for v in (*named, *slots) if isinstance(v, str))
+        if payload.get("type") in COOCCURRENCE_TYPES:
+            _add(self.sessions, payload.get("session_id"))
+            self.cooc.update(v for v in named if isinstance(v, str))
+        self.bundles.update(v for v in (payload.get("bundle_id"), *slots) if isinstance(v, str))
+        if payload.get("type") in _ATTRIBUTED:
+            _add(self.requests, payload.get("request_id"))
+        self.ids.add(str(UUID(payload["event_id"])))  # the contract's form of the id (lower case, dashes)
+
+
+def _add(keys: set[str], value: Any) -> None:
+    if isinstance(value, str):
+        keys.add(value)
+
+
+def _ids_in(entries: Any, field: str) -> Iterable[Any]:
+    if isinstance(entries, list):
+        for entry in entries:
+            if isinstance(entry, dict):
+                yield entry.get(field)
+
+
+def _iso_seconds(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
+
+
+def _touched(state: PipelineState, records: Iterable[KafkaRecord], policy: LatenessPolicy) -> _Touched:
+    """What the batch's new records may touch, read without validating each against the contract.
+
+    Validation is the Beam run's (``ParseRecordBatches``); here a record whose JSON has an event id
+    and an ISO time only adds keys (an invalid one may add keys it will not touch: passing a key
+    nothing changes is harmless, its fold returns it as it was). A record whose id or time this
+    reader cannot read is parsed with the contract (valid events with such forms are not missed).
+    Cost: 0.9 s for the 84k records of the Taobao slice, against 1.7 s with the contract's parse
+    (same process, alternating runs).
+    """
+    touched = _Touched()
     for record in records:
         if record.offset < state.offsets.get(record.partition, 0):
             continue
+        try:
+            payload = _JSON.decode(record.value.decode("utf-8")) if record.value is not None else None
+        except (UnicodeDecodeError, ValueError):
+            continue  # not JSON: the Beam run sends it to the DLQ
+        ts = _iso_seconds(payload.get("ts")) if isinstance(payload, dict) else None
+        if ts is not None:
+            try:
+                if not policy.is_late(ts, state.watermark):
+                    touched.add_payload(payload, ts)
+                continue
+            except (KeyError, TypeError, ValueError, AttributeError):
+                pass  # no readable event id: fall through to the contract
         try:
             event = parse_record(record).event
         except EventRejected:
             continue
         if not policy.is_late(event_seconds(event), state.watermark):
-            events.append(event)
-    times = [event_seconds(e) for e in events]
-    as_of = max([t for t in [state.watermark, *times] if t is not None], default=None)
+            touched.add_event(event)
+    return touched
 
-    users = {e.user_id for e in events}
-    items = {item for e in events for item, _, _ in item_signals(e)}
-    sessions = {e.session_id for e in events if e.type in COOCCURRENCE_TYPES}
-    cooc = {item for e in events if e.type in COOCCURRENCE_TYPES for item, _, _, _ in interactions(e)}
-    cooc |= {item for s in sessions if s in state.sessions for item in state.sessions[s].items}
-    bundles = {b for e in events for b, _ in bundle_signals(e)}
-    requests = {e.request_id for e in events if e.type in _ATTRIBUTED}
-    ids = {str(e.event_id) for e in events}
+
+def relevant_state(state: PipelineState, records: Iterable[KafkaRecord], spec: FeatureSpec) -> PipelineState:
+    """The part of ``state`` the batch of ``records`` can read or change."""
+    touched = _touched(state, records, LatenessPolicy(spec.allowed_lateness_s))
+    as_of = max([t for t in [state.watermark, *touched.times] if t is not None], default=None)
+    users, items, sessions, bundles, requests, ids = (
+        touched.users, touched.items, touched.sessions, touched.bundles, touched.requests, touched.ids
+    )
+    cooc = touched.cooc | {item for s in sessions if s in state.sessions for item in state.sessions[s].items}
     previous = state.watermark
 
     def pick(family: dict[str, Any], keys: set[str]) -> dict[str, Any]:

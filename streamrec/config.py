@@ -212,6 +212,9 @@ class PipelineConfig(BaseModel):
     ctr_prior_impressions: float = Field(default=20.0, gt=0)
     # Beam runner options for the micro-batches (DirectRunner locally; see deploy/ for clusters).
     beam_args: list[str] = ["--runner=DirectRunner", "--direct_num_workers=1"]
+    # Shards per keyed feature family in a micro-batch: one Beam element per shard (see
+    # pipelines.transforms), so also the keyed folds' parallelism on a cluster runner.
+    key_shards: int = Field(default=16, ge=1)
 
     @property
     def state_subdir(self) -> str:

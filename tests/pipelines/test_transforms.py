@@ -1,5 +1,8 @@
 """Each Beam composite on its own (TestPipeline, Create, assert_that), against the pandas oracle;
-and the state carried between batches: one batch == several batches == oracle."""
+and the state carried between batches: one batch == several batches == oracle.
+
+The micro-batch composites take and give batched elements (``Packed`` lists, state as
+``(shard, Packed({key: state}))``); ``_batches`` and ``_unbatched`` convert at the test's edges."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pipeline_support import T0, assert_frames_match, ev, mixed_events
 from features.events import event_to_json, parse_event
 from features.views import ALL_FEATURE_VIEWS, JOIN_KEY_OF_VIEW, feature_names
 from pipelines.accumulators import FeatureSpec
-from pipelines.records import KafkaRecord
+from pipelines.records import KafkaRecord, Packed
 from pipelines.runner import compute_batch
 from pipelines.state_store import PipelineState
 from pipelines.transforms import (
@@ -28,6 +31,8 @@ from pipelines.transforms import (
     DropLateEvents,
     EventTimeWatermark,
     ParseEvents,
+    ParseRecordBatches,
+    shard_of,
 )
 
 SPEC = FeatureSpec()
@@ -40,6 +45,15 @@ def _record(value: bytes, offset: int) -> KafkaRecord:
 
 def _models(events):
     return [parse_event(e) for e in events]
+
+
+def _batches(values, size=3):
+    """Values as packed lists of ``size`` (several elements, so composites meet real batching)."""
+    return [Packed(values[i:i + size]) for i in range(0, len(values), size)]
+
+
+def _unbatched(pcoll, label):
+    return pcoll | f"Unbatch{label}" >> beam.FlatMap(lambda batch: batch.value)
 
 
 def _matches(expected: pd.DataFrame, key: str, label: str):
@@ -64,13 +78,19 @@ def test_parse_events_sends_invalid_records_to_dead_letters_with_reasons():
     records = [_record(event_to_json(parse_event(e)), i) for i, e in enumerate(good)]
     records += [_record(raw, 100 + i) for i, (raw, _) in enumerate(bad)]
     with TestPipeline(argv=BEAM_ARGS) as p:
-        out = p | beam.Create(records) | ParseEvents()
-        assert_that(out["parsed"] | beam.Map(lambda r: str(r.event.event_id)), equal_to([e["event_id"] for e in good]), label="good")
-        assert_that(
-            out["dead_letters"] | beam.Map(lambda d: (d.offset, d.reason)),
-            equal_to([(100 + i, reason) for i, (_, reason) in enumerate(bad)]),
-            label="bad",
-        )
+        one = p | "Records" >> beam.Create(records) | "One" >> ParseEvents()
+        batched = p | "Batches" >> beam.Create(_batches(records, 4)) | "Batched" >> ParseRecordBatches()
+        for label, out in (("one", one), ("batched", batched)):
+            parsed, dead = out["parsed"], out["dead_letters"]
+            if label == "batched":
+                parsed, dead = _unbatched(parsed, "P"), _unbatched(dead, "D")
+            assert_that(parsed | f"Ids{label}" >> beam.Map(lambda r: str(r.event.event_id)),
+                        equal_to([e["event_id"] for e in good]), label=f"good {label}")
+            assert_that(
+                dead | f"Reasons{label}" >> beam.Map(lambda d: (d.offset, d.reason)),
+                equal_to([(100 + i, reason) for i, (_, reason) in enumerate(bad)]),
+                label=f"bad {label}",
+            )
 
 
 def test_drop_late_events_and_watermark():
@@ -79,23 +99,31 @@ def test_drop_late_events_and_watermark():
     from pipelines.records import ParsedRecord
 
     with TestPipeline(argv=BEAM_ARGS) as p:
-        out = p | beam.Create([ParsedRecord(*x) for x in parsed]) | DropLateEvents(T0 + 1000, 3600, "events")
-        assert_that(out["events"] | beam.Map(lambda e: e.ts.timestamp()), equal_to([T0, T0 - 100]), label="on_time")
-        assert_that(out["dead_letters"] | beam.Map(lambda d: (d.reason, d.offset)), equal_to([("late_event", 2)]), label="late")
+        out = p | beam.Create(_batches([ParsedRecord(*x) for x in parsed], 2)) | DropLateEvents(T0 + 1000, 3600, "events")
+        assert_that(_unbatched(out["events"], "E") | beam.Map(lambda e: e.ts.timestamp()), equal_to([T0, T0 - 100]), label="on_time")
+        assert_that(_unbatched(out["dead_letters"], "D") | beam.Map(lambda d: (d.reason, d.offset)),
+                    equal_to([("late_event", 2)]), label="late")
         wm = out["events"] | EventTimeWatermark(T0 + 1000)
         assert_that(wm, equal_to([T0 + 1000]), label="watermark")
+        ahead = out["events"] | "Ahead" >> EventTimeWatermark(T0 - 10_000)
+        assert_that(ahead, equal_to([T0]), label="watermark from events")
 
 
 def test_deduplicate_events_within_and_across_batches():
     a, b, c = (ev("view", "u1", dt, item_id="i1") for dt in (0, 10, 20))
     events = _models([a, a, b, c])
-    seen = [(c["event_id"], T0 + 20.0)]  # c was processed in an earlier batch
+    shards = 4
+    seen = [(shard_of(c["event_id"], shards), Packed({c["event_id"]: T0 + 20.0}))]  # c was processed in an earlier batch
     with TestPipeline(argv=BEAM_ARGS) as p:
         as_of = p | "AsOf" >> beam.Create([T0 + 20.0])
-        out = {"events": p | "E" >> beam.Create(events), "seen": p | "S" >> beam.Create(seen)} | DeduplicateEvents(as_of, 3600)
-        assert_that(out["events"] | beam.Map(lambda e: str(e.event_id)), equal_to([a["event_id"], b["event_id"]]), label="unique")
-        assert_that(out["duplicates"], equal_to([a["event_id"], c["event_id"]]), label="dups")
-        assert_that(out["seen"] | beam.Map(lambda kv: kv[0]), equal_to([a["event_id"], b["event_id"], c["event_id"]]), label="seen")
+        # The two copies of a arrive in different elements: they meet in a's shard.
+        out = {"events": p | "E" >> beam.Create(_batches(events, 1)), "seen": p | "S" >> beam.Create(seen)} | DeduplicateEvents(
+            as_of, 3600, shards)
+        assert_that(_unbatched(out["events"], "E") | beam.Map(lambda e: str(e.event_id)),
+                    equal_to([a["event_id"], b["event_id"]]), label="unique")
+        assert_that(_unbatched(out["duplicates"], "D"), equal_to([a["event_id"], c["event_id"]]), label="dups")
+        assert_that(out["seen"] | beam.FlatMap(lambda kv: [(k, kv[0] == shard_of(k, shards)) for k in kv[1].value]),
+                    equal_to([(a["event_id"], True), (b["event_id"], True), (c["event_id"], True)]), label="seen")
 
 
 def test_feature_composites_equal_oracle():
@@ -105,7 +133,7 @@ def test_feature_composites_equal_oracle():
     models = _models(events)
     with TestPipeline(argv=BEAM_ARGS) as p:
         as_of = p | "AsOf" >> beam.Create([max(m.ts.timestamp() for m in models)])
-        source = p | "Events" >> beam.Create(models)
+        source = p | "Events" >> beam.Create(_batches(models, 7))
 
         def empty(label):
             return p | label >> beam.Create([])
@@ -121,7 +149,8 @@ def test_feature_composites_equal_oracle():
         }
         for view, out in outputs.items():
             assert len(expected[view]) > 0, view
-            assert_that(out["features"], _matches(expected[view], JOIN_KEY_OF_VIEW[view], view), label=f"Check{view}")
+            assert_that(_unbatched(out["features"], view), _matches(expected[view], JOIN_KEY_OF_VIEW[view], view),
+                        label=f"Check{view}")
 
 
 def test_feature_rows_have_the_feast_schema_columns():
