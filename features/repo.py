@@ -1,8 +1,9 @@
 """Applying the Feast repository and opening the feature store, configured from ``Settings``.
 
-Locally: SQLite online store, Parquet (file) offline store, file registry, all under
-``feast.repo_dir`` (default ``data.state_dir/feast``). Production (``deploy/production/feast/``):
-Redis online store, selected by ``feast.online_store: redis`` only.
+Locally: SQLite online store (Feast's, with a bulk write: ``features.online_store``), Parquet
+(file) offline store, file registry, all under ``feast.repo_dir`` (default ``data.state_dir/feast``).
+Production (``deploy/production/feast/``): Redis online store, selected by
+``feast.online_store: redis`` only.
 
 Example:
     >>> from streamrec.config import get_settings
@@ -39,11 +40,14 @@ def repo_config(settings: Any):
     """The Feast ``RepoConfig`` for these settings (what a ``feature_store.yaml`` would say)."""
     from feast.repo_config import RepoConfig
 
+    from features.online_store import STORE_TYPE as SQLITE_STORE_TYPE
+
     repo = feast_repo_dir(settings)
     if settings.feast.online_store == "redis":
         online: dict[str, Any] = {"type": "redis", "connection_string": settings.feast.redis_connection_string}
     else:
-        online = {"type": "sqlite", "path": str(repo / "online_store.db")}
+        # Feast's SQLite store with a bulk write (features/online_store.py): same tables and reads.
+        online = {"type": SQLITE_STORE_TYPE, "path": str(repo / "online_store.db")}
     return RepoConfig(
         project=settings.feast.project,
         provider="local",

@@ -168,7 +168,8 @@ class ParseEvents(beam.PTransform):
 
     Returns:
         ``{"parsed": ParsedRecord, "dead_letters": DeadLetter}`` (timestamps as they came: the
-        streaming source stamps records with their event time, ``DropLateEvents`` stamps events).
+        streaming source stamps records with their event time; the micro-batch composites need no
+        element timestamps: their windows are computed from the events' own times).
     """
 
     def expand(self, records):

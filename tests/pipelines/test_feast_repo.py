@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from features.online_store import STORE_TYPE
 from features.repo import apply_feature_repo, repo_config
 from features.services import ALL_FEATURE_SERVICES
 from features.views import ALL_FEATURE_VIEWS, feature_names, user_features
@@ -48,7 +49,8 @@ def test_apply_push_and_read_online(tmp_path):
 def test_committed_feature_store_yamls():
     dev = yaml.safe_load((REPO_ROOT / "features/feature_repo/feature_store.yaml").read_text())
     prod = yaml.safe_load((REPO_ROOT / "deploy/production/feast/feature_store.yaml").read_text())
-    assert dev["online_store"]["type"] == "sqlite" and dev["offline_store"]["type"] == "file"
+    assert dev["online_store"]["type"] == STORE_TYPE and dev["offline_store"]["type"] == "file"
+    assert repo_config(Settings()).online_store.type == STORE_TYPE  # the dev yaml says what Settings say
     assert prod["online_store"]["type"] == "redis" and prod["project"] == dev["project"]
     fragment = yaml.safe_load((REPO_ROOT / "deploy/production/feast/streamrec.yaml").read_text())
     settings = Settings(**fragment)

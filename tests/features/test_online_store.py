@@ -1,0 +1,161 @@
+"""``BulkSqliteOnlineStore`` writes byte-for-byte the rows Feast's ``SqliteOnlineStore`` writes, and
+Feast's reads (``online_read``, ``get_online_features``) and ``OnlineReader`` see the same."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from feast import FeatureStore
+from feast.infra.online_stores.helpers import compute_table_id
+from feast.infra.online_stores.sqlite import SqliteOnlineStore
+from feast.repo_config import RepoConfig
+from feast.value_type import ValueType
+
+from features.entities import ALL_ENTITIES
+from features.online_store import STORE_TYPE, BulkSqliteOnlineStore
+from features.repo import apply_feature_repo
+from features.services import ALL_FEATURE_SERVICES
+from features.views import ALL_FEATURE_VIEWS, JOIN_KEY_OF_VIEW
+from pipelines.feast_sink import feature_frame, feature_frame_at, online_rows
+from streamrec.config import Settings
+
+AS_OF = 1511600000.0
+
+
+def _open(root: Path, store_type: str, online: dict[str, Any]) -> FeatureStore:
+    """A store of ``store_type`` on a repo applied under ``root`` (re-applied with the options)."""
+    base = apply_feature_repo(Settings(data={"state_dir": str(root)}, feast={"project": "unit"})).config
+    config = RepoConfig(
+        project=base.project,
+        provider="local",
+        registry=base.registry.path,
+        online_store={"type": store_type, "path": base.online_store.path, **online},
+        offline_store={"type": "file"},
+        entity_key_serialization_version=base.entity_key_serialization_version,
+        repo_path=base.repo_path,
+    )
+    store = FeatureStore(config=config)
+    if online:  # e.g. the value_num column is added by Feast's update()
+        store.apply([*ALL_ENTITIES, *ALL_FEATURE_VIEWS, *ALL_FEATURE_SERVICES])
+    return store
+
+
+def _value(value_type: ValueType, i: int, j: int, seed: int) -> Any:
+    """A value of the column's type; scalars repeat (shared protos), lists may be empty."""
+    n = (i + j + seed) % 4
+    by_type = {
+        ValueType.INT64: (i * 7 + j + seed) % 5,
+        ValueType.DOUBLE: ((i + j + seed) % 4) / 3,
+        ValueType.STRING: f"s{(i + seed) % 3}",
+        ValueType.INT64_LIST: [i * 10 + k + seed for k in range(n)],
+        ValueType.DOUBLE_LIST: [(k + seed) / 7 for k in range(n)],
+        ValueType.STRING_LIST: [f"v{i}-{k}-{seed}" for k in range(n)],
+        ValueType.BOOL_LIST: [(k + seed) % 2 == 0 for k in range(n)],
+    }
+    return by_type[value_type]  # KeyError: a new column type wants a case here
+
+
+def _rows(view: Any, ids: range, seed: int) -> list[dict[str, Any]]:
+    """Rows of ``view``; every fifth row has nulls only (Feast's empty Value)."""
+    key = JOIN_KEY_OF_VIEW[view.name]
+    rows = []
+    for i in ids:
+        row: dict[str, Any] = {key: f"k{i}"}
+        for j, feature in enumerate(view.features):
+            row[feature.name] = None if (i + seed) % 5 == 0 else _value(feature.dtype.to_value_type(), i, j, seed)
+        rows.append(row)
+    return rows
+
+
+def _batches(view: Any) -> list[list[tuple[Any, ...]]]:
+    """Three batches as Feast hands them to a store: a first write; an upsert over it with changed
+    values, new keys, a key twice and a time per row; aware times with created times."""
+    first = online_rows(view, feature_frame(view.name, _rows(view, range(30), 0), AS_OF))
+    # k21 and k22 twice: the later row wins (k22's later row is all nulls).
+    rows = _rows(view, range(20, 42), 1) + _rows(view, range(21, 22), 2) + _rows(view, range(22, 23), 3)
+    times = [AS_OF + 60 * i for i in range(len(rows))]
+    second = online_rows(view, feature_frame_at(view.name, rows, times))
+    berlin = timezone(timedelta(hours=1))
+    third = [(key, values, datetime.fromtimestamp(AS_OF + 7200, tz=berlin), datetime.fromtimestamp(AS_OF + 7300, tz=timezone.utc))
+             for key, values, _, _ in online_rows(view, feature_frame(view.name, _rows(view, range(25, 31), 3), 0.0))]
+    return [first, second, third]
+
+
+def _columns(store: FeatureStore, view: Any) -> list[str]:
+    with sqlite3.connect(store.config.online_store.path) as db:
+        return [row[1] for row in db.execute(f'PRAGMA table_info("{_table_name(store, view)}")')]
+
+
+def _table_name(store: FeatureStore, view: Any) -> str:
+    return compute_table_id(store.project, view, store.config.registry.enable_online_feature_view_versioning)
+
+
+def _table(store: FeatureStore, view: Any) -> list[tuple[Any, ...]]:
+    """Every column of the view's table: (SQL literal, type) per column (``quote``: blobs as hex)."""
+    quoted = ", ".join(f"quote({c}), typeof({c})" for c in _columns(store, view))
+    with sqlite3.connect(store.config.online_store.path) as db:
+        return db.execute(f'SELECT {quoted} FROM "{_table_name(store, view)}" ORDER BY entity_key, feature_name').fetchall()
+
+
+def _some_set(store: FeatureStore, view: Any, column: str) -> bool:
+    """Whether any row holds a value in ``column`` (the option under test was exercised)."""
+    at = _columns(store, view).index(column)
+    return any(row[2 * at + 1] != "null" for row in _table(store, view))
+
+
+def _reads(store: FeatureStore, view: Any) -> tuple[Any, Any]:
+    """Feast's ``online_read`` (values in order, times) and ``get_online_features`` of every key."""
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    key = JOIN_KEY_OF_VIEW[view.name]
+    ids = [f"k{i}" for i in range(45)]
+    entity_keys = [EntityKey(join_keys=[key], entity_values=[Value(string_val=i)]) for i in ids]
+    read = store.provider.online_read(store.config, view, entity_keys)
+    in_order = [(ts, None if values is None else list(values.items())) for ts, values in read]
+    refs = [f"{view.name}:{f.name}" for f in view.features]
+    online = store.get_online_features(features=refs, entity_rows=[{key: i} for i in ids]).to_dict()
+    return in_order, online
+
+
+@pytest.mark.parametrize("online", [{}, {"enable_openai_compatible_store": True}], ids=["default", "value_num"])
+def test_bulk_writes_what_feast_writes(tmp_path, online):
+    stock = _open(tmp_path / "stock", "sqlite", online)
+    bulk = _open(tmp_path / "bulk", STORE_TYPE, online)
+    assert type(stock.provider.online_store) is SqliteOnlineStore
+    assert type(bulk.provider.online_store) is BulkSqliteOnlineStore
+    for view in ALL_FEATURE_VIEWS:
+        for batch in _batches(view):
+            for store in (stock, bulk):
+                store.provider.online_write_batch(store.config, view, batch, progress=None)
+            assert _table(bulk, view) == _table(stock, view), view.name
+        if online:
+            assert _some_set(bulk, view, "value_num"), view.name
+        assert _reads(bulk, view) == _reads(stock, view), view.name
+
+
+def test_bulk_reports_progress_once_per_batch(tmp_path):
+    store = apply_feature_repo(Settings(data={"state_dir": str(tmp_path)}, feast={"project": "unit"}))
+    view = ALL_FEATURE_VIEWS[0]
+    calls: list[int] = []
+    batch = _batches(view)[0]
+    store.provider.online_write_batch(store.config, view, batch, progress=calls.append)
+    assert calls == [len(batch)]
+
+
+def test_vector_enabled_falls_back_to_feasts_write(tmp_path):
+    """Vector columns are Feast's row-by-row write (scalar views only: Feast's own vector path binds
+    list values as they are, which SQLite refuses)."""
+    online = {"vector_enabled": True}
+    stock = _open(tmp_path / "stock", "sqlite", online)
+    bulk = _open(tmp_path / "bulk", STORE_TYPE, online)
+    view = next(v for v in ALL_FEATURE_VIEWS if v.name == "experiment_variant_features")
+    for batch in _batches(view):
+        for store in (stock, bulk):
+            store.provider.online_write_batch(store.config, view, batch, progress=None)
+    assert _table(bulk, view) == _table(stock, view)
+    assert _some_set(bulk, view, "vector_value")
