@@ -177,6 +177,14 @@ class ParseEvents(beam.PTransform):
         return {"parsed": out.parsed, "dead_letters": out.dead_letters}
 
 
+def _split_outputs(main: list[Any], tag: str, side: list[Any]) -> Iterator[Any]:
+    """A batch split in two: the main list and the tagged one, packed; empty lists are not emitted."""
+    if main:
+        yield Packed(main)
+    if side:
+        yield TaggedOutput(tag, Packed(side))
+
+
 class ParseRecordBatches(beam.PTransform):
     """Lists of Kafka records -> lists of parsed events and lists of dead letters (``ParseEvents``
     over batched elements: the same parse, reason codes and failure rule per record).
@@ -195,10 +203,7 @@ class ParseRecordBatches(beam.PTransform):
                     parsed.append(parse_record(record))
                 except EventRejected as exc:
                     dead.append(_dead_letter(record, exc))
-            if parsed:
-                yield Packed(parsed)
-            if dead:
-                yield TaggedOutput("dead_letters", Packed(dead))
+            yield from _split_outputs(parsed, "dead_letters", dead)
 
         out = batches | "Validate" >> beam.FlatMap(parse).with_outputs("dead_letters", main="parsed")
         return {"parsed": out.parsed, "dead_letters": out.dead_letters}
@@ -258,10 +263,7 @@ class DropLateEvents(beam.PTransform):
                     late.append(late_dead_letter(record, policy, topic))
                 else:
                     on_time.append(record.event)
-            if on_time:
-                yield Packed(on_time)
-            if late:
-                yield TaggedOutput("late", Packed(late))
+            yield from _split_outputs(on_time, "late", late)
 
         out = parsed | "Split" >> beam.FlatMap(split).with_outputs("late", main="events")
         return {"events": out.events, "dead_letters": out.late}
