@@ -49,7 +49,8 @@ from pipelines.kafka_source import (
 )
 from pipelines.lake import lake_row, write_event_lake
 from pipelines.privacy import apply_new_tombstones, drop_deleted_users
-from pipelines.records import DeadLetter, KafkaRecord, Packed
+from pipelines.packed import Packed
+from pipelines.records import DeadLetter, KafkaRecord
 from pipelines.state_store import FAMILIES, PipelineState, load_state, save_state, state_path
 from pipelines.state_subset import merge_state, relevant_state
 from pipelines.transforms import (

@@ -54,7 +54,8 @@ from pipelines.accumulators import (
     item_signals,
     user_update,
 )
-from pipelines.records import DeadLetter, KafkaRecord, Packed, ParsedRecord
+from pipelines.packed import Packed
+from pipelines.records import DeadLetter, KafkaRecord, ParsedRecord
 
 __all__ = [
     "ComputeBundleFeatures",

@@ -18,7 +18,8 @@ from pipeline_support import T0, assert_frames_match, ev, mixed_events
 from features.events import event_to_json, parse_event
 from features.views import ALL_FEATURE_VIEWS, JOIN_KEY_OF_VIEW, feature_names
 from pipelines.accumulators import FeatureSpec
-from pipelines.records import KafkaRecord, Packed
+from pipelines.packed import Packed
+from pipelines.records import KafkaRecord
 from pipelines.runner import compute_batch
 from pipelines.state_store import PipelineState
 from pipelines.transforms import (
