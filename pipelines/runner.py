@@ -222,6 +222,7 @@ def _read_collected(staging: Path) -> dict[str, list[Any]]:
 # runner's per-element work vanishes, small enough that a batch still splits over workers.
 RECORDS_PER_ELEMENT = 4096
 
+
 def compute_batch(
     read: beam.PTransform | Iterable[KafkaRecord],
     state: PipelineState,

@@ -35,9 +35,8 @@ from pipelines.accumulators import (
 )
 from pipelines.records import KafkaRecord
 from pipelines.state_store import FAMILIES, PipelineState
-from pipelines.transforms import parse_record
+from pipelines.transforms import ATTRIBUTED_TYPES, parse_record
 
-_ATTRIBUTED = ("impression", "click", "bundle_purchase")
 _JSON = json.JSONDecoder()
 
 
@@ -63,7 +62,7 @@ class _Touched:
             self.sessions.add(event.session_id)
             self.cooc.update(item for item, _, _, _ in interactions(event))
         self.bundles.update(b for b, _ in bundle_signals(event))
-        if event.type in _ATTRIBUTED:
+        if event.type in ATTRIBUTED_TYPES:
             self.requests.add(event.request_id)
         self.ids.add(str(event.event_id))
 
@@ -79,7 +78,7 @@ class _Touched:
             _add(self.sessions, payload.get("session_id"))
             self.cooc.update(v for v in named if isinstance(v, str))
         self.bundles.update(v for v in (payload.get("bundle_id"), *slots) if isinstance(v, str))
-        if payload.get("type") in _ATTRIBUTED:
+        if payload.get("type") in ATTRIBUTED_TYPES:
             _add(self.requests, payload.get("request_id"))
         self.ids.add(str(UUID(payload["event_id"])))  # the contract's form of the id (lower case, dashes)
 
@@ -145,10 +144,7 @@ def relevant_state(state: PipelineState, records: Iterable[KafkaRecord], spec: F
     """The part of ``state`` the batch of ``records`` can read or change."""
     touched = _touched(state, records, LatenessPolicy(spec.allowed_lateness_s))
     as_of = max([t for t in [state.watermark, *touched.times] if t is not None], default=None)
-    users, items, sessions, bundles, requests, ids = (
-        touched.users, touched.items, touched.sessions, touched.bundles, touched.requests, touched.ids
-    )
-    cooc = touched.cooc | {item for s in sessions if s in state.sessions for item in state.sessions[s].items}
+    cooc = touched.cooc | {item for s in touched.sessions if s in state.sessions for item in state.sessions[s].items}
     previous = state.watermark
 
     def pick(family: dict[str, Any], keys: set[str]) -> dict[str, Any]:
@@ -164,13 +160,13 @@ def relevant_state(state: PipelineState, records: Iterable[KafkaRecord], spec: F
         watermark=state.watermark,
         offsets=dict(state.offsets),
         batches=state.batches,
-        seen=pick(state.seen, ids),
-        users=changing(state.users, users),
-        items=changing(state.items, items),
-        sessions=pick(state.sessions, sessions),
+        seen=pick(state.seen, touched.ids),
+        users=changing(state.users, touched.users),
+        items=changing(state.items, touched.items),
+        sessions=pick(state.sessions, touched.sessions),
         cooccurrence=pick(state.cooccurrence, cooc),
-        bundles=pick(state.bundles, bundles),
-        requests=pick(state.requests, requests),
+        bundles=pick(state.bundles, touched.bundles),
+        requests=pick(state.requests, touched.requests),
         variants=dict(state.variants),
     )
 

@@ -72,6 +72,7 @@ __all__ = [
     "ParseRecordBatches",
     "shard_of",
     "split_by_shard",
+    "split_state_by_shard",
 ]
 
 # Shards per keyed family when the caller does not say (``pipeline.key_shards`` in the config).
@@ -87,20 +88,21 @@ def shard_of(key: str, shards: int) -> int:
     return zlib.crc32(key.encode("utf-8")) % shards
 
 
-def split_by_shard(pairs: Iterable[tuple[str, V]], shards: int) -> list[tuple[int, Packed[list[tuple[str, V]]]]]:
-    """``(key, value)`` pairs -> one ``(shard, Packed([(key, value), ...]))`` per shard present."""
+def _group_by_shard(pairs: Iterable[tuple[str, V]], shards: int) -> dict[int, list[tuple[str, V]]]:
     out: dict[int, list[tuple[str, V]]] = {}
     for pair in pairs:
         out.setdefault(shard_of(pair[0], shards), []).append(pair)
-    return [(shard, Packed(values)) for shard, values in out.items()]
+    return out
+
+
+def split_by_shard(pairs: Iterable[tuple[str, V]], shards: int) -> list[tuple[int, Packed[list[tuple[str, V]]]]]:
+    """``(key, value)`` pairs -> one ``(shard, Packed([(key, value), ...]))`` per shard present."""
+    return [(shard, Packed(values)) for shard, values in _group_by_shard(pairs, shards).items()]
 
 
 def split_state_by_shard(state: dict[str, S], shards: int) -> list[tuple[int, Packed[dict[str, S]]]]:
     """A family's ``{key: state}`` -> one ``(shard, Packed({key: state}))`` per shard present."""
-    out: dict[int, dict[str, S]] = {}
-    for key, value in state.items():
-        out.setdefault(shard_of(key, shards), {})[key] = value
-    return [(shard, Packed(values)) for shard, values in out.items()]
+    return [(shard, Packed(dict(pairs))) for shard, pairs in _group_by_shard(state.items(), shards).items()]
 
 
 def _event_order(event: Any) -> tuple[float, str]:
@@ -151,13 +153,18 @@ def _dead_letter(record: KafkaRecord, exc: EventRejected) -> DeadLetter:
     )
 
 
-def _parse_or_dead_letter(record: KafkaRecord):
-    # Tagged outputs rather than with_exception_handling: its dead-letter output carries only the
-    # exception's repr, and we need the reason code. Only contract violations are caught.
+def _parsed_or_dead_letter(record: KafkaRecord) -> ParsedRecord | DeadLetter:
+    # Dead letters of our own rather than with_exception_handling: its dead-letter output carries
+    # only the exception's repr, and we need the reason code. Only contract violations are caught.
     try:
-        yield parse_record(record)
+        return parse_record(record)
     except EventRejected as exc:
-        yield TaggedOutput("dead_letters", _dead_letter(record, exc))
+        return _dead_letter(record, exc)
+
+
+def _parse_or_dead_letter(record: KafkaRecord):
+    out = _parsed_or_dead_letter(record)
+    yield out if isinstance(out, ParsedRecord) else TaggedOutput("dead_letters", out)
 
 
 class ParseEvents(beam.PTransform):
@@ -200,10 +207,8 @@ class ParseRecordBatches(beam.PTransform):
             parsed: list[ParsedRecord] = []
             dead: list[DeadLetter] = []
             for record in records.value:
-                try:
-                    parsed.append(parse_record(record))
-                except EventRejected as exc:
-                    dead.append(_dead_letter(record, exc))
+                out = _parsed_or_dead_letter(record)
+                (parsed if isinstance(out, ParsedRecord) else dead).append(out)
             yield from _split_outputs(parsed, "dead_letters", dead)
 
         out = batches | "Validate" >> beam.FlatMap(parse).with_outputs("dead_letters", main="parsed")
@@ -416,7 +421,11 @@ class DeduplicateEvents(beam.PTransform):
             shard, groups = kv
             copies, seen = _values_and_states(groups)
             unique, duplicates = [], []
-            remembered = {k: ts for k, ts in seen.items() if as_of is not None and ts >= as_of - lateness}
+
+            def kept(ts: float) -> bool:
+                return as_of is not None and ts >= as_of - lateness
+
+            remembered = {k: ts for k, ts in seen.items() if kept(ts)}
             for event_id, events in copies.items():
                 if event_id in seen:  # processed in an earlier batch: every copy is a duplicate
                     duplicates.extend([event_id] * len(events))
@@ -425,12 +434,9 @@ class DeduplicateEvents(beam.PTransform):
                 unique.append(event)
                 duplicates.extend([event_id] * (len(events) - 1))
                 ts = event_seconds(event)
-                if as_of is not None and ts >= as_of - lateness:
+                if kept(ts):
                     remembered[event_id] = ts
-            if unique:
-                yield Packed(unique)
-            if duplicates:
-                yield TaggedOutput("duplicates", Packed(duplicates))
+            yield from _split_outputs(unique, "duplicates", duplicates)
             yield TaggedOutput("seen", (shard, Packed(remembered)))
 
         out = (
