@@ -270,6 +270,10 @@ class ServingConfig(BaseModel):
     # Seconds between an ingress replica's pulls of the learner's policies (it selects bundles from
     # its copy): how soon feedback the learner applied shows in the served decisions.
     policy_refresh_s: float = Field(default=1.0, gt=0)
+    # A bundle response returns once its impression is handed to the producer while the broker
+    # acknowledges within this many seconds; past it (broker slow or away), responses wait for
+    # their own ack again and so turn into 503s (serving/app/decision_log.py).
+    impression_ack_grace_s: float = Field(default=0.5, gt=0)
     # Without a snapshot the learner folds the whole log ("earliest") or starts at the end.
     start_from: Literal["earliest", "latest"] = "earliest"
     # Request limits (beyond them: 4xx).

@@ -46,6 +46,7 @@ from features.events import (
 )
 from features.privacy import Tombstone
 from serving.app.args import RecommenderArgs
+from serving.app.decision_log import DecisionLog
 from serving.app.learner import BanditLearner, new_learner_state
 from serving.app.learner_state import CONTEXT_HEADER
 from serving.app.policy_mirror import PolicyMirror
@@ -248,8 +249,12 @@ class RecommenderAPI:
         self._ranker = ItemRanker(sources)
         self._candidates = BundleCandidates(sources, args.catalogue)
         self._policies = PolicyMirror(new_learner_state(args, self._settings), learner, self._s.policy_refresh_s)
-        # No linger: a bundle response waits for its impression's ack, one record at a time.
+        # No linger: records go one at a time, and a bundle response may wait for its impression's ack.
         self._publisher = EventPublisher(self._settings.kafka, client_id="streamrec-recommender", linger_ms=0)
+        self._decisions = DecisionLog(
+            self._publisher, self._s.impression_ack_grace_s,
+            count=lambda what, n: self._errors.inc(n, tags={"reason": f"impression_{what}"}),
+        )
         self._background: set[asyncio.Task[None]] = set()
         self._served = metrics.Counter(
             "streamrec_bundles_served", description="Bundle slates served (and logged as impressions), per variant.",
@@ -299,9 +304,11 @@ class RecommenderAPI:
             raise ApiError(404, "unknown_experiment", f"no experiment {name!r}; known: {sorted(self._experiments)}")
         return experiment
 
-    async def _publish(self, records: list[OutgoingRecord]) -> None:
+    async def _publish(self, records: list[OutgoingRecord], decision: bool = False) -> None:
+        """Acknowledged by Kafka on return; a ``decision``'s records may instead be handed over and
+        acknowledged in the background (``DecisionLog``)."""
         try:
-            await self._publisher.publish(records)
+            await (self._decisions.log(records) if decision else self._publisher.publish(records))
         except BrokerUnavailable as exc:
             raise ApiError(503, "broker_unavailable", f"nothing was logged: {exc}. Retry.", {"Retry-After": "1"}) from None
 
@@ -309,7 +316,8 @@ class RecommenderAPI:
 
     async def bundles(self, query: BundlesQuery) -> dict[str, Any]:
         """Choose a slate of bundles for a user / seed item with the user's variant's bandit,
-        log it as an impression (acks=all), and return it."""
+        log it as an impression (acks=all, acknowledged in the background while the broker keeps
+        up: ``DecisionLog``), and return it."""
         if query.user_id is None and query.item_id is None:
             raise ApiError(422, "invalid_request", "give user_id and/or item_id")
         k = query.k or self._s.default_k
@@ -343,7 +351,9 @@ class RecommenderAPI:
             (CONTEXT_HEADER, json.dumps(context).encode()),
             (CANDIDATES_HEADER, encode_candidates(cands["ids"], cands["embeddings"])),  # for `streamrec ope`
         )
-        await self._publish([OutgoingRecord(self._settings.kafka.topics.events, user_id.encode(), event_to_json(impression), headers)])
+        await self._publish(
+            [OutgoingRecord(self._settings.kafka.topics.events, user_id.encode(), event_to_json(impression), headers)], decision=True
+        )
         self._served.inc(tags={"experiment": experiment.name, "variant": variant})
         response["policy"] = decision.policy
         response["bundles"] = [
@@ -556,6 +566,9 @@ class RecommenderAPI:
         return {"status": "ok", "service": "recommender"}
 
     def __del__(self) -> None:
+        decisions = getattr(self, "_decisions", None)
+        if decisions is not None:
+            decisions.close()
         publisher = getattr(self, "_publisher", None)
         if publisher is not None:
             publisher.close()
