@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import math
+import sys
 import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
@@ -240,6 +241,10 @@ class RecommenderAPI:
         self._args = args
         self._settings = args.resolved_settings()
         self._s = self._settings.serving
+        # The replica's process is this deployment's own: its event loop shares the GIL with
+        # kafka-python's I/O thread, which Python's default 5 ms switch interval let hold it while
+        # requests waited (serving.gil_switch_interval_s).
+        sys.setswitchinterval(self._s.gil_switch_interval_s)
         self._experiments: dict[str, Experiment] = {e.name: e for e in args.experiments}
         self._default_experiment = args.default_experiment
         self._diversity = self._s.diversity
