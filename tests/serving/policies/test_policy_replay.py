@@ -79,24 +79,33 @@ def test_new_arms_mid_run_are_shown(taobao: ReplayData) -> None:
     assert results["linucb"][0].cumulative_reward > 0
 
 
+# Youshu's rewards are sparse (a 1.5% hit rate for random): per seed the regret of the learners
+# spreads by 50-90, more than their gaps, so 5 seeds could not separate them (an xfail until
+# 2026-12-05). 40 paired seeds can: same users per seed for every policy (BENCHMARKS.md).
+YOUSHU_SEEDS = tuple(range(100, 140))
+
+
 @pytest.fixture(scope="module")
-def youshu_regret() -> dict[str, float]:
+def youshu_runs() -> dict[str, np.ndarray]:
     youshu = load_youshu_replay(n_arms=150, rank=8, split="test")
-    return _mean_regret(youshu, n_rounds=3000)
+    results = compare_policies(youshu, _factories(youshu), YOUSHU_SEEDS, 3000)
+    return {label: np.array([r.cumulative_regret for r in runs]) for label, runs in results.items()}
 
 
 @pytest.mark.slow
-def test_youshu_linucb_and_ts_beat_random(youshu_regret: dict[str, float]) -> None:
+def test_youshu_linucb_and_ts_beat_random(youshu_runs: dict[str, np.ndarray]) -> None:
+    regret = {label: float(runs.mean()) for label, runs in youshu_runs.items()}
     for smart in ("linucb", "linear_ts"):
-        assert youshu_regret[smart] < youshu_regret["random"] - 100, youshu_regret
+        assert regret[smart] < regret["random"] - 100, regret
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured (seeds 10-14, 3000 rounds): LinUCB 2774.6, TS 2793.6, eps-greedy 2783.2, greedy "
-    "2784.6 mean regret; on sparse Youshu rewards (1.5% random hit rate) the gap to eps-greedy/greedy "
-    "is within seed noise (sd 20-90), so this claim does not hold reliably",
-)
-def test_youshu_linucb_and_ts_have_lower_regret_than_baselines(youshu_regret: dict[str, float]) -> None:
-    _assert_exploring_policies_win(youshu_regret)
+def test_youshu_linucb_and_ts_have_lower_regret_than_baselines(youshu_runs: dict[str, np.ndarray]) -> None:
+    _assert_exploring_policies_win({label: float(runs.mean()) for label, runs in youshu_runs.items()})
+    # Thompson sampling's lead is beyond seed noise (paired over seeds: measured t = -2.5 against
+    # epsilon-greedy, -3.3 against greedy); LinUCB's over epsilon-greedy is on the mean only
+    # (t = -1.3 on these seeds, -1.4 on seeds 140-199), as BENCHMARKS.md says.
+    for baseline in ("eps_greedy", "greedy"):
+        diff = youshu_runs["linear_ts"] - youshu_runs[baseline]
+        t = diff.mean() / (diff.std(ddof=1) / np.sqrt(diff.size))
+        assert t < -2.0, (baseline, t)
