@@ -52,6 +52,7 @@ class DecisionLog:
         self._retry_s = retry_s
         self._count = count or (lambda _what, _n: None)
         self._outstanding: dict[int, float] = {}  # token -> when handed over (monotonic), oldest first
+        self._acks: set[asyncio.Future[list[Delivered]]] = set()  # strong references (the loop keeps weak ones)
         self._tokens = itertools.count()
         self._backlog: deque[OutgoingRecord] = deque()
         self._resending: asyncio.Task[None] | None = None
@@ -83,10 +84,12 @@ class DecisionLog:
         acks = await self._publisher.send(records)
         token = next(self._tokens)
         self._outstanding[token] = time.monotonic()
+        self._acks.add(acks)
         acks.add_done_callback(lambda done: self._settled(token, records, done))
 
     def _settled(self, token: int, records: list[OutgoingRecord], acks: asyncio.Future[list[Delivered]]) -> None:
         self._outstanding.pop(token, None)
+        self._acks.discard(acks)
         if not acks.cancelled() and acks.exception() is None:
             return
         log.warning("%d impression record(s) not acknowledged; re-sending them until the broker takes them", len(records))
