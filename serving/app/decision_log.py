@@ -21,7 +21,6 @@ A record re-sent after a lost acknowledgement may reach Kafka twice; readers key
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections import deque
@@ -51,9 +50,9 @@ class DecisionLog:
         self._grace_s = ack_grace_s
         self._retry_s = retry_s
         self._count = count or (lambda _what, _n: None)
-        self._outstanding: dict[int, float] = {}  # token -> when handed over (monotonic), oldest first
-        self._acks: set[asyncio.Future[list[Delivered]]] = set()  # strong references (the loop keeps weak ones)
-        self._tokens = itertools.count()
+        # Pending acknowledgement -> (when handed over, monotonic; its records), oldest first. Also
+        # the futures' strong references: the event loop keeps only weak ones to tasks.
+        self._outstanding: dict[asyncio.Future[list[Delivered]], tuple[float, int]] = {}
         self._backlog: deque[OutgoingRecord] = deque()
         self._resending: asyncio.Task[None] | None = None
 
@@ -64,12 +63,12 @@ class DecisionLog:
         if self._backlog:
             return False
         oldest = next(iter(self._outstanding.values()), None)
-        return oldest is None or time.monotonic() - oldest < self._grace_s
+        return oldest is None or time.monotonic() - oldest[0] < self._grace_s
 
     @property
     def unacknowledged(self) -> int:
         """Records handed over and not yet acknowledged (in flight or waiting to be re-sent)."""
-        return len(self._outstanding) + len(self._backlog)
+        return sum(n for _, n in self._outstanding.values()) + len(self._backlog)
 
     async def log(self, records: list[OutgoingRecord]) -> None:
         """Returns once the records are in Kafka or certain to be re-sent until they are.
@@ -82,14 +81,11 @@ class DecisionLog:
             await self._publisher.publish(records)
             return
         acks = await self._publisher.send(records)
-        token = next(self._tokens)
-        self._outstanding[token] = time.monotonic()
-        self._acks.add(acks)
-        acks.add_done_callback(lambda done: self._settled(token, records, done))
+        self._outstanding[acks] = (time.monotonic(), len(records))
+        acks.add_done_callback(lambda done: self._settled(records, done))
 
-    def _settled(self, token: int, records: list[OutgoingRecord], acks: asyncio.Future[list[Delivered]]) -> None:
-        self._outstanding.pop(token, None)
-        self._acks.discard(acks)
+    def _settled(self, records: list[OutgoingRecord], acks: asyncio.Future[list[Delivered]]) -> None:
+        self._outstanding.pop(acks, None)
         if not acks.cancelled() and acks.exception() is None:
             return
         log.warning("%d impression record(s) not acknowledged; re-sending them until the broker takes them", len(records))
