@@ -1,37 +1,43 @@
-"""Feast's SQLite online store with a bulk write: the local online store streamrec configures.
+"""Feast's SQLite online store with one row per entity: the local online store streamrec configures.
 
-Why: Feast's ``SqliteOnlineStore.online_write_batch`` has no bulk path. It runs one
-``conn.execute(INSERT ... ON CONFLICT ...)`` per feature per entity, each with its own
-``SerializeToString``, text extraction and datetime adapter call in Python: ~9 s for one
-84k-event Taobao batch (60k rows, 600k feature values). ``BulkSqliteOnlineStore`` builds all rows
-of the batch first (each distinct value proto serialized and each timestamp adapted once), sorts
-them by entity key and upserts them in one transaction with one ``executemany`` of Feast's own
-statement, 100 rows to a statement (one more statement for the remainder): ~3 s for that batch
-(~0.7 s building rows, the rest SQLite), ~3 s instead of ~6 s when it upserts over existing rows.
-The table rows are byte-for-byte Feast's (tests/features/test_online_store.py), so Feast's
-``online_read`` and ``features.online.OnlineReader`` read the same values; reads, table creation
-and teardown are Feast's, inherited. SQLite's durability settings are Feast's.
+Why: Feast's ``SqliteOnlineStore`` keeps one table row per feature per entity and writes them one
+``execute`` at a time: ~9 s for one 84k-event Taobao batch (60k entities, 600k feature values).
+Even in bulk (one ``executemany``, multi-row statements) 600k upserts cost SQLite and the
+sqlite3 binding ~2.2 s. ``BulkSqliteOnlineStore`` keeps what Feast's DynamoDB store keeps: one row
+per entity of a view, its feature values in one ``Value.Map`` proto (Feast's own message); that
+batch is 60k upserts, ~0.3 s. Reads (``online_read``, and so ``get_online_features`` and
+``features.online.OnlineReader``) return exactly what Feast's SQLite store returns for the same
+writes (tests/features/test_online_store.py): every feature's ``Value`` (an empty one for a
+null), the entity's event time in UTC, ``(None, None)`` for an entity without a row. A write
+replaces an entity's row, as every Feast writer writes whole rows of a view.
+
+Tables are named as Feast names them (``compute_table_id``), so deleting a user's rows
+(``pipelines.privacy``: ``DELETE ... WHERE entity_key = ?``) is the same in both layouts. A table
+of Feast's per-feature layout under that name (a store created before this class, or with type
+``sqlite``) is dropped and recreated by ``update`` (``feast apply``): the local online store is a
+cache that the next batch or ``feast materialize`` refills.
+
+Not supported (``update`` says so): vector search (``vector_enabled``) and the OpenAI-compatible
+``value_num`` column, both of which query Feast's per-feature layout; use type ``sqlite`` there.
 
 Selected by ``online_store: type: features.online_store.BulkSqliteOnlineStore`` (Feast imports
 the module and finds ``BulkSqliteOnlineStoreConfig`` next to the class). The class name must end
 in ``SqliteOnlineStore``: Feast's ``_get_db_path`` asserts it. The ``feast`` CLI plans and diffs
 infrastructure only for type ``sqlite``: with this type ``feast apply`` goes through
-``FeatureStore.apply`` (as ``features.repo.apply_feature_repo`` always has), and ``feast plan``
-lists the tables as to be created even when they exist.
+``FeatureStore.apply`` (as ``features.repo.apply_feature_repo`` always has).
 """
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from operator import itemgetter
 from typing import Any, Literal
 
 from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.infra.online_stores.helpers import extract_text_and_num
 from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig, _quote_id, _table_id
+from feast.protos.feast.types.Value_pb2 import Map
 from feast.utils import to_naive_utc
 
 __all__ = ["STORE_TYPE", "BulkSqliteOnlineStore", "BulkSqliteOnlineStoreConfig"]
@@ -41,19 +47,49 @@ STORE_TYPE = "features.online_store.BulkSqliteOnlineStore"
 # (entity key, {feature name: Value}, event time, created time): what Feast hands a store.
 OnlineRow = tuple[Any, dict[str, Any], datetime, datetime | None]
 
-_KEY_COLUMNS = ("entity_key", "feature_name")
-# Rows per INSERT statement; fewer where SQLite allows fewer bound variables.
-_ROWS_PER_STATEMENT = 100
+# The table of one view: ``features`` is a serialized ``Value.Map`` of feature name -> Value.
+_COLUMNS = ("entity_key", "features", "event_ts", "created_ts")
+_CREATE = (
+    "CREATE TABLE IF NOT EXISTS {table} (entity_key BLOB PRIMARY KEY, features BLOB NOT NULL, "
+    "event_ts timestamp, created_ts timestamp) WITHOUT ROWID"
+)
+_UPSERT = (
+    "INSERT INTO {table} (entity_key, features, event_ts, created_ts) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT(entity_key) DO UPDATE SET features = excluded.features, "
+    "event_ts = excluded.event_ts, created_ts = excluded.created_ts"
+)
 
 
 class BulkSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
-    """Feast's SQLite options (path, value_num, vector search), under this store's type name."""
+    """Feast's SQLite options (path), under this store's type name."""
 
     type: Literal["features.online_store.BulkSqliteOnlineStore"] = STORE_TYPE  # type: ignore[assignment]
 
 
 class BulkSqliteOnlineStore(SqliteOnlineStore):
-    """``SqliteOnlineStore`` whose ``online_write_batch`` is one ``executemany`` per batch."""
+    """``SqliteOnlineStore`` with one row per entity: table creation, writes and reads are ours;
+    the connection, database path and teardown are Feast's, inherited."""
+
+    def update(
+        self,
+        config: Any,
+        tables_to_delete: Sequence[Any],
+        tables_to_keep: Sequence[Any],
+        entities_to_delete: Sequence[Any],
+        entities_to_keep: Sequence[Any],
+        partial: bool,
+    ) -> None:
+        _refuse_unsupported(config.online_store)
+        conn = self._get_conn(config)
+        for table in tables_to_keep:
+            name = _table_name(config, table)
+            columns = [row[1] for row in conn.execute(f"PRAGMA table_info({_quote_id(name)})")]
+            if columns and tuple(columns) != _COLUMNS:  # Feast's per-feature layout under our name
+                conn.execute(f"DROP TABLE {_quote_id(name)}")
+            conn.execute(_CREATE.format(table=_quote_id(name)))
+        for table in tables_to_delete:
+            conn.execute(f"DROP TABLE IF EXISTS {_quote_id(_table_name(config, table))}")
+        conn.commit()
 
     def online_write_batch(
         self,
@@ -62,93 +98,84 @@ class BulkSqliteOnlineStore(SqliteOnlineStore):
         data: Sequence[OnlineRow],
         progress: Callable[[int], Any] | None,
     ) -> None:
-        if config.online_store.vector_enabled:
-            # vector_value depends on each feature's type and the view's vector metadata; no view
-            # of ours is a vector view, so that rare case keeps Feast's row-by-row write.
-            super().online_write_batch(config, table, list(data), progress)
-            return
+        _refuse_unsupported(config.online_store)
         conn = self._get_conn(config)
-        table_name = _table_id(config.project, table, config.registry.enable_online_feature_view_versioning)
-        with_num = self._writes_value_num(conn, config, table_name)
-        columns = [*_KEY_COLUMNS, "value", "value_text", *(["value_num"] if with_num else []), "event_ts", "created_ts"]
-        values = _flat_values(data, config.entity_key_serialization_version, with_num)
+        rows = _entity_rows(data, config.entity_key_serialization_version)
         with conn:  # one transaction, as Feast's
-            _upsert(conn, table_name, columns, values)
+            conn.executemany(_UPSERT.format(table=_quote_id(_table_name(config, table))), rows)
         if progress:
             progress(len(data))
 
-    def _writes_value_num(self, conn: sqlite3.Connection, config: Any, table_name: str) -> bool:
-        """Whether rows carry ``value_num``: Feast's rule (option on and the column exists)."""
-        if not getattr(config.online_store, "enable_openai_compatible_store", False):
-            return False
-        if self._check_table_has_value_num(conn, table_name):
-            return True
-        logging.warning(
-            "enable_openai_compatible_store is True but value_num column not found in table '%s'. "
-            "Run `feast apply` to add it. Writing without value_num.",
-            table_name,
+    def online_read(
+        self,
+        config: Any,
+        table: Any,
+        entity_keys: list[Any],
+        requested_features: list[str] | None = None,
+    ) -> list[tuple[datetime | None, dict[str, Any] | None]]:
+        """Per entity key, in order: (event time in UTC, every feature's Value), or (None, None).
+        Like Feast's SQLite store, all of the view's features are returned whatever is requested."""
+        conn = self._get_conn(config)
+        version = config.entity_key_serialization_version
+        keys = [serialize_entity_key(k, entity_key_serialization_version=version) for k in entity_keys]
+        table_name = _quote_id(_table_name(config, table))
+        found: dict[bytes, tuple[bytes, Any]] = {}
+        per = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+        for start in range(0, len(keys), per):
+            chunk = keys[start:start + per]
+            sql = f"SELECT entity_key, features, event_ts FROM {table_name} WHERE entity_key IN ({','.join('?' * len(chunk))})"
+            found.update((key, (blob, ts)) for key, blob, ts in conn.execute(sql, chunk))
+        names = [f.name for f in table.features]
+        result: list[tuple[datetime | None, dict[str, Any] | None]] = []
+        for key in keys:
+            row = found.get(key)
+            if row is None:
+                result.append((None, None))
+            else:
+                blob, ts = row
+                result.append((_utc(ts), _in_view_order(Map.FromString(blob).val, names)))
+        return result
+
+
+def _in_view_order(values: Any, names: list[str]) -> dict[str, Any]:
+    """The stored values in the view's feature order (Feast's store returns them in the order they
+    were first written); a stored feature the view no longer has comes last."""
+    ordered = {name: values[name] for name in names if name in values}
+    if len(ordered) < len(values):
+        ordered.update((name, value) for name, value in values.items() if name not in ordered)
+    return ordered
+
+
+def _refuse_unsupported(options: Any) -> None:
+    if getattr(options, "vector_enabled", False) or getattr(options, "enable_openai_compatible_store", False):
+        raise ValueError(
+            f"online store {STORE_TYPE} keeps one row per entity and supports neither vector search "
+            "(vector_enabled) nor value_num (enable_openai_compatible_store); use type 'sqlite' for them"
         )
-        return False
 
 
-def _upsert(conn: sqlite3.Connection, table_name: str, columns: list[str], values: list[Any]) -> None:
-    """Upsert the rows of ``values`` (``len(columns)`` values a row), ``_ROWS_PER_STATEMENT`` rows
-    per statement: per-statement work in sqlite3 was a quarter of the write with one row each."""
-    width = len(columns)
-    per = max(1, min(_ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
-    step = per * width
-    full = len(values) - len(values) % step
-    if full:
-        conn.executemany(_upsert_sql(table_name, columns, per), (values[i:i + step] for i in range(0, full, step)))
-    if full < len(values):
-        conn.execute(_upsert_sql(table_name, columns, (len(values) - full) // width), values[full:])
+def _table_name(config: Any, table: Any) -> str:
+    return _table_id(config.project, table, config.registry.enable_online_feature_view_versioning)
 
 
-def _upsert_sql(table_name: str, columns: list[str], rows: int) -> str:
-    """Feast's upsert statement (``SqliteOnlineStore.online_write_batch``), for ``rows`` rows:
-    SQLite inserts multi-row VALUES in order, each row upserting the ones before."""
-    update_set = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in _KEY_COLUMNS)
-    row = f"({', '.join(['?'] * len(columns))})"
-    return (
-        f"INSERT INTO {_quote_id(table_name)} ({', '.join(columns)}) "
-        f"VALUES {', '.join([row] * rows)} "
-        f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET {update_set};"
-    )
+def _entity_rows(data: Sequence[OnlineRow], key_version: int) -> list[tuple[bytes, bytes, Any, Any]]:
+    """``(entity key, Value.Map bytes, event time, created time)`` per entity, in key order.
 
-
-def _flat_values(data: Sequence[OnlineRow], key_version: int, with_num: bool) -> list[Any]:
-    """The column values of every feature of every entity, one row after the other.
-
-    Entities in key order (stable: a later duplicate still wins): the table's B-trees then grow
-    at their ends; a fresh write took 4.2-4.6 s unsorted, 2.5-2.8 s sorted. Features of an entity
-    keep Feast's order, and so the rowid order that reads by the ``_ek`` index see.
+    Key order (stable: a later duplicate still wins): the table's B-tree then grows at its end
+    (a fresh 600k-row write of Feast's layout took 4.2-4.6 s unsorted, 2.5-2.8 s sorted).
     """
-    entities = sorted(
-        ((serialize_entity_key(k, entity_key_serialization_version=key_version), values, event, created)
-         for k, values, event, created in data),
-        key=itemgetter(0),
-    )
     timestamps: dict[tuple[datetime, int], Any] = {}
-    # id(proto) -> (proto, its columns): pipelines share one proto per distinct scalar value, and
-    # the proto is held so that its id cannot be reused by another object during the batch.
-    columns: dict[int, tuple[Any, tuple[Any, ...]]] = {}
-    flat: list[Any] = []
-    extend = flat.extend
-    for key, values, event_ts, created_ts in entities:
-        event = _sql_timestamp(event_ts, timestamps)
-        created = None if created_ts is None else _sql_timestamp(created_ts, timestamps)
-        for name, value in values.items():
-            cached = columns.get(id(value))
-            if cached is None:
-                cached = columns[id(value)] = (value, _value_columns(value, with_num))
-            extend((key, name, *cached[1], event, created))
-    return flat
-
-
-def _value_columns(value: Any, with_num: bool) -> tuple[Any, ...]:
-    """``value``, ``value_text`` (and ``value_num``) of one Value proto, as Feast writes them."""
-    text, num = extract_text_and_num(value, with_num)
-    return (value.SerializeToString(), text, num) if with_num else (value.SerializeToString(), text)
+    rows = [
+        (
+            serialize_entity_key(key, entity_key_serialization_version=key_version),
+            Map(val=values).SerializeToString(),
+            _sql_timestamp(event_ts, timestamps),
+            None if created_ts is None else _sql_timestamp(created_ts, timestamps),
+        )
+        for key, values, event_ts, created_ts in data
+    ]
+    rows.sort(key=itemgetter(0))
+    return rows
 
 
 def _sql_timestamp(ts: datetime, cache: dict[tuple[datetime, int], Any]) -> Any:
@@ -160,3 +187,8 @@ def _sql_timestamp(ts: datetime, cache: dict[tuple[datetime, int], Any]) -> Any:
         naive = to_naive_utc(ts)
         bound = cache[key] = sqlite3.adapt(naive, sqlite3.PrepareProtocol, naive)
     return bound
+
+
+def _utc(ts: datetime) -> datetime:
+    """Feast's reading of a stored time: aware times converted to UTC, naive ones taken as UTC."""
+    return ts.astimezone(timezone.utc) if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)

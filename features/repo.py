@@ -1,6 +1,6 @@
 """Applying the Feast repository and opening the feature store, configured from ``Settings``.
 
-Locally: SQLite online store (Feast's, with a bulk write: ``features.online_store``), Parquet
+Locally: SQLite online store (Feast's, one row per entity: ``features.online_store``), Parquet
 (file) offline store, file registry, all under ``feast.repo_dir`` (default ``data.state_dir/feast``).
 Production (``deploy/production/feast/``): Redis online store, selected by
 ``feast.online_store: redis`` only.
@@ -46,7 +46,7 @@ def repo_config(settings: Any):
     if settings.feast.online_store == "redis":
         online: dict[str, Any] = {"type": "redis", "connection_string": settings.feast.redis_connection_string}
     else:
-        # Feast's SQLite store with a bulk write (features/online_store.py): same tables and reads.
+        # Feast's SQLite store with one row per entity (features/online_store.py): same reads.
         online = {"type": SQLITE_STORE_TYPE, "path": str(repo / "online_store.db")}
     return RepoConfig(
         project=settings.feast.project,

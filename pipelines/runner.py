@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import pickle
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -128,11 +130,18 @@ class BatchSummary:
 
 
 class _CollectFn(beam.DoFn):
-    """Pickles each bundle's elements of one named output into a staging folder (how results leave
-    the runner; the driver reads them back after the pipeline finished)."""
+    """Hands each bundle's elements of one named output back to the driver: in memory when the
+    bundle runs in the driver's process (the local DirectRunner), else pickled into the batch's
+    staging folder (workers of their own that share the driver's filesystem); the driver reads
+    both after the pipeline finished (``_read_collected``).
+
+    Why in memory: pickling the outputs (feature rows, states, lake rows) and unpickling them in the
+    driver was ~0.7 s of an 84k-event batch; in the same process they need not be copied at all.
+    """
 
     def __init__(self, folder: str, name: str):
         self.folder, self.name = folder, name
+        self.driver_pid = os.getpid()
 
     def start_bundle(self):
         self.buffer: list[Any] = []
@@ -141,10 +150,20 @@ class _CollectFn(beam.DoFn):
         self.buffer.append(element)
 
     def finish_bundle(self):
-        if self.buffer:
-            path = Path(self.folder) / f"{self.name}.{uuid.uuid4().hex}.pkl"
-            with open(path, "wb") as handle:
-                pickle.dump(self.buffer, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        if not self.buffer:
+            return
+        if os.getpid() == self.driver_pid:
+            with _IN_PROCESS_LOCK:
+                _IN_PROCESS.setdefault(self.folder, {}).setdefault(self.name, []).extend(self.buffer)
+            return
+        path = Path(self.folder) / f"{self.name}.{uuid.uuid4().hex}.pkl"
+        with open(path, "wb") as handle:
+            pickle.dump(self.buffer, handle, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+# staging folder -> output name -> elements collected by bundles that ran in this process.
+_IN_PROCESS: dict[str, dict[str, list[Any]]] = {}
+_IN_PROCESS_LOCK = threading.Lock()
 
 
 class _StagedBatches(beam.PTransform):
@@ -211,7 +230,8 @@ def _collect_all(outputs: dict[str, Any], staging: Path) -> None:
 
 
 def _read_collected(staging: Path) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {}
+    with _IN_PROCESS_LOCK:
+        out = _IN_PROCESS.pop(str(staging), {})
     for path in sorted(staging.glob("*.pkl")):
         with open(path, "rb") as handle:
             out.setdefault(path.name.split(".", 1)[0], []).extend(pickle.load(handle))
@@ -342,6 +362,8 @@ def compute_batch(
             records=sum(collected.get("records", [])),
         )
     finally:
+        with _IN_PROCESS_LOCK:
+            _IN_PROCESS.pop(str(staging), None)  # a failed run's outputs
         shutil.rmtree(staging, ignore_errors=True)
 
 

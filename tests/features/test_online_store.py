@@ -1,5 +1,5 @@
-"""``BulkSqliteOnlineStore`` writes byte-for-byte the rows Feast's ``SqliteOnlineStore`` writes, and
-Feast's reads (``online_read``, ``get_online_features``) and ``OnlineReader`` see the same."""
+"""``BulkSqliteOnlineStore`` (one row per entity) reads back exactly what Feast's ``SqliteOnlineStore``
+(one row per feature) reads after the same writes: ``online_read`` and ``get_online_features``."""
 
 from __future__ import annotations
 
@@ -38,8 +38,10 @@ def _open(root: Path, store_type: str, online: dict[str, Any]) -> FeatureStore:
         entity_key_serialization_version=base.entity_key_serialization_version,
         repo_path=base.repo_path,
     )
+    if store_type != STORE_TYPE:  # the tables apply_feature_repo made are of our layout
+        Path(base.online_store.path).unlink()
     store = FeatureStore(config=config)
-    if online:  # e.g. the value_num column is added by Feast's update()
+    if online or store_type != STORE_TYPE:
         store.apply([*ALL_ENTITIES, *ALL_FEATURE_VIEWS, *ALL_FEATURE_SERVICES])
     return store
 
@@ -85,28 +87,6 @@ def _batches(view: Any) -> list[list[tuple[Any, ...]]]:
     return [first, second, third]
 
 
-def _columns(store: FeatureStore, view: Any) -> list[str]:
-    with sqlite3.connect(store.config.online_store.path) as db:
-        return [row[1] for row in db.execute(f'PRAGMA table_info("{_table_name(store, view)}")')]
-
-
-def _table_name(store: FeatureStore, view: Any) -> str:
-    return compute_table_id(store.project, view, store.config.registry.enable_online_feature_view_versioning)
-
-
-def _table(store: FeatureStore, view: Any) -> list[tuple[Any, ...]]:
-    """Every column of the view's table: (SQL literal, type) per column (``quote``: blobs as hex)."""
-    quoted = ", ".join(f"quote({c}), typeof({c})" for c in _columns(store, view))
-    with sqlite3.connect(store.config.online_store.path) as db:
-        return db.execute(f'SELECT {quoted} FROM "{_table_name(store, view)}" ORDER BY entity_key, feature_name').fetchall()
-
-
-def _some_set(store: FeatureStore, view: Any, column: str) -> bool:
-    """Whether any row holds a value in ``column`` (the option under test was exercised)."""
-    at = _columns(store, view).index(column)
-    return any(row[2 * at + 1] != "null" for row in _table(store, view))
-
-
 def _reads(store: FeatureStore, view: Any) -> tuple[Any, Any]:
     """Feast's ``online_read`` (values in order, times) and ``get_online_features`` of every key."""
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -122,20 +102,46 @@ def _reads(store: FeatureStore, view: Any) -> tuple[Any, Any]:
     return in_order, online
 
 
-@pytest.mark.parametrize("online", [{}, {"enable_openai_compatible_store": True}], ids=["default", "value_num"])
-def test_bulk_writes_what_feast_writes(tmp_path, online):
-    stock = _open(tmp_path / "stock", "sqlite", online)
-    bulk = _open(tmp_path / "bulk", STORE_TYPE, online)
+def _table_columns(store: FeatureStore, view: Any) -> list[str]:
+    table = compute_table_id(store.project, view, store.config.registry.enable_online_feature_view_versioning)
+    with sqlite3.connect(store.config.online_store.path) as db:
+        return [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')]
+
+
+def test_reads_what_feasts_store_reads(tmp_path):
+    stock = _open(tmp_path / "stock", "sqlite", {})
+    bulk = _open(tmp_path / "bulk", STORE_TYPE, {})
     assert type(stock.provider.online_store) is SqliteOnlineStore
     assert type(bulk.provider.online_store) is BulkSqliteOnlineStore
     for view in ALL_FEATURE_VIEWS:
+        assert _table_columns(bulk, view) == ["entity_key", "features", "event_ts", "created_ts"], view.name
         for batch in _batches(view):
             for store in (stock, bulk):
                 store.provider.online_write_batch(store.config, view, batch, progress=None)
-            assert _table(bulk, view) == _table(stock, view), view.name
-        if online:
-            assert _some_set(bulk, view, "value_num"), view.name
-        assert _reads(bulk, view) == _reads(stock, view), view.name
+            assert _reads(bulk, view) == _reads(stock, view), view.name
+        read, _ = _reads(bulk, view)
+        assert read[44] == (None, None) and read[0][1] is not None  # k44 was never written
+
+
+def test_reads_more_keys_than_sqlite_binds_at_once(tmp_path):
+    store = _open(tmp_path / "bulk", STORE_TYPE, {})
+    view = ALL_FEATURE_VIEWS[0]
+    store.provider.online_write_batch(store.config, view, _batches(view)[0], progress=None)
+    expected = _reads(store, view)
+    store.provider.online_store._get_conn(store.config).setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 7)
+    assert _reads(store, view) == expected
+
+
+def test_update_replaces_a_table_of_feasts_layout(tmp_path):
+    """A database written by Feast's store (an older streamrec) gets this store's tables on apply."""
+    stock = _open(tmp_path / "repo", "sqlite", {})
+    view = ALL_FEATURE_VIEWS[0]
+    stock.provider.online_write_batch(stock.config, view, _batches(view)[0], progress=None)
+    assert "feature_name" in _table_columns(stock, view)
+    bulk = _open(tmp_path / "repo", STORE_TYPE, {})  # apply_feature_repo applies with this type
+    assert _table_columns(bulk, view) == ["entity_key", "features", "event_ts", "created_ts"]
+    bulk.provider.online_write_batch(bulk.config, view, _batches(view)[0], progress=None)
+    assert _reads(bulk, view)[0][0][1] is not None
 
 
 def test_bulk_reports_progress_once_per_batch(tmp_path):
@@ -147,15 +153,8 @@ def test_bulk_reports_progress_once_per_batch(tmp_path):
     assert calls == [len(batch)]
 
 
-def test_vector_enabled_falls_back_to_feasts_write(tmp_path):
-    """Vector columns are Feast's row-by-row write (scalar views only: Feast's own vector path binds
-    list values as they are, which SQLite refuses)."""
-    online = {"vector_enabled": True}
-    stock = _open(tmp_path / "stock", "sqlite", online)
-    bulk = _open(tmp_path / "bulk", STORE_TYPE, online)
-    view = next(v for v in ALL_FEATURE_VIEWS if v.name == "experiment_variant_features")
-    for batch in _batches(view):
-        for store in (stock, bulk):
-            store.provider.online_write_batch(store.config, view, batch, progress=None)
-    assert _table(bulk, view) == _table(stock, view)
-    assert _some_set(bulk, view, "vector_value")
+@pytest.mark.parametrize("online", [{"vector_enabled": True}, {"enable_openai_compatible_store": True}],
+                         ids=["vector", "value_num"])
+def test_options_of_feasts_layout_are_refused(tmp_path, online):
+    with pytest.raises(ValueError, match="use type 'sqlite'"):
+        _open(tmp_path / "bulk", STORE_TYPE, online)

@@ -60,7 +60,7 @@ def _online_raw(settings: Settings) -> list[tuple]:
     config = repo_config(settings)
     with sqlite3.connect(config.online_store.path) as conn:
         rows = conn.execute(
-            f'SELECT entity_key, feature_name, value, event_ts FROM "{config.project}_user_features" ORDER BY 1, 2'
+            f'SELECT entity_key, features, event_ts FROM "{config.project}_user_features" ORDER BY 1'
         ).fetchall()
     return rows
 
