@@ -37,7 +37,7 @@ import apache_beam as beam
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 
 from features.entities import experiment_variant_key
-from features.events import EventRejected, parse_event
+from features.events import EventRejected, parse_event, valid_event_from_json
 from pipelines.accumulators import (
     COOCCURRENCE_TYPES,
     CooccurrenceState,
@@ -124,6 +124,9 @@ def parse_record(record: KafkaRecord) -> ParsedRecord:
     """Decode and validate one Kafka record; raises ``EventRejected`` with a reason code."""
     if record.value is None:
         raise EventRejected("empty", "record has no value")
+    event = valid_event_from_json(record.value)
+    if event is not None:
+        return ParsedRecord(record.partition, record.offset, event)
     try:
         text = record.value.decode("utf-8")
     except UnicodeDecodeError as exc:

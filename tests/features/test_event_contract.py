@@ -17,6 +17,7 @@ from features.events import (
     event_json_schema,
     event_to_json,
     parse_event,
+    valid_event_from_json,
 )
 from features.schema import SCHEMA_FILE, render_schema
 
@@ -113,6 +114,41 @@ def test_invalid_events_are_rejected_with_a_reason(case: str, payload: object, r
         parse_event(payload, CTX)
     assert info.value.reason == reason, info.value.detail
     assert info.value.detail
+
+
+# Forms JSON allows that the contract's checks before validation refuse or decide.
+RAW_EDGE_CASES = [
+    make_event(schema_version=True),
+    make_event(schema_version=1.0),
+    make_event(ts=1511604000),
+    {**make_event(), "event_id": make_event()["event_id"].upper()},
+    make_event(price=3),
+    make_event(ts="2017-11-25T18:00:00.5+08:00"),
+]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [*VALID_BY_TYPE.values(), *(c[1] for c in REJECTIONS), *RAW_EDGE_CASES],
+    ids=[*VALID_BY_TYPE, *(c[0] for c in REJECTIONS), *(f"edge{i}" for i in range(len(RAW_EDGE_CASES)))],
+)
+def test_json_validation_takes_only_what_parse_event_takes_and_gives_the_same_event(payload: object) -> None:
+    """The pipeline's one-call parse of a raw record (valid_event_from_json) may refuse more than
+    parse_event (the record then goes through parse_event), never less, and agrees where both take it."""
+    fast = valid_event_from_json(json.dumps(payload).encode())
+    try:
+        slow = parse_event(payload)
+    except EventRejected:
+        assert fast is None
+        return
+    if fast is not None:
+        assert fast == slow and fast.__pydantic_fields_set__ == slow.__pydantic_fields_set__
+        assert event_to_json(fast) == event_to_json(slow)
+
+
+def test_json_validation_takes_every_valid_example() -> None:
+    for payload in VALID_BY_TYPE.values():
+        assert valid_event_from_json(json.dumps(payload).encode()) == parse_event(payload)
 
 
 def test_context_limits_tighten_the_defaults() -> None:
