@@ -165,10 +165,11 @@ def _entity_rows(data: Sequence[OnlineRow], key_version: int) -> list[tuple[byte
     (a fresh 600k-row write of Feast's layout took 4.2-4.6 s unsorted, 2.5-2.8 s sorted).
     """
     timestamps: dict[tuple[datetime, int], Any] = {}
+    entries: dict[tuple[str, int], tuple[Any, bytes]] = {}
     rows = [
         (
             serialize_entity_key(key, entity_key_serialization_version=key_version),
-            Map(val=values).SerializeToString(),
+            _map_bytes(values, entries),
             _sql_timestamp(event_ts, timestamps),
             None if created_ts is None else _sql_timestamp(created_ts, timestamps),
         )
@@ -176,6 +177,40 @@ def _entity_rows(data: Sequence[OnlineRow], key_version: int) -> list[tuple[byte
     ]
     rows.sort(key=itemgetter(0))
     return rows
+
+
+def _map_bytes(values: dict[str, Any], entries: dict[tuple[str, int], tuple[Any, bytes]]) -> bytes:
+    """``Value.Map(val=values).SerializeToString()``, joined from the encoded map entries.
+
+    By hand because building the ``Map`` copies every Value into it: 0.7 s for a Taobao batch's
+    60k entities, against 0.25 s here. Pipelines share one proto per distinct value, so each
+    (feature, value) entry is encoded once per write; the proto is held in ``entries`` so that its
+    id is not reused during the write. Reads parse it with ``Map.FromString`` (test).
+    """
+    parts = []
+    for name, value in values.items():
+        cached = entries.get((name, id(value)))
+        if cached is None:
+            cached = entries[(name, id(value))] = (value, _map_entry(name, value.SerializeToString()))
+        parts.append(cached[1])
+    return b"".join(parts)
+
+
+def _map_entry(name: str, value: bytes) -> bytes:
+    """One ``map<string, Value> val = 1`` entry in protobuf's wire format: field 1 holds a message
+    of the key (field 1) and the value (field 2), each length-delimited."""
+    key = name.encode("utf-8")
+    entry = b"\x0a" + _varint(len(key)) + key + b"\x12" + _varint(len(value)) + value
+    return b"\x0a" + _varint(len(entry)) + entry
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _sql_timestamp(ts: datetime, cache: dict[tuple[datetime, int], Any]) -> Any:

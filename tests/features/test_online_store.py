@@ -158,3 +158,19 @@ def test_bulk_reports_progress_once_per_batch(tmp_path):
 def test_options_of_feasts_layout_are_refused(tmp_path, online):
     with pytest.raises(ValueError, match="use type 'sqlite'"):
         _open(tmp_path / "bulk", STORE_TYPE, online)
+
+
+def test_encoded_maps_parse_back_to_the_values():
+    from feast.protos.feast.types.Value_pb2 import Map, StringList, Value
+
+    from features.online_store import _map_bytes
+
+    shared = Value(int64_val=3)
+    rows = [
+        {"a": shared, "b": Value(), "long": Value(string_val="x" * 300), "é": shared},
+        {"a": shared, "list": Value(string_list_val=StringList(val=["p", "q"])), "b": Value(double_val=0.5)},
+        {},
+    ]
+    entries: dict = {}
+    for values in rows:
+        assert Map.FromString(_map_bytes(values, entries)) == Map(val=values)
