@@ -19,6 +19,7 @@ events that left the long window.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any, Iterable
 from uuid import UUID
@@ -80,7 +81,18 @@ class _Touched:
         self.bundles.update(v for v in (payload.get("bundle_id"), *slots) if isinstance(v, str))
         if payload.get("type") in ATTRIBUTED_TYPES:
             _add(self.requests, payload.get("request_id"))
-        self.ids.add(str(UUID(payload["event_id"])))  # the contract's form of the id (lower case, dashes)
+        self.ids.add(_canonical_uuid(payload["event_id"]))
+
+
+def _canonical_uuid(value: Any) -> str:
+    """The contract's form of an event id (lower case, dashes): most records carry it already, and
+    matching that form costs a sixth of parsing the UUID."""
+    if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
+        return value
+    return str(UUID(value))
+
+
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _add(keys: set[str], value: Any) -> None:
