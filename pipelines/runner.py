@@ -22,15 +22,10 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import os
-import pickle
 import shutil
 import signal
 import sys
-import tempfile
-import threading
 import time
-import uuid
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,10 +34,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.pvalue import TaggedOutput
+from apache_beam.pvalue import AsSingleton
 
 from pipelines.accumulators import FeatureSpec
+from pipelines.batch_run import BatchInputs, CompiledBatch, batch_options, run_built, runs_in_process
 from pipelines.kafka_source import (
     KafkaOffsetRange,
     commit_offsets,
@@ -129,137 +124,86 @@ class BatchSummary:
         )
 
 
-class _CollectFn(beam.DoFn):
-    """Hands each bundle's elements of one named output back to the driver: in memory when the
-    bundle runs in the driver's process (the local DirectRunner), else pickled into the batch's
-    staging folder (workers of their own that share the driver's filesystem); the driver reads
-    both after the pipeline finished (``_read_collected``).
-
-    Why in memory: pickling the outputs (feature rows, states, lake rows) and unpickling them in the
-    driver was ~0.7 s of an 84k-event batch; in the same process they need not be copied at all.
-    """
-
-    def __init__(self, folder: str, name: str):
-        self.folder, self.name = folder, name
-        self.driver_pid = os.getpid()
-
-    def start_bundle(self):
-        self.buffer: list[Any] = []
-
-    def process(self, element):
-        self.buffer.append(element)
-
-    def finish_bundle(self):
-        if not self.buffer:
-            return
-        if os.getpid() == self.driver_pid:
-            with _IN_PROCESS_LOCK:
-                _IN_PROCESS.setdefault(self.folder, {}).setdefault(self.name, []).extend(self.buffer)
-            return
-        path = Path(self.folder) / f"{self.name}.{uuid.uuid4().hex}.pkl"
-        with open(path, "wb") as handle:
-            pickle.dump(self.buffer, handle, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-# staging folder -> output name -> elements collected by bundles that ran in this process.
-_IN_PROCESS: dict[str, dict[str, list[Any]]] = {}
-_IN_PROCESS_LOCK = threading.Lock()
-
-
-class _StagedBatches(beam.PTransform):
-    """Values handed to the pipeline as lists of ``batch_size`` (batched elements, see
-    ``pipelines.transforms``) through a pickle file in the batch's staging folder.
-
-    Not ``beam.Create``: Create pickles its values into the transform's payload, and Beam
-    bz2-compresses every payload three times per run (at apply and in both ``to_runner_api``
-    passes), 4-6 s per 20k records here. The file is read by the worker, which shares the driver's
-    filesystem for these local micro-batches (on a cluster the streaming job reads Kafka itself,
-    ``pipelines.streaming``).
-    """
-
-    def __init__(self, values: Iterable[Any], path: Path, batch_size: int):
-        super().__init__()
-        self.path = str(path)
-        values = list(values)
-        with open(path, "wb") as handle:
-            pickle.dump([Packed(values[i:i + batch_size]) for i in range(0, len(values), batch_size)], handle,
-                        protocol=pickle.HIGHEST_PROTOCOL)
-
-    def expand(self, pbegin):
-        return pbegin | "Path" >> beam.Create([self.path], reshuffle=False) | "Load" >> beam.FlatMap(_load_pickle)
-
-
-def _load_pickle(path: str) -> list[Any]:
-    with open(path, "rb") as handle:
-        return pickle.load(handle)
-
-
-class _StagedState(beam.PTransform):
-    """The state subset's families through one staged file, split into one output per family of
-    ``(shard, {key: state})`` (one source stage for all of them: each source costs the runner a
-    stage of its own)."""
-
-    def __init__(self, state: PipelineState, path: Path, shards: int):
-        super().__init__()
-        self.path = str(path)
-        with open(path, "wb") as handle:
-            pickle.dump({name: split_state_by_shard(getattr(state, name), shards) for name in FAMILIES}, handle,
-                        protocol=pickle.HIGHEST_PROTOCOL)
-
-    def expand(self, pbegin):
-        return (
-            pbegin
-            | "Path" >> beam.Create([self.path], reshuffle=False)
-            | "Load" >> beam.FlatMap(_load_families).with_outputs(*FAMILIES)
-        )
-
-
-def _load_families(path: str):
-    with open(path, "rb") as handle:
-        families = pickle.load(handle)
-    for name, shards in families.items():
-        for shard in shards:
-            yield TaggedOutput(name, shard)
-
-
-def _collect_all(outputs: dict[str, Any], staging: Path) -> None:
-    # One collector per output, not one behind a Flatten: each fuses into the stage that produces
-    # its output, so no element is encoded and decoded again on its way out.
-    for name, pcoll in outputs.items():
-        pcoll | f"Collect{name}" >> beam.ParDo(_CollectFn(str(staging), name))
-
-
-def _read_collected(staging: Path) -> dict[str, list[Any]]:
-    with _IN_PROCESS_LOCK:
-        out = _IN_PROCESS.pop(str(staging), {})
-    for path in sorted(staging.glob("*.pkl")):
-        with open(path, "rb") as handle:
-            out.setdefault(path.name.split(".", 1)[0], []).extend(pickle.load(handle))
-    return out
-
-
-def batch_options(beam_args: list[str]) -> PipelineOptions:
-    """The options of a micro-batch's Beam run: ``beam_args``, with the DirectRunner's batch path
-    pinned to the in-process FnApiRunner.
-
-    Why: for a bounded pipeline the DirectRunner first tries the Prism runner, which downloads its
-    binary from GitHub at run time. Offline that fails after a DNS lookup on every batch (0.4-0.9 s
-    of a micro-batch, measured) and falls back to the FnApiRunner; online the batch would run on
-    a downloaded binary, a different runner. The micro-batches are bounded and local, which is
-    what the FnApiRunner runs (its ``direct_*`` options apply as under the DirectRunner). Other
-    runners, and the streaming job (``pipelines.streaming``), are left as configured.
-    """
-    options = PipelineOptions(beam_args)
-    standard = options.view_as(StandardOptions)
-    runner = (standard.runner or "DirectRunner").lower()
-    if runner.removesuffix("runner") in ("direct", "switchingdirect"):
-        standard.runner = "FnApiRunner"
-    return options
-
-
 # Records per element of the Beam run (see ``pipelines.transforms``): large enough that the
 # runner's per-element work vanishes, small enough that a batch still splits over workers.
 RECORDS_PER_ELEMENT = 4096
+
+
+def _batch_graph(spec: FeatureSpec, topic: str, shards: int, read: beam.PTransform | None = None):
+    """The micro-batch's graph over ``BatchInputs`` (``pipelines.batch_run``); with ``read`` the
+    records come from that transform (one record per element) instead of the staged ones."""
+
+    def graph(p: beam.Pipeline, inputs: BatchInputs) -> dict[str, Any]:
+        if read is not None:
+            records = (p | "Read" >> read
+                       | "Batch" >> beam.BatchElements(min_batch_size=RECORDS_PER_ELEMENT,
+                                                       max_batch_size=RECORDS_PER_ELEMENT)
+                       | "Pack" >> beam.Map(Packed))
+        else:
+            records = inputs.records
+        watermark, processed, carried = inputs.watermark, inputs.processed, inputs.state
+        parsed = records | "Parse" >> ParseRecordBatches()
+        fresh = parsed["parsed"] | "SkipProcessed" >> DropProcessedRecords(processed)
+        fresh_dead = parsed["dead_letters"] | "SkipProcessedDeadLetters" >> DropProcessedRecords(processed)
+        on_time = fresh | "Lateness" >> DropLateEvents(watermark, spec.allowed_lateness_s, topic)
+        as_of = on_time["events"] | "AsOf" >> EventTimeWatermark(watermark)
+
+        unique = {"events": on_time["events"], "seen": carried["seen"]} | "Dedupe" >> DeduplicateEvents(
+            as_of, spec.allowed_lateness_s, shards
+        )
+        events = unique["events"]
+        users = {"events": events, "state": carried["users"]} | "Users" >> ComputeUserFeatures(
+            as_of, spec, watermark, shards)
+        items = {"events": events, "state": carried["items"]} | "Items" >> ComputeItemFeatures(
+            as_of, spec, watermark, shards)
+        cooc = {
+            "events": events,
+            "sessions": carried["sessions"],
+            "state": carried["cooccurrence"],
+        } | "Cooccurrence" >> ComputeItemCooccurrence(as_of, spec, shards)
+        bundles = {"events": events, "state": carried["bundles"]} | "Bundles" >> ComputeBundleFeatures(spec, shards)
+        variants = {
+            "events": events,
+            "requests": carried["requests"],
+            "state": carried["variants"],
+        } | "Experiments" >> ComputeExperimentFeatures(as_of, spec, shards)
+
+        return {
+            "records": records | "Count" >> beam.Map(lambda batch: len(batch.value)),
+            "lake": parsed["parsed"] | "LakeRows" >> beam.Map(lambda batch: Packed([lake_row(r) for r in batch.value])),
+            "dead_letters": (fresh_dead, on_time["dead_letters"]) | "AllDeadLetters" >> beam.Flatten(),
+            "reprocessed": records | "Reprocessed" >> beam.Map(_reprocessed, AsSingleton(processed)),
+            "duplicates": unique["duplicates"] | "CountDuplicates" >> beam.Map(lambda batch: len(batch.value)),
+            "as_of": as_of,
+            "user_features": users["features"],
+            "item_features": items["features"],
+            "item_cooccurrence": cooc["features"],
+            "bundle_features": bundles["features"],
+            "experiment_variant_features": variants["features"],
+            "state_seen": unique["seen"],
+            "state_users": users["state"],
+            "state_items": items["state"],
+            "state_sessions": cooc["sessions"],
+            "state_cooccurrence": cooc["state"],
+            "state_bundles": bundles["state"],
+            "state_requests": variants["requests"],
+            "state_variants": variants["state"],
+        }
+
+    return graph
+
+
+def _reprocessed(batch: Packed[list[KafkaRecord]], processed: dict[int, int]) -> int:
+    return sum(1 for r in batch.value if r.offset < processed.get(r.partition, 0))
+
+
+# Compiled graphs of this process, by (spec, beam args, topic, shards, staging root).
+_COMPILED: dict[tuple[Any, ...], CompiledBatch] = {}
+
+
+def compiled_folders() -> set[Path]:
+    """The staging folders of this process's compiled graphs (in use: not stale)."""
+    return {compiled.folder for compiled in _COMPILED.values()}
 
 
 def compute_batch(
@@ -279,111 +223,63 @@ def compute_batch(
         state: the state after the previous batch (not modified).
         spec: feature windows and sizes.
         beam_args: Beam pipeline options (the runner).
-        staging_root: where the run's outputs are staged (default: the system temp dir).
+        staging_root: where the run's inputs and outputs are staged (default: the system temp dir).
         shards: shards per keyed family (``pipeline.key_shards``).
 
     Returns:
         The batch's outputs and the new state (offsets and batch count are left to the caller).
     """
-    if staging_root is not None:
-        staging_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix="streamrec-batch-", dir=staging_root))
-    inputs = staging / "inputs"
-    inputs.mkdir()
     watermark = state.watermark
-    processed = dict(state.offsets)
-    try:
-        with beam.Pipeline(options=batch_options(beam_args)) as p:
-            if isinstance(read, beam.PTransform):
-                records = (p | "Read" >> read
-                           | "Batch" >> beam.BatchElements(min_batch_size=RECORDS_PER_ELEMENT,
-                                                           max_batch_size=RECORDS_PER_ELEMENT)
-                           | "Pack" >> beam.Map(Packed))
-            else:
-                records = p | "Read" >> _StagedBatches(read, inputs / "records.pkl", RECORDS_PER_ELEMENT)
-            parsed = records | "Parse" >> ParseRecordBatches()
-            fresh = parsed["parsed"] | "SkipProcessed" >> DropProcessedRecords(processed)
-            fresh_dead = parsed["dead_letters"] | "SkipProcessedDeadLetters" >> DropProcessedRecords(processed)
-            on_time = fresh | "Lateness" >> DropLateEvents(watermark, spec.allowed_lateness_s, topic)
-            as_of = on_time["events"] | "AsOf" >> EventTimeWatermark(watermark)
+    values = {
+        "records": [] if isinstance(read, beam.PTransform) else _batched(list(read)),
+        "state": {name: split_state_by_shard(getattr(state, name), shards) for name in FAMILIES},
+        "context": {"watermark": watermark, "processed": dict(state.offsets)},
+    }
+    if isinstance(read, beam.PTransform) or not runs_in_process(batch_options(beam_args)):
+        graph = _batch_graph(spec, topic, shards, read if isinstance(read, beam.PTransform) else None)
+        collected = run_built(graph, values, beam_args, staging_root, FAMILIES)
+    else:
+        key = (spec, tuple(beam_args), topic, shards, str(staging_root))
+        if key not in _COMPILED:
+            _COMPILED[key] = CompiledBatch(_batch_graph(spec, topic, shards), beam_args, staging_root, FAMILIES)
+        collected = _COMPILED[key].run(values)
+    return _batch_result(collected, state)
 
-            carried = p | "State" >> _StagedState(state, inputs / "state.pkl", shards)
 
-            unique = {"events": on_time["events"], "seen": carried["seen"]} | "Dedupe" >> DeduplicateEvents(
-                as_of, spec.allowed_lateness_s, shards
-            )
-            events = unique["events"]
-            users = {"events": events, "state": carried["users"]} | "Users" >> ComputeUserFeatures(
-                as_of, spec, watermark, shards)
-            items = {"events": events, "state": carried["items"]} | "Items" >> ComputeItemFeatures(
-                as_of, spec, watermark, shards)
-            cooc = {
-                "events": events,
-                "sessions": carried["sessions"],
-                "state": carried["cooccurrence"],
-            } | "Cooccurrence" >> ComputeItemCooccurrence(as_of, spec, shards)
-            bundles = {"events": events, "state": carried["bundles"]} | "Bundles" >> ComputeBundleFeatures(spec, shards)
-            variants = {
-                "events": events,
-                "requests": carried["requests"],
-                "state": carried["variants"],
-            } | "Experiments" >> ComputeExperimentFeatures(as_of, spec, shards)
+def _batched(records: list[KafkaRecord]) -> list[Packed[list[KafkaRecord]]]:
+    return [Packed(records[i:i + RECORDS_PER_ELEMENT]) for i in range(0, len(records), RECORDS_PER_ELEMENT)]
 
-            outputs = {
-                "records": records | "Count" >> beam.Map(lambda batch: len(batch.value)),
-                "lake": parsed["parsed"] | "LakeRows" >> beam.Map(lambda batch: Packed([lake_row(r) for r in batch.value])),
-                "dead_letters": (fresh_dead, on_time["dead_letters"]) | "AllDeadLetters" >> beam.Flatten(),
-                "reprocessed": records | "Reprocessed" >> beam.Map(
-                    lambda batch: sum(1 for r in batch.value if r.offset < processed.get(r.partition, 0))),
-                "duplicates": unique["duplicates"] | "CountDuplicates" >> beam.Map(lambda batch: len(batch.value)),
-                "as_of": as_of,
-                "user_features": users["features"],
-                "item_features": items["features"],
-                "item_cooccurrence": cooc["features"],
-                "bundle_features": bundles["features"],
-                "experiment_variant_features": variants["features"],
-                "state_seen": unique["seen"],
-                "state_users": users["state"],
-                "state_items": items["state"],
-                "state_sessions": cooc["sessions"],
-                "state_cooccurrence": cooc["state"],
-                "state_bundles": bundles["state"],
-                "state_requests": variants["requests"],
-                "state_variants": variants["state"],
-            }
-            _collect_all(outputs, staging)
-        collected = _read_collected(staging)
 
-        def flat(name: str) -> list[Any]:
-            return [value for batch in collected.get(name, []) for value in batch.value]
+def _batch_result(collected: dict[str, list[Any]], state: PipelineState) -> BatchResult:
+    """The collected outputs of a batch's run as its ``BatchResult``."""
+    watermark = state.watermark
 
-        def family(name: str) -> dict[str, Any]:
-            merged: dict[str, Any] = {}
-            for _shard, part in collected.get(f"state_{name}", []):
-                merged.update(part.value)
-            return merged
+    def flat(name: str) -> list[Any]:
+        return [value for batch in collected.get(name, []) for value in batch.value]
 
-        as_of_values = [v for v in collected.get("as_of", []) if v is not None]
-        new_state = PipelineState(
-            watermark=max(as_of_values) if as_of_values else watermark,
-            offsets=dict(state.offsets),
-            batches=state.batches,
-            **{name: family(name) for name in FAMILIES},
-        )
-        return BatchResult(
-            as_of=new_state.watermark,
-            lake_rows=flat("lake"),
-            dead_letters=flat("dead_letters"),
-            duplicates=sum(collected.get("duplicates", [])),
-            reprocessed=sum(collected.get("reprocessed", [])),
-            features={name: flat(name) for name in VIEW_OUTPUTS},
-            state=new_state,
-            records=sum(collected.get("records", [])),
-        )
-    finally:
-        with _IN_PROCESS_LOCK:
-            _IN_PROCESS.pop(str(staging), None)  # a failed run's outputs
-        shutil.rmtree(staging, ignore_errors=True)
+    def family(name: str) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for _shard, part in collected.get(f"state_{name}", []):
+            merged.update(part.value)
+        return merged
+
+    as_of_values = [v for v in collected.get("as_of", []) if v is not None]
+    new_state = PipelineState(
+        watermark=max(as_of_values) if as_of_values else watermark,
+        offsets=dict(state.offsets),
+        batches=state.batches,
+        **{name: family(name) for name in FAMILIES},
+    )
+    return BatchResult(
+        as_of=new_state.watermark,
+        lake_rows=flat("lake"),
+        dead_letters=flat("dead_letters"),
+        duplicates=sum(collected.get("duplicates", [])),
+        reprocessed=sum(collected.get("reprocessed", [])),
+        features={name: flat(name) for name in VIEW_OUTPUTS},
+        state=new_state,
+        records=sum(collected.get("records", [])),
+    )
 
 
 @contextmanager
@@ -540,8 +436,10 @@ class FeaturePipeline:
         passed = relevant_state(state, records, self.spec)
         self.on_step("compute")
         staging_root = self.state_file.parent / "staging"
-        for stale in staging_root.glob("streamrec-batch-*"):  # left by a killed run
-            shutil.rmtree(stale, ignore_errors=True)
+        in_use = compiled_folders()
+        for stale in [*staging_root.glob("streamrec-batch-*"), *staging_root.glob(f"{CompiledBatch.FOLDER_PREFIX}*")]:
+            if stale not in in_use:  # left by a killed run
+                shutil.rmtree(stale, ignore_errors=True)
         result = compute_batch(
             records, passed, self.spec, self.settings.pipeline.beam_args, self.topic,
             staging_root, self.settings.pipeline.key_shards,

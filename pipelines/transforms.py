@@ -34,7 +34,7 @@ import zlib
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import apache_beam as beam
-from apache_beam.pvalue import AsSingleton, TaggedOutput
+from apache_beam.pvalue import AsSingleton, PCollection, TaggedOutput
 
 from features.entities import experiment_variant_key
 from features.events import EventRejected, parse_event, valid_event_from_json
@@ -115,6 +115,13 @@ def split_state_by_shard(state: dict[str, S], shards: int) -> list[tuple[int, Pa
 
 def _event_order(event: Any) -> tuple[float, str]:
     return (event_seconds(event), str(event.event_id))
+
+
+def _per_batch(value: Any) -> Any:
+    """A per-batch parameter (watermark, processed offsets) as a DoFn argument: a plain value as it
+    is, a singleton PCollection as a side input. The micro-batch runner passes PCollections, so
+    that one built graph serves every batch (``pipelines.batch_run``)."""
+    return AsSingleton(value) if isinstance(value, PCollection) else value
 
 
 # --- parse, lateness, de-duplication ----------------------------------------------------------
@@ -232,17 +239,16 @@ class DropProcessedRecords(beam.PTransform):
     Works on lists of anything with ``partition`` and ``offset`` (records, parsed records, dead letters).
 
     Args:
-        processed: partition -> first offset not yet folded into the state.
+        processed: partition -> first offset not yet folded into the state (or a singleton
+            PCollection of it).
     """
 
-    def __init__(self, processed: dict[int, int]):
+    def __init__(self, processed: dict[int, int] | PCollection):
         super().__init__()
-        self.processed = dict(processed)
+        self.processed = processed if isinstance(processed, PCollection) else dict(processed)
 
     def expand(self, pcoll):
-        processed = self.processed
-
-        def new(batch: Packed[list[Any]]):
+        def new(batch: Packed[list[Any]], processed: dict[int, int]):
             values = batch.value
             kept = [r for r in values if r.offset >= processed.get(r.partition, 0)]
             if len(kept) == len(values):
@@ -250,30 +256,31 @@ class DropProcessedRecords(beam.PTransform):
             elif kept:
                 yield Packed(kept)
 
-        return pcoll | "New" >> beam.FlatMap(new)
+        return pcoll | "New" >> beam.FlatMap(new, _per_batch(self.processed))
 
 
 class DropLateEvents(beam.PTransform):
     """Splits off events behind the watermark by more than the allowed lateness (``LatenessPolicy``).
 
     Args:
-        watermark_s: the watermark before this batch (None: nothing is late).
+        watermark_s: the watermark before this batch (None: nothing is late), or a singleton
+            PCollection of it.
         allowed_lateness_s: how far behind it an event may be.
 
     Returns:
         ``{"events": lists of on-time events, "dead_letters": lists of DeadLetter(reason="late_event")}``.
     """
 
-    def __init__(self, watermark_s: float | None, allowed_lateness_s: int, topic: str = ""):
+    def __init__(self, watermark_s: float | None | PCollection, allowed_lateness_s: int, topic: str = ""):
         super().__init__()
         self.policy = LatenessPolicy(allowed_lateness_s)
         self.watermark_s = watermark_s
         self.topic = topic
 
     def expand(self, parsed):
-        policy, watermark, topic = self.policy, self.watermark_s, self.topic
+        policy, topic = self.policy, self.topic
 
-        def split(batch: Packed[list[ParsedRecord]]):
+        def split(batch: Packed[list[ParsedRecord]], watermark: float | None):
             on_time, late = [], []
             for record in batch.value:
                 if policy.is_late(event_seconds(record.event), watermark):
@@ -282,7 +289,7 @@ class DropLateEvents(beam.PTransform):
                     on_time.append(record.event)
             yield from _split_outputs(on_time, "late", late)
 
-        out = parsed | "Split" >> beam.FlatMap(split).with_outputs("late", main="events")
+        out = parsed | "Split" >> beam.FlatMap(split, _per_batch(self.watermark_s)).with_outputs("late", main="events")
         return {"events": out.events, "dead_letters": out.late}
 
 
@@ -309,27 +316,30 @@ class EventTimeWatermark(beam.PTransform):
     """The as-of time T: max(previous watermark, largest event time in the batch); a singleton.
 
     Args:
-        floor_s: the watermark before this batch (None: none yet).
+        floor_s: the watermark before this batch (None: none yet), or a singleton PCollection of it.
     """
 
-    def __init__(self, floor_s: float | None):
+    def __init__(self, floor_s: float | None | PCollection):
         super().__init__()
         self.floor_s = floor_s
 
     def expand(self, events):
-        floor = self.floor_s
-
-        def largest(times: Iterable[float | None]) -> float | None:
-            values = [t for t in times if t is not None]
-            if floor is not None:
-                values.append(floor)
-            return max(values) if values else None
-
+        # The floor is applied after the combine: the FnApiRunner runs no CombineFn with a side input.
         return (
             events
             | "EventTime" >> beam.Map(lambda batch: max(event_seconds(e) for e in batch.value))
-            | "Max" >> beam.CombineGlobally(largest)
+            | "Max" >> beam.CombineGlobally(_largest)
+            | "Floor" >> beam.Map(_largest_pair, _per_batch(self.floor_s))
         )
+
+
+def _largest(times: Iterable[float | None]) -> float | None:
+    values = [t for t in times if t is not None]
+    return max(values) if values else None
+
+
+def _largest_pair(a: float | None, b: float | None) -> float | None:
+    return _largest((a, b))
 
 
 # --- keyed folds over shards ------------------------------------------------------------------
@@ -348,9 +358,9 @@ def _values_and_states(groups: dict[str, Iterable[Any]]) -> tuple[dict[str, list
     return values, states
 
 
-# A per-key fold: (key, the batch's values of the key, its carried state or None, as-of time)
-# -> (outputs, new state or None to forget the key).
-KeyFold = Callable[[str, list[Any], Any, Any], tuple[list[Any], Any]]
+# A per-key fold: (key, the batch's values of the key, its carried state or None, as-of time, the
+# watermark before the batch) -> (outputs, new state or None to forget the key).
+KeyFold = Callable[[str, list[Any], Any, Any, Any], tuple[list[Any], Any]]
 
 
 class _FoldShard(beam.DoFn):
@@ -360,13 +370,13 @@ class _FoldShard(beam.DoFn):
     def __init__(self, fold: KeyFold):
         self.fold = fold
 
-    def process(self, kv, as_of=None):
+    def process(self, kv, as_of=None, watermark=None):
         shard, groups = kv
         values, states = _values_and_states(groups)
         outputs: list[Any] = []
         kept: dict[str, Any] = {}
         for key in values.keys() | states.keys():
-            produced, state = self.fold(key, values.get(key, []), states.get(key), as_of)
+            produced, state = self.fold(key, values.get(key, []), states.get(key), as_of, watermark)
             outputs.extend(produced)
             if state is not None:
                 kept[key] = state
@@ -382,14 +392,16 @@ class _KeyedFold(beam.PTransform):
         ``{"outputs": lists of what the fold produced, "state": (shard, {key: state})}``.
     """
 
-    def __init__(self, key_values: Callable[[list[Any]], Iterable[tuple[str, Any]]], fold: KeyFold, shards: int, as_of=None):
+    def __init__(self, key_values: Callable[[list[Any]], Iterable[tuple[str, Any]]], fold: KeyFold, shards: int,
+                 as_of=None, watermark=None):
         super().__init__()
-        self.key_values, self.fold, self.shards, self.as_of = key_values, fold, shards, as_of
+        self.key_values, self.fold, self.shards, self.as_of, self.watermark = key_values, fold, shards, as_of, watermark
 
     def expand(self, inputs):
         key_values, shards = self.key_values, self.shards
         keyed = inputs["events"] | "ByShard" >> beam.FlatMap(lambda batch: split_by_shard(key_values(batch.value), shards))
         side = {"as_of": AsSingleton(self.as_of)} if self.as_of is not None else {}
+        side["watermark"] = _per_batch(self.watermark)
         out = (
             {"events": keyed, "state": inputs["state"]}
             | "Group" >> beam.CoGroupByKey()
@@ -465,8 +477,8 @@ class DeduplicateEvents(beam.PTransform):
 # --- features ---------------------------------------------------------------------------------
 
 
-def _user_fold(spec: FeatureSpec, watermark_s: float | None) -> KeyFold:
-    def fold(user_id: str, updates: list[Any], state: UserState | None, as_of: float | None):
+def _user_fold(spec: FeatureSpec) -> KeyFold:
+    def fold(user_id: str, updates: list[Any], state: UserState | None, as_of: float | None, watermark_s: float | None):
         if as_of is None:
             return [], state
         state = state or UserState()
@@ -487,24 +499,25 @@ class ComputeUserFeatures(beam.PTransform):
     Args:
         as_of: singleton PCollection with the as-of time T (``EventTimeWatermark``).
         spec: windows and sizes.
-        watermark_s: the watermark before this batch.
+        watermark_s: the watermark before this batch, or a singleton PCollection of it.
         shards: how many shards the users are spread over.
     """
 
-    def __init__(self, as_of, spec: FeatureSpec, watermark_s: float | None, shards: int = DEFAULT_SHARDS):
+    def __init__(self, as_of, spec: FeatureSpec, watermark_s: float | None | PCollection, shards: int = DEFAULT_SHARDS):
         super().__init__()
         self.as_of, self.spec, self.watermark_s, self.shards = as_of, spec, watermark_s, shards
 
     def expand(self, inputs):
         out = inputs | "Fold" >> _KeyedFold(
             lambda batch: ((e.user_id, user_update(e)) for e in batch),
-            _user_fold(self.spec, self.watermark_s), self.shards, self.as_of,
+            _user_fold(self.spec), self.shards, self.as_of, self.watermark_s,
         )
         return {"features": out["outputs"], "state": out["state"]}
 
 
-def _item_fold(spec: FeatureSpec, watermark_s: float | None) -> KeyFold:
-    def fold(item_id: str, signals: list[tuple[float, str, int]], state: ItemState | None, as_of: float | None):
+def _item_fold(spec: FeatureSpec) -> KeyFold:
+    def fold(item_id: str, signals: list[tuple[float, str, int]], state: ItemState | None, as_of: float | None,
+             watermark_s: float | None):
         if as_of is None:
             return [], state
         state = state or ItemState()
@@ -529,13 +542,13 @@ class ComputeItemFeatures(beam.PTransform):
     """Per item: views, carts, purchases over the short and long windows; recommendation
     impressions, clicks and CTR with a prior; trending score (``pipelines.accumulators``)."""
 
-    def __init__(self, as_of, spec: FeatureSpec, watermark_s: float | None, shards: int = DEFAULT_SHARDS):
+    def __init__(self, as_of, spec: FeatureSpec, watermark_s: float | None | PCollection, shards: int = DEFAULT_SHARDS):
         super().__init__()
         self.as_of, self.spec, self.watermark_s, self.shards = as_of, spec, watermark_s, shards
 
     def expand(self, inputs):
         out = inputs | "Fold" >> _KeyedFold(
-            _item_signal_values, _item_fold(self.spec, self.watermark_s), self.shards, self.as_of
+            _item_signal_values, _item_fold(self.spec), self.shards, self.as_of, self.watermark_s
         )
         return {"features": out["outputs"], "state": out["state"]}
 
@@ -552,7 +565,7 @@ def session_lines(event: Any) -> list[tuple[str, tuple[float, str, int, str, str
 
 
 def _session_fold(retention_s: int) -> KeyFold:
-    def fold(session_id: str, lines: list[Any], state: SessionState | None, as_of: float | None):
+    def fold(session_id: str, lines: list[Any], state: SessionState | None, as_of: float | None, _watermark: Any):
         state = state or SessionState()
         updates = [u for ts, _id, _index, item_id, category_id in sorted(lines) for u in state.add(ts, item_id, category_id)]
         keep = as_of is not None and state.last_ts >= as_of - retention_s
@@ -562,7 +575,7 @@ def _session_fold(retention_s: int) -> KeyFold:
 
 
 def _cooccurrence_fold(spec: FeatureSpec) -> KeyFold:
-    def fold(item_id: str, changes: list[Any], state: CooccurrenceState | None, _as_of: Any):
+    def fold(item_id: str, changes: list[Any], state: CooccurrenceState | None, _as_of: Any, _watermark: Any):
         state = state or CooccurrenceState()
         for partner, dcount, cats in changes:
             state.add(partner, dcount, cats)
@@ -597,7 +610,7 @@ class ComputeItemCooccurrence(beam.PTransform):
 
 
 def _counter_fold(key_name: str, spec: FeatureSpec) -> KeyFold:
-    def fold(key: str, increments: list[tuple[int, int, int]], state: CounterState | None, _as_of: Any):
+    def fold(key: str, increments: list[tuple[int, int, int]], state: CounterState | None, _as_of: Any, _watermark: Any):
         state = state or CounterState()
         for impressions, clicks, purchases in increments:
             state.add(impressions, clicks, purchases)
@@ -636,7 +649,7 @@ def _request_order(event: Any) -> tuple[int, float, str]:
 
 
 def _request_fold(retention_s: int) -> KeyFold:
-    def fold(request_id: str, events: list[Any], state: RequestState | None, as_of: float | None):
+    def fold(request_id: str, events: list[Any], state: RequestState | None, as_of: float | None, _watermark: Any):
         state = state or RequestState()
         increments = [i for event in sorted(events, key=_request_order) for i in state.add(event, variant_of)]
         keep = as_of is not None and state.last_ts >= as_of - retention_s

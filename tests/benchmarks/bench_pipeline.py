@@ -59,7 +59,7 @@ STAGE_LABELS = {
     "tombstones": "deletions + plan offsets + load state",
     "beam": "read records (kafka-python)",
     "select_state": "select state subset",
-    "compute": "Beam run (DirectRunner)",
+    "compute": "Beam run (FnApiRunner, in process)",
     "lake": "event lake (Parquet)",
     "dlq": "dead letters",
     "features": "Feast offline files",

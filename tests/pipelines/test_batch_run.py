@@ -9,7 +9,7 @@ import pytest
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
 from pipelines.packed import Packed
-from pipelines.runner import _CollectFn, _read_collected, batch_options
+from pipelines.batch_run import _CollectFn, _read_collected, batch_options
 
 
 def _bundle(fn: _CollectFn, *elements: object) -> None:
