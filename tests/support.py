@@ -33,6 +33,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def taobao_csv(settings: Settings | None = None) -> Path:
+    """The Taobao slice's CSV; the test is skipped where the datasets are not beside the repo."""
+    import pytest
+
+    path = (settings or Settings()).data.taobao_csv
+    if not path.exists():
+        pytest.skip(f"Taobao slice not found at {path} (the datasets live in ../shared/datasets)")
+    return path
+
+
 def make_settings(state_dir: Path, broker_port: int, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "kafka": {"bootstrap_servers": f"127.0.0.1:{broker_port}", "produce_timeout_s": 3.0, "metadata_timeout_s": 2.0},

@@ -6,13 +6,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
 from kafka import KafkaProducer
 
 from features.events import event_to_json, parse_event
 from streamrec.config import Settings
 from streamrec.replay import read_taobao_rows, taobao_events
 from streamrec.topics import ensure_topics
+from support import taobao_csv
 
 
 def pipeline_settings(base: Settings, state_dir: Path, **pipeline: Any) -> Settings:
@@ -50,11 +50,7 @@ def taobao_subset(settings_or_none: Settings | None = None, users: int | None = 
     """Contract events of the real Taobao slice (the first `users` users by id), event-time order."""
     global _TAOBAO
     if _TAOBAO is None:
-        base = settings_or_none or Settings()
-        path = base.data.taobao_csv
-        if not path.exists():
-            pytest.skip(f"Taobao slice not found at {path}")
-        _TAOBAO = taobao_events(read_taobao_rows(path))
+        _TAOBAO = taobao_events(read_taobao_rows(taobao_csv(settings_or_none)))
     if users is None:
         return list(_TAOBAO)
     keep = sorted({e["user_id"] for e in _TAOBAO}, key=int)[:users]

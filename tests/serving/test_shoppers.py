@@ -13,8 +13,8 @@ from serving.simulation.shoppers import (
     slate_click_probability,
     split_shoppers,
 )
-from streamrec.config import Settings
 from streamrec.replay import read_taobao_rows, taobao_events
+from support import taobao_csv
 
 CUT = datetime(2017, 12, 2, tzinfo=timezone.utc)
 
@@ -80,7 +80,7 @@ def test_oracle_is_the_best_slate_of_shown_bundles_for_that_shopper_and_step() -
 
 
 def test_the_real_taobao_cut_gives_shoppers_with_future_events() -> None:
-    rows = read_taobao_rows(Settings().data.taobao_csv)
+    rows = read_taobao_rows(taobao_csv())
     history, shoppers = split_shoppers(taobao_events(rows), CUT)
     assert len(history) == 62_767
     assert len(shoppers) == 814

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from support import TEST_TOKEN, CollectorHandle
+from support import TEST_TOKEN, CollectorHandle, taobao_csv
 from streamrec.replay import read_taobao_rows, replay_events, taobao_events
 from streamrec.topics import read_topic, topic_end_offsets
 
@@ -18,7 +18,7 @@ TAOBAO_EVENTS = 84_287  # the dataset README's count
 
 
 def test_taobao_events_map_behaviours_and_sessions(collector: CollectorHandle) -> None:
-    rows = read_taobao_rows(collector.settings.data.taobao_csv)
+    rows = read_taobao_rows(taobao_csv(collector.settings))
     assert len(rows) == TAOBAO_EVENTS
     events = taobao_events(rows)
     assert Counter(e["type"] for e in events) == {"view": 75_693, "add_to_cart": 4_494, "favorite": 2_351, "purchase": 1_749}
@@ -35,7 +35,7 @@ def test_every_replayed_taobao_event_is_in_kafka_or_the_dlq(collector: Collector
     kafka = collector.settings.kafka
     events_start = topic_end_offsets(kafka, kafka.topics.events)
     dlq_start = topic_end_offsets(kafka, kafka.topics.dlq)
-    events = taobao_events(read_taobao_rows(collector.settings.data.taobao_csv))
+    events = taobao_events(read_taobao_rows(taobao_csv(collector.settings)))
     summary = asyncio.run(
         replay_events(events, collector.url, TEST_TOKEN, batch_size=collector.settings.collector.limits.max_batch_events, show_progress=False)
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import private_stack_env
+from support import private_stack_env, taobao_csv
 from streamrec.local_stack import port_open
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]
@@ -35,6 +35,7 @@ def _wait_for_metric(port: int, name: str, value: float, timeout_s: float = 45.0
 
 
 def test_up_status_replay_down_leaves_nothing_running(tmp_path: Path) -> None:
+    taobao_csv()  # the replay step reads it
     ports, env = private_stack_env(tmp_path / "state")
     env["STREAMREC_COLLECTOR__AUTH_TOKEN"] = "stack-test-token"
     try:
