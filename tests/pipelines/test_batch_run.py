@@ -3,6 +3,8 @@ bundles in the driver's process, through the staging folder from bundles in work
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import pickle
 
 import pytest
@@ -49,3 +51,37 @@ def test_local_batches_run_in_process_without_trying_prism(args, runner):
     options = batch_options([*args, "--direct_running_mode=multi_threading"])
     assert options.view_as(StandardOptions).runner == runner
     assert options.view_as(DirectOptions).direct_running_mode == "multi_threading"  # still applies
+
+
+def _rows(result) -> dict[str, list[str]]:
+    return {view: sorted(json.dumps(r, sort_keys=True) for r in rows) for view, rows in result.features.items()}
+
+
+def test_a_compiled_graph_gives_each_batch_what_a_graph_built_for_it_gives(tmp_path):
+    """The graph is built once and run on every batch: each batch's watermark, processed offsets
+    and state must come from its own inputs, never from the batch that built the graph."""
+    import apache_beam as beam
+    from pipeline_support import mixed_events
+
+    from features.events import event_to_json, parse_event
+    from pipelines.accumulators import FeatureSpec
+    from pipelines.records import KafkaRecord
+    from pipelines.runner import compute_batch
+    from pipelines.state_store import PipelineState
+
+    args = ["--runner=DirectRunner", "--direct_num_workers=1"]
+    events = sorted(mixed_events(), key=lambda e: e["ts"])
+    records = [KafkaRecord("events", 0, i, 0, b"k", event_to_json(parse_event(e))) for i, e in enumerate(events)]
+    # A re-delivered record the first batch already folded in (offset below the processed one).
+    chunks = [records[:9], records[5:]]
+    compute_batch([], PipelineState(), FeatureSpec(), args, "events", tmp_path)  # builds the graph
+    compiled_state = built_state = PipelineState()
+    for chunk in chunks:
+        compiled = compute_batch(chunk, compiled_state, FeatureSpec(), args, "events", tmp_path)
+        built = compute_batch(beam.Create(chunk), built_state, FeatureSpec(), args, "events", tmp_path)
+        assert _rows(compiled) == _rows(built) and any(_rows(compiled).values())
+        assert (compiled.as_of, compiled.reprocessed, compiled.records) == (built.as_of, built.reprocessed, built.records)
+        assert compiled.state == built.state
+        compiled_state = dataclasses.replace(compiled.state, offsets={0: chunk[-1].offset + 1})
+        built_state = dataclasses.replace(built.state, offsets={0: chunk[-1].offset + 1})
+    assert compiled.reprocessed == 4 and compiled.as_of > compute_batch(records[:9], PipelineState(), FeatureSpec(), args, "events", tmp_path).as_of
