@@ -5,7 +5,8 @@ One micro-batch (``FeaturePipeline.run_once``):
 1. plan ``[committed, end)`` per partition (``kafka_source.plan_offset_ranges``) and read exactly
    those records (at the edge: the driver needs them to pick the state the batch can touch,
    ``state_subset``);
-2. run the Beam pipeline (runner from ``pipeline.beam_args``) on them: parse, drop late events,
+2. run the Beam pipeline (runner from ``pipeline.beam_args``; locally one graph per process, built
+   once and run on each batch's inputs: ``pipelines.batch_run``) on them: parse, drop late events,
    de-duplicate, compute every feature family against that part of the carried state;
 3. sinks, in this order: event lake (Parquet, replace by offset range), dead letters (Kafka,
    ``acks=all``), Feast offline files and online push, the state checkpoint;
