@@ -110,10 +110,6 @@ def _load(path: str) -> Any:
         return pickle.load(handle)
 
 
-def _load_each(path: str) -> list[Any]:
-    return _load(path)
-
-
 def _load_families(path: str):
     for name, shards in _load(path).items():
         for shard in shards:
@@ -131,7 +127,7 @@ def read_inputs(p: beam.Pipeline, folder: Path, families: tuple[str, ...]) -> Ba
     def path(name: str) -> list[str]:
         return [str(folder / f"{name}.pkl")]
 
-    records = p | "Records" >> beam.Create(path("records"), reshuffle=False) | "LoadRecords" >> beam.FlatMap(_load_each)
+    records = p | "Records" >> beam.Create(path("records"), reshuffle=False) | "LoadRecords" >> beam.FlatMap(_load)
     state = (
         p
         | "State" >> beam.Create(path("state"), reshuffle=False)

@@ -89,16 +89,15 @@ def shard_of(key: str, shards: int) -> int:
 
 
 def _group_by_shard(pairs: Iterable[tuple[str, V]], shards: int) -> dict[int, list[tuple[str, V]]]:
-    # shard_of inlined, once per distinct key: a batch repeats keys (a user's events, an item's
-    # views), and this runs for every value of every keyed family (~270k a Taobao batch).
+    # shard_of once per distinct key: a batch repeats keys (a user's events, an item's views), and
+    # this runs for every value of every keyed family (~270k a Taobao batch).
     lists: list[list[tuple[str, V]]] = [[] for _ in range(shards)]
     shard_by_key: dict[str, int] = {}
-    crc32 = zlib.crc32
     for pair in pairs:
         key = pair[0]
         shard = shard_by_key.get(key)
         if shard is None:
-            shard = shard_by_key[key] = crc32(key.encode("utf-8")) % shards
+            shard = shard_by_key[key] = shard_of(key, shards)
         lists[shard].append(pair)
     return {shard: values for shard, values in enumerate(lists) if values}
 
