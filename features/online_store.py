@@ -99,12 +99,39 @@ class BulkSqliteOnlineStore(SqliteOnlineStore):
         progress: Callable[[int], Any] | None,
     ) -> None:
         _refuse_unsupported(config.online_store)
-        conn = self._get_conn(config)
-        rows = _entity_rows(data, config.entity_key_serialization_version)
-        with conn:  # one transaction, as Feast's
-            conn.executemany(_UPSERT.format(table=_quote_id(_table_name(config, table))), rows)
+        self._upsert(config, table, _entity_rows(data, config.entity_key_serialization_version))
         if progress:
             progress(len(data))
+
+    def online_write_columns(
+        self,
+        config: Any,
+        table: Any,
+        join_key: str,
+        entity_ids: Sequence[str],
+        columns: dict[str, Sequence[Any]],
+        event_ts: Sequence[datetime],
+    ) -> None:
+        """``online_write_batch`` of a view keyed by one string, given by columns: ``entity_ids``,
+        each feature's ``Value`` protos (``columns``, in the view's order), an event time per row.
+        The same rows as ``online_write_batch`` writes for the same values (test).
+
+        Why: without an ``EntityKey`` proto and a dict per entity, and with each distinct value's
+        map entry encoded once per column, a 54k-item batch writes in ~0.5 s instead of ~1.5 s.
+        """
+        _refuse_unsupported(config.online_store)
+        keys = _string_entity_keys(join_key, entity_ids, config.entity_key_serialization_version)
+        entries = [_entry_column(name, values) for name, values in columns.items()]
+        maps = [b"".join(parts) for parts in zip(*entries)] if entries else [b""] * len(keys)
+        timestamps: dict[tuple[datetime, int], Any] = {}
+        rows = [(key, blob, _sql_timestamp(ts, timestamps), None) for key, blob, ts in zip(keys, maps, event_ts)]
+        rows.sort(key=itemgetter(0))
+        self._upsert(config, table, rows)
+
+    def _upsert(self, config: Any, table: Any, rows: list[tuple[bytes, bytes, Any, Any]]) -> None:
+        conn = self._get_conn(config)
+        with conn:  # one transaction, as Feast's
+            conn.executemany(_UPSERT.format(table=_quote_id(_table_name(config, table))), rows)
 
     def online_read(
         self,
@@ -194,6 +221,33 @@ def _map_bytes(values: dict[str, Any], entries: dict[tuple[str, int], tuple[Any,
             cached = entries[(name, id(value))] = (value, _map_entry(name, value.SerializeToString()))
         parts.append(cached[1])
     return b"".join(parts)
+
+
+def _string_entity_keys(join_key: str, entity_ids: Sequence[str], key_version: int) -> list[bytes]:
+    """Feast's serialized entity key of each id: one ``EntityKey`` proto, its value set per id."""
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    key = EntityKey(join_keys=[join_key], entity_values=[Value(string_val="")])
+    value = key.entity_values[0]
+    out = []
+    for entity_id in entity_ids:
+        value.string_val = entity_id
+        out.append(serialize_entity_key(key, entity_key_serialization_version=key_version))
+    return out
+
+
+def _entry_column(name: str, values: Sequence[Any]) -> list[bytes]:
+    """The ``Value.Map`` entry of each value of one feature; encoded once per distinct proto (the
+    pipelines share one proto per distinct scalar; ``values`` holds them, so ids stay unique)."""
+    encoded: dict[int, bytes] = {}
+    out = []
+    for value in values:
+        entry = encoded.get(id(value))
+        if entry is None:
+            entry = encoded[id(value)] = _map_entry(name, value.SerializeToString())
+        out.append(entry)
+    return out
 
 
 def _map_entry(name: str, value: bytes) -> bytes:

@@ -78,16 +78,25 @@ def write_offline(settings: Any, view_name: str, frame: pd.DataFrame, batch_tag:
 
 def push_online(store: Any, view_name: str, frame: pd.DataFrame) -> None:
     """Upsert the rows into the online store: the provider's ``online_write_batch`` (where
-    ``store.push(..., to=PushMode.ONLINE)`` ends too), with the value protos built per column.
+    ``store.push(..., to=PushMode.ONLINE)`` ends too), with the value protos built per column;
+    on the local one-row-per-entity store, its column-wise write of the same rows.
 
     Not ``store.push``: Feast converts every value to a proto in Python, inspecting each one
     (``python_values_to_proto_values``: ~6 us a value, 3.4 s of a 60k-row push); the view's
-    column types are known, so ``online_rows`` converts each column in one pass. The online
-    store's own write (SQLite, Redis) is unchanged, so reads see the same bytes (test).
+    column types are known, so each column is converted in one pass. The online store's own
+    write (SQLite, Redis) is unchanged, so reads see the same bytes (test).
     """
     if frame.empty:
         return
+    from features.online_store import BulkSqliteOnlineStore
+
     view = store.get_feature_view(view_name, allow_registry_cache=True)
+    online_store = store.provider.online_store
+    if isinstance(online_store, BulkSqliteOnlineStore):
+        join_key = JOIN_KEY_OF_VIEW[view.name]
+        online_store.online_write_columns(store.config, view, join_key, [str(k) for k in frame[join_key].tolist()],
+                                          _feature_columns(view, frame), _event_times(frame))
+        return
     store.provider.online_write_batch(store.config, view, online_rows(view, frame), progress=None)
 
 
@@ -97,12 +106,20 @@ def online_rows(view: Any, frame: pd.DataFrame) -> list[tuple[Any, dict[str, Any
 
     join_key = JOIN_KEY_OF_VIEW[view.name]
     keys = [EntityKey(join_keys=[join_key], entity_values=[v]) for v in _proto_column(frame[join_key].tolist(), ValueType.STRING)]
-    columns = {f.name: _proto_column(frame[f.name].tolist(), f.dtype.to_value_type()) for f in view.features}
+    columns = _feature_columns(view, frame)
     names = list(columns)
     features = [dict(zip(names, values)) for values in zip(*columns.values())] if names else [{} for _ in keys]
-    # Naive UTC datetimes, as Feast's arrow path hands them to the store.
-    times = [ts.to_pydatetime() for ts in frame[TIMESTAMP_FIELD].dt.tz_convert(None)]
-    return list(zip(keys, features, times, [None] * len(keys)))
+    return list(zip(keys, features, _event_times(frame), [None] * len(keys)))
+
+
+def _feature_columns(view: Any, frame: pd.DataFrame) -> dict[str, list[Any]]:
+    """Each feature of the view as a column of ``Value`` protos, in the view's order."""
+    return {f.name: _proto_column(frame[f.name].tolist(), f.dtype.to_value_type()) for f in view.features}
+
+
+def _event_times(frame: pd.DataFrame) -> list[datetime]:
+    """The rows' times as naive UTC datetimes, as Feast's arrow path hands them to the store."""
+    return pd.DatetimeIndex(frame[TIMESTAMP_FIELD]).tz_convert(None).to_pydatetime().tolist()
 
 
 def _proto_column(values: list[Any], value_type: Any) -> list[Any]:

@@ -27,6 +27,9 @@ class ParsedRecord(NamedTuple):
     partition: int
     offset: int
     event: Any  # features.events.Event
+    # The record's value where the strict parse took it (no value coerced: it parses back to the
+    # same event), so it is the event's wire form already; None where only the lenient parse did.
+    wire: bytes | None = None
 
 
 class DeadLetter(NamedTuple):

@@ -132,7 +132,7 @@ def parse_record(record: KafkaRecord) -> ParsedRecord:
         raise EventRejected("empty", "record has no value")
     event = valid_event_from_json(record.value)
     if event is not None:
-        return ParsedRecord(record.partition, record.offset, event)
+        return ParsedRecord(record.partition, record.offset, event, record.value)
     try:
         text = record.value.decode("utf-8")
     except UnicodeDecodeError as exc:

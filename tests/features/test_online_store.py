@@ -123,6 +123,32 @@ def test_reads_what_feasts_store_reads(tmp_path):
         assert read[44] == (None, None) and read[0][1] is not None  # k44 was never written
 
 
+def test_column_wise_writes_store_what_row_writes_store(tmp_path):
+    """``online_write_columns`` (what the pipeline's push uses on this store) leaves the same table
+    and reads as ``online_write_batch`` of the same rows: upserts, a key twice, nulls, a time per row."""
+    from pipelines.feast_sink import _event_times, _feature_columns
+
+    rows_store = _open(tmp_path / "rows", STORE_TYPE, {})
+    columns_store = _open(tmp_path / "columns", STORE_TYPE, {})
+    for view in ALL_FEATURE_VIEWS:
+        key = JOIN_KEY_OF_VIEW[view.name]
+        frames = [feature_frame(view.name, _rows(view, range(30), 0), AS_OF)]
+        rows = _rows(view, range(20, 42), 1) + _rows(view, range(21, 22), 2) + _rows(view, range(22, 23), 3)
+        frames.append(feature_frame_at(view.name, rows, [AS_OF + 60 * i for i in range(len(rows))]))
+        for frame in frames:
+            rows_store.provider.online_write_batch(rows_store.config, view, online_rows(view, frame), progress=None)
+            columns_store.provider.online_store.online_write_columns(
+                columns_store.config, view, key, frame[key].tolist(), _feature_columns(view, frame), _event_times(frame))
+            assert _reads(columns_store, view) == _reads(rows_store, view), view.name
+            assert _table_rows(columns_store, view) == _table_rows(rows_store, view), view.name
+
+
+def _table_rows(store: FeatureStore, view: Any) -> list[tuple[Any, ...]]:
+    table = compute_table_id(store.project, view, store.config.registry.enable_online_feature_view_versioning)
+    with sqlite3.connect(store.config.online_store.path) as db:
+        return db.execute(f'SELECT * FROM "{table}" ORDER BY entity_key').fetchall()
+
+
 def test_reads_more_keys_than_sqlite_binds_at_once(tmp_path):
     store = _open(tmp_path / "bulk", STORE_TYPE, {})
     view = ALL_FEATURE_VIEWS[0]

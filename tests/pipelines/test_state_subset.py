@@ -68,3 +68,37 @@ def test_relevant_state_passes_the_touched_users_and_those_whose_windows_move():
     state = PipelineState(watermark=T0, users={"idle": idle, "u1": touched, "quiet": quiet})
     passed = relevant_state(state, [_record(event_to_json(parse_event(ev("view", "u1", 200, item_id="i1"))), 0)], spec)
     assert set(passed.users) == {"idle", "u1"}
+
+
+def _replay(events, monkeypatch, records_per_key: int, chunk: int = 4):
+    """Micro-batches of ``chunk`` records through selection, the Beam run and the merge, as the
+    runner does them: each batch's feature rows, and the state after the last."""
+    import json as _json
+
+    from pipelines import state_subset
+    from pipelines.runner import compute_batch
+    from pipelines.state_subset import merge_state
+
+    monkeypatch.setattr(state_subset, "WHOLE_STATE_RECORDS_PER_KEY", records_per_key)
+    spec = FeatureSpec()
+    records = [_record(event_to_json(parse_event(e)), i) for i, e in enumerate(events)]
+    state, rows = PipelineState(), []
+    for start in range(0, len(records), chunk):
+        batch = records[start:start + chunk]
+        passed = relevant_state(state, batch, spec)
+        result = compute_batch(batch, passed, spec, [], "events")
+        state = merge_state(state, passed, result.state, spec)
+        state.offsets = {0: batch[-1].offset + 1}
+        rows.append({view: sorted(_json.dumps(r, sort_keys=True) for r in out) for view, out in result.features.items()})
+    return rows, state
+
+
+def test_a_state_passed_whole_gives_what_the_selected_part_gives(monkeypatch):
+    """A state small against its batch is passed whole instead of selected: every batch's
+    features and the final state must be the same either way (windows moving included)."""
+    late_views = [ev("view", f"u{n}", 90_000 + 600 * n, session=f"s{n}", item_id="i1", category_id="c1") for n in range(6)]
+    events = sorted(mixed_events(), key=lambda e: e["ts"]) + late_views
+    whole = _replay(events, monkeypatch, records_per_key=0)  # every state is passed whole
+    selected = _replay(events, monkeypatch, records_per_key=10**9)  # only an empty one is
+    assert selected[0] == whole[0] and any(any(batch.values()) for batch in whole[0])
+    assert selected[1] == whole[1]

@@ -94,6 +94,24 @@ def test_parse_events_sends_invalid_records_to_dead_letters_with_reasons():
             )
 
 
+def test_lake_rows_keep_the_wire_form_where_the_strict_parse_took_it():
+    """A record the strict parse took is its event's JSON already (spacing and id case aside); one
+    only the lenient parse takes (a Unix-seconds time) is written in the canonical form. Both
+    parse back to the same event."""
+    from pipelines.lake import lake_row
+    from pipelines.transforms import parse_record
+
+    event = ev("add_to_cart", "u1", 0, item_id="i1", category_id="c1", quantity=2)
+    spaced = json.dumps(event, indent=1).encode()  # valid as it is, not canonical bytes
+    upper = json.dumps({**event, "event_id": event["event_id"].upper()}).encode()
+    unix_ts = json.dumps({**event, "ts": T0}).encode()
+    rows = [lake_row(parse_record(_record(raw, i))) for i, raw in enumerate([spaced, upper, unix_ts])]
+    assert [row.event_json for row in rows] == [spaced.decode(), upper.decode(), event_to_json(parse_event(event)).decode()]
+    for row in rows:
+        assert parse_event(json.loads(row.event_json)) == parse_event(event)
+        assert row.event_id == event["event_id"] and row.ts_us == T0 * 1_000_000
+
+
 def test_drop_late_events_and_watermark():
     events = [ev("view", "u1", dt, item_id="i1") for dt in (0, -100, -5000)]
     parsed = [(0, i, m) for i, m in enumerate(_models(events))]
