@@ -85,3 +85,28 @@ def test_a_compiled_graph_gives_each_batch_what_a_graph_built_for_it_gives(tmp_p
         compiled_state = dataclasses.replace(compiled.state, offsets={0: chunk[-1].offset + 1})
         built_state = dataclasses.replace(built.state, offsets={0: chunk[-1].offset + 1})
     assert compiled.reprocessed == 4 and compiled.as_of > compute_batch(records[:9], PipelineState(), FeatureSpec(), args, "events", tmp_path).as_of
+
+
+def test_bundles_of_a_batch_sample_their_state_with_the_short_period(tmp_path, monkeypatch):
+    """Each bundle's end waits out its state sampler's sleep: the batch's bundles use the short
+    period, and Beam's default is back after the run."""
+    from apache_beam.runners.worker import statesampler
+
+    from pipelines.accumulators import FeatureSpec
+    from pipelines.batch_run import STATE_SAMPLING_PERIOD_MS
+    from pipelines.runner import compute_batch
+    from pipelines.state_store import PipelineState
+
+    periods: list[int] = []
+    start = statesampler.StateSampler.start
+
+    def recording_start(self):
+        periods.append(self.sampling_period_ms)
+        start(self)
+
+    monkeypatch.setattr(statesampler.StateSampler, "start", recording_start)
+    default = statesampler.StateSampler.__init__.__defaults__
+    for _ in range(2):  # the first run builds the graph, the second re-runs it
+        compute_batch([], PipelineState(), FeatureSpec(), [], "events", tmp_path)
+    assert periods and set(periods) == {STATE_SAMPLING_PERIOD_MS}
+    assert statesampler.StateSampler.__init__.__defaults__ == default
