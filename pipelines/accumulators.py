@@ -134,10 +134,6 @@ def interactions(event: Any) -> list[tuple[str, str | None, str, int]]:
     return []
 
 
-def _in_window(ts: float, as_of: float, window_s: float) -> bool:
-    return as_of - window_s < ts <= as_of
-
-
 def _window_changed(times: Iterable[float], previous: float | None, as_of: float, spec: FeatureSpec) -> bool:
     """Did an event leave the short or long window while the as-of time moved from previous to as_of?"""
     if previous is None or as_of <= previous:
@@ -145,6 +141,23 @@ def _window_changed(times: Iterable[float], previous: float | None, as_of: float
     return any(
         previous - w < ts <= as_of - w for ts in times for w in (spec.window_short_s, spec.window_long_s)
     )
+
+
+def _window_totals(
+    events: Iterable[tuple[float, str, int]], as_of: float, spec: FeatureSpec, kinds: Iterable[str]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Quantities per kind of the ``(ts, kind, quantity)`` events in the short and in the long
+    window, ``as_of - window < ts <= as_of``, in one pass over them; other kinds are not counted."""
+    short = dict.fromkeys(kinds, 0)
+    long = dict(short)
+    short_from, long_from = as_of - spec.window_short_s, as_of - spec.window_long_s
+    for ts, kind, quantity in events:
+        if ts <= as_of and kind in long:
+            if long_from < ts:
+                long[kind] += quantity
+            if short_from < ts:
+                short[kind] += quantity
+    return short, long
 
 
 def _round(x: float) -> float:
@@ -212,13 +225,10 @@ class UserState:
             "seq_event_types": [s[4] for s in seq],
             "seq_ts_unix": [int(s[0]) for s in seq],
         }
+        short, long = _window_totals(((ts, k, 1) for ts, k in self.recent), as_of, spec, EVENT_TYPES)
         for kind in EVENT_TYPES:
-            row[f"{kind}_count_1h"] = sum(
-                1 for ts, k in self.recent if k == kind and _in_window(ts, as_of, spec.window_short_s)
-            )
-            row[f"{kind}_count_24h"] = sum(
-                1 for ts, k in self.recent if k == kind and _in_window(ts, as_of, spec.window_long_s)
-            )
+            row[f"{kind}_count_1h"] = short[kind]
+            row[f"{kind}_count_24h"] = long[kind]
         top = sorted(((-_round(a), c) for c, a in self.affinity.items()))[: spec.top_categories]
         row["top_category_ids"] = [c for _, c in top]
         row["top_category_scores"] = [-a for a, _ in top]
@@ -253,13 +263,12 @@ class ItemState:
         self.recent = [r for r in self.recent if r[0] > as_of - spec.window_long_s]
 
     def features(self, item_id: str, as_of: float, spec: FeatureSpec) -> dict[str, Any]:
-        def total(kind: str, window_s: int) -> int:
-            return sum(q for ts, k, q in self.recent if k == kind and _in_window(ts, as_of, window_s))
-
+        kinds = (("view", "views"), ("cart", "carts"), ("purchase", "purchases"))
+        short, long = _window_totals(self.recent, as_of, spec, [k for k, _ in kinds])
         row: dict[str, Any] = {"item_id": item_id}
-        for kind, name in (("view", "views"), ("cart", "carts"), ("purchase", "purchases")):
-            row[f"{name}_1h"] = total(kind, spec.window_short_s)
-            row[f"{name}_24h"] = total(kind, spec.window_long_s)
+        for kind, name in kinds:
+            row[f"{name}_1h"] = short[kind]
+            row[f"{name}_24h"] = long[kind]
         row["rec_impressions"] = self.rec_impressions
         row["rec_clicks"] = self.rec_clicks
         row["rec_ctr"] = spec.ctr(self.rec_clicks, self.rec_impressions)
