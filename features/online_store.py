@@ -30,6 +30,7 @@ infrastructure only for type ``sqlite``: with this type ``feast apply`` goes thr
 from __future__ import annotations
 
 import sqlite3
+import struct
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from operator import itemgetter
@@ -39,6 +40,7 @@ from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig, _quote_id, _table_id
 from feast.protos.feast.types.Value_pb2 import Map
 from feast.utils import to_naive_utc
+from feast.protos.feast.types.Value_pb2 import ValueType
 
 __all__ = ["STORE_TYPE", "BulkSqliteOnlineStore", "BulkSqliteOnlineStoreConfig"]
 
@@ -224,7 +226,27 @@ def _map_bytes(values: dict[str, Any], entries: dict[tuple[str, int], tuple[Any,
 
 
 def _string_entity_keys(join_key: str, entity_ids: Sequence[str], key_version: int) -> list[bytes]:
-    """Feast's serialized entity key of each id: one ``EntityKey`` proto, its value set per id."""
+    """Feast's serialized entity key (``serialize_entity_key``) of each id of a one-string-key entity.
+
+    By hand for version 3 (the layout Feast documents: key count, then per key its type, length
+    and name, then per value its type, length and bytes, little-endian uint32s): ~0.4 us a key
+    against ~3.7 us for Feast's function on a proto, 0.2 s of a 54k-item batch. Other versions go
+    through Feast. Equal to Feast's bytes (test).
+    """
+    if key_version != 3:
+        return _entity_keys_through_feast(join_key, entity_ids, key_version)
+    name = join_key.encode("utf-8")
+    string_type = struct.pack("<I", ValueType.STRING)
+    prefix = struct.pack("<I", 1) + string_type + struct.pack("<I", len(name)) + name + string_type
+    pack_length = struct.Struct("<I").pack
+    out = []
+    for entity_id in entity_ids:
+        value = entity_id.encode("utf-8")
+        out.append(prefix + pack_length(len(value)) + value)
+    return out
+
+
+def _entity_keys_through_feast(join_key: str, entity_ids: Sequence[str], key_version: int) -> list[bytes]:
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
 

@@ -453,21 +453,21 @@ class DeduplicateEvents(beam.PTransform):
             shard, groups = kv
             copies, seen = _values_and_states(groups)
             unique, duplicates = [], []
-
-            def kept(ts: float) -> bool:
-                return as_of is not None and ts >= as_of - lateness
-
-            remembered = {k: ts for k, ts in seen.items() if kept(ts)}
+            # Ids are remembered while their event time is within the lateness of the as-of time.
+            floor = None if as_of is None else as_of - lateness
+            remembered = {} if floor is None else {k: ts for k, ts in seen.items() if ts >= floor}
             for event_id, events in copies.items():
                 if event_id in seen:  # processed in an earlier batch: every copy is a duplicate
                     duplicates.extend([event_id] * len(events))
                     continue
+                if len(events) > 1:
+                    duplicates.extend([event_id] * (len(events) - 1))
                 event = _first_copy(events)
                 unique.append(event)
-                duplicates.extend([event_id] * (len(events) - 1))
-                ts = event_seconds(event)
-                if kept(ts):
-                    remembered[event_id] = ts
+                if floor is not None:
+                    ts = event_seconds(event)
+                    if ts >= floor:
+                        remembered[event_id] = ts
             yield from _split_outputs(unique, "duplicates", duplicates)
             yield TaggedOutput("seen", (shard, Packed(remembered)))
 
