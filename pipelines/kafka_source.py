@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator
 
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
@@ -30,6 +30,10 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+from pipelines import kafka_reader
+from pipelines.kafka_reader import KafkaOffsetRange
+from pipelines.kafka_reader import consumer as _consumer
+from pipelines.kafka_reader import take_polled as _take_polled
 from pipelines.records import KafkaRecord
 from streamrec.topics import end_offsets
 
@@ -43,29 +47,6 @@ __all__ = [
     "plan_offset_ranges",
     "read_offset_ranges",
 ]
-
-
-class KafkaOffsetRange(NamedTuple):
-    """Records ``[start, stop)`` of one partition."""
-
-    topic: str
-    partition: int
-    start: int
-    stop: int
-
-    @property
-    def size(self) -> int:
-        return max(0, self.stop - self.start)
-
-
-def _consumer(client_options: dict[str, Any], group_id: str | None = None) -> KafkaConsumer:
-    return KafkaConsumer(
-        **client_options,
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=1000,
-    )
 
 
 def _partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
@@ -149,6 +130,12 @@ def commit_offsets(kafka_config: Any, group_id: str, ranges: list[KafkaOffsetRan
         consumer.close()
 
 
+def read_offset_ranges(kafka_config: Any, ranges: list[KafkaOffsetRange], timeout_s: float = 60.0) -> list[KafkaRecord]:
+    """All records of ``ranges``, read by the caller (the micro-batch driver), partition by
+    partition in offset order (``pipelines.kafka_reader``)."""
+    return kafka_reader.read_offset_ranges(kafka_config.client_options(), ranges, timeout_s)
+
+
 def read_offset_range(consumer: KafkaConsumer, offset_range: KafkaOffsetRange, timeout_s: float = 60.0) -> Iterator[KafkaRecord]:
     """Exactly the records of ``offset_range``, in offset order."""
     if offset_range.size == 0:
@@ -164,55 +151,6 @@ def read_offset_range(consumer: KafkaConsumer, offset_range: KafkaOffsetRange, t
         records = consumer.poll(timeout_ms=500, max_records=5000).get(tp, [])
         position, taken = _take_polled(consumer, tp, offset_range, position, records)
         yield from taken
-
-
-def _take_polled(
-    consumer: KafkaConsumer, tp: TopicPartition, offset_range: KafkaOffsetRange, position: int, records: list[Any]
-) -> tuple[int, list[KafkaRecord]]:
-    """The polled ``records`` of one partition that belong to ``offset_range`` from ``position``
-    on, and the position after them."""
-    taken = []
-    for record in records:
-        if record.offset >= offset_range.stop:
-            break
-        if record.offset >= position:
-            position = record.offset + 1
-            taken.append(KafkaRecord(record.topic, record.partition, record.offset, record.timestamp, record.key, record.value))
-    if not records:
-        # Offsets can have gaps (compaction, transaction markers): trust the consumer position.
-        position = max(position, min(consumer.position(tp), offset_range.stop))
-    elif records[-1].offset + 1 >= offset_range.stop:
-        position = offset_range.stop
-    return position, taken
-
-
-def read_offset_ranges(kafka_config: Any, ranges: list[KafkaOffsetRange], timeout_s: float = 60.0) -> list[KafkaRecord]:
-    """All records of ``ranges``, read by the caller (the micro-batch driver): every partition
-    assigned at once (one partition after the other waited for each one's fetches in turn),
-    returned partition by partition in offset order."""
-    todo = [r for r in ranges if r.size > 0]
-    if not todo:
-        return []
-    consumer = _consumer(kafka_config.client_options())
-    try:
-        by_tp = {TopicPartition(r.topic, r.partition): r for r in todo}
-        consumer.assign(list(by_tp))
-        for tp, r in by_tp.items():
-            consumer.seek(tp, r.start)
-        read: dict[TopicPartition, list[KafkaRecord]] = {tp: [] for tp in by_tp}
-        positions = {tp: r.start for tp, r in by_tp.items()}
-        deadline = time.monotonic() + timeout_s
-        while any(positions[tp] < r.stop for tp, r in by_tp.items()):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {todo} stalled at offsets {positions}")
-            polled = consumer.poll(timeout_ms=500, max_records=5000)
-            for tp, r in by_tp.items():
-                if positions[tp] < r.stop:
-                    positions[tp], taken = _take_polled(consumer, tp, r, positions[tp], polled.get(tp, []))
-                    read[tp].extend(taken)
-        return [record for tp in by_tp for record in read[tp]]
-    finally:
-        consumer.close()
 
 
 class _ReadOffsetRangeFn(beam.DoFn):

@@ -39,6 +39,7 @@ from apache_beam.pvalue import AsSingleton
 
 from pipelines.accumulators import FeatureSpec
 from pipelines.batch_run import BatchInputs, CompiledBatch, batch_options, run_built, runs_in_process
+from pipelines.kafka_reader import ReadAheadReader
 from pipelines.kafka_source import (
     KafkaOffsetRange,
     commit_offsets,
@@ -50,7 +51,7 @@ from pipelines.privacy import apply_new_tombstones, drop_deleted_users
 from pipelines.packed import Packed
 from pipelines.records import DeadLetter, KafkaRecord
 from pipelines.state_store import FAMILIES, PipelineState, load_state, save_state, state_path
-from pipelines.state_subset import merge_state, relevant_state
+from pipelines.state_subset import merge_state, passes_whole_state, relevant_state
 from pipelines.transforms import (
     ComputeBundleFeatures,
     ComputeExperimentFeatures,
@@ -124,6 +125,11 @@ class BatchSummary:
                if self.users_purged or self.deleted_user_records else "")
         )
 
+
+# Batches of at least this many records are read in the reader process, ahead of their Beam run
+# (when their state is passed whole): below it, reading in this process costs less than handing
+# the records over.
+READ_AHEAD_MIN_RECORDS = 20_000
 
 # Records per element of the Beam run (see ``pipelines.transforms``): large enough that the
 # runner's per-element work vanishes, small enough that a batch still splits over workers.
@@ -219,8 +225,9 @@ def compute_batch(
     """Run the composites once over the records ``read`` produces, against ``state``.
 
     Args:
-        read: the batch's ``KafkaRecord``s, or a PTransform from the pipeline root to them (one
-            record per element; they are batched here).
+        read: the batch's ``KafkaRecord``s (any iterable: on the in-process runner the run takes
+            them as they come, so a generator may still be reading them), or a PTransform from the
+            pipeline root to them (one record per element; they are batched here).
         state: the state after the previous batch (not modified).
         spec: feature windows and sizes.
         beam_args: Beam pipeline options (the runner).
@@ -231,12 +238,15 @@ def compute_batch(
         The batch's outputs and the new state (offsets and batch count are left to the caller).
     """
     watermark = state.watermark
+    in_process = runs_in_process(batch_options(beam_args))
+    records = [] if isinstance(read, beam.PTransform) else _batched(read)
     values = {
-        "records": [] if isinstance(read, beam.PTransform) else _batched(list(read)),
+        # In process the run pulls the batches as it goes (records still being read included).
+        "records": records if in_process else list(records),
         "state": {name: split_state_by_shard(getattr(state, name), shards) for name in FAMILIES},
         "context": {"watermark": watermark, "processed": dict(state.offsets)},
     }
-    if isinstance(read, beam.PTransform) or not runs_in_process(batch_options(beam_args)):
+    if isinstance(read, beam.PTransform) or not in_process:
         graph = _batch_graph(spec, topic, shards, read if isinstance(read, beam.PTransform) else None)
         collected = run_built(graph, values, beam_args, staging_root, FAMILIES)
     else:
@@ -247,8 +257,16 @@ def compute_batch(
     return _batch_result(collected, state)
 
 
-def _batched(records: list[KafkaRecord]) -> list[Packed[list[KafkaRecord]]]:
-    return [Packed(records[i:i + RECORDS_PER_ELEMENT]) for i in range(0, len(records), RECORDS_PER_ELEMENT)]
+def _batched(records: Iterable[KafkaRecord]) -> Iterator[Packed[list[KafkaRecord]]]:
+    """The records in elements of ``RECORDS_PER_ELEMENT``, made as the records come."""
+    batch: list[KafkaRecord] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == RECORDS_PER_ELEMENT:
+            yield Packed(batch)
+            batch = []
+    if batch:
+        yield Packed(batch)
 
 
 def _batch_result(collected: dict[str, list[Any]], state: PipelineState) -> BatchResult:
@@ -338,6 +356,7 @@ class FeaturePipeline:
         self.store = store if store is not None else apply_feature_repo(settings)
         self._producer = None
         self._wake = None  # the idle long-poll consumer of follow(); see _wait_for_records
+        self._reader: ReadAheadReader | None = None  # reads large batches ahead of their Beam run
         # (file identity, state) of the checkpoint this process saved last; see _saved_state.
         self._state: tuple[tuple[int, int, int], PipelineState] | None = None
         # Test hook: called between sinks with the step's name (the kill test stops here).
@@ -361,8 +380,9 @@ class FeaturePipeline:
 
     def prepare(self) -> float:
         """Build and translate the batch graph now, start-up work the first batch would otherwise
-        do (~1.2 s), by running it on an empty batch: no sink, offset or state is touched.
-        ``follow`` calls it, so the first event after start is not the one that waits for it.
+        do (~1.2 s), by running it on an empty batch: no sink, offset or state is touched; and
+        start the Kafka reader process of large batches (``pipelines.kafka_reader``). ``follow``
+        calls it, so the first event after start is not the one that waits for it.
 
         Returns:
             The seconds it took.
@@ -370,6 +390,9 @@ class FeaturePipeline:
         started = time.monotonic()
         self._remove_stale_staging()
         self._compute([], PipelineState())
+        if self._reader is None:
+            self._reader = ReadAheadReader(self.settings.kafka.client_options())
+        self._reader.start()
         return time.monotonic() - started
 
     def _saved_state(self, keep: bool) -> PipelineState:
@@ -397,6 +420,9 @@ class FeaturePipeline:
         return self._producer
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._producer is not None:
             self._producer.close()
             self._producer = None
@@ -457,13 +483,20 @@ class FeaturePipeline:
             return summary
         state = self._saved_state(keep=False)
         self.on_step("beam")
-        # The records are read here, at the edge, because the driver needs them to pick the part of
-        # the state this batch can touch (``state_subset``); the Beam job gets them as its input.
-        records, summary.deleted_user_records = drop_deleted_users(
-            read_offset_ranges(self.settings.kafka, ranges), ledger.deleted
-        )
-        self.on_step("select_state")
-        passed = relevant_state(state, records, self.spec)
+        size = sum(r.size for r in ranges)
+        if size >= READ_AHEAD_MIN_RECORDS and passes_whole_state(state, size):
+            # Nothing to select: the records reach the Beam run as the reader process decodes them.
+            records: Iterable[KafkaRecord] = self._read_ahead(ranges, ledger.deleted, summary)
+            passed = relevant_state(state, [], self.spec, whole=True)
+            self.on_step("select_state")
+        else:
+            # Read here, at the edge: the driver needs them to pick the part of the state this
+            # batch can touch (``state_subset``); the Beam job gets them as its input.
+            records, summary.deleted_user_records = drop_deleted_users(
+                read_offset_ranges(self.settings.kafka, ranges), ledger.deleted
+            )
+            self.on_step("select_state")
+            passed = relevant_state(state, records, self.spec)
         self.on_step("compute")
         self._remove_stale_staging()
         result = self._compute(records, passed)
@@ -471,6 +504,15 @@ class FeaturePipeline:
         self._sink(result, ranges, summary)
         summary.elapsed_s = time.monotonic() - started
         return summary
+
+    def _read_ahead(self, ranges: list[KafkaOffsetRange], deleted: Any, summary: BatchSummary) -> Iterator[KafkaRecord]:
+        """The batch's records from the reader process as they come, less those of deleted users."""
+        if self._reader is None:
+            self._reader = ReadAheadReader(self.settings.kafka.client_options())
+        for chunk in self._reader.read(ranges):
+            kept, dropped = drop_deleted_users(chunk, deleted)
+            summary.deleted_user_records += dropped
+            yield from kept
 
     def _sink(self, result: BatchResult, ranges: list[KafkaOffsetRange], summary: BatchSummary) -> None:
         from pipelines.feast_sink import feature_frame, push_online, write_offline

@@ -159,13 +159,19 @@ def _touched(state: PipelineState, records: Iterable[KafkaRecord], policy: Laten
 WHOLE_STATE_RECORDS_PER_KEY = 4
 
 
-def relevant_state(state: PipelineState, records: Iterable[KafkaRecord], spec: FeatureSpec) -> PipelineState:
+def passes_whole_state(state: PipelineState, records: int) -> bool:
+    """Whether a batch of ``records`` records gets ``state`` whole (``WHOLE_STATE_RECORDS_PER_KEY``)."""
+    return sum(state.sizes().values()) * WHOLE_STATE_RECORDS_PER_KEY <= records
+
+
+def relevant_state(state: PipelineState, records: Iterable[KafkaRecord], spec: FeatureSpec,
+                   whole: bool = False) -> PipelineState:
     """The part of ``state`` the batch of ``records`` can read or change: every key it names and
     every key whose windows move (a superset is harmless: a key nothing changes folds to itself,
     and ``merge_state`` prunes what was not passed the same way). A state small against the batch
-    is passed whole (``WHOLE_STATE_RECORDS_PER_KEY``)."""
+    is passed whole (``passes_whole_state``), and so is any state with ``whole``."""
     records = records if isinstance(records, list) else list(records)
-    if sum(state.sizes().values()) * WHOLE_STATE_RECORDS_PER_KEY <= len(records):
+    if whole or passes_whole_state(state, len(records)):
         return _whole(state)
     touched = _touched(state, records, LatenessPolicy(spec.allowed_lateness_s))
     as_of = max([t for t in [state.watermark, *touched.times] if t is not None], default=None)

@@ -58,8 +58,14 @@ def _one_vs_ten(kafka_broker, tmp_path, users):
         assert_frames_match(got_many, expected[view], f"{view} (10 batches)")
 
 
-def test_taobao_features_equal_oracle_one_batch_and_ten(kafka_broker, tmp_path):
-    """20 users of the real slice (about 2,200 events), so the default suite stays fast."""
+@pytest.mark.parametrize("read_ahead", [False, True], ids=["read-in-driver", "read-ahead"])
+def test_taobao_features_equal_oracle_one_batch_and_ten(kafka_broker, tmp_path, monkeypatch, read_ahead):
+    """20 users of the real slice (about 2,200 events), so the default suite stays fast. With
+    ``read_ahead`` every batch whose state is passed whole (the first ones) is read in the reader
+    process while its Beam run goes (as large batches are), the others in the driver."""
+    from pipelines import runner
+
+    monkeypatch.setattr(runner, "READ_AHEAD_MIN_RECORDS", 1 if read_ahead else 10**12)
     _one_vs_ten(kafka_broker, tmp_path, users=20)
 
 

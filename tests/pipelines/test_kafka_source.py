@@ -53,3 +53,46 @@ def test_plan_read_commit_and_unbounded_read(kafka_broker, tmp_path):
             records | beam.Map(lambda r: (r.partition, r.offset)),
             equal_to([(r.partition, o) for r in after for o in range(r.start, r.stop)]),
         )
+
+
+def test_the_reader_process_reads_what_the_driver_reads(kafka_broker, tmp_path):
+    """``ReadAheadReader`` serves one read after another with exactly the records of the ranges; a
+    failed read is reported with its cause and the process serves the next; a process that died
+    mid-read is an error, and the next read starts a new process."""
+    from pipelines.kafka_reader import KafkaOffsetRange, ReadAheadReader
+    from pipelines.kafka_source import read_offset_ranges
+
+    settings = pipeline_settings(kafka_broker.settings, tmp_path / "state")
+    topic, group = settings.kafka.topics.events, settings.pipeline.group_id
+    # ~1.5 MB: a read's chunks do not all fit in the pipe at once.
+    produce(settings, [ev("view", f"u{i % 5}", i, item_id=f"i{i}") for i in range(5000)])
+    whole = plan_offset_ranges(settings.kafka, topic, group)
+    part = plan_offset_ranges(settings.kafka, topic, group, max_records_per_partition=40)
+
+    def key(records):
+        return sorted((r.partition, r.offset, r.value) for r in records)
+
+    reader = ReadAheadReader(settings.kafka.client_options(), timeout_s=3)
+    try:
+        reader.start()
+        for ranges in (whole, part, whole):
+            chunks = list(reader.read(ranges))
+            assert all(len({r.partition for r in chunk}) == 1 for chunk in chunks)
+            assert key(r for chunk in chunks for r in chunk) == key(read_offset_ranges(settings.kafka, ranges))
+        assert list(reader.read([])) == []
+        beyond = [KafkaOffsetRange(topic, whole[0].partition, whole[0].stop, whole[0].stop + 5)]  # never written
+        with pytest.raises(RuntimeError, match="TimeoutError"):
+            list(reader.read(beyond))
+        assert len([r for chunk in reader.read(part) for r in chunk]) == sum(r.size for r in part)
+
+        reading = reader.read(whole)
+        next(reading)
+        process = reader._process
+        process.kill()
+        process.join()
+        with pytest.raises(RuntimeError, match="died"):
+            list(reading)
+        assert len([r for chunk in reader.read(whole) for r in chunk]) == sum(r.size for r in whole)
+        assert reader._process is not process
+    finally:
+        reader.close()
