@@ -531,7 +531,7 @@ def _item_fold(spec: FeatureSpec) -> KeyFold:
             return [], state
         state = state or ItemState()
         emit = bool(signals) or state.window_changed(watermark_s, as_of, spec)
-        for ts, kind, quantity in signals:
+        for ts, kind, quantity in sorted(signals):  # arrival order is the runner's: keep the state canonical
             state.add_signal(ts, kind, quantity)
         rows = [state.features(item_id, as_of, spec)] if emit else []
         state.prune(as_of, spec)

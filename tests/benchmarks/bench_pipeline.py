@@ -5,12 +5,15 @@
 On a private embedded broker, with private state, Feast repository and (for the Redis part) a
 private ``redis-server``, it measures in one run:
 
-1. throughput (events/s) over the real Taobao slice: a raw kafka-python consume of the topic
-   (assign every partition, read to the end offsets, ``json.loads`` each value: the least a
-   consumer must do) against one ``FeaturePipeline.run_once`` end to end (read, Beam run on the
+1. throughput (events/s) over the real Taobao slice, ``--repeats`` interleaved pairs (each
+   pipeline on a fresh consumer group, state and Feast project; the median pair is the result,
+   every pair is printed: this VM's speed drifts by ~30% between runs): a raw kafka-python
+   consume of the topic (assign every partition, read to the end offsets, ``json.loads`` each
+   value: the least a consumer must do) against one ``FeaturePipeline.run_once`` end to end (read, Beam run on the
    in-process FnApiRunner, event lake, Feast offline files and online push, state checkpoint,
    offset commit), the ratio (target >= 0.25x) and the pipeline's time per stage; the pipeline
-   is started first (Feast apply, the Beam graph built: ``prepare``, as ``--follow`` does);
+   is started first (Feast apply, the Beam graph built and the Kafka reader process started:
+   ``prepare``, as ``--follow`` does);
 2. freshness: ``pipeline run --follow`` in a subprocess on that state; single new events are
    produced at random phases of its poll loop and the Feast online store is polled until each is
    visible; produce -> visible p50/p95 (target p95 < 5 s);
@@ -58,9 +61,9 @@ from streamrec.config import Settings  # noqa: E402
 STAGE_LABELS = {
     "start": "batch start",
     "tombstones": "deletions + plan offsets + load state",
-    "beam": "read records (kafka-python)",
-    "select_state": "select state subset",
-    "compute": "Beam run (FnApiRunner, in process)",
+    "beam": "read records (kafka-python; a large batch: 0, read during the Beam run)",
+    "select_state": "select state subset (a state passed whole: 0)",
+    "compute": "Beam run (FnApiRunner, in process; a large batch's records read alongside in the reader process)",
     "lake": "event lake (Parquet)",
     "dlq": "dead letters",
     "features": "Feast offline files",
@@ -121,6 +124,41 @@ def pipeline_batch(pipeline: FeaturePipeline) -> tuple[Any, float, dict[str, flo
     pipeline.on_step = lambda step: None
     stages = {name: end - at for (name, at), (_, end) in zip(marks, [*marks[1:], ("end", ended)])}
     return summary, ended - started, stages
+
+
+def fresh_pipeline_settings(settings: Settings, state_dir: Path) -> Settings:
+    """``settings`` on the same topic with a new consumer group, state and Feast project: a
+    pipeline that has processed nothing yet."""
+    import uuid
+
+    dumped = settings.model_dump(mode="json")
+    dumped["collector"]["auth_token"] = settings.collector.auth_token.get_secret_value()
+    tag = uuid.uuid4().hex[:8]
+    dumped["data"]["state_dir"] = str(state_dir)
+    dumped["pipeline"]["group_id"] = f"features-{tag}"
+    dumped["feast"]["project"] = f"t{tag}"
+    return Settings(**dumped)
+
+
+def throughput_pairs(settings: Settings, workdir: Path, repeats: int) -> list[dict[str, Any]]:
+    """``repeats`` interleaved (raw consume, pipeline batch) pairs; each pipeline is fresh."""
+    pairs = []
+    for i in range(repeats):
+        raw = raw_consume(settings)
+        run_settings = settings if i == 0 else fresh_pipeline_settings(settings, workdir / f"state-{i}")
+        pipeline = FeaturePipeline(run_settings)  # Feast apply: start-up, not part of a batch
+        prepare_s = pipeline.prepare()  # graph built, reader started: start-up too, as in --follow
+        batch = pipeline_batch(pipeline)
+        pairs.append({"raw": raw, "batch": batch, "prepare_s": prepare_s, "pipeline": pipeline})
+        print(f"pair {i + 1}: raw consume {raw[1]:.2f}s, pipeline batch {batch[0].records:,} records in "
+              f"{batch[1]:.2f}s, ratio {ratio(raw, batch):.3f}x", flush=True)
+        if i:
+            pipeline.close()
+    return pairs
+
+
+def ratio(raw: tuple[int, float], batch: tuple[Any, float, dict[str, float]]) -> float:
+    return (batch[0].records / batch[1]) / (raw[0] / raw[1])
 
 
 # --- 2. freshness -------------------------------------------------------------------------------
@@ -324,21 +362,27 @@ def online_reads(settings: Settings, workdir: Path, user_id: str, n: int) -> dic
 
 
 def print_report(
-    events: int, raw: tuple[int, float], batch: tuple[Any, float, dict[str, float]],
+    events: int, pairs: list[dict[str, Any]],
     small: list[tuple[float, dict[str, float]]], fresh: list[float], reads: dict[str, list[float]],
-    poll_interval_s: float, prepare_s: float,
+    poll_interval_s: float,
 ) -> None:
-    raw_count, raw_s = raw
-    summary, batch_s, stages = batch
+    ranked = sorted(pairs, key=lambda pair: ratio(pair["raw"], pair["batch"]))
+    median = ranked[len(ranked) // 2]
+    raw_count, raw_s = median["raw"]
+    summary, batch_s, stages = median["batch"]
     raw_rate, pipe_rate = raw_count / raw_s, summary.records / batch_s
-    print(f"\n## Throughput ({events:,} Taobao events, one micro-batch)")
-    print("| | events | seconds | events/s |\n|---|---|---|---|")
+    print(f"\n## Throughput ({events:,} Taobao events, one micro-batch; median of {len(pairs)} interleaved pairs)")
+    print("| pair | raw consume s | pipeline batch s | ratio |\n|---|---|---|---|")
+    for i, pair in enumerate(pairs, start=1):
+        print(f"| {i} | {pair['raw'][1]:.2f} | {pair['batch'][1]:.2f} | {ratio(pair['raw'], pair['batch']):.3f}x |")
+    print("\n| | events | seconds | events/s |\n|---|---|---|---|")
     print(f"| raw kafka-python consume + json.loads | {raw_count:,} | {raw_s:.2f} | {raw_rate:,.0f} |")
     print(f"| pipeline run_once end to end | {summary.records:,} | {batch_s:.2f} | {pipe_rate:,.0f} |")
-    print(f"| **ratio** | | | **{pipe_rate / raw_rate:.3f}x** (target >= 0.25x) |")
-    print(f"\nStart-up before the batch (not timed in it): building and translating the Beam graph "
-          f"(`FeaturePipeline.prepare`, what `--follow` does at start) {prepare_s:.2f} s.")
-    print("\n| pipeline stage | seconds | share |\n|---|---|---|")
+    print(f"| **ratio (median pair)** | | | **{pipe_rate / raw_rate:.3f}x** (target >= 0.25x) |")
+    print(f"\nStart-up before the batch (not timed in it): building and translating the Beam graph and "
+          f"starting the Kafka reader process (`FeaturePipeline.prepare`, what `--follow` does at start) "
+          f"{median['prepare_s']:.2f} s.")
+    print("\n| pipeline stage (median pair) | seconds | share |\n|---|---|---|")
     for stage, seconds in stages.items():
         print(f"| {STAGE_LABELS.get(stage, stage)} | {seconds:.2f} | {seconds / batch_s:.0%} |")
     print(f"\n  {summary.as_text()}")
@@ -367,6 +411,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=None, help="first N users of the slice only (default: all)")
     parser.add_argument("--samples", type=int, default=30, help="freshness samples (>= 20 for a p95)")
     parser.add_argument("--reads", type=int, default=2000, help="timed online reads per store")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved throughput pairs (the median is reported)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     handle = start_broker(workdir / "broker")
@@ -375,12 +420,8 @@ def main() -> None:
         settings = pipeline_settings(handle.settings, workdir / "state")
         events = taobao_subset(None, users=args.users)
         produce(settings, events)
-        raw = raw_consume(settings)
-        print(f"raw consume: {raw[0]:,} records in {raw[1]:.2f}s", flush=True)
-        pipeline = FeaturePipeline(settings)  # Feast apply: start-up, not part of a batch
-        prepare_s = pipeline.prepare()  # the Beam graph built and translated: start-up too, as in --follow
-        batch = pipeline_batch(pipeline)
-        print(f"pipeline batch: {batch[0].records:,} records in {batch[1]:.2f}s", flush=True)
+        pairs = throughput_pairs(settings, workdir, max(1, args.repeats))
+        pipeline = pairs[0]["pipeline"]  # the one on ``settings``: the rest of the run uses its state
         head_ts = int(max(datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp() for e in events))
         small = small_batches(pipeline, settings, head_ts)
         pipeline.close()
@@ -388,7 +429,7 @@ def main() -> None:
         print(f"freshness: {[round(x, 2) for x in fresh]}", flush=True)
         active = max(statistics.multimode(e["user_id"] for e in events))
         reads = online_reads(settings, workdir, active, args.reads)
-        print_report(len(events), raw, batch, small, fresh, reads, settings.pipeline.poll_interval_s, prepare_s)
+        print_report(len(events), pairs, small, fresh, reads, settings.pipeline.poll_interval_s)
         print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
     finally:
         handle.broker.stop()
