@@ -199,11 +199,23 @@ def _serve(conn: Any, parent_end: Any, client_options: dict[str, Any], timeout_s
             request = conn.recv()
         except (EOFError, OSError):
             return
-        try:
-            for chunk in iter_offset_ranges(client_options, [KafkaOffsetRange(*r) for r in request], timeout_s):
-                conn.send(("records", chunk))
-            conn.send(("done", None))
-        except (BrokenPipeError, EOFError):
+        if not _answer(conn, client_options, [KafkaOffsetRange(*r) for r in request], timeout_s):
             return
-        except Exception as exc:  # noqa: BLE001 - reported to the pipeline, which fails the batch
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _answer(conn: Any, client_options: dict[str, Any], ranges: list[KafkaOffsetRange], timeout_s: float) -> bool:
+    """Send one request's chunks and its end (or its error); False when the pipe is closed."""
+    try:
+        for chunk in iter_offset_ranges(client_options, ranges, timeout_s):
+            try:
+                conn.send(("records", chunk))
+            except OSError:
+                return False
+        reply: tuple[str, Any] = ("done", None)
+    except Exception as exc:  # noqa: BLE001 - reported to the pipeline, which fails the batch
+        reply = ("error", f"{type(exc).__name__}: {exc}")
+    try:
+        conn.send(reply)
+    except OSError:
+        return False
+    return True
