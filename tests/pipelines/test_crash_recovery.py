@@ -33,9 +33,10 @@ pytestmark = pytest.mark.kafka
 HELPER = Path(__file__).with_name("pause_pipeline.py")
 
 
-def _kill_at(step: str, config: Path, marker: Path, kill_after_s: float = 0.0) -> None:
+def _kill_at(step: str, config: Path, marker: Path, kill_after_s: float = 0.0, *options: str) -> None:
     marker.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, str(HELPER), step, str(marker)], env=subprocess_env(config), cwd=Path(__file__).parents[2])
+    proc = subprocess.Popen([sys.executable, str(HELPER), step, str(marker), *options], env=subprocess_env(config),
+                            cwd=Path(__file__).parents[2])
     try:
         deadline = time.monotonic() + 120
         while not marker.exists():
@@ -73,6 +74,48 @@ def test_sigkill_mid_batch_then_restart_loses_and_double_counts_nothing(kafka_br
 
     ends = topic_end_offsets(settings.kafka, settings.kafka.topics.events)
     assert committed_offsets(settings.kafka, settings.kafka.topics.events, settings.pipeline.group_id) == ends
+    lake = read_event_lake(Path(settings.data.state_dir) / "lake" / "events", dedupe=False)
+    assert len(lake) == len(events) and lake["event_id"].is_unique
+    expected = compute_features(dedupe(events), FeatureSpec.from_config(settings.pipeline))
+    for view, frame in expected.items():
+        if len(frame):
+            assert_frames_match(offline_latest(settings, view), frame, view)
+
+
+def _gone(pid: int, timeout_s: float) -> bool:
+    """Whether process ``pid`` exits (or is a zombie: nobody here reaps an orphan) within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sigkill_while_the_reader_process_feeds_the_batch(kafka_broker, tmp_path, monkeypatch):
+    """Killed while the Kafka reader process feeds a batch's Beam run: the reader goes with the
+    pipeline, and the restarted pipeline (reading ahead too) finishes the batch exactly."""
+    from pipelines import runner
+
+    settings = pipeline_settings(kafka_broker.settings, tmp_path / "state")
+    config = write_config(settings, tmp_path / "streamrec.yaml")
+    marker = tmp_path / "reached"
+    events = taobao_subset(kafka_broker.settings, users=8)
+    produce(settings, events)
+    _kill_at("compute!", config, marker, 0.5, "--read-ahead")
+    assert _gone(int(marker.with_suffix(".reader").read_text()), 15), "the reader process outlived the pipeline"
+
+    monkeypatch.setattr(runner, "READ_AHEAD_MIN_RECORDS", 1)
+    recovered = FeaturePipeline(settings)
+    try:
+        summary = recovered.run_once()
+    finally:
+        recovered.close()
+    assert summary.records == len(events) and summary.lag == 0
     lake = read_event_lake(Path(settings.data.state_dir) / "lake" / "events", dedupe=False)
     assert len(lake) == len(events) and lake["event_id"].is_unique
     expected = compute_features(dedupe(events), FeatureSpec.from_config(settings.pipeline))
