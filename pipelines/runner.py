@@ -390,9 +390,7 @@ class FeaturePipeline:
         started = time.monotonic()
         self._remove_stale_staging()
         self._compute([], PipelineState())
-        if self._reader is None:
-            self._reader = ReadAheadReader(self.settings.kafka.client_options())
-        self._reader.start()
+        self._start_reader()
         return time.monotonic() - started
 
     def _saved_state(self, keep: bool) -> PipelineState:
@@ -506,13 +504,23 @@ class FeaturePipeline:
         return summary
 
     def _read_ahead(self, ranges: list[KafkaOffsetRange], deleted: Any, summary: BatchSummary) -> Iterator[KafkaRecord]:
-        """The batch's records from the reader process as they come, less those of deleted users."""
+        """The batch's records from the reader process as they come, less those of deleted users.
+        The process is started here, before the Beam run and its threads, if ``prepare`` did not."""
+        reader = self._start_reader()
+
+        def records() -> Iterator[KafkaRecord]:
+            for chunk in reader.read(ranges):
+                kept, dropped = drop_deleted_users(chunk, deleted)
+                summary.deleted_user_records += dropped
+                yield from kept
+
+        return records()
+
+    def _start_reader(self) -> ReadAheadReader:
         if self._reader is None:
             self._reader = ReadAheadReader(self.settings.kafka.client_options())
-        for chunk in self._reader.read(ranges):
-            kept, dropped = drop_deleted_users(chunk, deleted)
-            summary.deleted_user_records += dropped
-            yield from kept
+        self._reader.start()
+        return self._reader
 
     def _sink(self, result: BatchResult, ranges: list[KafkaOffsetRange], summary: BatchSummary) -> None:
         from pipelines.feast_sink import feature_frame, push_online, write_offline
