@@ -4,7 +4,8 @@ One micro-batch (``FeaturePipeline.run_once``):
 
 1. plan ``[committed, end)`` per partition (``kafka_source.plan_offset_ranges``) and read exactly
    those records (at the edge: the driver needs them to pick the state the batch can touch,
-   ``state_subset``);
+   ``state_subset``; a large batch whose state is passed whole is read instead by the Kafka reader
+   process while the Beam run goes, ``kafka_reader``);
 2. run the Beam pipeline (runner from ``pipeline.beam_args``; locally one graph per process, built
    once and run on each batch's inputs: ``pipelines.batch_run``) on them: parse, drop late events,
    de-duplicate, compute every feature family against that part of the carried state;
