@@ -51,6 +51,16 @@ def _kill_at(step: str, config: Path, marker: Path, kill_after_s: float = 0.0, *
         proc.wait(timeout=30)
 
 
+def _assert_each_event_once(settings, events) -> None:
+    """The lake holds every record once, and the features equal the oracle's."""
+    lake = read_event_lake(Path(settings.data.state_dir) / "lake" / "events", dedupe=False)
+    assert len(lake) == len(events) and lake["event_id"].is_unique
+    expected = compute_features(dedupe(events), FeatureSpec.from_config(settings.pipeline))
+    for view, frame in expected.items():
+        if len(frame):
+            assert_frames_match(offline_latest(settings, view), frame, view)
+
+
 def test_sigkill_mid_batch_then_restart_loses_and_double_counts_nothing(kafka_broker, tmp_path):
     settings = pipeline_settings(kafka_broker.settings, tmp_path / "state")
     config = write_config(settings, tmp_path / "streamrec.yaml")
@@ -74,12 +84,7 @@ def test_sigkill_mid_batch_then_restart_loses_and_double_counts_nothing(kafka_br
 
     ends = topic_end_offsets(settings.kafka, settings.kafka.topics.events)
     assert committed_offsets(settings.kafka, settings.kafka.topics.events, settings.pipeline.group_id) == ends
-    lake = read_event_lake(Path(settings.data.state_dir) / "lake" / "events", dedupe=False)
-    assert len(lake) == len(events) and lake["event_id"].is_unique
-    expected = compute_features(dedupe(events), FeatureSpec.from_config(settings.pipeline))
-    for view, frame in expected.items():
-        if len(frame):
-            assert_frames_match(offline_latest(settings, view), frame, view)
+    _assert_each_event_once(settings, events)
 
 
 def _gone(pid: int, timeout_s: float) -> bool:
@@ -116,9 +121,4 @@ def test_sigkill_while_the_reader_process_feeds_the_batch(kafka_broker, tmp_path
     finally:
         recovered.close()
     assert summary.records == len(events) and summary.lag == 0
-    lake = read_event_lake(Path(settings.data.state_dir) / "lake" / "events", dedupe=False)
-    assert len(lake) == len(events) and lake["event_id"].is_unique
-    expected = compute_features(dedupe(events), FeatureSpec.from_config(settings.pipeline))
-    for view, frame in expected.items():
-        if len(frame):
-            assert_frames_match(offline_latest(settings, view), frame, view)
+    _assert_each_event_once(settings, events)
