@@ -38,9 +38,8 @@ from typing import Any, Literal
 
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig, _quote_id, _table_id
-from feast.protos.feast.types.Value_pb2 import Map
+from feast.protos.feast.types.Value_pb2 import Map, ValueType
 from feast.utils import to_naive_utc
-from feast.protos.feast.types.Value_pb2 import ValueType
 
 __all__ = ["STORE_TYPE", "BulkSqliteOnlineStore", "BulkSqliteOnlineStoreConfig"]
 

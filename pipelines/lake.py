@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import date
 from operator import itemgetter
-from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
 

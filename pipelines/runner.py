@@ -52,7 +52,7 @@ from pipelines.privacy import apply_new_tombstones, drop_deleted_users
 from pipelines.packed import Packed
 from pipelines.records import DeadLetter, KafkaRecord
 from pipelines.state_store import FAMILIES, PipelineState, load_state, save_state, state_path
-from pipelines.state_subset import merge_state, passes_whole_state, relevant_state
+from pipelines.state_subset import merge_state, passes_whole_state, relevant_state, whole_state
 from pipelines.transforms import (
     ComputeBundleFeatures,
     ComputeExperimentFeatures,
@@ -486,7 +486,7 @@ class FeaturePipeline:
         if size >= READ_AHEAD_MIN_RECORDS and passes_whole_state(state, size):
             # Nothing to select: the records reach the Beam run as the reader process decodes them.
             records: Iterable[KafkaRecord] = self._read_ahead(ranges, ledger.deleted, summary)
-            passed = relevant_state(state, [], self.spec, whole=True)
+            passed = whole_state(state)
             self.on_step("select_state")
         else:
             # Read here, at the edge: the driver needs them to pick the part of the state this

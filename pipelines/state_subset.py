@@ -164,15 +164,14 @@ def passes_whole_state(state: PipelineState, records: int) -> bool:
     return sum(state.sizes().values()) * WHOLE_STATE_RECORDS_PER_KEY <= records
 
 
-def relevant_state(state: PipelineState, records: Iterable[KafkaRecord], spec: FeatureSpec,
-                   whole: bool = False) -> PipelineState:
+def relevant_state(state: PipelineState, records: Iterable[KafkaRecord], spec: FeatureSpec) -> PipelineState:
     """The part of ``state`` the batch of ``records`` can read or change: every key it names and
     every key whose windows move (a superset is harmless: a key nothing changes folds to itself,
     and ``merge_state`` prunes what was not passed the same way). A state small against the batch
-    is passed whole (``passes_whole_state``), and so is any state with ``whole``."""
+    is passed whole (``passes_whole_state``)."""
     records = records if isinstance(records, list) else list(records)
-    if whole or passes_whole_state(state, len(records)):
-        return _whole(state)
+    if passes_whole_state(state, len(records)):
+        return whole_state(state)
     touched = _touched(state, records, LatenessPolicy(spec.allowed_lateness_s))
     as_of = max([t for t in [state.watermark, *touched.times] if t is not None], default=None)
     cooc = touched.cooc | {item for s in touched.sessions if s in state.sessions for item in state.sessions[s].items}
@@ -202,7 +201,7 @@ def relevant_state(state: PipelineState, records: Iterable[KafkaRecord], spec: F
     )
 
 
-def _whole(state: PipelineState) -> PipelineState:
+def whole_state(state: PipelineState) -> PipelineState:
     """A copy of ``state`` whose family dicts the batch may replace (the states in them are shared)."""
     return PipelineState(
         watermark=state.watermark,

@@ -4,10 +4,11 @@ The micro-batch composites work on **batched elements**: every PCollection betwe
 lists (a chunk of records, the events of one shard), and per-key state travels as
 ``(shard, {key: state})``. Keys are spread over ``shards`` shards by a stable hash
 (``shard_of``), a batch's values travel as ``(shard, {key: [value, ...]})``, each composite groups
-a shard's values with that shard's state and folds them key by key with the accumulators of ``pipelines.accumulators``. Why not one element per event: on the
-local DirectRunner each element pays the runner's per-element work (windowed values, timestamps,
-coders at every shuffle) at every step, which was two thirds of a batch's time (22 s of 84k
-events, profiled); a shard is one element. On a cluster runner the shards are the keyed folds'
+a shard's values with that shard's state and folds them key by key with the accumulators of
+``pipelines.accumulators``. Why not one element per event: on the local DirectRunner each
+element pays the runner's per-element work (windowed values, timestamps, coders at every
+shuffle) at every step, which was two thirds of a batch's time (22 s of 84k events, profiled); a
+shard is one element. On a cluster runner the shards are the keyed folds'
 parallelism. The streaming job (``pipelines.streaming``) keeps one element per event with
 per-key state; both fold with the same accumulators, and ``ParseEvents`` (per record) is shared.
 

@@ -126,26 +126,12 @@ def pipeline_batch(pipeline: FeaturePipeline) -> tuple[Any, float, dict[str, flo
     return summary, ended - started, stages
 
 
-def fresh_pipeline_settings(settings: Settings, state_dir: Path) -> Settings:
-    """``settings`` on the same topic with a new consumer group, state and Feast project: a
-    pipeline that has processed nothing yet."""
-    import uuid
-
-    dumped = settings.model_dump(mode="json")
-    dumped["collector"]["auth_token"] = settings.collector.auth_token.get_secret_value()
-    tag = uuid.uuid4().hex[:8]
-    dumped["data"]["state_dir"] = str(state_dir)
-    dumped["pipeline"]["group_id"] = f"features-{tag}"
-    dumped["feast"]["project"] = f"t{tag}"
-    return Settings(**dumped)
-
-
 def throughput_pairs(settings: Settings, workdir: Path, repeats: int) -> list[dict[str, Any]]:
     """``repeats`` interleaved (raw consume, pipeline batch) pairs; each pipeline is fresh."""
     pairs = []
     for i in range(repeats):
         raw = raw_consume(settings)
-        run_settings = settings if i == 0 else fresh_pipeline_settings(settings, workdir / f"state-{i}")
+        run_settings = settings if i == 0 else pipeline_settings(settings, workdir / f"state-{i}", new_topics=False)
         pipeline = FeaturePipeline(run_settings)  # Feast apply: start-up, not part of a batch
         prepare_s = pipeline.prepare()  # graph built, reader started: start-up too, as in --follow
         batch = pipeline_batch(pipeline)

@@ -15,12 +15,14 @@ from streamrec.topics import ensure_topics
 from support import taobao_csv
 
 
-def pipeline_settings(base: Settings, state_dir: Path, **pipeline: Any) -> Settings:
-    """Settings on the test broker with private topics, group and state (isolated per test)."""
+def pipeline_settings(base: Settings, state_dir: Path, new_topics: bool = True, **pipeline: Any) -> Settings:
+    """Settings on the test broker with private topics, group and state (isolated per test);
+    ``new_topics=False`` keeps ``base``'s topics (a second, fresh pipeline on the same events)."""
     tag = uuid.uuid4().hex[:8]
     dumped = base.model_dump(mode="json")
     dumped["collector"]["auth_token"] = base.collector.auth_token.get_secret_value()
-    dumped["kafka"]["topics"] = {"events": f"events-{tag}", "dlq": f"events.dlq-{tag}"}
+    if new_topics:
+        dumped["kafka"]["topics"] = {"events": f"events-{tag}", "dlq": f"events.dlq-{tag}"}
     dumped["data"]["state_dir"] = str(state_dir)
     dumped["pipeline"] = {**dumped.get("pipeline", {}), "group_id": f"features-{tag}", **pipeline}
     dumped["feast"] = {**dumped.get("feast", {}), "project": f"t{tag}"}
