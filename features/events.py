@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any, Literal, Union
 from uuid import UUID, SafeUUID
@@ -37,6 +38,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
@@ -60,8 +62,14 @@ Price = Annotated[StrictFloat, Field(ge=0, le=MAX_PRICE, allow_inf_nan=False)]
 Propensity = Annotated[StrictFloat, Field(gt=0, le=1, allow_inf_nan=False)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$", strict=True)]
 Surface = Literal["recommendations", "bundles"]
+# Opaque to the contract: base64url payload "." base64url HMAC (serving.feedback_tokens).
+FeedbackToken = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^[A-Za-z0-9_\-.]+$", strict=True)]
 
 ITEM_EVENT_TYPES = ("view", "add_to_cart", "remove_from_cart", "favorite")
+
+# The start of an ISO-8601 / RFC 3339 date-time: a date, "T" (or a space), hours and minutes.
+_ISO_8601_START = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d")
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 
 
 class _Strict(BaseModel):
@@ -158,6 +166,36 @@ class EventBase(_Strict):
         if type(value) is not int:
             raise ValueError(f"schema_version must be an integer, got {type(value).__name__}")
         return value
+
+    @field_validator("ts", "received_at", mode="before")
+    @classmethod
+    def _iso_8601_only(cls, value: Any) -> Any:
+        # pydantic also reads epoch numbers (1511604000, "1511604000") as times: a producer that
+        # sends seconds where milliseconds were meant would be silently decades off. Times are
+        # ISO-8601 strings (or datetimes built in Python), in every mode (strict JSON included).
+        if isinstance(value, str):
+            if _ISO_8601_START.match(value) is None:
+                raise PydanticCustomError(
+                    "datetime_type", "must be an ISO-8601 date-time string such as 2017-11-25T10:00:00Z"
+                )
+            # Parsed here: past a function, pydantic's strict mode (valid_event_from_json) would
+            # take the string for a Python value and refuse it. fromisoformat is the fast path
+            # (0.2 us); pydantic's parser takes what it does not (e.g. nanoseconds) and words errors.
+            try:
+                return datetime.fromisoformat(value)
+            except ValueError:
+                pass
+            try:
+                return _DATETIME.validate_python(value)
+            except ValidationError as exc:
+                raise PydanticCustomError("datetime_parsing", "{msg}", {"msg": exc.errors()[0]["msg"]}) from None
+        if value is None or isinstance(value, datetime):
+            return value
+        raise PydanticCustomError(
+            "datetime_type",
+            "must be an ISO-8601 date-time string such as 2017-11-25T10:00:00Z, not a {kind}",
+            {"kind": type(value).__name__},
+        )
 
     @field_validator("ts", "received_at", mode="after")
     @classmethod
@@ -296,6 +334,9 @@ class ClickEvent(EventBase):
     item_id: Id | None = None
     bundle_id: Id | None = None
     position: Annotated[StrictInt, Field(ge=0, le=10_000)] | None = None
+    # The signed token served with the slate (serving.feedback_tokens): without a valid one the
+    # click is organic and never credited to a policy or an experiment.
+    feedback_token: FeedbackToken | None = None
 
     @model_validator(mode="after")
     def _clicked_something(self) -> "ClickEvent":
@@ -311,6 +352,7 @@ class BundlePurchaseEvent(_HasLines):
     request_id: Id
     bundle_id: Id
     order_id: Id | None = None
+    feedback_token: FeedbackToken | None = None
 
 
 Event = Annotated[
@@ -383,6 +425,15 @@ def parse_event(payload: Any, context: ValidationContext | None = None) -> Event
     """
     if not isinstance(payload, dict):
         raise EventRejected("not_an_object", f"an event is a JSON object, got {type(payload).__name__}")
+    where = lone_surrogate_at(payload)
+    if where is not None:
+        # Checked first, anywhere (keys, unknown fields, nested lists): such a string cannot be
+        # encoded as UTF-8, so it could reach neither Kafka nor a response, nor be named in one.
+        raise EventRejected(
+            "invalid_unicode",
+            f"{where}: a lone UTF-16 surrogate (such as \\ud800) is not a Unicode character",
+            [{"type": "string_unicode", "loc": where.split("."), "msg": "lone surrogate"}],
+        )
     version = payload.get("schema_version")
     if version is None:
         raise EventRejected("missing_field", "schema_version is required", [{"loc": ["schema_version"]}])
@@ -402,6 +453,73 @@ def parse_event(payload: Any, context: ValidationContext | None = None) -> Event
     except Exception as exc:  # pydantic.ValidationError, kept generic to report every cause
         errors = _errors_of(exc)
         raise EventRejected(_reason_of(errors), _summary_of(errors), errors) from None
+
+
+def lone_surrogate_at(value: Any) -> str | None:
+    """Where a decoded JSON value holds a lone UTF-16 surrogate (JSON's ``"\\ud800"`` escape
+    decodes to one; it is not a character and cannot be encoded as UTF-8), or None.
+
+    Looks at every string, dict keys and nested values included, without recursion.
+
+    Returns:
+        The dotted path of one such string, printable (keys shown with ``ascii()`` where
+        they are not ASCII), e.g. ``"items.0.item_id"``; ``"(value)"`` for a top-level string.
+
+    Example:
+        >>> lone_surrogate_at({"user_id": "u\\ud800"})
+        'user_id'
+    """
+    if not _has_lone_surrogate(value):
+        return None
+    pending: list[tuple[tuple[Any, ...], Any]] = [((), value)]
+    while pending:
+        path, item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii() and not _encodable(item):
+                return _printable_path(path)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and not key.isascii() and not _encodable(key):
+                    return _printable_path((*path, key))
+                pending.append(((*path, key), child))
+        elif isinstance(item, list):
+            pending.extend(((*path, index), child) for index, child in enumerate(item))
+    return None
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """``lone_surrogate_at`` without the path: the fast check of every event (ASCII is the rule)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii() and not _encodable(item):
+                return True
+        elif isinstance(item, dict):
+            for key in item:
+                if isinstance(key, str) and not key.isascii() and not _encodable(key):
+                    return True
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable_path(path: tuple[Any, ...]) -> str:
+    def part(p: Any) -> str:
+        if not isinstance(p, str):
+            return str(p)
+        return p if p.isascii() and p.isprintable() else ascii(p)
+
+    return ".".join(part(p) for p in path) or "(value)"
 
 
 def _errors_of(exc: Exception) -> list[dict[str, Any]]:

@@ -40,7 +40,7 @@ ALLOWED_FEATURE_CLASSES: frozenset[str] = frozenset(FeatureDataClass.__args__)  
 
 # Fields of the event contract that are free text, money or order references: none of them may
 # become a feature column (they stay in the event lake, which deletion rewrites).
-NON_FEATURE_EVENT_FIELDS = frozenset({"query", "page", "price", "currency", "order_id", "received_at"})
+NON_FEATURE_EVENT_FIELDS = frozenset({"query", "page", "price", "currency", "order_id", "received_at", "feedback_token"})
 
 
 def _counts() -> dict[str, FeatureDataClass]:

@@ -23,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-from streamrec.config import Settings, get_settings
+from streamrec.config import Settings, get_settings, mask_secrets
 
 
 def _print_table(rows: dict[str, str]) -> None:
@@ -96,7 +96,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
-    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    # SecretStr fields dump as '**********'; credentials inside plain strings are masked too.
+    print(json.dumps(mask_secrets(settings.model_dump(mode="json")), indent=2))
     return 0
 
 

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -63,8 +64,11 @@ class KafkaConfig(BaseModel):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
-    # Producer bounds: a dead broker must turn into a fast 503, not a hung request.
-    produce_timeout_s: float = Field(default=5.0, gt=0)
+    # Producer bounds: a dead broker must turn into a fast 503, not a hung request. A request that
+    # produces is answered within produce_timeout_s (connecting, metadata and acks together; the
+    # producer's own timeouts are derived from it); metadata_timeout_s bounds connecting and
+    # metadata within that.
+    produce_timeout_s: float = Field(default=5.0, ge=0.5)
     metadata_timeout_s: float = Field(default=3.0, gt=0)
 
     def client_options(self) -> dict[str, Any]:
@@ -105,6 +109,12 @@ class CollectorLimits(BaseModel):
     max_future_skew_s: float = Field(default=300.0, ge=0)
     # How much of a rejected payload the dead-letter record keeps.
     dlq_max_raw_bytes: int = Field(default=65_536, ge=256)
+    # Seconds a request may take to send its whole body (after its headers): a slower one gets 408
+    # and frees its request slot (otherwise slow senders hold every slot: slow-loris).
+    body_read_timeout_s: float = Field(default=10.0, gt=0)
+    # Deepest JSON nesting taken, checked on the bytes before parsing (an event is at most 4 deep
+    # in a batch); deeper bodies get 400 json_too_deep instead of exhausting the parser's stack.
+    max_json_depth: int = Field(default=32, ge=4, le=256)
 
 
 class CollectorConfig(BaseModel):
@@ -284,6 +294,10 @@ class ServingConfig(BaseModel):
     max_k: int = Field(default=20, ge=1)
     max_candidates: int = Field(default=200, ge=1)
     max_body_bytes: int = Field(default=16_384, ge=256)
+    # As the collector's limits: seconds to receive a POST body (then 408), and the deepest JSON
+    # nesting taken (checked before parsing; then 400 json_too_deep).
+    body_read_timeout_s: float = Field(default=5.0, gt=0)
+    max_json_depth: int = Field(default=32, ge=4, le=256)
     bundle_size: int = Field(default=3, ge=2, le=20)
     # Recommendations: MMR diversity and cross-category quota (live via user_config too).
     diversity: float = Field(default=0.3, ge=0.0, le=1.0)
@@ -293,6 +307,25 @@ class ServingConfig(BaseModel):
     # Bearer token of the admin endpoints (DELETE /v1/admin/users/{id}); separate from the collector's
     # so a frontend token can never delete users. The default only suits a laptop: set it in production.
     admin_token: SecretStr = SecretStr("streamrec-dev-admin-token")
+    # Bearer token for reading experiment results (dashboards): GET /v1/experiments/{name} only.
+    reader_token: SecretStr = SecretStr("streamrec-dev-reader-token")
+    # HMAC key of the feedback tokens served with each slate (serving.feedback_tokens). None: a
+    # random key kept in data.state_dir/secrets (embedded stack only; production must set it).
+    feedback_signing_key: SecretStr | None = None
+    # A click or purchase counts for the bandit and the experiment only this long after serving.
+    attribution_window_s: float = Field(default=86_400.0, gt=0)
+    # Revenue of a bundle purchase: only lines of the bought bundle's items, each at most this
+    # quantity and this unit price (the catalogue's price where it knows one): a client's number
+    # alone never moves an experiment's revenue.
+    max_line_quantity: int = Field(default=10, ge=1)
+    max_item_price: float = Field(default=10_000.0, gt=0)
+    # Failed credentials per second (and burst) a replica answers before it answers 429 to every
+    # credential of that kind for a while: guessing a token is bounded, not free.
+    auth_failures_per_s: float = Field(default=1.0, gt=0)
+    auth_failure_burst: int = Field(default=20, ge=1)
+    # Admin requests per second (and burst) per replica, whatever the token.
+    admin_requests_per_s: float = Field(default=5.0, gt=0)
+    admin_burst: int = Field(default=20, ge=1)
 
 
 class Settings(BaseSettings):
@@ -302,6 +335,8 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
     )
 
+    # "production" refuses, at start-up, every credential left at its published default.
+    environment: Literal["development", "production"] = "development"
     kafka: KafkaConfig = KafkaConfig()
     broker: EmbeddedBrokerConfig = EmbeddedBrokerConfig()
     collector: CollectorConfig = CollectorConfig()
@@ -322,6 +357,19 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown streamrec setting(s) in the environment: {', '.join(unknown)}")
         return values
+
+    @model_validator(mode="after")
+    def _no_default_secrets_in_production(self) -> "Settings":
+        if self.environment != "production":
+            return self
+        left = [name for name, value in _DEFAULT_SECRETS.items() if _secret_at(self, name) == value]
+        if self.serving.feedback_signing_key is None:
+            left.append("serving.feedback_signing_key (unset)")
+        elif len(self.serving.feedback_signing_key.get_secret_value().encode()) < 32:
+            left.append("serving.feedback_signing_key (shorter than 32 bytes)")
+        if left:
+            raise ValueError(f"environment=production with default or missing secrets: {', '.join(left)}")
+        return self
 
     @field_validator("data", mode="after")
     @classmethod
@@ -350,6 +398,44 @@ class Settings(BaseSettings):
                 raise FileNotFoundError(f"{CONFIG_FILE_ENV}={config_file}: no such file")
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
+
+
+# The published development credentials; production configuration must replace each one.
+_DEFAULT_SECRETS = {
+    "collector.auth_token": CollectorConfig.model_fields["auth_token"].default.get_secret_value(),
+    "serving.admin_token": ServingConfig.model_fields["admin_token"].default.get_secret_value(),
+    "serving.reader_token": ServingConfig.model_fields["reader_token"].default.get_secret_value(),
+}
+
+
+def _secret_at(settings: Settings, dotted: str) -> str:
+    value: Any = settings
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value.get_secret_value()
+
+
+# user:password@ in a URL, or password=... in a key=value connection string (Redis, Postgres).
+_CREDENTIAL_IN_STRING = re.compile(r"(?i)(://[^:/@\s]*:)[^@\s]+(@)|((?:password|passwd|pwd|token)=)[^,;&\s]+")
+
+
+def mask_secrets(value: Any) -> Any:
+    """A JSON dump of the settings with every secret masked: SecretStr fields, and credentials
+    inside strings (connection strings, URLs). For `streamrec config show` and logs."""
+    if isinstance(value, dict):
+        return {k: mask_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v) for v in value]
+    if isinstance(value, str):
+        return _CREDENTIAL_IN_STRING.sub(
+            lambda m: f"{m.group(1)}***{m.group(2)}" if m.group(1) else f"{m.group(3)}***", value
+        )
+    return value
+
+
+def bearer(token: SecretStr) -> dict[str, str]:
+    """The ``Authorization`` header that presents a configured token."""
+    return {"Authorization": f"Bearer {token.get_secret_value()}"}
 
 
 @lru_cache(maxsize=1)

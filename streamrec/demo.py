@@ -39,7 +39,7 @@ import httpx
 from tqdm import tqdm
 
 from streamrec import local_stack
-from streamrec.config import Settings
+from streamrec.config import Settings, bearer
 from streamrec.replay import ReplaySummary, read_taobao_rows, replay_events, taobao_events
 from streamrec.topics import read_topic, topic_end_offsets
 
@@ -188,8 +188,7 @@ def measure_freshness(settings: Settings, online: OnlineFeatures, item_id: str, 
     online store showing it; None when it did not show within ``timeout_s``."""
     event = probe_event(settings, item_id, n)
     event_ts = int(datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp())
-    headers = {"Authorization": f"Bearer {settings.collector.auth_token.get_secret_value()}"}
-    reply = httpx.post(f"{settings.collector.base_url}/v1/events", json=[event], headers=headers, timeout=30)
+    reply = httpx.post(f"{settings.collector.base_url}/v1/events", json=[event], headers=bearer(settings.collector.auth_token), timeout=30)
     reply.raise_for_status()
     acked = time.monotonic()
     while time.monotonic() - acked < timeout_s:
@@ -230,7 +229,8 @@ def wait_for_models_in_serving(settings: Settings, user_id: str, versions: list[
     deadline = time.monotonic() + timeout_s
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        body = httpx.get(f"{settings.collector.base_url}/v1/recommendations", params={"user_id": user_id, "k": 5}, timeout=30).json()
+        body = httpx.get(f"{settings.collector.base_url}/v1/recommendations", params={"user_id": user_id, "k": 5},
+                         headers=bearer(settings.collector.auth_token), timeout=30).json()
         described = json.dumps({k: v for k, v in body.items() if k != "items"})
         if all(version in described for version in versions):
             return f"{body.get('source')} (retrieval: {(body.get('ranker') or {}).get('retrieval', body.get('source'))})"
@@ -328,7 +328,7 @@ def wait_learner_applied(settings: Settings, timeout_s: float = 180.0) -> dict[s
     deadline = time.monotonic() + timeout_s
     stats: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        stats = httpx.get(f"{settings.collector.base_url}/v1/learner", timeout=30).json()
+        stats = httpx.get(f"{settings.collector.base_url}/v1/learner", headers=bearer(settings.serving.admin_token), timeout=30).json()
         offsets = stats.get("offsets", {})
         if all(offsets.get(tp, 0) >= end for tp, end in targets.items() if end > 0):
             return stats
@@ -356,7 +356,7 @@ def account_events(settings: Settings, accepted_ids: set[str], counts: StageCoun
 
 
 def read_experiment(settings: Settings, name: str) -> dict[str, Any]:
-    reply = httpx.get(f"{settings.collector.base_url}/v1/experiments/{name}", timeout=30)
+    reply = httpx.get(f"{settings.collector.base_url}/v1/experiments/{name}", headers=bearer(settings.serving.reader_token), timeout=30)
     reply.raise_for_status()
     return reply.json()
 

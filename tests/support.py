@@ -23,6 +23,8 @@ from streamrec.local_stack import EmbeddedBroker
 from streamrec.topics import ensure_topics
 
 TEST_TOKEN = "test-token-123"
+TEST_ADMIN_TOKEN = "test-admin-token-456"
+TEST_READER_TOKEN = "test-reader-token-789"
 # Tighter than production so limit tests stay cheap.
 TEST_LIMITS = {"max_body_bytes": 262_144, "max_batch_events": 400, "max_list_items": 20}
 
@@ -49,6 +51,7 @@ def make_settings(state_dir: Path, broker_port: int, **overrides: Any) -> Settin
         "broker": {"port": broker_port},
         "collector": {"auth_token": TEST_TOKEN, "limits": TEST_LIMITS},
         "data": {"state_dir": str(state_dir)},
+        "serving": {"admin_token": TEST_ADMIN_TOKEN, "reader_token": TEST_READER_TOKEN},
     }
     for key, value in overrides.items():
         base[key] = {**base.get(key, {}), **value}
@@ -56,11 +59,22 @@ def make_settings(state_dir: Path, broker_port: int, **overrides: Any) -> Settin
 
 
 def settings_overrides(settings: Settings) -> dict[str, Any]:
-    """The settings as a plain dict, for the Serve app's `args.settings`."""
+    """The settings as a plain dict, for the Serve app's `args.settings` (secrets in clear)."""
     dumped = settings.model_dump(mode="json")
     dumped["collector"]["auth_token"] = settings.collector.auth_token.get_secret_value()
-    dumped["serving"]["admin_token"] = settings.serving.admin_token.get_secret_value()
+    for name in ("admin_token", "reader_token", "feedback_signing_key"):
+        secret = getattr(settings.serving, name)
+        dumped["serving"][name] = secret.get_secret_value() if secret is not None else None
     return dumped
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+FRONTEND = bearer(TEST_TOKEN)
+ADMIN = bearer(TEST_ADMIN_TOKEN)
+READER = bearer(TEST_READER_TOKEN)
 
 
 @dataclass

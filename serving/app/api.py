@@ -18,7 +18,6 @@ Deployed through :func:`build_app` from the Serve config (``deploy/local/serve.y
 
 import asyncio
 import dataclasses
-import hmac
 import json
 import logging
 import math
@@ -53,8 +52,11 @@ from serving.app.learner_state import CONTEXT_HEADER
 from serving.app.policy_mirror import PolicyMirror
 from serving.app.ranking import BundleCandidates, ItemRanker, ReplicaSources
 from serving.bandit.impressions import CANDIDATES_HEADER, decision_to_impression, encode_candidates
+from serving.auth import AuthRejected, Role, gate_from_settings
+from serving.collector.ingest import dead_letter
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
 from serving.experiments import Experiment, analyze_experiment, assign_variant
+from serving.feedback_tokens import FeedbackClaim, FeedbackRejected, check_claim, signer_from_settings
 
 api = FastAPI(title="streamrec recommender", version="v1", description="Bundles chosen by contextual bandits, item recommendations, A/B experiments.")
 
@@ -106,6 +108,8 @@ class FeedbackBody(_Query):
     order_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
     currency: str | None = None
     ts: datetime | None = None
+    # The token served with the slate; bundle feedback without a valid one is refused (403).
+    feedback_token: str | None = Field(default=None, max_length=4096)
 
 
 class DismissEvent(BaseModel):
@@ -122,6 +126,10 @@ class DismissEvent(BaseModel):
     received_at: datetime
     request_id: str
     bundle_id: str
+    feedback_token: str
+
+
+DLQ_SOURCE = "recommender"
 
 
 def _error(status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -196,7 +204,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def _experiment_definition(e: Experiment) -> dict[str, Any]:
-    d = e.model_dump(mode="json")
+    # Never the salt: with it a user could pick their own variant by choosing ids.
+    d = e.model_dump(mode="json", exclude={"salt"})
     d["control"] = e.control_name
     d["split"] = {v.name: v.share for v in e.variants}
     return d
@@ -253,6 +262,8 @@ class RecommenderAPI:
         sources = ReplicaSources.create(self._settings, learner)
         self._ranker = ItemRanker(sources)
         self._candidates = BundleCandidates(sources, args.catalogue)
+        self._gate = gate_from_settings(self._settings)
+        self._signer = signer_from_settings(self._settings)
         self._policies = PolicyMirror(new_learner_state(args, self._settings), learner, self._s.policy_refresh_s)
         # No linger: records go one at a time, and a bundle response may wait for its impression's ack.
         self._publisher = EventPublisher(self._settings.kafka, client_id="streamrec-recommender", linger_ms=0)
@@ -273,6 +284,10 @@ class RecommenderAPI:
         )
         self._errors = metrics.Counter(
             "streamrec_recommender_errors", description="Requests answered with an error, by reason.", tag_keys=("reason",),
+        )
+        self._feedback_rejected = metrics.Counter(
+            "streamrec_feedback_rejected", description="Feedback refused: forged, mismatched, not shown, expired token.",
+            tag_keys=("reason",),
         )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -301,6 +316,12 @@ class RecommenderAPI:
     def _fail(self, exc: ApiError) -> JSONResponse:
         self._errors.inc(tags={"reason": exc.reason})
         return _error(exc.status, exc.reason, exc.detail, exc.headers)
+
+    def _authorize(self, request: Request, *roles: Role) -> Role:
+        try:
+            return self._gate.check(request.headers.get("authorization", ""), roles)
+        except AuthRejected as exc:
+            raise ApiError(exc.status, exc.reason, exc.detail, exc.headers) from None
 
     def _experiment(self, name: str | None) -> Experiment:
         name = name or self._default_experiment
@@ -342,6 +363,10 @@ class RecommenderAPI:
             return response
         decision = await self._policies.select(experiment.name, variant, cands["context"], cands["ids"], cands["embeddings"], k)
         now = datetime.now(timezone.utc)
+        shown = [cands["ids"][i] for i in decision.indices]
+        token = self._signer.issue(FeedbackClaim(
+            request_id, user_id, experiment.name, variant, tuple(shown), int(now.timestamp() * 1000)
+        ))
         impression = decision_to_impression(
             decision, user_id=user_id, session_id=query.session_id or "unknown", request_id=request_id, ts=now,
             experiment=experiment.name, variant=variant,
@@ -350,6 +375,8 @@ class RecommenderAPI:
             "e": experiment.name, "v": variant,
             "x": [float(v) for v in np.asarray(cands["context"])],
             "a": {cands["ids"][i]: [float(v) for v in cands["embeddings"][i]] for i in decision.indices},
+            # The shown bundles' items: a purchase's revenue counts only lines of the bought bundle.
+            "i": {cands["ids"][i]: list(cands["items"][i]) for i in decision.indices},
         }
         headers = (
             ("schema_version", str(SCHEMA_VERSION).encode()), ("type", b"impression"),
@@ -369,15 +396,37 @@ class RecommenderAPI:
             for pos, i in enumerate(decision.indices)
         ]
         response["context_source"] = "feast" if cands["feast_user"] else "cold_start"
+        # Sent back with a click or purchase of this slate (event field feedback_token).
+        response["feedback_token"] = token
         return response
 
-    async def feedback(self, body: FeedbackBody) -> dict[str, Any]:
-        """Produce feedback as contract events (click, bundle_purchase) or a dismiss record."""
+    async def _refuse_feedback(self, body: FeedbackBody, raw: bytes, exc: FeedbackRejected, now: datetime) -> ApiError:
+        """Dead-letter refused feedback with its reason, count it, and say why (403)."""
+        record = dead_letter(exc.reason, exc.detail, raw, now, self._settings.collector.limits,
+                             event_id=str(body.event_id) if body.event_id else None, source=DLQ_SOURCE)
+        await self._publish([OutgoingRecord(self._settings.kafka.topics.dlq, body.user_id.encode(), record)])
+        self._feedback_rejected.inc(tags={"reason": exc.reason})
+        return ApiError(403, exc.reason, exc.detail)
+
+    def _check_feedback(self, body: FeedbackBody, now: datetime) -> None:
+        """Bundle feedback must carry the slate's token, for this request, user and a shown bundle,
+        within the attribution window. Whether it is the first of its kind is the learner's to
+        judge (it alone sees every replica's feedback): it skips replays when it folds the log."""
+        if body.bundle_id is None:
+            return  # an item click (organic, never credited); a dismiss or purchase without one is a 422 below
+        claim = self._signer.verify(body.feedback_token)
+        check_claim(claim, request_id=body.request_id, user_id=body.user_id, bundle_id=body.bundle_id,
+                    at_ms=int(now.timestamp() * 1000), window_s=self._s.attribution_window_s)
+
+    async def feedback(self, body: FeedbackBody, raw: bytes = b"") -> dict[str, Any]:
+        """Produce feedback as contract events (click, bundle_purchase) or a dismiss record,
+        once its feedback token verifies (``_check_feedback``); refused feedback is dead-lettered."""
         now = datetime.now(timezone.utc)
         event_id = body.event_id or uuid.uuid4()
         common: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION, "event_id": str(event_id), "user_id": body.user_id,
             "session_id": body.session_id or "unknown", "ts": (body.ts or now).isoformat(), "request_id": body.request_id,
+            "feedback_token": body.feedback_token,
         }
         limits = self._settings.collector.limits
         vctx = ValidationContext(
@@ -388,7 +437,7 @@ class RecommenderAPI:
                 raise ApiError(422, "missing_field", "a dismiss names the bundle_id")
             record = DismissEvent(
                 event_id=event_id, user_id=body.user_id, session_id=common["session_id"], ts=body.ts or now,
-                received_at=now, request_id=body.request_id, bundle_id=body.bundle_id,
+                received_at=now, request_id=body.request_id, bundle_id=body.bundle_id, feedback_token=body.feedback_token or "",
             )
             topic, wire = self._s.feedback_topic, record.model_dump_json().encode()
         else:
@@ -408,6 +457,10 @@ class RecommenderAPI:
             except EventRejected as exc:
                 raise ApiError(422, exc.reason, exc.detail) from None
             topic, wire = self._settings.kafka.topics.events, event_to_json(event)
+        try:  # after the shape checks: a malformed body is a 422, an unverified one a 403
+            self._check_feedback(body, now)
+        except FeedbackRejected as exc:
+            raise await self._refuse_feedback(body, raw, exc, now) from None
         kind = "bundle_purchase" if body.type == "purchase" else body.type
         headers = (("schema_version", str(SCHEMA_VERSION).encode()), ("type", kind.encode()))
         await self._publish([OutgoingRecord(topic, body.user_id.encode(), wire, headers)])
@@ -476,6 +529,7 @@ class RecommenderAPI:
     @api.get("/v1/bundles", summary="Bundles for a user and/or seed item (query parameters)")
     async def get_bundles(self, request: Request) -> JSONResponse:
         try:
+            self._authorize(request, Role.FRONTEND)
             return JSONResponse(await self.bundles(_parse(BundlesQuery, _query_dict(request))))
         except ApiError as exc:
             return self._fail(exc)
@@ -483,6 +537,7 @@ class RecommenderAPI:
     @api.post("/v1/bundles", summary="Bundles for a user and/or seed item (JSON body)")
     async def post_bundles(self, request: Request) -> JSONResponse:
         try:
+            self._authorize(request, Role.FRONTEND)
             return JSONResponse(await self.bundles(_parse(BundlesQuery, await _read_json(request, self._s.max_body_bytes))))
         except ApiError as exc:
             return self._fail(exc)
@@ -490,13 +545,17 @@ class RecommenderAPI:
     @api.post("/v1/feedback", summary="Click / purchase / dismiss of a shown bundle, by request_id")
     async def post_feedback(self, request: Request) -> JSONResponse:
         try:
-            return JSONResponse(await self.feedback(_parse(FeedbackBody, await _read_json(request, self._s.max_body_bytes))))
+            self._authorize(request, Role.FRONTEND)
+            data = await _read_json(request, self._s.max_body_bytes)
+            raw = json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode()
+            return JSONResponse(await self.feedback(_parse(FeedbackBody, data), raw))
         except ApiError as exc:
             return self._fail(exc)
 
     @api.get("/v1/recommendations", summary="Ranked items for a user (query parameters)")
     async def get_recommendations(self, request: Request) -> JSONResponse:
         try:
+            self._authorize(request, Role.FRONTEND)
             query = _parse(RecommendationsQuery, _query_dict(request, ("exclude", "cart")))
             return JSONResponse(await self.recommendations(query))
         except ApiError as exc:
@@ -505,37 +564,38 @@ class RecommenderAPI:
     @api.post("/v1/recommendations", summary="Ranked items for a user (JSON body)")
     async def post_recommendations(self, request: Request) -> JSONResponse:
         try:
+            self._authorize(request, Role.FRONTEND)
             query = _parse(RecommendationsQuery, await _read_json(request, self._s.max_body_bytes))
             return JSONResponse(await self.recommendations(query))
         except ApiError as exc:
             return self._fail(exc)
 
-    @api.get("/v1/experiments", summary="Experiment definitions and traffic splits")
-    async def list_experiments(self) -> JSONResponse:
+    @api.get("/v1/experiments", summary="Experiment definitions and traffic splits (admin token)")
+    async def list_experiments(self, request: Request) -> JSONResponse:
+        try:
+            self._authorize(request, Role.ADMIN)
+        except ApiError as exc:
+            return self._fail(exc)
         return JSONResponse({
             "default": self._default_experiment,
             "experiments": [_experiment_definition(e) for e in self._experiments.values()],
         })
 
-    @api.get("/v1/experiments/{name}", summary="Definition, split and live results per variant")
-    async def get_experiment(self, name: str) -> JSONResponse:
+    @api.get("/v1/experiments/{name}", summary="Definition, split and live results per variant (reader or admin token)")
+    async def get_experiment(self, name: str, request: Request) -> JSONResponse:
         try:
+            self._authorize(request, Role.READER, Role.ADMIN)
             return JSONResponse(await self.experiment_report(name))
         except ApiError as exc:
             return self._fail(exc)
 
-    @api.get("/v1/learner", summary="The bandit learner's counters, offsets and restore info")
-    async def learner_stats(self) -> JSONResponse:
+    @api.get("/v1/learner", summary="The bandit learner's counters, offsets and restore info (admin token)")
+    async def learner_stats(self, request: Request) -> JSONResponse:
         try:
+            self._authorize(request, Role.ADMIN)
             return JSONResponse(_jsonable(await _call(self._learner.stats.remote(), "learner")))
         except ApiError as exc:
             return self._fail(exc)
-
-    def _is_admin(self, request: Request) -> bool:
-        # Constant-time compare, as the collector checks its token.
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        expected = self._s.admin_token.get_secret_value().encode()
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
 
     async def delete_user(self, user_id: str, reason: str | None) -> dict[str, Any]:
         """Publish the user's tombstone (acks=all) and make the learner forget the user now.
@@ -558,9 +618,8 @@ class RecommenderAPI:
 
     @api.delete("/v1/admin/users/{user_id}", summary="Delete a user everywhere (admin token; 202 + request id)")
     async def delete_user_http(self, user_id: str, request: Request) -> JSONResponse:
-        if not self._is_admin(request):
-            return self._fail(ApiError(401, "unauthorized", "send 'Authorization: Bearer <admin token>'", {"WWW-Authenticate": "Bearer"}))
         try:
+            self._authorize(request, Role.ADMIN)
             reason = _query_dict(request).get("reason")
             return JSONResponse(await self.delete_user(user_id, reason), status_code=202)
         except ApiError as exc:

@@ -10,23 +10,27 @@ import logging
 import os
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from ray import serve
 from ray.serve import metrics
 
 from serving.app.args import RecommenderArgs
-from serving.app.learner_state import LearnerState, Limits, Rewards
+from serving.app.learner_state import Attribution, LearnerState, Limits, Rejection, Rewards
+from serving.collector.ingest import dead_letter
+from serving.feedback_tokens import signer_from_settings
 from streamrec.config import Settings
 from streamrec.topics import end_offsets
 
 log = logging.getLogger("ray.serve")
 
 SNAPSHOT_NAME = "snapshot.npz"
+DLQ_SOURCE = "bandit-learner"
 
 
 def snapshot_path(settings: Settings) -> Path:
@@ -41,6 +45,7 @@ def new_learner_state(args: RecommenderArgs, settings: Settings) -> LearnerState
         s.arm_dim,
         Rewards(s.click_reward, s.purchase_reward, s.dismiss_reward),
         Limits(s.context_ttl_s, s.max_contexts, s.max_seen_event_ids, s.max_outcomes, s.max_popular_items),
+        Attribution(signer_from_settings(settings), s.attribution_window_s, s.max_line_quantity, s.max_item_price),
     )
 
 
@@ -92,6 +97,13 @@ class BanditLearner:
         self._duplicates = metrics.Counter(
             "streamrec_bandit_feedback_duplicates", description="Feedback events skipped as already applied (event_id)."
         )
+        self._rejected = metrics.Counter(
+            "streamrec_feedback_rejected", description="Feedback the learner refused to credit, by reason.",
+            tag_keys=("reason",),
+        )
+        # Refused feedback goes to the dead-letter topic with its reason (made on first use).
+        self._dlq: KafkaProducer | None = None
+        self._started_at = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._consume, name="bandit-feedback", daemon=True)
         self._thread.start()
@@ -212,6 +224,8 @@ class BanditLearner:
                     if batches:
                         self._dirty = True
                     duplicates = self._state.counters["feedback_duplicates"] - duplicates_before
+                    rejections, self._state.rejections = self._state.rejections, []
+                self._dead_letter(rejections)
                 for key in updated:
                     experiment, _, variant = key.partition(" ")
                     self._updates.inc(tags={"experiment": experiment, "variant": variant})
@@ -240,6 +254,24 @@ class BanditLearner:
         if consumer is not None:
             consumer.close()
 
+    def _dead_letter(self, rejections: list[Rejection]) -> None:
+        if not rejections:
+            return
+        now = datetime.now(timezone.utc)
+        limits = self._settings.collector.limits
+        for r in rejections:
+            self._rejected.inc(tags={"reason": r.reason})
+        try:
+            if self._dlq is None:
+                self._dlq = KafkaProducer(**self._settings.kafka.client_options(), acks="all",
+                                          client_id="streamrec-bandit-learner-dlq")
+            for r in rejections:
+                value = dead_letter(r.reason, r.detail, r.raw, now, limits, event_id=r.event_id, source=DLQ_SOURCE)
+                self._dlq.send(self._settings.kafka.topics.dlq, value=value,
+                               key=r.user_id.encode() if r.user_id else None)
+        except Exception as exc:  # noqa: BLE001 - the counters still say what was refused
+            log.warning("could not dead-letter %d refused feedback records: %s", len(rejections), exc)
+
     # -- the interface for the other deployments ---------------------------------------------
 
     async def policy_states(self, known: dict[str, int]) -> dict[str, bytes]:
@@ -263,8 +295,7 @@ class BanditLearner:
             snapshots=self._snapshots,
             consumer_error=self._consumer_error,
             consumer_alive=self._thread.is_alive(),
-            snapshot_path=str(self._path),
-            pid=os.getpid(),
+            started_at=self._started_at,
         )
         return stats
 
@@ -290,6 +321,8 @@ class BanditLearner:
             return
         stop.set()
         self._thread.join(timeout=5)
+        if self._dlq is not None:
+            self._dlq.close(timeout=2)
         try:
             self._snapshot()
         except Exception as exc:  # noqa: BLE001

@@ -8,6 +8,12 @@ from the snapshot's offsets equals the state of a learner that never stopped:
 * offsets: the next offset to read per (topic, partition); a snapshot holds them together with the
   state they produced, so a record is applied before the snapshot or replayed after it, never both;
 * ``event_id`` de-duplication (the collector and ``POST /v1/feedback`` may both carry a retried event);
+* attribution only of feedback whose signed token (``serving.feedback_tokens``) verifies, names the
+  request, user and a shown bundle, and falls within the attribution window (log time); each
+  request is credited at most one click per shown bundle, one dismissal per shown bundle and one
+  purchase. Everything else is counted by reason in ``feedback_rejected`` and queued in
+  ``rejections`` for the learner to dead-letter. A purchase's revenue counts only the bought
+  bundle's items, at bounded quantities and prices;
 * decision contexts per ``request_id`` (bounded, TTL in log time), so feedback updates the arm that was
   shown with the context it was shown in; feedback that arrives before its impression (another
   partition) waits in ``pending`` until it shows up;
@@ -33,6 +39,7 @@ import numpy as np
 from features.privacy import Tombstone
 from serving.bandit import Arm, Arms, BanditPolicy, Decision, make_policy
 from serving.experiments import Experiment, RequestOutcome
+from serving.feedback_tokens import FEEDBACK_REASONS, FeedbackRejected, FeedbackSigner, check_claim
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,28 @@ class Limits:
     max_popular_items: int = 50_000
 
 
+@dataclass(frozen=True)
+class Attribution:
+    """How feedback is verified and valued. Without one (``LearnerState(attribution=None)``) no
+    feedback is ever credited: nothing unverifiable may move a policy or an experiment."""
+
+    signer: FeedbackSigner
+    window_s: float = 86_400.0
+    max_line_quantity: int = 10
+    max_item_price: float = 10_000.0
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Feedback the fold refused, for the learner's dead-letter queue."""
+
+    reason: str
+    detail: str
+    event_id: str | None
+    user_id: str | None
+    raw: bytes
+
+
 def policy_key(experiment: str, variant: str) -> str:
     return f"{experiment} {variant}"
 
@@ -80,9 +109,12 @@ class LearnerState:
         arm_dim: int,
         rewards: Rewards = Rewards(),
         limits: Limits = Limits(),
+        attribution: Attribution | None = None,
     ) -> None:
         self.user_dim, self.arm_dim = user_dim, arm_dim
-        self.rewards, self.limits = rewards, limits
+        self.rewards, self.limits, self.attribution = rewards, limits, attribution
+        # Refused feedback not yet dead-lettered (the learner drains it; bounded, not snapshotted).
+        self.rejections: list[Rejection] = []
         self.experiments = {e.name: e for e in experiments}
         self.policies: dict[str, BanditPolicy] = {}
         self.fingerprints: dict[str, str] = {}
@@ -115,6 +147,7 @@ class LearnerState:
             "contexts_expired": 0,
             "deleted_user_records": 0,
             "users_forgotten": 0,
+            **{reason: 0 for reason in FEEDBACK_REASONS},
         }
         self.variant_counts: dict[str, dict[str, float]] = {
             k: {"requests": 0, "clicks": 0, "purchases": 0, "dismissals": 0, "updates": 0, "reward_sum": 0.0}
@@ -169,7 +202,7 @@ class LearnerState:
                 return self._impression(event, header)
             return []
         if kind in FEEDBACK_TYPES and isinstance(event.get("request_id"), str) and isinstance(event.get("bundle_id"), str):
-            updated = self._feedback(event)
+            updated = self._feedback(event, int(timestamp_ms or 0), value or b"")
             self._popularity(event)
             return updated
         self._popularity(event)
@@ -200,7 +233,24 @@ class LearnerState:
             updated += self._attribute(feedback, ctx)
         return updated
 
-    def _feedback(self, event: dict[str, Any]) -> list[str]:
+    def _reject(self, exc: FeedbackRejected, event: dict[str, Any], raw: bytes) -> list[str]:
+        self.counters[exc.reason] += 1
+        event_id, user_id = event.get("event_id"), event.get("user_id")
+        self.rejections.append(Rejection(exc.reason, exc.detail, event_id if isinstance(event_id, str) else None,
+                                         user_id if isinstance(user_id, str) else None, raw))
+        del self.rejections[: -self.limits.max_contexts]
+        return []
+
+    def _verify(self, event: dict[str, Any], at_ms: int) -> None:
+        """The token's stateless checks (``check_claim``); replays are caught in ``_attribute``."""
+        if self.attribution is None:
+            raise FeedbackRejected("feedback_forged", "this learner has no signing key: nothing is credited")
+        claim = self.attribution.signer.verify(event.get("feedback_token"))
+        user_id = event.get("user_id")
+        check_claim(claim, request_id=event["request_id"], user_id=user_id if isinstance(user_id, str) else "",
+                    bundle_id=event["bundle_id"], at_ms=at_ms, window_s=self.attribution.window_s)
+
+    def _feedback(self, event: dict[str, Any], at_ms: int, raw: bytes) -> list[str]:
         event_id = str(event.get("event_id", ""))
         if event_id in self.seen:
             self.counters["feedback_duplicates"] += 1
@@ -208,8 +258,12 @@ class LearnerState:
         self.seen[event_id] = None
         while len(self.seen) > self.limits.max_seen_event_ids:
             self.seen.popitem(last=False)
+        try:
+            self._verify(event, at_ms)
+        except FeedbackRejected as exc:
+            return self._reject(exc, event, raw)
         self._remember_user(event["request_id"], event.get("user_id"))
-        event = {k: event[k] for k in ("type", "request_id", "bundle_id", "items") if k in event}
+        event = {k: event[k] for k in ("type", "request_id", "bundle_id", "items", "event_id", "user_id") if k in event}
         event["t"] = self.log_time_ms
         ctx = self.contexts.get(event["request_id"])
         if ctx is None:
@@ -219,6 +273,34 @@ class LearnerState:
             return []
         return self._attribute(event, ctx)
 
+    def _claim(self, event: dict[str, Any], ctx: dict[str, Any]) -> bool:
+        """First of its kind for the request (one click and one dismissal per shown bundle, one
+        purchase)? The claims live in the decision context, so snapshots keep them."""
+        kind = event["type"]
+        claim = "bundle_purchase" if kind == "bundle_purchase" else f"{kind}:{event['bundle_id']}"
+        claimed = ctx.setdefault("c", [])
+        if claim in claimed:
+            return False
+        claimed.append(claim)
+        return True
+
+    def _revenue(self, event: dict[str, Any], ctx: dict[str, Any]) -> float:
+        """Lines of the bought bundle's items only, quantity and unit price bounded."""
+        bundle_items = set(ctx.get("i", {}).get(event["bundle_id"], ()))
+        bounds = self.attribution
+        assert bounds is not None  # feedback reaches here only once its token verified
+        total = 0.0
+        for line in event.get("items", []):
+            if not isinstance(line, dict) or line.get("item_id") not in bundle_items:
+                continue
+            try:
+                price = min(max(float(line.get("price") or 0.0), 0.0), bounds.max_item_price)
+                quantity = min(max(int(line.get("quantity", 1)), 0), bounds.max_line_quantity)
+            except (TypeError, ValueError):
+                continue
+            total += price * quantity if math.isfinite(price) else 0.0
+        return total
+
     def _attribute(self, event: dict[str, Any], ctx: dict[str, Any]) -> list[str]:
         key = policy_key(ctx["e"], ctx["v"])
         policy = self.policies.get(key)
@@ -227,6 +309,10 @@ class LearnerState:
             # A variant no longer configured, or a bundle that was not shown in that request.
             self.counters["feedback_unattributed"] += 1
             return []
+        if not self._claim(event, ctx):
+            raw = json.dumps({k: v for k, v in event.items() if k != "t"}).encode()
+            what = "purchase of this request" if event["type"] == "bundle_purchase" else f"{event['type']} of this bundle"
+            return self._reject(FeedbackRejected("feedback_replayed", f"a second {what}"), event, raw)
         kind = event["type"]
         reward = self.rewards.of(kind)
         policy.update(Arm(event["bundle_id"], np.asarray(embedding, dtype=np.float64)), np.asarray(ctx["x"]), reward)
@@ -243,10 +329,7 @@ class LearnerState:
             counts["purchases"] += 1
             if outcome is not None:
                 outcome[3] = True
-                outcome[4] += math.fsum(
-                    float(line.get("price") or 0.0) * int(line.get("quantity", 1))
-                    for line in event.get("items", []) if isinstance(line, dict)
-                )
+                outcome[4] += self._revenue(event, ctx)
         else:
             counts["dismissals"] += 1
         return [key]

@@ -210,6 +210,7 @@ def dead_letter(
     index: int | None = None,
     event_id: str | None = None,
     original_size: int | None = None,
+    source: str = DLQ_SOURCE,
 ) -> bytes:
     """The dead-letter record: the raw payload (text if UTF-8, else base64), a reason, the receive time."""
     kept = raw[: limits.dlq_max_raw_bytes]
@@ -221,7 +222,7 @@ def dead_letter(
         "reason": reason,
         "detail": detail,
         "errors": errors or [],
-        "source": DLQ_SOURCE,
+        "source": source,
         "received_at": received_at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
         "batch_index": index,
         "event_id": event_id,

@@ -211,7 +211,7 @@ class _Visit:
         started = time.perf_counter()
         for attempt in range(5):
             try:
-                r = await self.client.get(f"{self.base}{path}", params=params)
+                r = await self.client.get(f"{self.base}{path}", params=params, headers=self.headers)
             except httpx.HTTPError:
                 self.run.error(f"{path} unreachable")
                 await asyncio.sleep(0.5 * (attempt + 1))
@@ -254,8 +254,10 @@ class _Visit:
             if self.rng.random() >= p:
                 continue
             clicked.append(b["bundle_id"])
+            # The slate's signed token goes back with its feedback, as a web frontend sends it.
             feedback.append(_feedback_event("click", user, session, body["request_id"], now,
-                                            bundle_id=b["bundle_id"], position=b["position"]))
+                                            bundle_id=b["bundle_id"], position=b["position"],
+                                            feedback_token=body.get("feedback_token")))
             bought = [i for i in b["items"]
                       if self.rng.random() < interests.purchase_probability(i, self.category_of.get(i), self.model)]
             if bought:
@@ -263,7 +265,8 @@ class _Visit:
                 lines = [{"item_id": i, "quantity": 1, **({"category_id": self.category_of[i]} if i in self.category_of else {})}
                          for i in bought]
                 feedback.append(_feedback_event("bundle_purchase", user, session, body["request_id"], now,
-                                                bundle_id=b["bundle_id"], order_id=uuid.uuid4().hex, items=lines))
+                                                bundle_id=b["bundle_id"], order_id=uuid.uuid4().hex, items=lines,
+                                                feedback_token=body.get("feedback_token")))
         self.run.feedback_events += len(feedback)
         await self.send_events(feedback)
         self.run.records.append({

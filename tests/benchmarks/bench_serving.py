@@ -61,10 +61,13 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def endpoint_requests(target: str, users: list[str]) -> list[Request]:
-    """The schedule of one endpoint: one request per user id, labelled known / unknown."""
+def endpoint_requests(target: str, users: list[str], token: str) -> list[Request]:
+    """The schedule of one endpoint: one request per user id, labelled known / unknown, with the
+    frontend's token as a web frontend sends it."""
     path = {"recommendations": "/v1/recommendations?k=10&user_id={}", "bundles": "/v1/bundles?user_id={}"}[target]
-    return [Request(f"{target} ({'unknown' if u.startswith('new-') else 'known'})", "GET", path.format(u)) for u in users]
+    auth = (("authorization", f"Bearer {token}"),)
+    return [Request(f"{target} ({'unknown' if u.startswith('new-') else 'known'})", "GET", path.format(u), None, auth)
+            for u in users]
 
 
 def measure_endpoint(base_url: str, name: str, requests: list[Request], args: argparse.Namespace) -> dict[str, Any]:
@@ -76,12 +79,12 @@ def measure_endpoint(base_url: str, name: str, requests: list[Request], args: ar
     return summary
 
 
-def sample_sources(base_url: str, users: list[str]) -> dict[str, int]:
+def sample_sources(base_url: str, users: list[str], token: str) -> dict[str, int]:
     """Where recommendations came from for a sample of the users (model retrieval vs fallback)."""
     import httpx
 
     counts: dict[str, int] = {}
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+    with httpx.Client(base_url=base_url, timeout=30, headers={"Authorization": f"Bearer {token}"}) as client:
         for u in users:
             r = client.get("/v1/recommendations", params={"user_id": u, "k": 10})
             source = r.json().get("source", f"HTTP {r.status_code}") if r.status_code == 200 else f"HTTP {r.status_code}"
@@ -90,13 +93,15 @@ def sample_sources(base_url: str, users: list[str]) -> dict[str, int]:
     return counts
 
 
-def saturation(url_base: str, paths: list[str], seconds: float) -> dict[str, Any] | None:
+def saturation(url_base: str, paths: list[str], seconds: float, token: str = "") -> dict[str, Any] | None:
     """wrk closed loop (2 threads, 8 connections), rotating over ``paths``: max requests/s."""
     wrk = shutil.which("wrk")
     if wrk is None or seconds <= 0:
         return None
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write("paths = {" + ",".join(json.dumps(p) for p in paths[:2000]) + "}\n")
+        if token:
+            f.write(f"wrk.headers[\"Authorization\"] = {json.dumps('Bearer ' + token)}\n")
         f.write("counter = 0\nrequest = function()\n  counter = counter + 1\n"
                 "  return wrk.format('GET', paths[(counter % #paths) + 1])\nend\n")
         script = f.name
@@ -246,12 +251,13 @@ def main() -> int:
         stack = start_serving_stack(Path(tmp), args.history_events, args.train_epochs, with_noop=True)
         try:
             users = user_mix(stack.known_users, n, args.unknown_share, seed=1)
-            sources = sample_sources(stack.base_url, users[:40])
+            token = stack.settings.collector.auth_token.get_secret_value()
+            sources = sample_sources(stack.base_url, users[:40], token)
             endpoints: dict[str, Any] = {}
             phases = {
                 "noop": [Request("noop", "GET", NOOP_PATH)] * n,
-                "recommendations": endpoint_requests("recommendations", users),
-                "bundles": endpoint_requests("bundles", users),
+                "recommendations": endpoint_requests("recommendations", users, token),
+                "bundles": endpoint_requests("bundles", users, token),
             }
             for name, requests in phases.items():
                 print(f"  {name}: {n} requests at {args.rate:g}/s ...", flush=True)
@@ -261,7 +267,7 @@ def main() -> int:
                 print("  wrk saturation runs ...", flush=True)
                 sat["noop"] = saturation(stack.base_url, [NOOP_PATH], args.saturation_s)
                 for name in ("recommendations", "bundles"):
-                    sat[name] = saturation(stack.base_url, [r.path for r in phases[name]], args.saturation_s)
+                    sat[name] = saturation(stack.base_url, [r.path for r in phases[name]], args.saturation_s, token)
             print("  ExactTopK vs bandwidth ...", flush=True)
             retrieval = retrieval_vs_bandwidth(stack.settings, args.topk_repeats)
             model = {"item_model": stack.item_model, "items": stack.n_items, "dim": stack.embedding_dim}

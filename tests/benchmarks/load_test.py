@@ -79,9 +79,10 @@ def build_schedule(args: argparse.Namespace, settings: Any, users: list[str]) ->
             event_of[i] = event_id
             requests.append(Request("POST /v1/events", "POST", "/v1/events", body, auth))
         elif kind == "recommendations":
-            requests.append(Request(f"GET /v1/recommendations ({who})", "GET", f"/v1/recommendations?k=10&user_id={user}"))
+            requests.append(Request(f"GET /v1/recommendations ({who})", "GET", f"/v1/recommendations?k=10&user_id={user}",
+                                    None, auth[:1]))
         else:
-            requests.append(Request(f"GET /v1/bundles ({who})", "GET", f"/v1/bundles?user_id={user}"))
+            requests.append(Request(f"GET /v1/bundles ({who})", "GET", f"/v1/bundles?user_id={user}", None, auth[:1]))
     return requests, event_of
 
 

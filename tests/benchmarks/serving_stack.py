@@ -157,7 +157,9 @@ def start_serving_stack(state_dir: Path, history_events: int, train_epochs: int,
     print(f"  replaying {history_events} Taobao events through the collector ...", flush=True)
     accepted = replay_history(base_url, settings, history_events)
     with httpx.Client(base_url=base_url, timeout=30) as client:
-        _wait(lambda: client.get("/v1/learner").json()["counters"]["records"] >= accepted, 120, "the learner to fold the history")
+        admin = {"Authorization": f"Bearer {settings.serving.admin_token.get_secret_value()}"}
+        _wait(lambda: client.get("/v1/learner", headers=admin).json()["counters"]["records"] >= accepted, 120,
+              "the learner to fold the history")
     return ServingStack(base_url, settings, broker, users, f"{settings.serving.item_model}@{version}", n_items, dim)
 
 

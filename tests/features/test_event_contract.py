@@ -16,6 +16,7 @@ from features.events import (
     event_from_json,
     event_json_schema,
     event_to_json,
+    lone_surrogate_at,
     parse_event,
     valid_event_from_json,
 )
@@ -105,6 +106,19 @@ REJECTIONS = [
     ("duplicate slot positions", make_event("impression", request_id="r", surface="bundles", slots=[{"id": "a", "position": 0}, {"id": "b", "position": 0}]), "invalid_field"),
     ("click on nothing", make_event("click", request_id="r"), "invalid_field"),
     ("bad currency", make_event("purchase", items=[{"item_id": "a"}], currency="euro"), "invalid_field"),
+    # Times are ISO-8601 strings only: pydantic alone would read epoch seconds, even in a string.
+    ("epoch ts", make_event(ts=1511604000), "wrong_type"),
+    ("epoch ts in a string", make_event(ts="1511604000"), "wrong_type"),
+    ("fractional epoch ts", make_event(ts=1511604000.5), "wrong_type"),
+    ("epoch received_at", make_event(received_at=1511604000), "wrong_type"),
+    ("date without a time", make_event(ts="2017-11-25"), "wrong_type"),
+    ("impossible date", make_event(ts="2017-13-25T10:00:00Z"), "wrong_type"),
+    # A lone surrogate ("\ud800" in JSON) anywhere: never encodable, so refused before anything else.
+    ("surrogate in user_id", make_event(user_id="u\ud800"), "invalid_unicode"),
+    ("surrogate in event_id", make_event(event_id="\udc00"), "invalid_unicode"),
+    ("surrogate in a line item", make_event("purchase", items=[{"item_id": "a\ud800"}]), "invalid_unicode"),
+    ("surrogate in a key", {**make_event(), "x\ud800": 1}, "invalid_unicode"),
+    ("surrogate in an unknown type", make_event("\ud800"), "invalid_unicode"),
 ]
 
 
@@ -144,6 +158,37 @@ def test_json_validation_takes_only_what_parse_event_takes_and_gives_the_same_ev
     if fast is not None:
         assert fast == slow and fast.__pydantic_fields_set__ == slow.__pydantic_fields_set__
         assert event_to_json(fast) == event_to_json(slow)
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ({"user_id": "u\ud800"}, "user_id"),
+        ({"items": [{"item_id": "ok"}, {"item_id": "\udfff"}]}, "items.1.item_id"),
+        ({"\ud800": 1}, "'\\ud800'"),
+        ("\ud800", "(value)"),
+        ({"page": "caf\u00e9 \U0001f600", "n": 1, "x": None}, None),  # real non-ASCII text is fine
+    ],
+)
+def test_lone_surrogates_are_found_anywhere_with_a_printable_path(value: object, where: str | None) -> None:
+    found = lone_surrogate_at(value)
+    assert found == where
+    if found is not None:
+        found.encode("utf-8")  # the path can go into a response and a dead letter
+
+
+def test_a_surrogate_rejection_can_be_encoded() -> None:
+    with pytest.raises(EventRejected) as info:
+        parse_event({**make_event(), "k\ud800": ["\ud800"]}, CTX)
+    assert info.value.reason == "invalid_unicode"
+    json.dumps({"detail": info.value.detail, "errors": info.value.errors}, ensure_ascii=False).encode("utf-8")
+
+
+def test_iso_times_in_every_usual_form_are_taken() -> None:
+    for ts in ("2017-11-25T10:00:00Z", "2017-11-25t10:00:00z", "2017-11-25 10:00:00+00:00",
+               "2017-11-25T11:00:00.000000001+01:00", "2017-11-25T10:00Z"):
+        assert parse_event(make_event(ts=ts), CTX).ts == datetime(2017, 11, 25, 10, 0, tzinfo=timezone.utc), ts
+        assert valid_event_from_json(json.dumps(make_event(ts=ts)).encode()) is not None, ts
 
 
 def test_json_validation_takes_every_valid_example() -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from streamrec.config import Settings
 
-from support import make_settings, settings_overrides
+from support import ADMIN, FRONTEND, make_settings, settings_overrides
 
 
 APP_NAME = "recommender"
@@ -55,8 +55,9 @@ class RecommenderHandle:
     settings: Settings
     args: dict[str, Any]
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30.0)
+    def client(self, headers: dict[str, str] = FRONTEND) -> httpx.Client:
+        """A client with the frontend's token (``headers=ADMIN`` for the admin endpoints)."""
+        return httpx.Client(base_url=self.url, timeout=30.0, headers=headers)
 
 
 def recommender_args(settings: Settings) -> dict[str, Any]:
@@ -92,7 +93,7 @@ def wait_for(predicate, timeout_s: float = 30.0, interval_s: float = 0.2, what: 
 
 
 def learner_stats(client: httpx.Client) -> dict[str, Any] | None:
-    r = client.get("/v1/learner")
+    r = client.get("/v1/learner", headers=ADMIN)
     return r.json() if r.status_code == 200 else None
 
 

@@ -7,8 +7,11 @@ import json
 import uuid
 
 from features.privacy import Tombstone
-from serving.app.learner_state import CONTEXT_HEADER, LearnerState
+from serving.app.learner_state import CONTEXT_HEADER, Attribution, LearnerState
 from serving.experiments import Experiment
+from serving.feedback_tokens import FeedbackClaim, FeedbackSigner
+
+SIGNER = FeedbackSigner(b"test-feedback-signing-key-0123456789")
 
 EXP = Experiment.model_validate({
     "name": "exp", "salt": "s", "variants": [
@@ -19,7 +22,7 @@ EXP = Experiment.model_validate({
 
 
 def _state() -> LearnerState:
-    return LearnerState([EXP], user_dim=2, arm_dim=3)
+    return LearnerState([EXP], user_dim=2, arm_dim=3, attribution=Attribution(SIGNER))
 
 
 class Log:
@@ -37,7 +40,9 @@ class Log:
         self.add({"type": "impression", "request_id": request_id, "user_id": user}, [(CONTEXT_HEADER, json.dumps(ctx).encode())])
 
     def click(self, user: str, request_id: str, bundle: str = "b0") -> None:
-        self.add({"type": "click", "event_id": str(uuid.uuid4()), "request_id": request_id, "user_id": user, "bundle_id": bundle})
+        token = SIGNER.issue(FeedbackClaim(request_id, user, "exp", "a", ("b0", "b1"), 1000))
+        self.add({"type": "click", "event_id": str(uuid.uuid4()), "request_id": request_id, "user_id": user,
+                  "bundle_id": bundle, "feedback_token": token})
 
 
 def _entries(state: LearnerState) -> tuple:

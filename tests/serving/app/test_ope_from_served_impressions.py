@@ -31,7 +31,8 @@ def test_served_impressions_replay_through_streamrec_ope(recommender, tmp_path) 
             served[body["request_id"]] = body
             if i % 3 == 0:  # a click on the top bundle
                 r = c.post("/v1/feedback", json={"type": "click", "request_id": body["request_id"], "user_id": body["user_id"],
-                                                 "bundle_id": body["bundles"][0]["bundle_id"], "position": 0})
+                                                 "bundle_id": body["bundles"][0]["bundle_id"], "position": 0,
+                                                 "feedback_token": body["feedback_token"]})
                 assert r.status_code == 200, r.text
     records = wait_for(lambda: (lambda f: f if len(f) == len(served) else None)(_impressions(recommender.settings, set(served))),
                        timeout_s=30, what="the impressions")

@@ -11,6 +11,7 @@ import pytest
 from recommender_support import CATALOGUE, EVERY_REPLICA, learner_stats, recommender, wait_for  # noqa: F401 (fixture)
 
 from serving.app.learner_state import CONTEXT_HEADER
+from support import ADMIN, READER
 from streamrec.topics import read_topic, topic_end_offsets
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]
@@ -54,7 +55,8 @@ def test_bundles_impression_feedback_updates_learner(recommender) -> None:
         key = f"bundles_ab {body['variant']}"
         before = learner_stats(c)
         shown = body["bundles"][1]["bundle_id"]
-        fb = c.post("/v1/feedback", json={"type": "click", "request_id": body["request_id"], "user_id": "alice", "bundle_id": shown})
+        fb = c.post("/v1/feedback", json={"type": "click", "request_id": body["request_id"], "user_id": "alice", "bundle_id": shown,
+                                          "feedback_token": body["feedback_token"]})
         assert fb.status_code == 200, fb.text
         assert fb.json()["type"] == "click"
         after = wait_for(
@@ -64,11 +66,11 @@ def test_bundles_impression_feedback_updates_learner(recommender) -> None:
         assert after["counters"]["feedback_applied"] == before["counters"]["feedback_applied"] + 1
         assert after["variants"][key]["clicks"] == before["variants"][key]["clicks"] + 1
         # live experiment results count the request and its click
-        report = c.get("/v1/experiments/bundles_ab").json()
+        report = c.get("/v1/experiments/bundles_ab", headers=READER).json()
         assert report["experiment"]["split"] == {"pop": 0.34, "ucb": 0.33, "ts": 0.33}
         result = report["analysis"]["variants"][body["variant"]]
         assert result["requests"] >= 2 and result["clicks"] >= 1
-        listing = c.get("/v1/experiments").json()
+        listing = c.get("/v1/experiments", headers=ADMIN).json()
         assert {e["name"] for e in listing["experiments"]} == {"bundles_ab", "solo_ucb"}
 
 
@@ -93,7 +95,7 @@ BAD_REQUESTS = [
     ("get", "/v1/recommendations", {"params": {"user_id": "u", "exclude": ",".join(f"i{i}" for i in range(300))}}, 422, "list_too_long"),
     ("get", "/v1/recommendations", {"params": {"user_id": "u", "diversity": 2}}, 422, "invalid_request"),
     ("get", "/v1/recommendations", {"params": {"user_id": "u", "k": 100}}, 422, "k_too_large"),
-    ("get", "/v1/experiments/nope", {}, 404, "unknown_experiment"),
+    ("get", "/v1/experiments/nope", {"headers": READER}, 404, "unknown_experiment"),
 ]
 
 
@@ -149,7 +151,7 @@ def test_learner_killed_under_traffic_restores_exactly_once(recommender) -> None
         start = {t: {int(k.split(":")[1]): v for k, v in base["offsets"].items() if k.split(":")[0] == t}
                  for t in (recommender.settings.kafka.topics.events, recommender.settings.serving.feedback_topic)}
         dups0 = base["counters"]["feedback_duplicates"]
-        pid0 = base["pid"]
+        started0 = base["started_at"]
         sent: set[str] = set()
         served: list[dict] = []
 
@@ -162,7 +164,8 @@ def test_learner_killed_under_traffic_restores_exactly_once(recommender) -> None
                 body = r.json()
                 kind = ("click", "dismiss", "purchase")[i % 3]
                 payload = {"type": kind, "request_id": body["request_id"], "user_id": user,
-                           "bundle_id": body["bundles"][0]["bundle_id"], "event_id": str(uuid.uuid4())}
+                           "bundle_id": body["bundles"][0]["bundle_id"], "event_id": str(uuid.uuid4()),
+                           "feedback_token": body["feedback_token"]}
                 if kind == "purchase":
                     payload["items"] = [{"item_id": x, "price": 3.0} for x in body["bundles"][0]["items"]]
                 assert c.post("/v1/feedback", json=payload).status_code == 200
@@ -180,13 +183,14 @@ def test_learner_killed_under_traffic_restores_exactly_once(recommender) -> None
         pending_after_kill = served[-3:]
         for body in pending_after_kill:
             payload = {"type": "click", "request_id": body["request_id"], "user_id": body["user_id"],
-                       "bundle_id": body["bundles"][1]["bundle_id"], "event_id": str(uuid.uuid4())}
+                       "bundle_id": body["bundles"][1]["bundle_id"], "event_id": str(uuid.uuid4()),
+                       "feedback_token": body["feedback_token"]}
             r = c.post("/v1/feedback", json=payload)
             assert r.status_code == 200, r.text
             sent.add(payload["event_id"])
         # a new replica restores the snapshot and replays Kafka from its offsets
         final = wait_for(
-            lambda: (s := learner_stats(c)) and s["pid"] != pid0 and s["counters"]["feedback_applied"] >= applied0 + len(sent) and s,
+            lambda: (s := learner_stats(c)) and s["started_at"] != started0 and s["counters"]["feedback_applied"] >= applied0 + len(sent) and s,
             timeout_s=90, interval_s=0.5, what="a restored learner catching up",
         )
         time.sleep(2)  # anything applied twice would show up now

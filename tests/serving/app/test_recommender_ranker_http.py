@@ -32,6 +32,7 @@ from ranker_support import (
     train,
 )
 from recommender_support import EVERY_REPLICA, recommender_args, wait_for
+from support import FRONTEND
 
 from features.events import event_to_json, parse_event
 from streamrec.config import Settings
@@ -56,7 +57,7 @@ class RankedApp:
     tmp: Path
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30.0)
+        return httpx.Client(base_url=self.url, timeout=30.0, headers=FRONTEND)
 
     def feast(self, refs: list[str], key: str, value: str) -> dict[str, Any]:
         from features.repo import get_feature_store
