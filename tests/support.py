@@ -25,6 +25,7 @@ from streamrec.topics import ensure_topics
 TEST_TOKEN = "test-token-123"
 TEST_ADMIN_TOKEN = "test-admin-token-456"
 TEST_READER_TOKEN = "test-reader-token-789"
+TEST_FEEDBACK_KEY = "test-feedback-signing-key-0123456789abcdef"
 # Tighter than production so limit tests stay cheap.
 TEST_LIMITS = {"max_body_bytes": 262_144, "max_batch_events": 400, "max_list_items": 20}
 
@@ -51,7 +52,10 @@ def make_settings(state_dir: Path, broker_port: int, **overrides: Any) -> Settin
         "broker": {"port": broker_port},
         "collector": {"auth_token": TEST_TOKEN, "limits": TEST_LIMITS},
         "data": {"state_dir": str(state_dir)},
-        "serving": {"admin_token": TEST_ADMIN_TOKEN, "reader_token": TEST_READER_TOKEN},
+        # One signing key for every app of a test stack (the collector's and the recommender's
+        # state dirs differ, and each would otherwise make its own).
+        "serving": {"admin_token": TEST_ADMIN_TOKEN, "reader_token": TEST_READER_TOKEN,
+                    "feedback_signing_key": TEST_FEEDBACK_KEY},
     }
     for key, value in overrides.items():
         base[key] = {**base.get(key, {}), **value}

@@ -235,6 +235,8 @@ class LearnerState:
 
     def _reject(self, exc: FeedbackRejected, event: dict[str, Any], raw: bytes) -> list[str]:
         self.counters[exc.reason] += 1
+        if exc.reason == "feedback_unsigned":  # an organic click (no slate token): valid, just not credited
+            return []
         event_id, user_id = event.get("event_id"), event.get("user_id")
         self.rejections.append(Rejection(exc.reason, exc.detail, event_id if isinstance(event_id, str) else None,
                                          user_id if isinstance(user_id, str) else None, raw))
