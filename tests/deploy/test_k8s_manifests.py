@@ -130,7 +130,8 @@ def settings_for(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch):
             assert env["value"] == f"{CONFIG_MOUNT}/streamrec.yaml"
             monkeypatch.setenv("STREAMREC_CONFIG", str(BASE / "config" / "streamrec.yaml"))
         else:
-            monkeypatch.setenv(env["name"], env.get("value", "secret-from-k8s"))
+            # A Secret's value stands in as a long, non-default string (production refuses defaults).
+            monkeypatch.setenv(env["name"], env.get("value", f"secret-from-k8s-{env['name'].lower()}"))
     return Settings()
 
 
