@@ -80,9 +80,12 @@ class _Embeddings:
             self._arm_vectors_of = (self.item, self.bundle)
         cache = self._arm_vectors
         missing = list({b: items for b, items in bundles if b not in cache}.items())
+        if missing and len(cache) + len(missing) > ARM_VECTOR_CACHE_SIZE:
+            # Full: start again, and compute this request's bundles that were cached before too
+            # (reading them from the emptied cache was a KeyError: a 500 on /v1/bundles).
+            cache.clear()
+            missing = list(dict(bundles).items())
         if missing:
-            if len(cache) + len(missing) > ARM_VECTOR_CACHE_SIZE:
-                cache.clear()
             cache.update(zip((b for b, _ in missing), self._computed_arm_vectors(missing)))
         if not bundles:
             return np.zeros((0, self._settings.serving.arm_dim))

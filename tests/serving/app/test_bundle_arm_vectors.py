@@ -70,3 +70,24 @@ def test_cached_arm_vectors_follow_a_model_reload(tmp_path) -> None:
     emb.bundle = EmbeddingTable("crosscbr", "2", ["b0"], rng.normal(size=(1, 24)).astype(np.float32))
     np.testing.assert_allclose(emb.bundle_arm_vectors(bundles), _reference(emb, bundles, dim), atol=1e-12)
     assert emb.bundle_arm_vectors([]).shape == (0, dim)
+
+
+def test_a_full_cache_is_refilled_with_every_bundle_of_the_request(tmp_path, monkeypatch) -> None:
+    """Issue 24: the cache overflowed, was cleared, and the request's bundles cached before it
+    (a catalogue bundle) were then read from the empty cache: KeyError, a 500 on /v1/bundles."""
+    import serving.app.ranking as ranking
+
+    monkeypatch.setattr(ranking, "ARM_VECTOR_CACHE_SIZE", 4)
+    settings = Settings(data={"state_dir": tmp_path})
+    emb = _Embeddings(settings)
+    catalogue = ("starter-kit", ("a", "b"))
+    emb.bundle_arm_vectors([catalogue, ("p1", ("c",)), ("p2", ("d",))])
+    request = [catalogue, ("p3", ("e",)), ("p4", ("f",)), ("p5", ("g",))]  # 3 + 3 new > 4: the cache is cleared
+    got = emb.bundle_arm_vectors(request)
+    np.testing.assert_allclose(got, _reference_without_models(request, settings.serving.arm_dim))
+    assert set(emb._arm_vectors) == {b for b, _ in request}
+
+
+def _reference_without_models(bundles: list[tuple[str, tuple[str, ...]]], dim: int) -> np.ndarray:
+    out = np.stack([np.mean([hashed_vector(f"item:{i}", dim) for i in items], axis=0) for _, items in bundles])
+    return normalize_rows(out)
