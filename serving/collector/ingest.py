@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from features.events import Event, EventRejected, ValidationContext, event_to_json, parse_event
+from features.events import Event, EventRejected, ValidationContext, event_to_json, lone_surrogate_at, parse_event
+from serving.request_body import BodyLimits, BodyRejected, check_json_depth, json_nesting_depth
 from streamrec.config import CollectorLimits
 
 NDJSON_CONTENT_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
@@ -22,16 +23,12 @@ JSON_CONTENT_TYPES = ("application/json", "text/json")
 DLQ_SOURCE = "collector"
 
 
-class BodyRejected(Exception):
-    """The whole request body is unusable; `status` is the HTTP status to answer with."""
+__all__ = ["BodyRejected", "IngestResult", "body_limits", "dead_letter", "decode_body", "validate_elements"]
 
-    def __init__(self, status: int, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.status = status
-        self.reason = reason
-        self.detail = detail
-        # What was read before giving up (kept, cut, in the dead letter).
-        self.partial_body = b""
+
+def body_limits(limits: CollectorLimits) -> BodyLimits:
+    """The request-body bounds of the collector (size, read time, JSON depth)."""
+    return BodyLimits(limits.max_body_bytes, limits.body_read_timeout_s, limits.max_json_depth)
 
 
 @dataclass
@@ -93,8 +90,8 @@ def _classify_json_error(exc: Exception) -> tuple[str, str]:
         return "duplicate_key", str(exc)
     if isinstance(exc, _NonFiniteNumber):
         return "not_a_finite_number", str(exc)
-    if isinstance(exc, RecursionError):
-        return "invalid_json", "JSON nesting is too deep"
+    if isinstance(exc, RecursionError):  # not reached: the depth is checked before parsing
+        return "json_too_deep", "JSON nesting is too deep"
     return "invalid_json", f"not valid JSON: {exc}"
 
 
@@ -121,6 +118,7 @@ def decode_body(body: bytes, content_type: str, limits: CollectorLimits) -> tupl
         return _decode_ndjson(text, limits), True
     if media_type and media_type not in JSON_CONTENT_TYPES:
         raise BodyRejected(415, "unsupported_media_type", f"Content-Type {media_type!r}; use application/json or application/x-ndjson")
+    check_json_depth(body, limits.max_json_depth)
     try:
         value = _loads(text)
     except (ValueError, RecursionError) as exc:
@@ -135,8 +133,14 @@ def decode_body(body: bytes, content_type: str, limits: CollectorLimits) -> tupl
 def _decode_ndjson(text: str, limits: CollectorLimits) -> list[Any]:
     lines = [line for line in text.splitlines() if line.strip()]
     _check_batch_size(len(lines), limits)
+    # One scan of the whole body; only if it is too deep somewhere, one per line to find where.
+    too_deep = json_nesting_depth(text.encode("utf-8")) > limits.max_json_depth
     elements: list[Any] = []
     for index, line in enumerate(lines):
+        if too_deep and (depth := json_nesting_depth(line.encode("utf-8"))) > limits.max_json_depth:
+            detail = f"line {index + 1}: JSON is nested {depth} levels deep; the limit is {limits.max_json_depth}"
+            elements.append(Rejected(index, "json_too_deep", detail, line.encode("utf-8")))
+            continue
         try:
             elements.append(_loads(line))
         except (ValueError, RecursionError) as exc:
@@ -195,7 +199,9 @@ def _identity(element: Any) -> tuple[str | None, str | None]:
     if not isinstance(element, dict):
         return None, None
     user_id, event_id = element.get("user_id"), element.get("event_id")
-    ok = lambda v: isinstance(v, str) and 0 < len(v) <= 256  # noqa: E731
+    # Only strings that can be encoded (a lone surrogate cannot): they become a Kafka key, and go
+    # into the dead letter and the response.
+    ok = lambda v: isinstance(v, str) and 0 < len(v) <= 256 and lone_surrogate_at(v) is None  # noqa: E731
     return (user_id if ok(user_id) else None), (event_id if ok(event_id) else None)
 
 
@@ -231,4 +237,7 @@ def dead_letter(
         "raw_size": original_size if original_size is not None else len(raw),
         "truncated": len(kept) < (original_size if original_size is not None else len(raw)),
     }
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate in a detail: escaped, the record is still JSON
+        return json.dumps(record, ensure_ascii=True, separators=(",", ":")).encode("ascii")

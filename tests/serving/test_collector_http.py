@@ -91,7 +91,7 @@ BAD_INPUTS: list[tuple[str, Any, str, int, str]] = [
     ("empty batch", [], "application/json", 422, "empty_batch"),
     ("duplicate keys", b'{"type": "view", "type": "purchase"}', "application/json", 400, "duplicate_key"),
     ("nested garbage", make_event(item_id="a", meta={"x": [{"y": {"z": [1, None, "w"]}}]}), "application/json", 422, "unknown_field"),
-    ("deep nesting", b"[" * 5000 + b"]" * 5000, "application/json", 400, "invalid_json"),
+    ("deep nesting", b"[" * 5000 + b"]" * 5000, "application/json", 400, "json_too_deep"),
     ("not an object", 42, "application/json", 422, "not_an_object"),
     ("bad event id", make_event(event_id="123"), "application/json", 422, "wrong_type"),
     ("lone surrogate", b'{"schema_version": 1, "event_id": "7c9e6679-7425-40de-944b-e07fc1f90ae7", "type": "view", "user_id": "u", "session_id": "s", "ts": "2017-11-25T10:00:00Z", "item_id": "i", "page": "\\ud800"}', "application/json", 422, "invalid_unicode"),

@@ -27,7 +27,9 @@ NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
         (b'{"price": NaN}', "application/json", 400, "not_a_finite_number"),
         (b'{"price": Infinity}', "application/json", 400, "not_a_finite_number"),
         (b"[" * 3000 + b"]" * 3000, "application/json", 413, "body_too_large"),
-        (b"[" * 2000 + b"]" * 2000, "application/json", 400, "invalid_json"),
+        (b"[" * 2000 + b"]" * 2000, "application/json", 400, "json_too_deep"),
+        (b"[" * 33 + b"]" * 33, "application/json", 400, "json_too_deep"),  # one past the limit
+        (b'{"a": [' * 20 + b"1" + b"]}" * 20, "application/json", 400, "json_too_deep"),  # objects count too
         (b"[]", "application/json", 422, "empty_batch"),
         (b"[{}, {}, {}, {}]", "application/json", 413, "batch_too_large"),
         (b"{}\n{}\n{}\n{}", "application/x-ndjson", 413, "batch_too_large"),
@@ -38,6 +40,56 @@ def test_unusable_bodies_are_rejected_whole(body: bytes, content_type: str, stat
     with pytest.raises(BodyRejected) as info:
         decode_body(body, content_type, LIMITS)
     assert (info.value.status, info.value.reason) == (status, reason)
+
+
+def test_nesting_up_to_the_limit_is_parsed_and_brackets_in_strings_do_not_count() -> None:
+    assert LIMITS.max_json_depth == 32
+    elements, is_batch = decode_body(b"[" * 32 + b"]" * 32, "application/json", LIMITS)
+    assert is_batch and len(elements) == 1
+    deep_text = json.dumps(make_event(page="[[[[" * 40 + '\\"' + "{" * 40)).encode()
+    elements, is_batch = decode_body(deep_text, "application/json", LIMITS)
+    assert not is_batch and elements[0]["page"].startswith("[[[[")
+
+
+def test_ndjson_too_deep_line_rejects_only_that_line() -> None:
+    good = [make_event(), make_event()]
+    body = "\n".join([json.dumps(good[0]), "[" * 1000 + "]" * 1000, json.dumps(good[1])]).encode()
+    elements, is_batch = decode_body(body, "application/x-ndjson", LIMITS)
+    result = validate_elements(elements, is_batch, LIMITS, NOW)
+    assert [a.index for a in result.accepted] == [0, 2]
+    assert [(r.index, r.reason) for r in result.rejected] == [(1, "json_too_deep")]
+
+
+def test_surrogates_in_ids_reject_only_their_events_with_a_dead_letter_that_encodes() -> None:
+    good = [make_event(), make_event()]
+    bad_user = make_event(user_id="u\ud800")
+    bad_event_id = make_event(event_id="x\udc00")  # a lone low surrogate (a pair would be a character)
+    body = json.dumps([good[0], bad_user, bad_event_id, good[1]]).encode()  # ASCII, "\ud800" escapes
+    assert b"\\ud800" in body
+    elements, is_batch = decode_body(body, "application/json", LIMITS.model_copy(update={"max_batch_events": 4}))
+    result = validate_elements(elements, is_batch, LIMITS, NOW)
+    assert [a.index for a in result.accepted] == [0, 3]
+    assert [(r.index, r.reason) for r in result.rejected] == [(1, "invalid_unicode"), (2, "invalid_unicode")]
+    by_index = {r.index: r for r in result.rejected}
+    assert by_index[1].detail.startswith("user_id:") and by_index[2].detail.startswith("event_id:")
+    # Unusable ids are not used as the DLQ key or named in the record; the other id still is.
+    assert (by_index[1].user_id, by_index[1].event_id) == (None, bad_user["event_id"])
+    assert (by_index[2].user_id, by_index[2].event_id) == (bad_event_id["user_id"], None)
+    for r in result.rejected:
+        record = json.loads(dead_letter(r.reason, r.detail, r.raw, NOW, LIMITS, errors=r.errors, index=r.index, event_id=r.event_id))
+        assert record["reason"] == "invalid_unicode" and record["batch_index"] == r.index
+        assert "\\ud800" in record["raw"] or "\\udc00" in record["raw"]  # the payload as sent, escaped
+
+
+def test_numeric_event_time_is_a_wrong_type() -> None:
+    result = validate_elements([make_event(ts=1511604000), make_event(ts="1511604000")], True, LIMITS, NOW)
+    assert [r.reason for r in result.rejected] == ["wrong_type", "wrong_type"]
+    assert all("ISO-8601" in r.detail for r in result.rejected)
+
+
+def test_dead_letter_of_a_detail_with_a_lone_surrogate_is_still_json() -> None:
+    record = json.loads(dead_letter("x", "bad \ud800", b"{}", NOW, LIMITS))
+    assert record["detail"] == "bad \ud800"
 
 
 def test_missing_content_type_is_read_as_json() -> None:
