@@ -27,6 +27,7 @@ from uuid import UUID, SafeUUID
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictFloat,
@@ -144,6 +145,46 @@ class ValidationContext(BaseModel):
     max_list_items: int = MAX_LIST_ITEMS
 
 
+def iso_8601_datetime(value: Any) -> Any:
+    """A date-time given as an ISO-8601 string, parsed; a ``datetime`` (or None) as is; anything
+    else (an epoch number, a numeric string) refused as ``datetime_type`` (``wrong_type``).
+
+    pydantic alone reads epoch numbers (1511604000, "1511604000") as times: a producer that sends
+    seconds where milliseconds were meant would be silently decades off. The contract's times
+    (``ts``, ``received_at``) take only ISO-8601, in every mode (strict JSON included); other
+    request models can use it as ``BeforeValidator(iso_8601_datetime)`` before a datetime type.
+
+    Example:
+        >>> iso_8601_datetime("2017-11-25T10:00:00Z").isoformat()
+        '2017-11-25T10:00:00+00:00'
+    """
+    if isinstance(value, str):
+        if _ISO_8601_START.match(value) is None:
+            raise PydanticCustomError("datetime_type", "must be an ISO-8601 date-time string such as 2017-11-25T10:00:00Z")
+        # Parsed here: past a function, pydantic's strict mode (valid_event_from_json) would take
+        # the string for a Python value and refuse it. fromisoformat is the fast path (0.2 us);
+        # pydantic's parser takes what it does not and words the errors.
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        try:
+            return _DATETIME.validate_python(value)
+        except ValidationError as exc:
+            raise PydanticCustomError("datetime_parsing", "{msg}", {"msg": exc.errors()[0]["msg"]}) from None
+    if value is None or isinstance(value, datetime):
+        return value
+    raise PydanticCustomError(
+        "datetime_type",
+        "must be an ISO-8601 date-time string such as 2017-11-25T10:00:00Z, not a {kind}",
+        {"kind": type(value).__name__},
+    )
+
+
+# A time with a timezone, given as an ISO-8601 string (never an epoch number: iso_8601_datetime).
+IsoDatetime = Annotated[AwareDatetime, BeforeValidator(iso_8601_datetime)]
+
+
 class EventBase(_Strict):
     """Fields every event carries."""
 
@@ -152,8 +193,8 @@ class EventBase(_Strict):
     event_id: UUID
     user_id: Id
     session_id: Id
-    ts: AwareDatetime = Field(description="Event time at the client, with a timezone; stored as UTC.")
-    received_at: AwareDatetime | None = Field(
+    ts: IsoDatetime = Field(description="Event time at the client, with a timezone; stored as UTC.")
+    received_at: IsoDatetime | None = Field(
         default=None, description="Server receive time, set by the collector (client values are replaced)."
     )
     page: Text | None = None
@@ -166,36 +207,6 @@ class EventBase(_Strict):
         if type(value) is not int:
             raise ValueError(f"schema_version must be an integer, got {type(value).__name__}")
         return value
-
-    @field_validator("ts", "received_at", mode="before")
-    @classmethod
-    def _iso_8601_only(cls, value: Any) -> Any:
-        # pydantic also reads epoch numbers (1511604000, "1511604000") as times: a producer that
-        # sends seconds where milliseconds were meant would be silently decades off. Times are
-        # ISO-8601 strings (or datetimes built in Python), in every mode (strict JSON included).
-        if isinstance(value, str):
-            if _ISO_8601_START.match(value) is None:
-                raise PydanticCustomError(
-                    "datetime_type", "must be an ISO-8601 date-time string such as 2017-11-25T10:00:00Z"
-                )
-            # Parsed here: past a function, pydantic's strict mode (valid_event_from_json) would
-            # take the string for a Python value and refuse it. fromisoformat is the fast path
-            # (0.2 us); pydantic's parser takes what it does not (e.g. nanoseconds) and words errors.
-            try:
-                return datetime.fromisoformat(value)
-            except ValueError:
-                pass
-            try:
-                return _DATETIME.validate_python(value)
-            except ValidationError as exc:
-                raise PydanticCustomError("datetime_parsing", "{msg}", {"msg": exc.errors()[0]["msg"]}) from None
-        if value is None or isinstance(value, datetime):
-            return value
-        raise PydanticCustomError(
-            "datetime_type",
-            "must be an ISO-8601 date-time string such as 2017-11-25T10:00:00Z, not a {kind}",
-            {"kind": type(value).__name__},
-        )
 
     @field_validator("ts", "received_at", mode="after")
     @classmethod
