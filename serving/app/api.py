@@ -148,25 +148,22 @@ def _no_constants(name: str) -> Any:
 
 
 async def _read_json(request: Request, limit: int) -> Any:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "body_too_large", f"body is {declared} bytes; the limit is {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"body is over {limit} bytes (the limit)")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    if not body.strip():
-        raise ApiError(400, "empty_body", "send a JSON object")
+    """The JSON object of a POST body, bounded as the collector bounds its bodies
+    (``serving.request_body``): at most ``limit`` bytes, received within
+    ``serving.body_read_timeout_s`` (else 408), gzip inflated up to ``limit`` (other codings 415),
+    nested at most ``serving.max_json_depth`` deep (checked before parsing; else 400), no lone
+    surrogate in any string (400)."""
+    from serving.request_body import BodyLimits, BodyRejected, read_json_object
+    from streamrec.config import ServingConfig
+
+    try:  # the serving settings of this replica (a RecommenderAPI)
+        serving = serve.get_replica_context().servable_object._s
+    except Exception:  # noqa: BLE001 - called outside a replica: the defaults
+        serving = ServingConfig()
     try:
-        value = json.loads(body.decode("utf-8"), parse_constant=_no_constants)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ApiError(400, "not_an_object", "the body must be a JSON object")
-    return value
+        return await read_json_object(request, BodyLimits(limit, serving.body_read_timeout_s, serving.max_json_depth))
+    except BodyRejected as exc:
+        raise ApiError(exc.status, exc.reason, exc.detail, exc.headers) from None
 
 
 def _query_dict(request: Request, list_fields: tuple[str, ...] = ()) -> dict[str, Any]:

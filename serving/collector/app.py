@@ -20,11 +20,13 @@ from features.events import SCHEMA_VERSION, event_json_schema
 from serving.collector.ingest import (
     BodyRejected,
     IngestResult,
+    body_limits,
     dead_letter,
     decode_body,
     validate_elements,
 )
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
+from serving.request_body import decode_content_encoding, read_body
 from streamrec.config import Settings, get_settings
 
 api = FastAPI(
@@ -58,8 +60,10 @@ class CollectorArgs(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
-def _error(status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"reason": reason, "detail": detail}}, status_code=status, headers=headers)
+def _error(
+    status: int, reason: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse({"error": {"reason": reason, "detail": detail, **extra}}, status_code=status, headers=headers)
 
 
 def _result_status(result: IngestResult) -> int:
@@ -89,6 +93,7 @@ class Collector:
         overrides = (args or CollectorArgs()).settings
         self._settings: Settings = Settings(**overrides) if overrides else get_settings()
         self._limits = self._settings.collector.limits
+        self._body_limits = body_limits(self._limits)
         self._topics = self._settings.kafka.topics
         self._token = self._settings.collector.auth_token.get_secret_value().encode()
         self._publisher = EventPublisher(self._settings.kafka)
@@ -113,22 +118,6 @@ class Collector:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._token)
 
-    async def _read_body(self, request: Request) -> bytes:
-        limit = self._limits.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise BodyRejected(413, "body_too_large", f"body is {declared} bytes; the limit is {limit}")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            chunks.append(chunk)
-            if size > limit:
-                rejected = BodyRejected(413, "body_too_large", f"body is over {limit} bytes (the limit)")
-                rejected.partial_body = b"".join(chunks)[: self._limits.dlq_max_raw_bytes]
-                raise rejected
-        return b"".join(chunks)
-
     async def _publish(self, records: list[OutgoingRecord]) -> float:
         """Publish and return the time until the broker acknowledged, in milliseconds."""
         started = time.perf_counter()
@@ -147,15 +136,21 @@ class Collector:
         except BrokerUnavailable as unavailable:
             return self._broker_down(unavailable)
         self._rejected.inc(tags={"reason": exc.reason})
-        return _error(exc.status, exc.reason, exc.detail)
+        return _error(exc.status, exc.reason, exc.detail, exc.headers)
 
     def _broker_down(self, exc: BrokerUnavailable) -> JSONResponse:
         self._unavailable.inc()
+        if exc.maybe_written:
+            detail = (
+                f"events were NOT accepted: {exc}. Some of them MAY have been written all the same: retry "
+                "the same request with the same event_ids; that is safe (idempotent), as every reader of "
+                "the events de-duplicates them by event_id."
+            )
+        else:
+            detail = f"events were NOT accepted and none was written: {exc}. Retry the same request."
         return _error(
-            503,
-            "broker_unavailable",
-            f"events were NOT accepted: {exc}. Retry the same request (event_id makes it safe).",
-            headers={"Retry-After": "1"},
+            503, "broker_unavailable", detail, headers={"Retry-After": "1"},
+            may_have_been_written=exc.maybe_written, retry_with_same_event_ids=True,
         )
 
     @api.post("/", summary="Send one event, a JSON array of events, or NDJSON")
@@ -165,11 +160,16 @@ class Collector:
         started = time.perf_counter()
         now = datetime.now(timezone.utc)
         try:
-            body = await self._read_body(request)
+            raw = await read_body(request, self._body_limits)
         except BodyRejected as exc:
             declared = request.headers.get("content-length", "")
-            size = int(declared) if declared.isdigit() else self._limits.max_body_bytes + 1
+            size = int(declared) if declared.isdigit() else len(exc.partial_body)
             return await self._reject_body(exc, exc.partial_body, size, now)
+        try:
+            # Frontends may gzip a batch: inflated up to max_body_bytes (a gzip bomb stops there).
+            body = decode_content_encoding(raw, request.headers.get("content-encoding", ""), self._limits.max_body_bytes)
+        except BodyRejected as exc:
+            return await self._reject_body(exc, raw, len(raw), now)
         try:
             elements, is_batch = decode_body(body, request.headers.get("content-type", ""), self._limits)
         except BodyRejected as exc:

@@ -6,13 +6,23 @@ thread until the producer knows every partition of the record's topic, and on th
 then on: the hop to a worker thread and back cost as much CPU per record as the send itself. The
 broker's acknowledgements are bridged back to the event loop as asyncio futures (no thread is
 parked per request while waiting for acks).
+
+Every publish has one deadline, ``kafka.produce_timeout_s`` from its start, that covers building a
+producer, fetching metadata, handing the records over and the acknowledgements: a broker that is
+frozen, gone or slow turns into ``BrokerUnavailable`` (the services' 503) within it, never a hung
+request. The producer's own timeouts are derived from the same setting (``producer_options``).
+A producer that missed a deadline is replaced; the stale one is closed in a background thread, so
+closing it (kafka-python's ``close`` raises while records are pending) never reaches a request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from dataclasses import dataclass
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaProducer
@@ -20,9 +30,26 @@ from kafka.errors import KafkaError
 
 from streamrec.config import KafkaConfig
 
+log = logging.getLogger(__name__)
+
+# Worker threads per publisher for the hand-overs that may block (a new producer, a topic's
+# metadata): their own pool, so that a frozen broker cannot starve the event loop's default one.
+HANDOVER_THREADS = 4
+
 
 class BrokerUnavailable(RuntimeError):
-    """The broker did not acknowledge in time; the caller must not claim anything as accepted."""
+    """The broker did not acknowledge in time; the caller must not claim anything as accepted.
+
+    Attributes:
+        maybe_written: whether records had been handed to the producer. If so the broker may have
+            written some of them after all (a produce request it read before it froze, answered
+            too late), and a retry can duplicate them: harmless, as every reader de-duplicates by
+            ``event_id``. False: nothing left this process.
+    """
+
+    def __init__(self, message: str, maybe_written: bool = True) -> None:
+        super().__init__(message)
+        self.maybe_written = maybe_written
 
 
 @dataclass(frozen=True)
@@ -40,6 +67,41 @@ class Delivered:
     offset: int
 
 
+def producer_options(config: KafkaConfig, linger_ms: int) -> dict[str, int]:
+    """kafka-python's timeouts, derived from ``produce_timeout_s`` so that none outlasts it.
+
+    ``delivery_timeout_ms`` (send to ack or failure, retries included) is the produce timeout;
+    ``request_timeout_ms`` leaves room within it for ``linger_ms`` (kafka-python requires
+    delivery >= linger + request); building a producer (``bootstrap_timeout_ms``) and waiting for
+    metadata (``max_block_ms``) take at most ``metadata_timeout_s``, and never more than the
+    produce timeout. Retries are kafka-python's (unbounded, idempotent), cut off by the delivery
+    timeout.
+
+    Example:
+        >>> producer_options(KafkaConfig(produce_timeout_s=5, metadata_timeout_s=3), linger_ms=1)["request_timeout_ms"]
+        4499
+    """
+    timeout_ms = int(config.produce_timeout_s * 1000)
+    connect_ms = int(min(config.metadata_timeout_s, config.produce_timeout_s) * 1000)
+    return {
+        "delivery_timeout_ms": timeout_ms,
+        "request_timeout_ms": max(1, timeout_ms - linger_ms - min(500, timeout_ms // 4)),
+        "max_block_ms": connect_ms,
+        "bootstrap_timeout_ms": connect_ms,
+    }
+
+
+@dataclass
+class _Handover:
+    """One publish's records on their way into the producer (from a worker thread)."""
+
+    records: list[OutgoingRecord]
+    deadline: float  # time.monotonic()
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    abandoned: bool = False  # the request gave up: send nothing
+    futures: list[Any] | None = None  # set once the records are in the producer
+
+
 class EventPublisher:
     """One idempotent, acks=all producer per collector replica, created lazily.
 
@@ -52,119 +114,194 @@ class EventPublisher:
         self._client_id = client_id
         self._linger_ms = linger_ms
         self._producer: KafkaProducer | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _producer
+        self._building = threading.Lock()  # one producer is built at a time; the others wait for it
+        self._executor = ThreadPoolExecutor(HANDOVER_THREADS, thread_name_prefix=f"{client_id}-handover")
 
-    def _get_producer(self) -> KafkaProducer:
+    # -- the producer ------------------------------------------------------------------------
+
+    def _get_producer(self, deadline: float) -> KafkaProducer:
         with self._lock:
             if self._producer is not None:
                 return self._producer
-        # Built outside the lock: against a broker that accepts connections and never answers it
+        # Built outside `_lock`: against a broker that accepts connections and never answers it
         # blocks until the bootstrap timeout, and `_discard_producer` must not wait for that.
-        producer = self._new_producer()
-        with self._lock:
-            if self._producer is None:
-                self._producer, producer = producer, None
-            current = self._producer
-        if producer is not None:  # another thread installed one meanwhile
-            producer.close(timeout=0)
-        return current
+        if not self._building.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise BrokerUnavailable(self._not_handed_over("no producer could be connected in time"), maybe_written=False)
+        try:
+            with self._lock:
+                if self._producer is not None:  # built by the thread we waited for
+                    return self._producer
+            producer = self._new_producer()
+            with self._lock:
+                self._producer = producer
+            return producer
+        finally:
+            self._building.release()
 
     def _new_producer(self) -> KafkaProducer:
-        timeout_ms = int(self._config.produce_timeout_s * 1000)
         try:
             return KafkaProducer(
                 **self._config.client_options(),
+                **producer_options(self._config, self._linger_ms),
                 client_id=self._client_id,
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=self._linger_ms,
                 compression_type=None,
-                max_block_ms=int(self._config.metadata_timeout_s * 1000),
-                # Not kafka-python's 30 s: a request that creates the producer must fail promptly.
-                bootstrap_timeout_ms=int(self._config.metadata_timeout_s * 1000),
-                request_timeout_ms=max(1000, timeout_ms - 500),
-                delivery_timeout_ms=timeout_ms,
                 reconnect_backoff_max_ms=1000,
                 # Its sensors were ~11% of the I/O thread's CPU per record; nothing reads them.
                 metrics_enabled=False,
             )
         except KafkaError as exc:
-            raise BrokerUnavailable(f"cannot connect to Kafka at {self._config.bootstrap_servers}: {exc}") from exc
+            raise BrokerUnavailable(
+                self._not_handed_over(f"cannot connect to Kafka at {self._config.bootstrap_servers}: {exc}"),
+                maybe_written=False,
+            ) from exc
 
-    def _send_all(self, records: list[OutgoingRecord]) -> list[Any]:
-        producer = self._get_producer()
+    def _discard_producer(self, producer: KafkaProducer | None) -> None:
+        """Stop using ``producer`` (if it is still the current one) and close it in the background.
+
+        A producer whose records expired may keep a stale idempotence state (producer id, sequence
+        numbers) that a restarted broker no longer knows: the next publish starts afresh.
+        """
+        with self._lock:
+            if producer is None or producer is not self._producer:
+                return
+            self._producer = None
+        threading.Thread(target=_close_quietly, args=(producer, 0.0), name="kafka-producer-close", daemon=True).start()
+
+    # -- handing records over ----------------------------------------------------------------
+
+    def _send_now(self, handover: _Handover, producer: KafkaProducer | None = None) -> tuple[KafkaProducer, list[Any]]:
+        """Put the records into ``producer`` (default: the current one, built if need be) from a
+        worker thread, or on the loop when the producer knows their topics (it cannot block)."""
+        producer = producer or self._get_producer(handover.deadline)
         try:
-            return [
-                producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers)) for r in records
-            ]
+            for topic in {r.topic for r in handover.records}:
+                producer.partitions_for(topic)  # waits for the topic's metadata, at most max_block_ms
         except KafkaError as exc:
-            self._discard_producer()
-            raise BrokerUnavailable(f"Kafka did not accept the records: {exc}") from exc
+            self._discard_producer(producer)
+            raise BrokerUnavailable(self._not_handed_over(f"no metadata from Kafka: {exc}"), maybe_written=False) from exc
+        with handover.lock:
+            if handover.abandoned or time.monotonic() >= handover.deadline:
+                raise BrokerUnavailable(self._not_handed_over("the produce timeout passed"), maybe_written=False)
+            futures: list[Any] = []
+            try:
+                for r in handover.records:
+                    futures.append(producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers)))
+            except KafkaError as exc:
+                self._discard_producer(producer)
+                raise BrokerUnavailable(f"Kafka did not accept the records: {exc}", maybe_written=bool(futures)) from exc
+            handover.futures = futures
+        return producer, futures
 
-    def _sends_without_blocking(self, records: list[OutgoingRecord]) -> bool:
-        """Whether `send()` of these records returns at once: the producer exists and already
-        knows the partitions of their topics. Reads kafka-python's metadata cache (`_metadata`,
-        not public API); if that changes, every send takes the worker thread again."""
+    def _ready_producer(self, records: list[OutgoingRecord]) -> KafkaProducer | None:
+        """The producer if `send()` of these records returns at once: it exists and already knows
+        the partitions of their topics. Reads kafka-python's metadata cache (`_metadata`, not
+        public API); if that changes, every send takes the worker thread again."""
         producer = self._producer
         metadata = getattr(producer, "_metadata", None)
-        if metadata is None:
-            return False
-        return all(metadata.partitions_for_topic(r.topic) for r in records)
+        if metadata is None or not all(metadata.partitions_for_topic(r.topic) for r in records):
+            return None
+        return producer
+
+    async def _hand_over(self, records: list[OutgoingRecord], deadline: float) -> tuple[KafkaProducer, list[Any]]:
+        handover = _Handover(records, deadline)
+        ready = self._ready_producer(records)
+        if ready is not None:
+            return self._send_now(handover, ready)
+        work = asyncio.get_running_loop().run_in_executor(self._executor, self._send_now, handover)
+        try:
+            return await asyncio.wait_for(work, timeout=max(0.0, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            # The worker may still be waiting for a producer or metadata: it will send nothing now.
+            # If it holds the lock it is sending this very moment: count the records as handed over.
+            sent = True
+            if handover.lock.acquire(blocking=False):
+                handover.abandoned = True
+                sent = handover.futures is not None
+                handover.lock.release()
+            raise BrokerUnavailable(
+                self._not_handed_over("the records could not be handed to Kafka in time") if not sent
+                else self._unacknowledged("the records were handed over as the time ran out"),
+                maybe_written=sent,
+            ) from None
+
+    async def _acknowledged(self, producer: KafkaProducer, kafka_futures: list[Any], deadline: float) -> list[Delivered]:
+        loop = asyncio.get_running_loop()
+        waiting = [_bridge(f, loop) for f in kafka_futures]
+        try:
+            metadata = await asyncio.wait_for(asyncio.gather(*waiting), timeout=max(0.0, deadline - time.monotonic()))
+        except Exception as exc:  # noqa: BLE001 - a KafkaError from the I/O thread, or the deadline
+            self._discard_producer(producer)
+            raise BrokerUnavailable(self._unacknowledged(f"{type(exc).__name__} {exc}".strip()), maybe_written=True) from exc
+        return [Delivered(m.topic, m.partition, m.offset) for m in metadata]
+
+    def _not_handed_over(self, why: str) -> str:
+        return f"nothing was sent to Kafka at {self._config.bootstrap_servers} ({why})"
+
+    def _unacknowledged(self, why: str) -> str:
+        return (
+            f"Kafka at {self._config.bootstrap_servers} did not acknowledge within "
+            f"{self._config.produce_timeout_s:g}s ({why}); some records MAY have been written"
+        )
+
+    # -- the API -----------------------------------------------------------------------------
 
     async def publish(self, records: list[OutgoingRecord]) -> list[Delivered]:
-        """Send records and return once the broker acknowledged every one of them.
+        """Send records and return once the broker acknowledged every one of them, within
+        ``kafka.produce_timeout_s`` from the call.
 
         Raises:
-            BrokerUnavailable: any record was not acknowledged within the produce timeout.
+            BrokerUnavailable: any record was not acknowledged within the produce timeout
+                (``maybe_written`` says whether some may have been written anyway).
         """
         if not records:
             return []
-        return await self._acknowledged(await self._hand_over(records))
+        deadline = time.monotonic() + self._config.produce_timeout_s
+        producer, futures = await self._hand_over(records, deadline)
+        return await self._acknowledged(producer, futures, deadline)
 
     async def send(self, records: list[OutgoingRecord]) -> asyncio.Future[list[Delivered]]:
         """Hand records to the producer and return at once with a future of their acknowledgement:
         it settles with the records' coordinates, or with ``BrokerUnavailable`` when the broker did
-        not acknowledge within the produce timeout.
+        not acknowledge within the produce timeout (counted from this call).
 
         Raises:
             BrokerUnavailable: the producer could not take the records (no broker to connect to,
-                no metadata for the topic).
+                no metadata for the topic) within the produce timeout.
         """
-        return asyncio.get_running_loop().create_task(self._acknowledged(await self._hand_over(records)))
-
-    async def _hand_over(self, records: list[OutgoingRecord]) -> list[Any]:
-        if self._sends_without_blocking(records):
-            return self._send_all(records)
-        return await asyncio.to_thread(self._send_all, records)
-
-    async def _acknowledged(self, kafka_futures: list[Any]) -> list[Delivered]:
-        loop = asyncio.get_running_loop()
-        waiting = [_bridge(f, loop) for f in kafka_futures]
-        try:
-            metadata = await asyncio.wait_for(
-                asyncio.gather(*waiting), timeout=self._config.produce_timeout_s + 1.0
-            )
-        except (KafkaError, asyncio.TimeoutError) as exc:
-            # A producer whose records expired may keep a stale idempotence state (producer id,
-            # sequence numbers) that a restarted broker no longer knows: start afresh next time.
-            await asyncio.to_thread(self._discard_producer)
-            raise BrokerUnavailable(
-                f"Kafka at {self._config.bootstrap_servers} did not acknowledge within "
-                f"{self._config.produce_timeout_s:.1f}s: {type(exc).__name__} {exc}"
-            ) from exc
-        return [Delivered(m.topic, m.partition, m.offset) for m in metadata]
-
-    def _discard_producer(self) -> None:
-        with self._lock:
-            producer, self._producer = self._producer, None
-        if producer is not None:
-            producer.close(timeout=0)
+        deadline = time.monotonic() + self._config.produce_timeout_s
+        producer, futures = await self._hand_over(records, deadline)
+        return asyncio.get_running_loop().create_task(self._acknowledged(producer, futures, deadline))
 
     def close(self) -> None:
+        """Flush what is pending for up to 2 s, then close (never raises)."""
         with self._lock:
-            if self._producer is not None:
-                self._producer.close(timeout=2)
-                self._producer = None
+            producer, self._producer = self._producer, None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if producer is not None:
+            _close_quietly(producer, 2.0)
+
+
+def _close_quietly(producer: KafkaProducer, flush_s: float) -> None:
+    """Close a producer without raising: kafka-python's ``close`` flushes first and raises
+    ``KafkaTimeoutError`` when records are still pending after ``flush_s``; those are then
+    dropped (their futures fail) and the producer's I/O thread stopped."""
+    try:
+        producer.close(timeout=flush_s)
+        return
+    except Exception:  # noqa: BLE001 - pending records (KafkaTimeoutError), or a half-built producer
+        pass
+    sender = getattr(producer, "_sender", None)  # kafka-python internals: drop what is pending
+    try:
+        if sender is not None:
+            sender.force_close()
+            sender.join(timeout=5.0)
+        producer.close(timeout=0)
+    except Exception as exc:  # noqa: BLE001 - nothing a caller could do about it
+        log.warning("a stale Kafka producer did not close cleanly: %s: %s", type(exc).__name__, exc)
 
 
 def _bridge(kafka_future: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
@@ -179,6 +316,12 @@ def _bridge(kafka_future: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Futur
         if not result.done():
             result.set_exception(exc)
 
-    kafka_future.add_callback(lambda md: loop.call_soon_threadsafe(settle_ok, md))
-    kafka_future.add_errback(lambda exc: loop.call_soon_threadsafe(settle_error, exc))
+    def call_soon(callback: Any, value: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(callback, value)
+        except RuntimeError:  # the loop is closed (shutdown): nobody waits any more
+            pass
+
+    kafka_future.add_callback(lambda md: call_soon(settle_ok, md))
+    kafka_future.add_errback(lambda exc: call_soon(settle_error, exc))
     return result

@@ -92,6 +92,11 @@ BAD_INPUTS: list[tuple[str, Any, str, int, str]] = [
     ("duplicate keys", b'{"type": "view", "type": "purchase"}', "application/json", 400, "duplicate_key"),
     ("nested garbage", make_event(item_id="a", meta={"x": [{"y": {"z": [1, None, "w"]}}]}), "application/json", 422, "unknown_field"),
     ("deep nesting", b"[" * 5000 + b"]" * 5000, "application/json", 400, "json_too_deep"),
+    ("4000-deep objects", b'{"a":' * 4000 + b"1" + b"}" * 4000, "application/json", 400, "json_too_deep"),
+    ("numeric ts", make_event(ts=1511604000), "application/json", 422, "wrong_type"),
+    ("numeric ts in a string", make_event(ts="1511604000"), "application/json", 422, "wrong_type"),
+    ("surrogate in user_id", make_event(user_id="u\ud800"), "application/json", 422, "invalid_unicode"),
+    ("surrogate in a key", {**make_event(), "\ud800": 1}, "application/json", 422, "invalid_unicode"),
     ("not an object", 42, "application/json", 422, "not_an_object"),
     ("bad event id", make_event(event_id="123"), "application/json", 422, "wrong_type"),
     ("lone surrogate", b'{"schema_version": 1, "event_id": "7c9e6679-7425-40de-944b-e07fc1f90ae7", "type": "view", "user_id": "u", "session_id": "s", "ts": "2017-11-25T10:00:00Z", "item_id": "i", "page": "\\ud800"}', "application/json", 422, "invalid_unicode"),
@@ -139,6 +144,56 @@ def test_mixed_batch_keeps_the_good_events(collector: CollectorHandle) -> None:
     assert sorted(d["batch_index"] for d in dead) == [1, 2, 4]
     assert {d["event_id"] for d in dead if d["batch_index"] == 1} == {bad[0]["event_id"]}
     assert json.loads(next(d["raw"] for d in dead if d["batch_index"] == 4)) == "garbage"
+
+
+def test_surrogates_in_ids_reject_their_events_and_keep_the_rest_of_the_batch(collector: CollectorHandle) -> None:
+    """A lone surrogate ("\\ud800") in user_id or event_id: those events get invalid_unicode and a
+    dead letter; the good events of the batch are accepted (it was a 500 for all of them)."""
+    events_start, dlq_start = _snapshot(collector)
+    good = [make_event(), make_event()]
+    bad_user, bad_id = make_event(user_id="u\ud800"), make_event(event_id="\ud800")
+    body = json.dumps([good[0], bad_user, bad_id, good[1]]).encode()  # escapes: valid UTF-8 JSON
+    with collector.client() as client:
+        reply = client.post("/v1/events", content=body, headers={"content-type": "application/json"})
+    assert reply.status_code == 207, reply.text
+    results = reply.json()["results"]
+    assert [(r["status"], r.get("reason")) for r in results] == [
+        ("accepted", None), ("rejected", "invalid_unicode"), ("rejected", "invalid_unicode"), ("accepted", None),
+    ]
+    assert results[1]["event_id"] == bad_user["event_id"] and results[2]["event_id"] is None
+    accepted_ids = {json.loads(r.value)["event_id"] for r in _records_since(collector, "events", events_start)}
+    assert {e["event_id"] for e in good} <= accepted_ids
+    dead = [json.loads(r.value) for r in _records_since(collector, collector.settings.kafka.topics.dlq, dlq_start)]
+    assert sorted((d["batch_index"], d["reason"]) for d in dead) == [(1, "invalid_unicode"), (2, "invalid_unicode")]
+    assert {d["batch_index"]: d["detail"].split(":")[0] for d in dead} == {1: "user_id", 2: "event_id"}
+
+
+def test_gzip_bodies_are_inflated_and_other_encodings_refused(collector: CollectorHandle) -> None:
+    import gzip
+
+    events_start, dlq_start = _snapshot(collector)
+    batch = [make_event(), make_event()]
+    with collector.client() as client:
+        zipped = client.post(
+            "/v1/events", content=gzip.compress(json.dumps(batch).encode()),
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        )
+        assert zipped.status_code == 200 and zipped.json()["accepted"] == 2, zipped.text
+        bomb = client.post(  # 20 MB of spaces in ~20 kB: stops at max_body_bytes
+            "/v1/events", content=gzip.compress(b" " * 20_000_000),
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        )
+        assert (bomb.status_code, bomb.json()["error"]["reason"]) == (413, "body_too_large")
+        for coding in ("br", "deflate", "gzip, br"):
+            other = client.post(
+                "/v1/events", content=json.dumps(batch).encode(),
+                headers={"content-type": "application/json", "content-encoding": coding},
+            )
+            assert (other.status_code, other.json()["error"]["reason"]) == (415, "unsupported_content_encoding"), coding
+    accepted_ids = {json.loads(r.value)["event_id"] for r in _records_since(collector, "events", events_start)}
+    assert {e["event_id"] for e in batch} <= accepted_ids
+    dead = [json.loads(r.value) for r in _records_since(collector, collector.settings.kafka.topics.dlq, dlq_start)]
+    assert [d["reason"] for d in dead] == ["body_too_large"] + ["unsupported_content_encoding"] * 3
 
 
 def test_auth_is_required(collector: CollectorHandle) -> None:
