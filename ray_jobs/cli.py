@@ -5,8 +5,8 @@
                     [--serve-as item|bundle|ranker|none] [--until TIME] [--lake-root PATH|URI]
 
 * Ray: joins ``settings.ray.address`` when set, else the local head that ``streamrec up`` runs
-  (127.0.0.1:``settings.ray.head_port``, token auth off as in ``streamrec.local_stack``), else starts
-  a private Ray instance for the run.
+  (``settings.ray.host``:``settings.ray.head_port``, with the stack's token from
+  ``streamrec.local_stack.ray_client_env``), else starts a private Ray instance for the run.
 * Registry: ``--registry``, else the root the recommender reads (``settings.serving.registry_root``,
   else ``settings.data.state_dir / "registry"``).
 * Name: ``--name``; else, with ``--serve-as item`` (the default for bprmf / lightgcn trained on a
@@ -71,7 +71,7 @@ def resolve_ray_address(settings: Any, private: bool = False) -> str | None:
     from streamrec.local_stack import ray_head_running
 
     if ray_head_running(settings):
-        return f"127.0.0.1:{settings.ray.head_port}"
+        return f"{settings.ray.host}:{settings.ray.head_port}"
     return None
 
 
@@ -112,10 +112,11 @@ def cmd_train(args: argparse.Namespace, settings: Any) -> int:
     name = registry_name(args.model, dataset.get("name", ""), raw.get("name", args.model),
                          settings, args.name, args.serve_as)
     address = resolve_ray_address(settings, args.private_ray)
-    if address and address.startswith("127.0.0.1:"):
-        # The embedded head runs without token auth (see streamrec.local_stack._LOCAL_RAY_ENV).
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address and not settings.ray.address:
+        # The embedded head: its token (and, on loopback, Ray's single-machine mode) for this driver.
+        from streamrec.local_stack import ray_client_env
+
+        os.environ.update(ray_client_env(settings))
     argv = [args.model, "--config", str(config), "--registry", registry, "--name", name,
             "--datasets-dir", str(args.datasets_dir or settings.data.datasets_dir)]
     lake_root = args.lake_root

@@ -16,11 +16,12 @@ from __future__ import annotations
 import os
 import re
 from functools import lru_cache
+from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel as _PydanticModel
-from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, IPvAnyAddress, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -132,14 +133,44 @@ class CollectorConfig(BaseModel):
         return f"http://{self.host}:{self.port}"
 
 
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
 class RayConfig(BaseModel):
-    """Where Ray runs. `address=None` means: start or join the local head that `streamrec up` runs."""
+    """Where Ray runs. `address=None` means: start or join the local head that `streamrec up` runs.
+
+    Every listener of the embedded head is a setting here (Serve's public HTTP port is
+    ``collector.port``, the broker's ``broker.port``): two stacks on one machine with different
+    settings never share a port. All of them bind ``host``; ``RayConfig`` checks that its ports are
+    distinct and that its port ranges overlap neither each other nor a single port.
+    """
 
     address: str | None = None
-    head_port: int = 6380
-    dashboard_port: int = 8265
+    # The address every listener of the embedded head binds: Ray's GCS, raylet, workers, client
+    # server, dashboard and agents, metrics, Serve's internal proxy and HAProxy's stats and exporter.
+    # Loopback (the default) keeps the stack off the network; another address exposes it, with Ray's
+    # token authentication (always on for the embedded head) as the only guard.
+    host: IPvAnyAddress = IPv4Address("127.0.0.1")
+    # Ray's GCS (the address that `ray.init` and `streamrec train` join).
+    head_port: Port = 6380
+    dashboard_port: Port = 8265
     # Prometheus scrapes Ray's (and so Serve's and the collector's) metrics here.
-    metrics_export_port: int = 8081
+    metrics_export_port: Port = 8081
+    # Ray client server (ray://host:port).
+    client_server_port: Port = 10001
+    # Dashboard agent: HTTP (job and serve REST calls it forwards) and gRPC (also its metrics agent).
+    dashboard_agent_http_port: Port = 52365
+    dashboard_agent_grpc_port: Port = 52366
+    runtime_env_agent_port: Port = 52367
+    # The raylet's gRPC and object transfer ports.
+    node_manager_port: Port = 6381
+    object_manager_port: Port = 6382
+    # Prometheus endpoints of the autoscaler monitor and the dashboard itself (Ray: fixed 44217/44227).
+    autoscaler_metrics_port: Port = 44217
+    dashboard_metrics_port: Port = 44227
+    # Each Ray worker process (task, actor, Serve replica) serves gRPC on a port of this range.
+    min_worker_port: Port = 10002
+    max_worker_port: Port = 19999
     # Logical CPUs of the local head; None: the cores plus what the Serve apps reserve (local_stack.local_num_cpus).
     num_cpus: int | None = None
     # Serve's HTTP ingress: "haproxy" is Ray Serve's high-throughput mode (the HAProxy binary that
@@ -151,19 +182,87 @@ class RayConfig(BaseModel):
     # dropped it first. Ray's default (30 s) suits a cluster (the RayService keeps it); on one machine
     # HAProxy's config reload is local and quick, and every `serve` shutdown would wait it out.
     serve_drain_s: float = Field(default=2.0, ge=0)
-    # HAProxy's stats page and Prometheus exporter (Ray's defaults; one machine running two stacks,
-    # as the tests do, needs other ports for one of them).
-    haproxy_stats_port: int = 8404
-    haproxy_metrics_port: int = 9101
+    # With HAProxy, Serve's own proxy still runs on the head as HAProxy's fallback (HTTP and gRPC).
+    serve_proxy_port: Port = 8500
+    serve_proxy_grpc_port: Port = 9500
+    # With HAProxy, each ingress replica serves HTTP (and gRPC, when enabled) itself on a port of
+    # these ranges, and HAProxy routes to it there: a range shared by two stacks lets one stack's
+    # HAProxy reach the other's replicas once a port changes hands.
+    serve_replica_min_http_port: Port = 30000
+    serve_replica_max_http_port: Port = 31000
+    serve_replica_min_grpc_port: Port = 40000
+    serve_replica_max_grpc_port: Port = 41000
+    # HAProxy's stats page and Prometheus exporter.
+    haproxy_stats_port: Port = 8404
+    haproxy_metrics_port: Port = 9101
+    # HAProxy's timeouts, in seconds (Ray's client default is an hour: a slow client, or one that
+    # sends its request a byte at a time, held a connection that long). http-request bounds the
+    # whole request head; client and server bound inactivity of either side; connect, a replica's accept.
+    haproxy_timeout_http_request_s: int = Field(default=10, ge=1)
+    haproxy_timeout_client_s: int = Field(default=30, ge=1)
+    haproxy_timeout_server_s: int = Field(default=60, ge=1)
+    haproxy_timeout_connect_s: int = Field(default=5, ge=1)
+
+    @model_validator(mode="after")
+    def _ports_do_not_collide(self) -> "RayConfig":
+        singles = self.single_ports()
+        seen: dict[int, str] = {}
+        for name, port in singles.items():
+            if port in seen:
+                raise ValueError(f"ray.{name} and ray.{seen[port]} are both {port}")
+            seen[port] = name
+        ranges = self.port_ranges()
+        for name, (low, high) in ranges.items():
+            if low > high:
+                raise ValueError(f"ray.{name}: {low} > {high}")
+            inside = [f"ray.{n}" for n, p in singles.items() if low <= p <= high]
+            if inside:
+                raise ValueError(f"ray.{name} ({low}-{high}) contains {', '.join(inside)}")
+        spans = sorted((low, high, name) for name, (low, high) in ranges.items())
+        for (_, high, name), (low2, _, name2) in zip(spans, spans[1:]):
+            if low2 <= high:
+                raise ValueError(f"port ranges ray.{name} and ray.{name2} overlap")
+        return self
+
+    def single_ports(self) -> dict[str, int]:
+        """Every single port of the embedded head, by setting name."""
+        return {name: getattr(self, name) for name in _SINGLE_PORTS}
+
+    def port_ranges(self) -> dict[str, tuple[int, int]]:
+        """The port ranges of the embedded head (inclusive), by name."""
+        return {
+            "worker_ports": (self.min_worker_port, self.max_worker_port),
+            "serve_replica_http_ports": (self.serve_replica_min_http_port, self.serve_replica_max_http_port),
+            "serve_replica_grpc_ports": (self.serve_replica_min_grpc_port, self.serve_replica_max_grpc_port),
+        }
 
     def serve_env(self) -> dict[str, str]:
-        """Environment of the Ray processes this machine starts (head, tests) for ``serve_ingress``."""
+        """Environment of the Ray processes this machine starts (head, tests) for ``serve_ingress``:
+        Serve's ports and HAProxy's timeouts (Ray Serve reads these variables; nothing else sets them)."""
         return {
             "RAY_SERVE_ENABLE_HA_PROXY": "1" if self.serve_ingress == "haproxy" else "0",
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(self.serve_drain_s),
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(self.serve_proxy_port),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(self.serve_proxy_grpc_port),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(self.serve_replica_min_http_port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(self.serve_replica_max_http_port),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(self.serve_replica_min_grpc_port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(self.serve_replica_max_grpc_port),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(self.haproxy_stats_port),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(self.haproxy_metrics_port),
+            "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(self.haproxy_timeout_client_s),
+            "RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S": str(self.haproxy_timeout_server_s),
+            "RAY_SERVE_HAPROXY_TIMEOUT_CONNECT_S": str(self.haproxy_timeout_connect_s),
         }
+
+
+# RayConfig's single ports (its port ranges: RayConfig.port_ranges).
+_SINGLE_PORTS = (
+    "head_port", "dashboard_port", "metrics_export_port", "client_server_port",
+    "dashboard_agent_http_port", "dashboard_agent_grpc_port", "runtime_env_agent_port",
+    "node_manager_port", "object_manager_port", "autoscaler_metrics_port", "dashboard_metrics_port",
+    "serve_proxy_port", "serve_proxy_grpc_port", "haproxy_stats_port", "haproxy_metrics_port",
+)
 
 
 class DataConfig(BaseModel):

@@ -244,13 +244,7 @@ def wait_for_models_in_serving(settings: Settings, user_id: str, versions: list[
 
 def serve_replica_pids(settings: Settings, deployment: str) -> list[int]:
     """PIDs of the live replicas of a recommender deployment, from Ray's state API."""
-    from ray.util.state import list_actors
-
-    actors = list_actors(
-        address=local_stack.dashboard_url(settings),
-        filters=[("class_name", "=", f"ServeReplica:recommender:{deployment}"), ("state", "=", "ALIVE")],
-    )
-    return [a.pid for a in actors if a.pid]
+    return local_stack.serve_replica_pids(settings, "recommender", deployment)
 
 
 def kill_replica(settings: Settings, deployment: str) -> str:

