@@ -163,9 +163,10 @@ def fit_in_process(name: str, data: Any, epochs: int, overrides: dict[str, Any],
     return model
 
 
-def free_port_range(size: int, low: int = 20000, high: int = 32000) -> tuple[int, int]:
+def free_port_range(size: int, low: int = 20000, high: int = 30000) -> tuple[int, int]:
     """``size`` consecutive ports, all free now, below the kernel's ephemeral range (so that the
-    ports ``free_port`` hands out never fall inside): a stack's worker or replica port range."""
+    ports ``free_port`` hands out never fall inside) and clear of Ray's default ranges (workers
+    10002-19999, Serve replicas 30000-31000 and 40000-41000, which a default `streamrec up` uses)."""
     import random
 
     for _ in range(200):
