@@ -12,11 +12,12 @@
 * Name: ``--name``; else, with ``--serve-as item`` (the default for bprmf / lightgcn trained on a
   served catalogue: ``taobao`` or the event ``lake``, whose raw ids the recommender sees)
   ``settings.serving.item_model``; ``--serve-as ranker`` (the default for sasrec on a served
-  catalogue): ``settings.serving.ranker_model``; ``--serve-as bundle``:
-  ``settings.serving.bundle_model``; otherwise the job's name (e.g. ``lightgcn_gowalla``), which the
-  recommender does not load.
-* Event lake (dataset ``lake``): the root defaults to the one the feature pipeline writes for these
-  settings (``--lake-root`` overrides); ``--until`` trains point-in-time on events up to that time.
+  catalogue): ``settings.serving.ranker_model``; ``--serve-as bundle`` (the default for crosscbr on
+  ``lake_bundles``, the bundles mined from the lake): ``settings.serving.bundle_model``; otherwise the
+  job's name (e.g. ``lightgcn_gowalla``), which the recommender does not load.
+* Event lake (datasets ``lake``, ``lake_bundles``): the root defaults to the one the feature pipeline
+  writes for these settings (``--lake-root`` overrides); ``--until`` trains point-in-time on events up
+  to that time.
 
 Registered with ``streamrec.cli.build_parser`` via :func:`register`.
 """
@@ -33,9 +34,11 @@ __all__ = ["register", "cmd_train", "MODEL_NAMES", "resolve_ray_address", "regis
 # Kept literal so that building the CLI parser does not import torch (tested against MODELS).
 MODEL_NAMES = ("bprmf", "crosscbr", "lightgcn", "popularity", "sasrec")
 # Datasets whose raw ids are the ones the recommender sees (registered with the embeddings).
-SERVED_CATALOGUES = ("taobao", "lake")
+SERVED_CATALOGUES = ("taobao", "lake", "lake_bundles")
+_LAKE_DATASETS = ("lake", "lake_bundles")  # ray_jobs.data.catalog.LAKE_DATASETS, literal (no torch import)
 _ITEM_EMBEDDING_MODELS = ("bprmf", "lightgcn")
 _SEQUENTIAL_RANKERS = ("sasrec",)
+_BUNDLE_MODELS = ("crosscbr",)
 
 
 def register(subparsers: Any) -> None:
@@ -54,9 +57,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--serve-as", choices=("item", "bundle", "ranker", "none"),
                    help="publish under the serving model name (settings.serving.item_model / bundle_model / "
                         "ranker_model)")
-    p.add_argument("--until", help="dataset lake: train on events with event time <= this ISO 8601 time "
+    p.add_argument("--until", help="lake datasets: train on events with event time <= this ISO 8601 time "
                                    "(UTC without an offset; default: everything in the lake at launch)")
-    p.add_argument("--lake-root", help="dataset lake: lake root, path or URI (default: the feature "
+    p.add_argument("--lake-root", help="lake datasets: lake root, path or URI (default: the feature "
                                        "pipeline's, under settings.data.state_dir)")
     p.add_argument("--private-ray", action="store_true", help="do not join a running local head")
     p.set_defaults(func=cmd_train)
@@ -94,6 +97,8 @@ def registry_name(model: str, dataset: str, job_name: str, settings: Any,
 def _default_serve_as(model: str, dataset: str) -> str:
     if dataset not in SERVED_CATALOGUES:
         return "none"  # integer ids of a benchmark dataset match nothing the recommender serves
+    if dataset == "lake_bundles":  # the rows are mined bundles, registered with their item lists
+        return "bundle" if model in _BUNDLE_MODELS else "none"
     if model in _SEQUENTIAL_RANKERS:
         return "ranker"
     return "item" if model in _ITEM_EMBEDDING_MODELS else "none"
@@ -120,7 +125,7 @@ def cmd_train(args: argparse.Namespace, settings: Any) -> int:
     argv = [args.model, "--config", str(config), "--registry", registry, "--name", name,
             "--datasets-dir", str(args.datasets_dir or settings.data.datasets_dir)]
     lake_root = args.lake_root
-    if dataset.get("name") == "lake" and lake_root is None and not dataset.get("options", {}).get("root"):
+    if dataset.get("name") in _LAKE_DATASETS and lake_root is None and not dataset.get("options", {}).get("root"):
         lake_root = str(lake_root_of(settings))  # these settings' lake, not the process-wide default
     for flag, value in (("--num-workers", args.num_workers), ("--epochs", args.epochs),
                         ("--max-users", args.max_users), ("--storage-path", args.storage_path),

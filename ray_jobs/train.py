@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from ray_jobs.data.catalog import LAKE_DATASETS
 from ray_jobs.models import MODELS, model_config
 from ray_jobs.registry import ModelRegistry, code_version, describe_data
 from ray_jobs.trainers import JobConfig, TrainingOutcome, load_job_data, run_training
@@ -52,10 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", help="run / registry name (default: from the config)")
     p.add_argument("--address", help="Ray cluster to join, e.g. 127.0.0.1:6380 (default: $RAY_ADDRESS, "
                                      "else a private local instance)")
-    p.add_argument("--until", help="dataset lake: train on events with event time <= this ISO 8601 time "
-                                   "(UTC without an offset; default: everything in the lake at launch)")
-    p.add_argument("--lake-root", help="dataset lake: lake root, path or URI (default: the one the feature "
-                                       "pipeline writes under settings.data.state_dir)")
+    p.add_argument("--until", help="datasets lake, lake_bundles: train on events with event time <= this "
+                                   "ISO 8601 time (UTC without an offset; default: everything in the lake "
+                                   "at launch)")
+    p.add_argument("--lake-root", help="datasets lake, lake_bundles: lake root, path or URI (default: the one "
+                                       "the feature pipeline writes under settings.data.state_dir)")
     return p.parse_args(argv)
 
 
@@ -95,8 +97,10 @@ def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | N
 
     The manifest gets, besides metrics and provenance: ``model`` and ``dataset`` names, the resolved
     ``model_config`` (YAML defaults + overrides: what rebuilding the network for inference needs),
-    ``ids`` (raw ids of the embedding rows, when the dataset has them) and, for the event lake,
-    ``data_snapshot`` (partitions, max event time, row count, cut-off) and ``history`` (per-epoch metrics).
+    ``ids`` (raw ids of the embedding rows, when the dataset has them), for bundle data with raw ids
+    ``bundle_items`` (row ``r`` of ``embeddings/bundle.npy`` is the bundle of these raw items), for the
+    event lake ``data_snapshot`` (partitions, max event time, row count, cut-off) and ``history``
+    (per-epoch metrics).
     """
     job = outcome.job
     trained_on = _trained_on(outcome)
@@ -111,6 +115,9 @@ def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | N
         extra["ids"] = ids
     if trained_on.get("snapshot"):
         extra["data_snapshot"] = trained_on["snapshot"]
+    bundle_items = trained_on.get("bundle_items")
+    if bundle_items and "bundle" in embeddings and len(bundle_items) == len(embeddings["bundle"]):
+        extra["bundle_items"] = bundle_items  # serving's BundleCandidates shows these items per bundle row
     if outcome.history:  # per-epoch loss / validation metrics: the training curves of `streamrec report`
         extra["history"] = list(outcome.history)
     return ModelRegistry(registry_root).register(
@@ -129,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = args.config or CONFIG_DIR / DEFAULT_CONFIGS[args.model]
     job = JobConfig.from_yaml(config, _overrides(args))
-    if (args.until or args.lake_root) and job.dataset.name != "lake":
-        raise SystemExit(f"--until / --lake-root apply to dataset 'lake', not {job.dataset.name!r}")
+    if (args.until or args.lake_root) and job.dataset.name not in LAKE_DATASETS:
+        raise SystemExit(f"--until / --lake-root apply to the lake datasets {list(LAKE_DATASETS)}, "
+                         f"not {job.dataset.name!r}")
     owns_ray = not ray.is_initialized()  # leave a caller's Ray session running
     try:
         ensure_ray(args.address)

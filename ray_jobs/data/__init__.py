@@ -9,6 +9,7 @@ Example:
 from ray_jobs.data.dataset import BundleGraphs, InteractionData
 from ray_jobs.data.gowalla import load_gowalla
 from ray_jobs.data.lake import LakeChangedError, LakeSnapshot, load_lake
+from ray_jobs.data.lake_bundles import load_lake_bundles
 from ray_jobs.data.paths import DATASETS_DIR_ENV, default_datasets_dir, resolve_datasets_dir
 from ray_jobs.data.recbole_atomic import load_recbole_atomic
 from ray_jobs.data.catalog import DATASETS, load_dataset
@@ -31,6 +32,7 @@ __all__ = [
     "load_recbole_atomic",
     "load_taobao",
     "load_lake",
+    "load_lake_bundles",
     "LakeSnapshot",
     "LakeChangedError",
     "subsample_users",

@@ -11,14 +11,15 @@ from typing import Any, Callable
 
 from ray_jobs.data.dataset import InteractionData
 from ray_jobs.data.gowalla import load_gowalla
-from ray_jobs.data.lake import load_lake
+from ray_jobs.data.lake import DEFAULT_EVENT_TYPES, load_lake
+from ray_jobs.data.lake_bundles import BUNDLE_EVENT_TYPES, load_lake_bundles
 from ray_jobs.data.recbole_atomic import load_recbole_atomic
 from ray_jobs.data.sasrec_games import load_sasrec_games
 from ray_jobs.data.slicing import subsample_users
 from ray_jobs.data.taobao import load_taobao
 from ray_jobs.data.youshu import load_youshu
 
-__all__ = ["DATASETS", "load_dataset"]
+__all__ = ["DATASETS", "LAKE_DATASETS", "LAKE_EVENT_TYPES", "load_dataset"]
 
 DATASETS: dict[str, Callable[..., InteractionData]] = {
     "gowalla": load_gowalla,
@@ -27,7 +28,12 @@ DATASETS: dict[str, Callable[..., InteractionData]] = {
     "recbole": load_recbole_atomic,
     "taobao": load_taobao,
     "lake": load_lake,  # the event lake the feature pipeline writes (not a shared dataset)
+    "lake_bundles": load_lake_bundles,  # bundles mined from that lake, user-bundle interactions
 }
+# Datasets read from the event lake (pinned by the launcher: root, until, snapshot), with the event
+# types each reads unless the job's ``event_types`` option says otherwise.
+LAKE_EVENT_TYPES: dict[str, tuple[str, ...]] = {"lake": DEFAULT_EVENT_TYPES, "lake_bundles": BUNDLE_EVENT_TYPES}
+LAKE_DATASETS = tuple(LAKE_EVENT_TYPES)
 
 
 def load_dataset(
@@ -42,11 +48,12 @@ def load_dataset(
     Args:
         name: one of ``DATASETS``.
         datasets_dir: the shared datasets folder (ignored by ``recbole``, which takes file paths, and
-            by ``lake``, which takes ``root``).
+            by ``lake`` / ``lake_bundles``, which take ``root``).
         max_users: keep this many users (see :func:`subsample_users`); ``None`` keeps all.
         seed: seed for the user slice.
         **options: passed to the adapter (e.g. ``valid_fraction`` for gowalla, ``inter_path`` for recbole,
-            ``root`` / ``until`` / ``event_types`` for lake).
+            ``root`` / ``until`` / ``event_types`` for lake, and the mining and split settings for
+            lake_bundles).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")

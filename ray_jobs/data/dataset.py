@@ -45,11 +45,23 @@ class BundleGraphs:
         n_atomic_items: number of items that bundles are made of.
         user_item: ``(n, 2)`` user-item interactions.
         bundle_item: ``(n, 2)`` bundle membership, ``(bundle, item)``.
+        item_ids: optional raw ids of the atomic items, ``(n_atomic_items,)``; with them the registry
+            ships each bundle's item list (``bundle_items``) so that serving can show the bundle.
     """
 
     n_atomic_items: int
     user_item: np.ndarray
     bundle_item: np.ndarray
+    item_ids: np.ndarray | None = None
+
+    def items_of_bundles(self, n_bundles: int) -> list[list[str]]:
+        """Raw item ids of each bundle ``0..n_bundles-1``, sorted (needs ``item_ids``)."""
+        if self.item_ids is None:
+            raise ValueError("the bundle graphs have no raw item ids")
+        out: list[list[str]] = [[] for _ in range(n_bundles)]
+        for b, i in self.bundle_item.tolist():
+            out[b].append(str(self.item_ids[i]))
+        return [sorted(items) for items in out]
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,8 @@ class InteractionData:
             b = self.bundles
             _check_pairs("user_item", b.user_item, self.n_users, b.n_atomic_items)
             _check_pairs("bundle_item", b.bundle_item, self.n_items, b.n_atomic_items)
+            if b.item_ids is not None and len(b.item_ids) != b.n_atomic_items:
+                raise ValueError("bundles.item_ids must have n_atomic_items entries")
 
     def item_counts(self) -> np.ndarray:
         """Training interactions per item, ``(n_items,)``."""

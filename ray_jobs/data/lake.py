@@ -45,6 +45,7 @@ from ray_jobs.data.sasrec_games import leave_one_out
 __all__ = [
     "load_lake",
     "read_lake_snapshot",
+    "read_lake_events",
     "lake_root_of",
     "default_lake_root",
     "parse_until",
@@ -55,8 +56,9 @@ __all__ = [
 ]
 
 # Event types that name the item(s) a user interacted with. remove_from_cart is left out on purpose:
-# it is a negative signal. click is a click on a shown recommendation (item clicks only).
-EVENT_TYPES = ("view", "add_to_cart", "favorite", "purchase", "click")
+# it is a negative signal. click is a click on a shown recommendation (item clicks only);
+# bundle_purchase is a purchase of a shown bundle (one interaction per line item, like purchase).
+EVENT_TYPES = ("view", "add_to_cart", "favorite", "purchase", "click", "bundle_purchase")
 # The Taobao adapter's default (pv, cart, fav, buy), as the replay maps them.
 DEFAULT_EVENT_TYPES = ("view", "add_to_cart", "favorite", "purchase")
 _PARTITIONING = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
@@ -183,7 +185,7 @@ def _interactions(events: pd.DataFrame) -> pd.DataFrame:
     rows: list[tuple[str, str, str | None, int]] = []
     for order, (kind, user, raw) in enumerate(zip(events["type"], events["user_id"], events["event_json"])):
         event = json.loads(raw)
-        if kind == "purchase":
+        if kind in ("purchase", "bundle_purchase"):
             rows.extend((user, line["item_id"], line.get("category_id"), order) for line in event["items"])
         elif event.get("item_id") is not None:  # a click may name a bundle only
             rows.append((user, event["item_id"], event.get("category_id"), order))
@@ -219,6 +221,14 @@ def _read(root: str | os.PathLike[str] | None, until: str | datetime | None,
     files = _lake_files(fs, base, cutoff)
     events = _read_events(fs, base, files, cutoff, types)
     return events, _snapshot(root, cutoff, types, events)
+
+
+def read_lake_events(root: str | os.PathLike[str] | None = None, until: str | datetime | None = None,
+                     event_types: Sequence[str] = DEFAULT_EVENT_TYPES) -> tuple[pd.DataFrame, LakeSnapshot]:
+    """The de-duplicated lake events passing the filters (columns ``event_id, type, user_id, ts,
+    kafka_partition, kafka_offset, event_json, date``, in lake order) and their snapshot: the raw
+    read that :func:`load_lake` and other lake adapters (``ray_jobs.data.lake_bundles``) build on."""
+    return _read(root, until, event_types)
 
 
 def read_lake_snapshot(root: str | os.PathLike[str] | None = None, until: str | datetime | None = None,

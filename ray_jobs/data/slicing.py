@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from ray_jobs.data.dataset import BundleGraphs, InteractionData
+from ray_jobs.data.dataset import InteractionData
 
 __all__ = ["subsample_users"]
 
@@ -68,11 +68,7 @@ def subsample_users(
         item_ids = None if item_ids is None else item_ids[kept_items]
     bundles = data.bundles
     if bundles is not None:
-        bundles = BundleGraphs(
-            n_atomic_items=bundles.n_atomic_items,
-            user_item=users_only(bundles.user_item),
-            bundle_item=bundles.bundle_item,
-        )
+        bundles = dataclasses.replace(bundles, user_item=users_only(bundles.user_item))
     return dataclasses.replace(
         data,
         name=f"{data.name}[{n_users}]",

@@ -56,7 +56,9 @@ def code_version(repo_dir: str | os.PathLike[str] | None = None) -> str:
 
 def describe_data(data: "InteractionData") -> dict[str, Any]:
     """What a model was trained on, JSON-ready: the registry's ``data_snapshot_id``, the source's own
-    snapshot (the event lake's partitions, max event time and row count), and the raw ids of the rows.
+    snapshot (the event lake's partitions, max event time and row count), the raw ids of the rows
+    (``user`` / ``item``; for bundle data ``user`` / ``bundle`` / ``item``, the atomic items) and, for
+    bundle data with raw item ids, ``bundle_items``: each bundle's raw item ids.
 
     Computed where the data was loaded (the training worker), so that registering never re-reads a
     source that may have changed since (the lake grows while a model trains).
@@ -66,10 +68,16 @@ def describe_data(data: "InteractionData") -> dict[str, Any]:
         'sha256:...'
     """
     snapshot = data.source_snapshot
-    return {
+    bundles = data.bundles
+    # Bundle data: the rows of the main task are bundles; "item" names the atomic items.
+    kinds = (("user", data.user_ids), ("item", data.item_ids)) if bundles is None else (
+        ("user", data.user_ids), ("bundle", data.item_ids), ("item", bundles.item_ids))
+    info = {
         "dataset": data.name,
         "snapshot_id": snapshot["id"] if snapshot else data_snapshot_id(data.source_files),
         "snapshot": snapshot,
-        "ids": {kind: [str(v) for v in raw.tolist()]
-                for kind, raw in (("user", data.user_ids), ("item", data.item_ids)) if raw is not None},
+        "ids": {kind: [str(v) for v in raw.tolist()] for kind, raw in kinds if raw is not None},
     }
+    if bundles is not None and bundles.item_ids is not None:
+        info["bundle_items"] = bundles.items_of_bundles(data.n_items)  # what serving shows per bundle
+    return info

@@ -22,7 +22,9 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from ray_jobs.data.lake import DEFAULT_EVENT_TYPES, default_lake_root, read_lake_snapshot
+from ray_jobs.data.catalog import LAKE_EVENT_TYPES
+from ray_jobs.data.lake import default_lake_root, read_lake_snapshot
+from ray_jobs.data.lake_bundles import read_catalogue
 from ray_jobs.data.paths import resolve_datasets_dir
 from ray_jobs.trainers.checkpointing import BEST_FILE, DATA_FILE, FINAL_DIR
 from ray_jobs.trainers.config import JobConfig
@@ -83,7 +85,7 @@ def resolve_job(job: JobConfig) -> JobConfig:
     elsewhere), or for the event lake its root, cut-off and snapshot (see :func:`pin_lake`)."""
     if job.dataset.name == "recbole":
         return job
-    if job.dataset.name == "lake":
+    if job.dataset.name in LAKE_EVENT_TYPES:  # lake, lake_bundles
         return pin_lake(job)
     d = job.dataset.model_copy(update={"datasets_dir": str(resolve_datasets_dir(job.dataset.datasets_dir))})
     return job.model_copy(update={"dataset": d})
@@ -96,19 +98,23 @@ def pin_lake(job: JobConfig) -> JobConfig:
     after a failure, and the registered config must see the same events, so the driver resolves the
     root (default: the one the pipeline writes), sets ``until`` to the latest event time now when it
     is open, and pins ``expect_snapshot``: a worker that reads anything else fails instead of
-    training on different data than its peers.
+    training on different data than its peers. For ``lake_bundles`` it also reads a
+    ``catalogue_file`` into the ``catalogue`` option, so that workers and the registered config carry
+    the catalogue bundles themselves.
     """
     options = dict(job.dataset.options)
     if options.get("root") is None:
         options["root"] = str(default_lake_root())
     snapshot = read_lake_snapshot(options["root"], options.get("until"),
-                                  options.get("event_types", DEFAULT_EVENT_TYPES))
+                                  options.get("event_types", LAKE_EVENT_TYPES[job.dataset.name]))
     if snapshot.rows == 0:
         raise ValueError(f"nothing to train on: no {list(snapshot.event_types)} events in the lake at "
                          f"{snapshot.root}" + (f" up to {snapshot.until}" if snapshot.until else ""))
     if options.get("until") is None:
         options["until"] = snapshot.max_event_time
     options["expect_snapshot"] = snapshot.id
+    if job.dataset.name == "lake_bundles" and options.get("catalogue_file"):
+        options["catalogue"] = [*options.get("catalogue", []), *read_catalogue(options.pop("catalogue_file"))]
     return job.model_copy(update={"dataset": job.dataset.model_copy(update={"options": options})})
 
 
