@@ -10,6 +10,7 @@ import json
 
 import apache_beam as beam
 import pandas as pd
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from oracle import compute_features
@@ -95,21 +96,25 @@ def test_parse_events_sends_invalid_records_to_dead_letters_with_reasons():
 
 
 def test_lake_rows_keep_the_wire_form_where_the_strict_parse_took_it():
-    """A record the strict parse took is its event's JSON already (spacing and id case aside); one
-    only the lenient parse takes (a Unix-seconds time) is written in the canonical form. Both
-    parse back to the same event."""
+    """A record the strict parse took is its event's JSON already (spacing and id forms aside),
+    and parses back to the same event. A Unix-seconds time, which only the lenient parse used to
+    take, is no event at all (the contract takes ISO-8601 times only)."""
+    from features.events import EventRejected
     from pipelines.lake import lake_row
     from pipelines.transforms import parse_record
 
     event = ev("add_to_cart", "u1", 0, item_id="i1", category_id="c1", quantity=2)
     spaced = json.dumps(event, indent=1).encode()  # valid as it is, not canonical bytes
     upper = json.dumps({**event, "event_id": event["event_id"].upper()}).encode()
-    unix_ts = json.dumps({**event, "ts": T0}).encode()
-    rows = [lake_row(parse_record(_record(raw, i))) for i, raw in enumerate([spaced, upper, unix_ts])]
-    assert [row.event_json for row in rows] == [spaced.decode(), upper.decode(), event_to_json(parse_event(event)).decode()]
+    bare = json.dumps({**event, "event_id": event["event_id"].replace("-", "")}).encode()
+    rows = [lake_row(parse_record(_record(raw, i))) for i, raw in enumerate([spaced, upper, bare])]
+    assert [row.event_json for row in rows] == [spaced.decode(), upper.decode(), bare.decode()]
     for row in rows:
         assert parse_event(json.loads(row.event_json)) == parse_event(event)
         assert row.event_id == event["event_id"] and row.ts_us == T0 * 1_000_000
+    with pytest.raises(EventRejected) as info:
+        parse_record(_record(json.dumps({**event, "ts": T0}).encode(), 3))
+    assert info.value.reason == "wrong_type"
 
 
 def test_drop_late_events_and_watermark():
