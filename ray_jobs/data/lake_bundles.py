@@ -272,10 +272,10 @@ def mine_bundles(baskets: pd.DataFrame, mining: BundleMining, categories: Mappin
     if mining.max_bundles is not None and len(mined) > mining.max_bundles:
         mined = sorted(mined, key=lambda b: (-b.n_categories, -b.support, b.id))[: mining.max_bundles]
     basket_sets = [(user if mining.support_by == "user" else n, set(items)) for n, (user, items) in enumerate(grouped)]
-    for b in catalogue:
-        items = tuple(sorted(str(i) for i in b["items"]))
-        support = len({key for key, s in basket_sets if s.issuperset(items)})
-        mined.append(MinedBundle(str(b["id"]), items, support, _n_categories(items, categories), "catalogue"))
+    for spec in catalogue:
+        members = tuple(sorted(str(i) for i in spec["items"]))
+        support = len({key for key, s in basket_sets if s.issuperset(members)})
+        mined.append(MinedBundle(str(spec["id"]), members, support, _n_categories(members, categories), "catalogue"))
     ids = [b.id for b in mined]
     if len(set(ids)) != len(ids):
         raise ValueError("bundle ids are not unique (a catalogue id repeats, or equals a mined id)")
