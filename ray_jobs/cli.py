@@ -107,6 +107,13 @@ def _default_serve_as(model: str, dataset: str) -> str:
 def cmd_train(args: argparse.Namespace, settings: Any) -> int:
     import yaml
 
+    address = resolve_ray_address(settings, args.private_ray)
+    if address and not settings.ray.address:
+        # The embedded head: its token and, on loopback, Ray's single-machine mode for this driver.
+        # Before Ray is imported (below): Ray reads the single-machine switch once, at import.
+        from streamrec.local_stack import ray_client_env
+
+        os.environ.update(ray_client_env(settings))
     from ray_jobs import train as launcher
     from ray_jobs.data.lake import lake_root_of
 
@@ -116,12 +123,6 @@ def cmd_train(args: argparse.Namespace, settings: Any) -> int:
     dataset = raw.get("dataset", {})
     name = registry_name(args.model, dataset.get("name", ""), raw.get("name", args.model),
                          settings, args.name, args.serve_as)
-    address = resolve_ray_address(settings, args.private_ray)
-    if address and not settings.ray.address:
-        # The embedded head: its token (and, on loopback, Ray's single-machine mode) for this driver.
-        from streamrec.local_stack import ray_client_env
-
-        os.environ.update(ray_client_env(settings))
     argv = [args.model, "--config", str(config), "--registry", registry, "--name", name,
             "--datasets-dir", str(args.datasets_dir or settings.data.datasets_dir)]
     lake_root = args.lake_root

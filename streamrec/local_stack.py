@@ -260,7 +260,8 @@ def _new_ray_auth_token(settings: Settings) -> Path:
 def ray_client_env(settings: Settings) -> dict[str, str]:
     """Environment that lets a process (CLI, `serve deploy`, a driver, a test) talk to the embedded
     head: Ray's token authentication with this stack's token file. Add it to a child's environment,
-    or to ``os.environ`` before the first ``ray.init``.
+    or to ``os.environ`` before this process imports Ray (Ray reads the single-machine switch below
+    once, at import).
 
     The empty ``RAY_AUTH_TOKEN`` keeps a token for some other cluster in the caller's environment
     from winning over this stack's file (Ray reads that variable first and skips it when empty).

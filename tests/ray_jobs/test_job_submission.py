@@ -1,14 +1,12 @@
-"""`ray job submit` path: a real local Ray head (a subprocess), JobSubmissionClient, registry.
+"""`ray job submit` path: the embedded Ray head (``streamrec.local_stack``, a subprocess, with its
+token authentication), JobSubmissionClient, registry.
 
-The head is a private `ray start --head --block` on free ports, stopped with SIGINT to its own
-process group (never `ray stop`, which kills every Ray cluster on the machine).
+The head runs on private ports and is stopped with SIGINT to its own process group (never
+`ray stop`, which kills every Ray cluster on the machine).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,13 +15,12 @@ import httpx
 import pytest
 
 from ray_jobs.registry import ModelRegistry
-from support import free_port
+from streamrec.local_stack import dashboard_url, ray_auth_headers, ray_client_env, start_ray_head, stop_ray_head
+from support import free_port, make_settings, private_ray_settings
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-RAY_BIN = Path(sys.executable).with_name("ray")
-LOCAL_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 EXCLUDES = [".venv", ".git", ".streamrec", ".mypy_cache", ".pytest_cache", "__pycache__", "*.pyc",
             "*.egg-info", "reports", "out", "bench_results"]
 
@@ -42,41 +39,24 @@ def _wait(check, timeout_s: float, what: str) -> None:
 
 @pytest.fixture
 def ray_head(tmp_path, monkeypatch):
-    """A private Ray head on free ports; yields (dashboard / job API URL, GCS port)."""
-    for key, value in LOCAL_ENV.items():
-        monkeypatch.setenv(key, value)
+    """The embedded head of private settings (free ports, 2 CPUs); yields (job API URL, settings)."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    dash, gcs = free_port(), free_port()
-    argv = [str(RAY_BIN), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
-            "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", "--disable-usage-stats"]
-    log = open(tmp_path / "ray_head.log", "wb")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **LOCAL_ENV})
-    url = f"http://127.0.0.1:{dash}"
+    settings = make_settings(tmp_path / "state", free_port(), ray={**private_ray_settings(), "num_cpus": 2})
+    start_ray_head(settings, timeout_s=120)
+    url = dashboard_url(settings)
     try:
-        _wait(lambda: proc.poll() is None and httpx.get(f"{url}/api/version", timeout=2).status_code == 200,
+        _wait(lambda: httpx.get(f"{url}/api/version", headers=ray_auth_headers(settings), timeout=2).status_code == 200,
               120, "Ray dashboard")
-        yield url, gcs
+        yield url, settings
     finally:
-        # `ray start --block` tears down its own cluster on SIGINT.
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        log.close()
+        stop_ray_head(settings)
 
 
 def test_submitted_job_registers_model(ray_head, datasets_dir, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     registry = tmp_path / "registry"
-    client = JobSubmissionClient(ray_head[0])
+    client = JobSubmissionClient(ray_head[0], headers=ray_auth_headers(ray_head[1]))
     entrypoint = (
         f"{sys.executable} -m ray_jobs.train bprmf --config ray_jobs/configs/bprmf_gowalla.yaml"
         f" --epochs 2 --max-users 400 --datasets-dir {datasets_dir} --registry {registry}"
@@ -85,7 +65,7 @@ def test_submitted_job_registers_model(ray_head, datasets_dir, tmp_path):
     job_id = client.submit_job(
         entrypoint=entrypoint,
         runtime_env={"working_dir": str(REPO_ROOT), "excludes": EXCLUDES,
-                     "env_vars": {"STREAMREC_CODE_VERSION": "test-submit-0123", **LOCAL_ENV}},
+                     "env_vars": {"STREAMREC_CODE_VERSION": "test-submit-0123"}},
     )
     deadline = time.monotonic() + 420
     status = client.get_job_status(job_id)
@@ -104,22 +84,22 @@ def test_submitted_job_registers_model(ray_head, datasets_dir, tmp_path):
     assert '"registered_version"' in logs  # the launcher's JSON summary reached the job logs
 
 
-def test_streamrec_train_joins_the_running_head(ray_head, datasets_dir, tmp_path, capsys):
-    """`streamrec train` uses the head on settings.ray.head_port (as `streamrec up` runs it)."""
-    import ray
+def test_streamrec_train_joins_the_running_head(ray_head, datasets_dir, tmp_path):
+    """`streamrec train`, as a user runs it, uses the head on settings.ray.head_port (as `streamrec up`
+    runs it) with the stack's token."""
+    import os
+    import subprocess
 
-    from ray_jobs.cli import cmd_train
-    from streamrec.cli import build_parser
-    from support import make_settings
-
-    assert not ray.is_initialized()
-    settings = make_settings(tmp_path / "state", free_port(), ray={"head_port": ray_head[1]})
-    args = build_parser().parse_args([
-        "train", "bprmf", "--epochs", "1", "--max-users", "300", "--datasets-dir", str(datasets_dir),
-        "--storage-path", str(tmp_path / "rr"),
-    ])
-    assert cmd_train(args, settings) == 0
-    assert f"on Ray at 127.0.0.1:{ray_head[1]}" in capsys.readouterr().out
-    assert not ray.is_initialized()  # the CLI disconnects; the head keeps running
+    settings = ray_head[1]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("STREAMREC_", "RAY_AUTH"))},
+           "STREAMREC_DATA__STATE_DIR": str(settings.data.state_dir),
+           "STREAMREC_RAY__HEAD_PORT": str(settings.ray.head_port)}
+    done = subprocess.run(
+        [sys.executable, "-m", "streamrec.cli", "train", "bprmf", "--epochs", "1", "--max-users", "300",
+         "--datasets-dir", str(datasets_dir), "--storage-path", str(tmp_path / "rr")],
+        env=env, capture_output=True, text=True, timeout=400, cwd=REPO_ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert f"on Ray at 127.0.0.1:{settings.ray.head_port}" in done.stdout
     model = ModelRegistry(settings.data.state_dir / "registry").load_latest("bprmf_gowalla")
     assert model.manifest["metrics"]["done"] is True
