@@ -205,6 +205,8 @@ class RayConfig(BaseModel):
 
     @model_validator(mode="after")
     def _ports_do_not_collide(self) -> "RayConfig":
+        if self.host.is_unspecified:
+            raise ValueError(f"ray.host={self.host}: give an address of this machine (Ray's node address), not a wildcard")
         singles = self.single_ports()
         seen: dict[int, str] = {}
         for name, port in singles.items():

@@ -304,7 +304,7 @@ def test_a_killed_collector_replica_never_sends_events_to_another_stack(tmp_path
             assert victims
             for pid in victims:
                 os.kill(pid, signal.SIGKILL)
-            accepted, refused = _post_until(second.settings.collector.base_url, time.monotonic() + 25)
+            accepted, refused = _post_until(second.settings.collector.base_url, time.monotonic() + 15)
             own, other = _event_ids(second.settings, starts["second"]), _event_ids(first.settings, starts["first"])
             assert accepted, f"nothing accepted while the replica was replaced (statuses: {sorted(set(refused))})"
             assert not set(accepted) & other, f"{len(set(accepted) & other)} accepted events went to the other stack"

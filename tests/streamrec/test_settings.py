@@ -54,3 +54,29 @@ def test_typo_in_a_nested_environment_key_is_an_error(monkeypatch: pytest.Monkey
     monkeypatch.setenv("STREAMREC_KAFKA__BOOTSTRAP_SERVER", "kafka:9092")  # missing S
     with pytest.raises(ValidationError, match="bootstrap_server"):
         Settings()
+
+
+@pytest.mark.parametrize(
+    "ray",
+    [
+        {"dashboard_port": 6380},  # the GCS's (head_port) default
+        {"serve_proxy_port": 10500},  # inside the default worker port range
+        {"serve_replica_min_http_port": 19000, "serve_replica_max_http_port": 19100},  # overlaps the workers'
+        {"min_worker_port": 12000, "max_worker_port": 11000},
+        {"host": "0.0.0.0"},
+        {"host": "localhost"},
+    ],
+)
+def test_ray_ports_are_distinct_and_the_host_is_an_address(ray: dict) -> None:
+    with pytest.raises(ValidationError):
+        Settings(ray=ray)
+
+
+def test_every_ray_port_is_a_setting_and_loopback_is_the_default() -> None:
+    ray = Settings().ray
+    assert ray.host.is_loopback
+    assert len(set(ray.single_ports().values())) == len(ray.single_ports()) >= 15
+    env = ray.serve_env()
+    assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == str(ray.serve_proxy_port)
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == str(ray.serve_replica_min_http_port)
+    assert int(env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]) <= 60  # seconds, not Ray's hour
