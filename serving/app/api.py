@@ -38,6 +38,7 @@ from features.events import (
     SCHEMA_VERSION,
     EventRejected,
     ImpressionEvent,
+    IsoDatetime,
     LineItem,
     ShownSlot,
     ValidationContext,
@@ -107,7 +108,7 @@ class FeedbackBody(_Query):
     items: list[LineItem] | None = None
     order_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
     currency: str | None = None
-    ts: datetime | None = None
+    ts: IsoDatetime | None = None  # ISO-8601 only, as the event contract (an epoch number is a 422)
     # The token served with the slate; bundle feedback without a valid one is refused (403).
     feedback_token: str | None = Field(default=None, max_length=4096)
 
@@ -142,9 +143,6 @@ def _validation_detail(exc: ValidationError) -> str:
         for e in exc.errors(include_url=False, include_input=False)[:5]
     )
 
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 async def _read_json(request: Request, limit: int) -> Any:
@@ -333,7 +331,10 @@ class RecommenderAPI:
         try:
             await (self._decisions.log(records) if decision else self._publisher.publish(records))
         except BrokerUnavailable as exc:
-            raise ApiError(503, "broker_unavailable", f"nothing was logged: {exc}. Retry.", {"Retry-After": "1"}) from None
+            # The collector's wording: a retry with the same event_ids is safe either way (de-duplicated downstream).
+            said = "it MAY have been written" if exc.maybe_written else "nothing was written"
+            raise ApiError(503, "broker_unavailable", f"{said}: {exc}. Retry (with the same event_id where there is one).",
+                           {"Retry-After": "1"}) from None
 
     # -- the logic (callable through a handle too, e.g. in local testing mode) ---------------
 

@@ -293,8 +293,9 @@ _BATCH = TypeAdapter(PipelineBatch)
 
 
 def _definition(raw: dict[str, Any]) -> Experiment:
-    # The served definition adds a derived "split" key that the model itself does not accept.
-    return Experiment.model_validate({k: v for k, v in raw.items() if k != "split"})
+    # The served definition adds a derived "split" key that the model itself does not accept, and
+    # leaves out the assignment salt (never published; the analysis does not need it).
+    return Experiment.model_validate({"salt": "not-published", **{k: v for k, v in raw.items() if k != "split"}})
 
 
 def _outcomes(shoppers: tuple[ShopperRequest, ...], experiment: str) -> list[RequestOutcome]:

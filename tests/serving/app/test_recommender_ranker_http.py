@@ -32,7 +32,7 @@ from ranker_support import (
     train,
 )
 from recommender_support import EVERY_REPLICA, recommender_args, wait_for
-from support import FRONTEND
+from support import FRONTEND, settings_overrides
 
 from features.events import event_to_json, parse_event
 from streamrec.config import Settings
@@ -69,8 +69,7 @@ class RankedApp:
 def _settings(base: Settings, state_dir: Path) -> Settings:
     """Private topics, Feast project and state dir on the session broker; registry re-read every 1 s."""
     tag = uuid.uuid4().hex[:8]
-    dumped = base.model_dump(mode="json")
-    dumped["collector"]["auth_token"] = base.collector.auth_token.get_secret_value()
+    dumped = settings_overrides(base)  # secrets in clear (a model_dump masks them)
     dumped["kafka"]["topics"] = {"events": f"events-{tag}", "dlq": f"events.dlq-{tag}"}
     dumped["data"]["state_dir"] = str(state_dir)
     dumped["pipeline"] = {**dumped["pipeline"], "group_id": f"features-{tag}"}
