@@ -49,6 +49,9 @@ class _Embeddings:
         self.item: EmbeddingTable | None = None
         self.user: EmbeddingTable | None = None
         self.bundle: EmbeddingTable | None = None
+        # The bundle model's user vectors: a user row . a bundle row is the model's score (CrossCBR Eq. 7).
+        self.bundle_user: EmbeddingTable | None = None
+        self._bundles_of_item: tuple[EmbeddingTable | None, dict[str, list[int]]] = (None, {})
         self.item_index: ExactTopK | None = None
         self._loaded_at = -math.inf
         # bundle id -> arm vector, for the models it was computed from: a bundle id always means
@@ -70,6 +73,39 @@ class _Embeddings:
             self.item_index = None
         self.user = reload_embeddings(self.user, self.root, s.item_model, "user")
         self.bundle = reload_embeddings(self.bundle, self.root, s.bundle_model, "bundle")
+        self.bundle_user = reload_embeddings(self.bundle_user, self.root, s.bundle_model, "user")
+
+    def bundle_rows_for(self, user_id: str | None, seed_item: str | None, n: int) -> tuple[list[int], str]:
+        """Rows of the bundle model's bundles for a request, best first, and why: the model's top
+        ``n`` for a user it knows (personalised); else the bundles holding the seed item; else the
+        bundles nearest the seed in the item model's space (when the dimensions agree); else none."""
+        table = self.bundle
+        if table is None or n <= 0:
+            return [], ""
+        users = self.bundle_user
+        if user_id is not None and users is not None and user_id in users.row_of and users.matrix.shape[1] == table.matrix.shape[1]:
+            scores = table.matrix @ users.matrix[users.row_of[user_id]]
+            top = np.argpartition(-scores, min(n, len(scores) - 1))[:n] if len(scores) > n else np.arange(len(scores))
+            return [int(r) for r in top[np.argsort(-scores[top], kind="stable")]], "for you"
+        if seed_item is not None:
+            holding = self._bundle_rows_holding(table).get(seed_item)
+            if holding:
+                return holding[:n], f"with {seed_item}"
+            item = self.item
+            if item is not None and seed_item in item.row_of and item.matrix.shape[1] == table.matrix.shape[1]:
+                scores = table.matrix @ item.matrix[item.row_of[seed_item]]
+                return [int(r) for r in np.argsort(-scores)[:n]], f"near {seed_item}"
+        return [], ""
+
+    def _bundle_rows_holding(self, table: EmbeddingTable) -> dict[str, list[int]]:
+        """item id -> rows of the bundles that hold it (per loaded version of the bundle model)."""
+        if self._bundles_of_item[0] is not table:
+            index: dict[str, list[int]] = {}
+            for row, items in enumerate(table.extra.get("bundle_items") or ()):
+                for item in items:
+                    index.setdefault(item, []).append(row)
+            self._bundles_of_item = (table, index)
+        return self._bundles_of_item[1]
 
     def bundle_arm_vectors(self, bundles: list[tuple[str, tuple[str, ...]]]) -> np.ndarray:
         """(n, arm_dim) unit arm vectors of ``(bundle id, items)``: the bundle model's row when it
@@ -196,7 +232,15 @@ class BundleCandidates:
             if bundle_id not in candidates and len(candidates) < s.max_candidates:
                 candidates[bundle_id] = (items, reason)
 
-        # 1. Constructed from co-occurrence with the seed (or the user's last item): Feast first.
+        # 1. The bundle model's bundles for this user (personalised; registered with their items).
+        table = self._emb.bundle
+        if table is not None:
+            bundle_items = table.extra.get("bundle_items")
+            rows, why = self._emb.bundle_rows_for(user_id, seed_item, s.max_candidates // 4)
+            for r in rows:
+                items = bundle_items[r] if bundle_items else ()
+                add(table.ids[r], items or (f"bundle:{table.ids[r]}",), f"{why}: model {table.model}@{table.version}")
+        # 2. Constructed from co-occurrence with the seed (or the user's last item): Feast first.
         anchor = seed_item
         if anchor is None:
             seq = features.get("seq_item_ids") or []
@@ -207,22 +251,10 @@ class BundleCandidates:
             for j in range(max(len(partners) - s.bundle_size + 2, 0)):
                 items = (anchor, *partners[j : j + s.bundle_size - 1])
                 add(bundle_id_for(items, "co"), items, f"bought together with {anchor}")
-        # 2. Catalogue bundles: those with the seed first, then the rest.
+        # 3. Catalogue bundles: those with the seed first, then the rest.
         catalogue = sorted(self._catalogue, key=lambda b: seed_item not in b.items) if seed_item else self._catalogue
         for b in catalogue:
             add(b.id, b.items, f"catalogue bundle with {seed_item}" if seed_item in b.items else "catalogue bundle")
-        # 3. Registered bundle model (items known only when the model ships them).
-        table = self._emb.bundle
-        if table is not None:
-            rows = list(range(table.matrix.shape[0]))
-            if seed_item is not None and self._emb.item is not None and seed_item in self._emb.item.row_of:
-                q = self._emb.item.matrix[self._emb.item.row_of[seed_item]]
-                if q.shape[0] == table.matrix.shape[1]:
-                    rows = [int(r) for r in np.argsort(-(table.matrix @ q))]
-            bundle_items = table.extra.get("bundle_items")
-            for r in rows[: s.max_candidates]:
-                items = bundle_items[r] if bundle_items else ()
-                add(table.ids[r], items or (f"bundle:{table.ids[r]}",), f"model {table.model}@{table.version}")
         # 4. Cold start: popular items across categories, around the seed when there is one.
         popular = await self._popular.get(200)
         if len(candidates) < s.max_candidates and popular:

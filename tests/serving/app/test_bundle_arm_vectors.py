@@ -91,3 +91,49 @@ def test_a_full_cache_is_refilled_with_every_bundle_of_the_request(tmp_path, mon
 def _reference_without_models(bundles: list[tuple[str, tuple[str, ...]]], dim: int) -> np.ndarray:
     out = np.stack([np.mean([hashed_vector(f"item:{i}", dim) for i in items], axis=0) for _, items in bundles])
     return normalize_rows(out)
+
+
+def _bundle_model(emb: _Embeddings, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    users = rng.normal(size=(3, 8)).astype(np.float32)
+    bundles = rng.normal(size=(6, 8)).astype(np.float32)
+    items = [("a", "b"), ("b", "c"), ("c", "d"), ("a", "d", "e"), ("x", "y"), ("b", "y")]
+    emb.bundle = EmbeddingTable("crosscbr", "7", [f"mb-{n}" for n in range(6)], bundles, extra={"bundle_items": items})
+    emb.bundle_user = EmbeddingTable("crosscbr", "7", ["u0", "u1", "u2"], users)
+    return users, bundles
+
+
+def test_bundle_model_candidates_are_the_models_top_bundles_for_a_known_user(tmp_path) -> None:
+    emb = _Embeddings(Settings(data={"state_dir": tmp_path}))
+    users, bundles = _bundle_model(emb, np.random.default_rng(3))
+    rows, why = emb.bundle_rows_for("u1", "a", 4)
+    expected = list(np.argsort(-(bundles @ users[1]), kind="stable")[:4])
+    assert rows == expected and why == "for you"
+    # a user the model does not know: the bundles that hold the seed item, in row order
+    assert emb.bundle_rows_for("stranger", "b", 4) == ([0, 1, 5], "with b")
+    assert emb.bundle_rows_for("stranger", "zzz", 4) == ([], "")
+    assert emb.bundle_rows_for(None, None, 4) == ([], "")
+
+
+def test_bundle_candidates_put_the_personalised_bundles_first(tmp_path) -> None:
+    import asyncio
+
+    from serving.app.candidates import BundleSpec
+    from serving.app.ranking import BundleCandidates, FeastReader, ReplicaSources, _PopularItems
+
+    class _Learner:  # the learner's popular items, as the deployment handle returns them
+        class popular_items:  # noqa: N801 - mirrors handle.popular_items.remote
+            @staticmethod
+            async def remote(n: int) -> list:
+                return [("p1", 5.0, "c1"), ("p2", 4.0, "c2"), ("p3", 3.0, "c3")]
+
+    settings = Settings(data={"state_dir": tmp_path})
+    emb = _Embeddings(settings)
+    users, bundles = _bundle_model(emb, np.random.default_rng(3))
+    emb.refresh = lambda: None  # the tables above stand in for a registry
+    sources = ReplicaSources(settings, FeastReader(settings), emb, _PopularItems(_Learner()))
+    candidates = BundleCandidates(sources, [BundleSpec(id="starter-kit", items=("a", "x"))])
+    got = asyncio.run(candidates.bundle_candidates("u2", None))
+    top = [f"mb-{r}" for r in np.argsort(-(bundles @ users[2]), kind="stable")]
+    assert got["ids"][:6] == top and "starter-kit" in got["ids"]
+    assert got["reasons"][0] == "for you: model crosscbr@7"
+    assert got["items"][0] == list(emb.bundle.extra["bundle_items"][int(top[0][3:])])
