@@ -420,8 +420,14 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> None:
 
 
 def stop_ray_head(settings: Settings) -> bool:
+    """Stop the embedded head; also this stack's HAProxy processes that outlive it, its HAProxy
+    directory and its token. Returns whether a head was running."""
     # `ray start --block` tears its cluster down on SIGINT (as on Ctrl-C), not on SIGTERM.
-    return _ray_head_process(settings).stop(timeout_s=30, first_signal=signal.SIGINT)
+    stopped = _ray_head_process(settings).stop(timeout_s=30, first_signal=signal.SIGINT)
+    _terminate(_haproxy_processes(settings))
+    shutil.rmtree(haproxy_dir(settings), ignore_errors=True)
+    ray_auth_token_file(settings).unlink(missing_ok=True)
+    return stopped
 
 
 def dashboard_url(settings: Settings) -> str:
@@ -601,14 +607,12 @@ def down(settings: Settings) -> dict[str, str]:
         stopped["pipeline"] = "stopped"
     if settings.ray.address is None:
         stopped["ray"] = "stopped" if stop_ray_head(settings) else "was not running"
-        ray_auth_token_file(settings).unlink(missing_ok=True)
     if settings.broker.enabled:
         stopped["broker"] = "stopped" if EmbeddedBroker(settings).stop() else "was not running"
-    leftovers = [p for p in before if _alive(p)] + _haproxy_processes(settings)
+    leftovers = [p for p in before if _alive(p)]
     if leftovers:
         names = sorted({_name(p) for p in leftovers})
         stopped["leftovers"] = f"terminated {_terminate(leftovers)} ({', '.join(names)})"
-    shutil.rmtree(haproxy_dir(settings), ignore_errors=True)
     host = _host(settings)
     hosts = {host, "127.0.0.1", settings.collector.host}
     try:
