@@ -109,9 +109,11 @@ def test_sigkill_while_the_reader_process_feeds_the_batch(kafka_broker, tmp_path
     settings = pipeline_settings(kafka_broker.settings, tmp_path / "state")
     config = write_config(settings, tmp_path / "streamrec.yaml")
     marker = tmp_path / "reached"
-    events = taobao_subset(kafka_broker.settings, users=8)
+    # Enough records that the Beam run is still going 0.1 s after it starts (8 users' ~950 events
+    # were computed, sunk and committed within the 0.5 s this test waited before: nothing to recover).
+    events = taobao_subset(kafka_broker.settings, users=24)
     produce(settings, events)
-    _kill_at("compute!", config, marker, 0.5, "--read-ahead")
+    _kill_at("compute!", config, marker, 0.1, "--read-ahead")
     assert _gone(int(marker.with_suffix(".reader").read_text()), 15), "the reader process outlived the pipeline"
 
     monkeypatch.setattr(runner, "READ_AHEAD_MIN_RECORDS", 1)
