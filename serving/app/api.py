@@ -58,6 +58,8 @@ from serving.collector.ingest import dead_letter
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
 from serving.experiments import Experiment, analyze_experiment, assign_variant
 from serving.feedback_tokens import FeedbackClaim, FeedbackRejected, check_claim, signer_from_settings
+from serving.request_body import BodyLimits, BodyRejected, read_json_object
+from streamrec.config import ServingConfig
 
 api = FastAPI(title="streamrec recommender", version="v1", description="Bundles chosen by contextual bandits, item recommendations, A/B experiments.")
 
@@ -144,22 +146,15 @@ def _validation_detail(exc: ValidationError) -> str:
     )
 
 
-
-async def _read_json(request: Request, limit: int) -> Any:
+async def _read_json(request: Request, serving: ServingConfig) -> Any:
     """The JSON object of a POST body, bounded as the collector bounds its bodies
-    (``serving.request_body``): at most ``limit`` bytes, received within
-    ``serving.body_read_timeout_s`` (else 408), gzip inflated up to ``limit`` (other codings 415),
+    (``serving.request_body``): at most ``serving.max_body_bytes``, received within
+    ``serving.body_read_timeout_s`` (else 408), gzip inflated up to the limit (other codings 415),
     nested at most ``serving.max_json_depth`` deep (checked before parsing; else 400), no lone
     surrogate in any string (400)."""
-    from serving.request_body import BodyLimits, BodyRejected, read_json_object
-    from streamrec.config import ServingConfig
-
-    try:  # the serving settings of this replica (a RecommenderAPI)
-        serving = serve.get_replica_context().servable_object._s
-    except Exception:  # noqa: BLE001 - called outside a replica: the defaults
-        serving = ServingConfig()
+    limits = BodyLimits(serving.max_body_bytes, serving.body_read_timeout_s, serving.max_json_depth)
     try:
-        return await read_json_object(request, BodyLimits(limit, serving.body_read_timeout_s, serving.max_json_depth))
+        return await read_json_object(request, limits)
     except BodyRejected as exc:
         raise ApiError(exc.status, exc.reason, exc.detail, exc.headers) from None
 
@@ -536,7 +531,7 @@ class RecommenderAPI:
     async def post_bundles(self, request: Request) -> JSONResponse:
         try:
             self._authorize(request, Role.FRONTEND)
-            return JSONResponse(await self.bundles(_parse(BundlesQuery, await _read_json(request, self._s.max_body_bytes))))
+            return JSONResponse(await self.bundles(_parse(BundlesQuery, await _read_json(request, self._s))))
         except ApiError as exc:
             return self._fail(exc)
 
@@ -544,7 +539,7 @@ class RecommenderAPI:
     async def post_feedback(self, request: Request) -> JSONResponse:
         try:
             self._authorize(request, Role.FRONTEND)
-            data = await _read_json(request, self._s.max_body_bytes)
+            data = await _read_json(request, self._s)
             raw = json.dumps(data, ensure_ascii=True, separators=(",", ":")).encode()
             return JSONResponse(await self.feedback(_parse(FeedbackBody, data), raw))
         except ApiError as exc:
@@ -563,7 +558,7 @@ class RecommenderAPI:
     async def post_recommendations(self, request: Request) -> JSONResponse:
         try:
             self._authorize(request, Role.FRONTEND)
-            query = _parse(RecommendationsQuery, await _read_json(request, self._s.max_body_bytes))
+            query = _parse(RecommendationsQuery, await _read_json(request, self._s))
             return JSONResponse(await self.recommendations(query))
         except ApiError as exc:
             return self._fail(exc)
