@@ -58,8 +58,11 @@ from serving.collector.ingest import dead_letter
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
 from serving.experiments import Experiment, analyze_experiment, assign_variant
 from serving.feedback_tokens import FeedbackClaim, FeedbackRejected, check_claim, signer_from_settings
+from serving import replica_loopback
 from serving.request_body import BodyLimits, BodyRejected, read_json_object
 from streamrec.config import ServingConfig
+
+replica_loopback.install()  # before Ray starts this replica's gRPC server (serving/replica_loopback.py)
 
 api = FastAPI(title="streamrec recommender", version="v1", description="Bundles chosen by contextual bandits, item recommendations, A/B experiments.")
 

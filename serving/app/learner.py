@@ -20,6 +20,7 @@ from kafka.errors import TopicAlreadyExistsError
 from ray import serve
 from ray.serve import metrics
 
+from serving import replica_loopback
 from serving.app.args import RecommenderArgs
 from serving.app.learner_state import Attribution, LearnerState, Limits, Rejection, Rewards
 from serving.collector.ingest import dead_letter
@@ -28,6 +29,7 @@ from streamrec.config import Settings
 from streamrec.topics import end_offsets
 
 log = logging.getLogger("ray.serve")
+replica_loopback.install()  # before Ray starts this replica's gRPC server (serving/replica_loopback.py)
 
 SNAPSHOT_NAME = "snapshot.npz"
 DLQ_SOURCE = "bandit-learner"

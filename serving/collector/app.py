@@ -26,8 +26,12 @@ from serving.collector.ingest import (
     validate_elements,
 )
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
+from serving import replica_loopback
 from serving.request_body import decode_content_encoding, read_body
 from streamrec.config import Settings, get_settings
+
+
+replica_loopback.install()  # before Ray starts this replica's gRPC server (serving/replica_loopback.py)
 
 api = FastAPI(
     title="streamrec collector",
