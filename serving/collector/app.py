@@ -5,7 +5,6 @@ cluster) through :func:`build_app`, whose ``args`` may override any part of the 
 """
 
 
-import hmac
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -17,6 +16,8 @@ from ray import serve
 from ray.serve import metrics
 
 from features.events import SCHEMA_VERSION, event_json_schema
+from serving import replica_loopback
+from serving.auth import AuthRejected, Role, gate_from_settings
 from serving.collector.ingest import (
     BodyRejected,
     IngestResult,
@@ -26,7 +27,6 @@ from serving.collector.ingest import (
     validate_elements,
 )
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
-from serving import replica_loopback
 from serving.request_body import decode_content_encoding, read_body
 from streamrec.config import Settings, get_settings
 
@@ -99,7 +99,7 @@ class Collector:
         self._limits = self._settings.collector.limits
         self._body_limits = body_limits(self._limits)
         self._topics = self._settings.kafka.topics
-        self._token = self._settings.collector.auth_token.get_secret_value().encode()
+        self._gate = gate_from_settings(self._settings)  # the recommender's check: one for both apps
         self._publisher = EventPublisher(self._settings.kafka)
         self._accepted = metrics.Counter(
             "streamrec_collector_events_accepted", description="Events acknowledged by Kafka."
@@ -117,10 +117,6 @@ class Collector:
             description="Time from send to the broker's acknowledgement of a request's records.",
             boundaries=[1, 2, 5, 10, 20, 50, 100, 250, 500, 1000, 5000],
         )
-
-    def _authorized(self, request: Request) -> bool:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._token)
 
     async def _publish(self, records: list[OutgoingRecord]) -> float:
         """Publish and return the time until the broker acknowledged, in milliseconds."""
@@ -159,8 +155,10 @@ class Collector:
 
     @api.post("/", summary="Send one event, a JSON array of events, or NDJSON")
     async def post_events(self, request: Request) -> JSONResponse:
-        if not self._authorized(request):
-            return _error(401, "unauthorized", "send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+        try:
+            self._gate.check(request.headers.get("authorization", ""), (Role.FRONTEND,))
+        except AuthRejected as exc:
+            return _error(exc.status, exc.reason, exc.detail, exc.headers)
         started = time.perf_counter()
         now = datetime.now(timezone.utc)
         try:
