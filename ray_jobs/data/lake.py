@@ -213,28 +213,32 @@ def _check_types(event_types: Sequence[str]) -> tuple[str, ...]:
     return tuple(event_types)
 
 
-def _read(root: str | os.PathLike[str] | None, until: str | datetime | None,
-          event_types: Sequence[str]) -> tuple[pd.DataFrame, LakeSnapshot]:
+def read_lake_events(root: str | os.PathLike[str] | None = None, until: str | datetime | None = None,
+                     event_types: Sequence[str] = DEFAULT_EVENT_TYPES,
+                     expect_snapshot: str | None = None) -> tuple[pd.DataFrame, LakeSnapshot]:
+    """The de-duplicated lake events passing the filters (columns ``event_id, type, user_id, ts,
+    kafka_partition, kafka_offset, event_json, date``, in lake order) and their snapshot: the raw
+    read that :func:`load_lake` and other lake adapters (``ray_jobs.data.lake_bundles``) build on.
+
+    Raises:
+        LakeChangedError: ``expect_snapshot`` is given and the read's snapshot id differs.
+    """
     root = str(root if root is not None else default_lake_root())
     cutoff, types = parse_until(until), _check_types(event_types)
     fs, base = _filesystem(root)
     files = _lake_files(fs, base, cutoff)
     events = _read_events(fs, base, files, cutoff, types)
-    return events, _snapshot(root, cutoff, types, events)
-
-
-def read_lake_events(root: str | os.PathLike[str] | None = None, until: str | datetime | None = None,
-                     event_types: Sequence[str] = DEFAULT_EVENT_TYPES) -> tuple[pd.DataFrame, LakeSnapshot]:
-    """The de-duplicated lake events passing the filters (columns ``event_id, type, user_id, ts,
-    kafka_partition, kafka_offset, event_json, date``, in lake order) and their snapshot: the raw
-    read that :func:`load_lake` and other lake adapters (``ray_jobs.data.lake_bundles``) build on."""
-    return _read(root, until, event_types)
+    snapshot = _snapshot(root, cutoff, types, events)
+    if expect_snapshot is not None and snapshot.id != expect_snapshot:
+        raise LakeChangedError(f"the lake at {snapshot.root} now gives {snapshot.id}, "
+                               f"not the pinned {expect_snapshot}")
+    return events, snapshot
 
 
 def read_lake_snapshot(root: str | os.PathLike[str] | None = None, until: str | datetime | None = None,
                        event_types: Sequence[str] = DEFAULT_EVENT_TYPES) -> LakeSnapshot:
     """The snapshot :func:`load_lake` would train on now (used to pin a job before its workers start)."""
-    return _read(root, until, event_types)[1]
+    return read_lake_events(root, until, event_types)[1]
 
 
 def load_lake(
@@ -260,10 +264,7 @@ def load_lake(
         A sequential :class:`InteractionData` named ``lake``; users and items are re-indexed in
         sorted raw-id order, ``source_snapshot`` describes what was read.
     """
-    events, snapshot = _read(root, until, event_types)
-    if expect_snapshot is not None and snapshot.id != expect_snapshot:
-        raise LakeChangedError(f"the lake at {snapshot.root} now gives {snapshot.id}, "
-                               f"not the pinned {expect_snapshot}")
+    events, snapshot = read_lake_events(root, until, event_types, expect_snapshot)
     inter = _interactions(events)
     if inter.empty:
         raise ValueError(f"no {list(snapshot.event_types)} events in the lake at {snapshot.root}"

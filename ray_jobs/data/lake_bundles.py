@@ -68,8 +68,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from features.entities import bundle_id_for
 from ray_jobs.data.dataset import BundleGraphs, InteractionData
-from ray_jobs.data.lake import EVENT_TYPES, LakeChangedError, LakeSnapshot, parse_until, read_lake_events
+from ray_jobs.data.lake import EVENT_TYPES, LakeSnapshot, parse_until, read_lake_events
 
 __all__ = [
     "load_lake_bundles",
@@ -98,15 +99,14 @@ _BASKET_COLUMNS = ["basket", "user_id", "item_id", "ts"]
 
 
 def bundle_id(items: Iterable[str], prefix: str = "mb") -> str:
-    """The stable id of an item set: ``<prefix>-`` + the first 16 hex of sha1 of the sorted ids
-    joined by ``\\x1f`` (serving's ``bundle_id_for``).
+    """The stable id of an item set: the contract's ``features.entities.bundle_id_for``, which
+    serving uses for the bundles it builds.
 
     Example:
         >>> bundle_id(["b", "a"]) == bundle_id(("a", "b"))
         True
     """
-    digest = hashlib.sha1("\x1f".join(sorted(str(i) for i in items)).encode()).hexdigest()[:16]
-    return f"{prefix}-{digest}"
+    return bundle_id_for(items, prefix)
 
 
 @dataclass(frozen=True)
@@ -422,10 +422,7 @@ def mine_lake(
                          f"types {list(cfg.basket_types)}")
     if mine_from not in ("all", "train"):
         raise ValueError(f"mine_from must be 'all' or 'train', got {mine_from!r}")
-    events, snapshot = read_lake_events(root, until, types)
-    if expect_snapshot is not None and snapshot.id != expect_snapshot:
-        raise LakeChangedError(f"the lake at {snapshot.root} now gives {snapshot.id}, "
-                               f"not the pinned {expect_snapshot}")
+    events, snapshot = read_lake_events(root, until, types, expect_snapshot)
     rows = item_rows(events)
     if rows.empty:
         raise ValueError(f"no {list(types)} events in the lake at {snapshot.root}")

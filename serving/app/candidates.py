@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from features import entities
+
 log = logging.getLogger(__name__)
 
 _ID_PATTERN = r"^[\x21-\x7e]+$"
@@ -63,11 +65,8 @@ def normalize_rows(m: np.ndarray) -> np.ndarray:
     return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def bundle_id_for(items: tuple[str, ...], prefix: str) -> str:
-    """A stable id (<= 64 chars) of a constructed bundle (cached: a request builds hundreds)."""
-    digest = hashlib.sha1("\x1f".join(sorted(items)).encode()).hexdigest()[:16]
-    return f"{prefix}-{digest}"
+# The contract's bundle id (features.entities), cached: a request builds hundreds of bundles.
+bundle_id_for = functools.lru_cache(maxsize=1 << 16)(entities.bundle_id_for)
 
 
 # -- model registry ---------------------------------------------------------------------------
