@@ -84,14 +84,6 @@ def _listeners(procs: list[psutil.Process]) -> list[Listener]:
     return found
 
 
-def _name(proc: psutil.Process) -> str | None:
-    """The process name, or None when it exited since it was listed (a HAProxy reload replaces one)."""
-    try:
-        return proc.name()
-    except psutil.NoSuchProcess:
-        return None
-
-
 def _interface_ip() -> str | None:
     """This machine's own non-loopback IPv4 address (to check what the network would reach)."""
     for addresses in psutil.net_if_addrs().values():
@@ -196,7 +188,7 @@ def test_up_status_replay_down_leaves_nothing_running(tmp_path: Path) -> None:
         again = _streamrec(env, "up")  # idempotent: a second `up` reuses what runs
         assert again.returncode == 0, again.stderr
         procs = local_stack.stack_processes(settings)
-        names = {name for p in procs if (name := _name(p))}
+        names = {local_stack._name(p) for p in procs}  # a pid for one that exited meanwhile
     finally:
         down = _streamrec(env, "down")
     assert down.returncode == 0, down.stderr
@@ -228,7 +220,7 @@ def test_every_listener_of_the_stack_is_on_loopback(stack: Stack) -> None:
     while True:
         procs = local_stack.stack_processes(settings)
         listeners = _listeners(procs)
-        names = {name for p in procs if (name := _name(p))}
+        names = {local_stack._name(p) for p in procs}  # a pid for one that exited meanwhile
         missing = {name: port for name, port in expected.items() if port not in {lst.port for lst in listeners}}
         if (not missing and required <= names) or time.monotonic() > deadline:
             break
