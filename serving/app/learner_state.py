@@ -150,7 +150,8 @@ class LearnerState:
             **{reason: 0 for reason in FEEDBACK_REASONS},
         }
         self.variant_counts: dict[str, dict[str, float]] = {
-            k: {"requests": 0, "clicks": 0, "purchases": 0, "dismissals": 0, "updates": 0, "reward_sum": 0.0}
+            k: {"requests": 0, "exposures": 0, "clicks": 0, "purchases": 0, "dismissals": 0, "updates": 0,
+                "reward_sum": 0.0}
             for k in self.policies
         }
 
@@ -227,11 +228,28 @@ class LearnerState:
         while len(self.outcomes) > self.limits.max_outcomes:
             self.outcomes.popitem(last=False)
         self._expire()
-        updated: list[str] = []
+        updated = self._expose(key, ctx)
         for feedback in self.pending.pop(request_id, []):
             self.counters["feedback_pending"] -= 1
             updated += self._attribute(feedback, ctx)
         return updated
+
+    def _expose(self, key: str, ctx: dict[str, Any]) -> list[str]:
+        """Every shown bundle is one observation of its variant's policy, reward 0 until its
+        feedback credits it: the policy learns from what was shown and ignored, not from clicks alone."""
+        policy = self.policies.get(key)
+        if policy is None:
+            return []
+        context = np.asarray(ctx["x"], dtype=np.float64)
+        try:
+            for bundle_id, vector in ctx.get("a", {}).items():
+                policy.expose(Arm(bundle_id, np.asarray(vector, dtype=np.float64)), context)
+        except ValueError:  # a context of other dimensions (logged before a feature change): not learnable
+            self.counters["bad_records"] += 1
+            return []
+        counts = self.variant_counts[key]
+        counts["exposures"] = counts.get("exposures", 0) + len(ctx.get("a", {}))  # absent in older snapshots
+        return [key]
 
     def _reject(self, exc: FeedbackRejected, event: dict[str, Any], raw: bytes) -> list[str]:
         self.counters[exc.reason] += 1
@@ -317,7 +335,11 @@ class LearnerState:
             return self._reject(FeedbackRejected("feedback_replayed", f"a second {what}"), event, raw)
         kind = event["type"]
         reward = self.rewards.of(kind)
-        policy.update(Arm(event["bundle_id"], np.asarray(embedding, dtype=np.float64)), np.asarray(ctx["x"]), reward)
+        try:
+            policy.credit(Arm(event["bundle_id"], np.asarray(embedding, dtype=np.float64)), np.asarray(ctx["x"]), reward)
+        except ValueError:  # a context of other dimensions (logged before a feature change)
+            self.counters["feedback_unattributed"] += 1
+            return []
         self.counters["feedback_applied"] += 1
         counts = self.variant_counts[key]
         counts["updates"] += 1

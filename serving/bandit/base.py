@@ -227,7 +227,7 @@ def state_from_bytes(data: bytes) -> dict[str, np.ndarray]:
 class BanditPolicy(ABC):
     """Base of every policy: argument checks, update bookkeeping and snapshot/restore.
 
-    Subclasses implement ``_scores_and_select``, ``_apply_update`` and the learned part of the
+    Subclasses implement ``_scores_and_select``, ``_apply_exposure`` / ``_apply_credit`` and the learned part of the
     state (``_model_state`` / ``_load_model_state``).
 
     Args:
@@ -280,7 +280,7 @@ class BanditPolicy(ABC):
         )
 
     def update(self, arm: Arm, context: np.ndarray, reward: float, offset: int | None = None) -> bool:
-        """Learn from the feedback of one shown arm.
+        """Learn from one shown arm and its whole reward: :meth:`expose` then :meth:`credit`.
 
         Args:
             arm: the shown arm, with the embedding it had when shown.
@@ -292,6 +292,39 @@ class BanditPolicy(ABC):
         Returns:
             True if applied, False if skipped as already applied.
         """
+        arm, ctx, reward = self._checked(arm, context, reward)
+        if not self._take_offset(offset):
+            return False
+        self._apply_exposure(arm, ctx)
+        self._apply_credit(arm, ctx, reward)
+        self.n_updates += 1
+        return True
+
+    def expose(self, arm: Arm, context: np.ndarray, offset: int | None = None) -> bool:
+        """Count one showing of ``arm`` as an observation with reward 0 (its slot's impression).
+
+        Live feedback arrives later and only for what was clicked: a learner that updated on
+        clicks alone would never see what was shown and ignored, and a ridge fitted on positives
+        only predicts "everything is clicked". Exposing every shown arm at impression time and
+        :meth:`credit`-ing its reward when feedback comes gives the same estimate as
+        ``update(arm, context, reward)`` with the final reward.
+        """
+        arm, ctx, _ = self._checked(arm, context, 0.0)
+        if not self._take_offset(offset):
+            return False
+        self._apply_exposure(arm, ctx)
+        self.n_updates += 1
+        return True
+
+    def credit(self, arm: Arm, context: np.ndarray, reward: float, offset: int | None = None) -> bool:
+        """Add ``reward`` to an observation :meth:`expose` already counted (no new observation)."""
+        arm, ctx, reward = self._checked(arm, context, reward)
+        if not self._take_offset(offset):
+            return False
+        self._apply_credit(arm, ctx, reward)
+        return True
+
+    def _checked(self, arm: Any, context: Any, reward: Any) -> tuple[Arm, np.ndarray, float]:
         if not isinstance(arm, Arm):
             raise ValueError(f"arm must be an Arm, got {type(arm).__name__}")
         if arm.embedding.size != self.arm_dim:
@@ -301,15 +334,17 @@ class BanditPolicy(ABC):
             raise ValueError(f"reward must be a number, got {reward!r}")
         if not np.isfinite(reward):
             raise ValueError(f"reward must be finite, got {reward!r}")
-        if offset is not None:
-            if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
-                raise ValueError(f"offset must be a non-negative int, got {offset!r}")
-            if offset <= self.last_offset:
-                return False
-        self._apply_update(arm, ctx, float(reward))
-        self.n_updates += 1
-        if offset is not None:
-            self.last_offset = int(offset)
+        return arm, ctx, float(reward)
+
+    def _take_offset(self, offset: int | None) -> bool:
+        """False for an offset at or below ``last_offset`` (already applied); else records it."""
+        if offset is None:
+            return True
+        if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
+            raise ValueError(f"offset must be a non-negative int, got {offset!r}")
+        if offset <= self.last_offset:
+            return False
+        self.last_offset = int(offset)
         return True
 
     # STYLE.md names (obp-like); same behaviour.
@@ -379,7 +414,12 @@ class BanditPolicy(ABC):
         """Returns (chosen indices in slot order, their propensities, scores of all arms)."""
 
     @abstractmethod
-    def _apply_update(self, arm: Arm, context: np.ndarray, reward: float) -> None: ...
+    def _apply_exposure(self, arm: Arm, context: np.ndarray) -> None:
+        """One more observation of ``arm`` in ``context``, with reward 0 so far."""
+
+    @abstractmethod
+    def _apply_credit(self, arm: Arm, context: np.ndarray, reward: float) -> None:
+        """Add ``reward`` to an observation already counted by ``_apply_exposure``."""
 
     @abstractmethod
     def _model_state(self) -> dict[str, np.ndarray]: ...

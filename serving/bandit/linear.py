@@ -85,9 +85,13 @@ class _SharedRidgePolicy(BanditPolicy):
         self.b = np.zeros(self.dim)
         self.theta = np.zeros(self.dim)
 
-    def _apply_update(self, arm: Arm, context: np.ndarray, reward: float) -> None:
+    def _apply_exposure(self, arm: Arm, context: np.ndarray) -> None:
         x = featurize(self.features, context, arm.embedding[None, :])[0]
         self.a_inv = _sherman_morrison(self.a_inv, x)
+        self.theta = self.a_inv @ self.b
+
+    def _apply_credit(self, arm: Arm, context: np.ndarray, reward: float) -> None:
+        x = featurize(self.features, context, arm.embedding[None, :])[0]
         self.b = self.b + reward * x
         self.theta = self.a_inv @ self.b
 
@@ -175,8 +179,8 @@ class LinearThompsonSampling(_SharedRidgePolicy):
         super()._init_model()
         self._chol: np.ndarray | None = None
 
-    def _apply_update(self, arm: Arm, context: np.ndarray, reward: float) -> None:
-        super()._apply_update(arm, context, reward)
+    def _apply_exposure(self, arm: Arm, context: np.ndarray) -> None:
+        super()._apply_exposure(arm, context)
         self._chol = None  # posterior covariance changed
 
     def _load_model_state(self, state: dict[str, np.ndarray]) -> None:
@@ -276,12 +280,15 @@ class LinUCBDisjoint(BanditPolicy):
         chosen, props = ranked_topk(scores, k, rng)
         return chosen, props, scores
 
-    def _apply_update(self, arm: Arm, context: np.ndarray, reward: float) -> None:
+    def _apply_exposure(self, arm: Arm, context: np.ndarray) -> None:
         x = featurize(self.features, context, arm.embedding[None, :])[0]
         row = self.table.row(arm.id)
-        arrays = self.table.arrays
-        arrays["a_inv"][row] = _sherman_morrison(arrays["a_inv"][row], x)
-        arrays["b"][row] += reward * x
+        self.table.arrays["a_inv"][row] = _sherman_morrison(self.table.arrays["a_inv"][row], x)
+
+    def _apply_credit(self, arm: Arm, context: np.ndarray, reward: float) -> None:
+        x = featurize(self.features, context, arm.embedding[None, :])[0]
+        row = self.table.row(arm.id)  # first: a new row may reallocate the arrays
+        self.table.arrays["b"][row] += reward * x
 
     def _model_state(self) -> dict[str, np.ndarray]:
         return self.table.state("arm.")
@@ -350,25 +357,33 @@ class LinUCBHybrid(BanditPolicy):
         chosen, props = ranked_topk(scores, k, rng)
         return chosen, props, scores
 
-    def _apply_update(self, arm: Arm, context: np.ndarray, reward: float) -> None:
+    def _apply_exposure(self, arm: Arm, context: np.ndarray) -> None:
         z = featurize(self.shared_features, context, arm.embedding[None, :])[0]
         x = np.append(context, 1.0)
         row = self.table.row(arm.id)
         arr = self.table.arrays
         a_inv, big_b, b = arr["a_inv"][row], arr["B"][row], arr["b"][row]
-        # Algorithm 2, lines 17-22: take the arm's old contribution out, update it, put it back.
+        # Algorithm 2, lines 17-22 with r = 0: take the arm's old contribution out, update it, put it back.
         bt_ainv = big_b.T @ a_inv
         self.a0 += bt_ainv @ big_b
         self.b0 += bt_ainv @ b
         a_inv = _sherman_morrison(a_inv, x)
         big_b = big_b + np.outer(x, z)
-        b = b + reward * x
         bt_ainv = big_b.T @ a_inv
         self.a0 += np.outer(z, z) - bt_ainv @ big_b
-        self.b0 += reward * z - bt_ainv @ b
-        arr["a_inv"][row], arr["B"][row], arr["b"][row] = a_inv, big_b, b
+        self.b0 -= bt_ainv @ b
+        arr["a_inv"][row], arr["B"][row] = a_inv, big_b
         self.a0 = 0.5 * (self.a0 + self.a0.T)
         self.a0_inv = np.linalg.inv(self.a0)
+
+    def _apply_credit(self, arm: Arm, context: np.ndarray, reward: float) -> None:
+        # The reward terms of lines 17-22: b_a += r x, b0 += r z - B_a^T A_a^-1 (r x).
+        z = featurize(self.shared_features, context, arm.embedding[None, :])[0]
+        x = np.append(context, 1.0)
+        row = self.table.row(arm.id)
+        arr = self.table.arrays
+        arr["b"][row] = arr["b"][row] + reward * x
+        self.b0 += reward * (z - arr["B"][row].T @ (arr["a_inv"][row] @ x))
 
     def _model_state(self) -> dict[str, np.ndarray]:
         return {"a0": self.a0, "a0_inv": self.a0_inv, "b0": self.b0, **self.table.state("arm.")}

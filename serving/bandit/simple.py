@@ -29,7 +29,10 @@ class RandomPolicy(BanditPolicy):
         chosen = rng.choice(n, size=k, replace=False)
         return chosen, np.full(k, 1.0 / n), np.zeros(n)
 
-    def _apply_update(self, arm: Arm, context: np.ndarray, reward: float) -> None:
+    def _apply_exposure(self, arm: Arm, context: np.ndarray) -> None:
+        pass
+
+    def _apply_credit(self, arm: Arm, context: np.ndarray, reward: float) -> None:
         pass
 
     def _model_state(self) -> dict[str, np.ndarray]:
@@ -71,10 +74,13 @@ class Popularity(BanditPolicy):
         chosen, props = ranked_topk(scores, k, rng)
         return chosen, props, scores
 
-    def _apply_update(self, arm: Arm, context: np.ndarray, reward: float) -> None:
+    def _apply_exposure(self, arm: Arm, context: np.ndarray) -> None:
+        row = self.table.row(arm.id)  # first: a new row may reallocate the arrays
+        self.table.arrays["count"][row] += 1.0
+
+    def _apply_credit(self, arm: Arm, context: np.ndarray, reward: float) -> None:
         row = self.table.row(arm.id)
         self.table.arrays["sum"][row] += reward
-        self.table.arrays["count"][row] += 1.0
 
     def _model_state(self) -> dict[str, np.ndarray]:
         return self.table.state("arm.")
