@@ -362,10 +362,6 @@ class ServingConfig(BaseModel):
     bundle_model: str = "crosscbr"
     # Sequential ranker (SASRec) that re-ranks retrieved items over the user's live sequence.
     ranker_model: str = "sasrec"
-    # Fixed bandit dimensions: registry embeddings are projected to arm_dim, so a new model
-    # version does not invalidate the learned bandit state.
-    user_dim: int = Field(default=8, ge=1, le=256)
-    arm_dim: int = Field(default=16, ge=1, le=256)
     # Dismissals are not part of the event contract: they go to this serving-owned topic.
     feedback_topic: str = "events.feedback"
     click_reward: float = 1.0

@@ -354,12 +354,13 @@ class RecommenderAPI:
             "request_id": request_id, "experiment": experiment.name, "variant": variant,
             "policy": experiment.variant(variant).policy, "user_id": user_id, "bundles": [],
         }
-        if not cands["ids"]:
+        if not cands.bundles:
             response["note"] = "no candidate bundles (empty catalogue, no model, no events yet)"
             return response
-        decision = await self._policies.select(experiment.name, variant, cands["context"], cands["ids"], cands["embeddings"], k)
+        ids = cands.ids
+        decision = await self._policies.select(experiment.name, variant, cands.context, ids, cands.features, k)
         now = datetime.now(timezone.utc)
-        shown = [cands["ids"][i] for i in decision.indices]
+        shown = [ids[i] for i in decision.indices]
         token = self._signer.issue(FeedbackClaim(
             request_id, user_id, experiment.name, variant, tuple(shown), int(now.timestamp() * 1000)
         ))
@@ -369,15 +370,17 @@ class RecommenderAPI:
         ).model_copy(update={"received_at": now})
         context = {
             "e": experiment.name, "v": variant,
-            "x": [float(v) for v in np.asarray(cands["context"])],
-            "a": {cands["ids"][i]: [float(v) for v in cands["embeddings"][i]] for i in decision.indices},
+            # The decision's features (user; each shown bundle's arm features, ARM_FEATURES order):
+            # the learner and OPE replay exactly what was decided.
+            "x": [float(v) for v in cands.context],
+            "a": {ids[i]: [float(v) for v in cands.features[i]] for i in decision.indices},
             # The shown bundles' items: a purchase's revenue counts only lines of the bought bundle.
-            "i": {cands["ids"][i]: list(cands["items"][i]) for i in decision.indices},
+            "i": {ids[i]: list(cands.bundles[i].items) for i in decision.indices},
         }
         headers = (
             ("schema_version", str(SCHEMA_VERSION).encode()), ("type", b"impression"),
             (CONTEXT_HEADER, json.dumps(context).encode()),
-            (CANDIDATES_HEADER, encode_candidates(cands["ids"], cands["embeddings"])),  # for `streamrec ope`
+            (CANDIDATES_HEADER, encode_candidates(ids, cands.features)),  # for `streamrec ope`
         )
         await self._publish(
             [OutgoingRecord(self._settings.kafka.topics.events, user_id.encode(), event_to_json(impression), headers)], decision=True
@@ -386,12 +389,12 @@ class RecommenderAPI:
         response["policy"] = decision.policy
         response["bundles"] = [
             {
-                "bundle_id": cands["ids"][i], "position": pos, "items": cands["items"][i], "score": decision.scores[pos],
-                "propensity": decision.propensities[pos], "reason": cands["reasons"][i],
+                "bundle_id": ids[i], "position": pos, "items": list(cands.bundles[i].items), "score": decision.scores[pos],
+                "propensity": decision.propensities[pos], "reason": cands.bundles[i].reason, "source": cands.bundles[i].source,
             }
             for pos, i in enumerate(decision.indices)
         ]
-        response["context_source"] = "feast" if cands["feast_user"] else "cold_start"
+        response["context_source"] = "feast" if cands.feast_user else "cold_start"
         # Sent back with a click or purchase of this slate (event field feedback_token).
         response["feedback_token"] = token
         return response
@@ -511,7 +514,10 @@ class RecommenderAPI:
         outcomes = await _call(self._learner.experiment_outcomes.remote(name), "learner")
         stats = await _call(self._learner.stats.remote(), "learner")
         live = {
-            v.name: stats["variants"].get(f"{name} {v.name}", {}) for v in experiment.variants
+            v.name: {**stats["variants"].get(f"{name} {v.name}", {}),
+                     # which named signal the variant learned to trust (linear policies with shared weights)
+                     "feature_weights": stats["feature_weights"].get(f"{name} {v.name}")}
+            for v in experiment.variants
         }
         report = analyze_experiment(experiment, outcomes) if outcomes else None
         return {

@@ -41,7 +41,6 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 # Cached: a request asks for the same few thousand keys again and again, and seeding a generator
 # costs more than the vector itself.
-@functools.lru_cache(maxsize=65_536)
 @functools.lru_cache(maxsize=1 << 16)
 def hashed_vector(key: str, dim: int) -> np.ndarray:
     """A deterministic unit vector for ``key`` (same in every process; no model needed). Cached:
@@ -49,20 +48,6 @@ def hashed_vector(key: str, dim: int) -> np.ndarray:
     seed = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
     v = np.random.default_rng(seed).standard_normal(dim)
     return _read_only(v / max(float(np.linalg.norm(v)), 1e-12))
-
-
-@functools.lru_cache(maxsize=64)
-def projection(d_in: int, d_out: int) -> np.ndarray:
-    """A fixed random projection (d_in, d_out); identity when the dimensions agree."""
-    if d_in == d_out:
-        return _read_only(np.eye(d_in))
-    rng = np.random.default_rng(1_000_003 * d_in + d_out)
-    return _read_only(rng.standard_normal((d_in, d_out)) / math.sqrt(d_out))
-
-
-def normalize_rows(m: np.ndarray) -> np.ndarray:
-    m = np.asarray(m, dtype=np.float64)
-    return m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
 
 
 # The contract's bundle id (features.entities), cached: a request builds hundreds of bundles.
@@ -82,18 +67,9 @@ class EmbeddingTable:
     matrix: np.ndarray  # (n, d) float32 as registered
     row_of: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
-    _arm_matrices: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.row_of = {i: r for r, i in enumerate(self.ids)}
-
-    def arm_matrix(self, dim: int) -> np.ndarray:
-        """Every row projected to ``dim`` and unit-normed (the bandit's arm space), computed once
-        per loaded version: per-request projection of single rows was most of a bundle request."""
-        if dim not in self._arm_matrices:
-            projected = self.matrix.astype(np.float64) @ projection(self.matrix.shape[1], dim)
-            self._arm_matrices[dim] = _read_only(normalize_rows(projected))
-        return self._arm_matrices[dim]
 
 
 def _ids_from(model: Any, kind: str, n: int) -> list[str]:
@@ -227,31 +203,6 @@ USER_REFS = [
     "user_features:seq_item_ids",
     # what the user did to each item of the sequence: the ranker's reasons ("because you bought X")
     "user_features:seq_event_types",
+    "user_features:last_seen_unix",  # the bandit's recency feature
 ]
 COOCCURRENCE_REFS = ["item_cooccurrence:cross_item_ids", "item_cooccurrence:cross_scores", "item_cooccurrence:co_item_ids"]
-
-
-def user_context(features: dict[str, Any], dim: int) -> np.ndarray:
-    """The bandit's user context (dim,): log activity counts then hashed category affinity.
-
-    All zeros for an unknown user (cold start): the linear policies then score arms alone.
-    """
-    x = np.zeros(dim)
-    counts = [features.get(f"{t}_count_24h") for t in ("view", "add_to_cart", "purchase", "click", "impression")]
-    n_counts = min(len(counts), max(dim // 2, 1))
-    for i, c in enumerate(counts[:n_counts]):
-        if isinstance(c, (int, float)) and c > 0:
-            x[i] = math.log1p(float(c)) / 5.0
-    cats = features.get("top_category_ids") or []
-    scores = features.get("top_category_scores") or []
-    free = dim - n_counts
-    if free > 0:
-        for cat, score in zip(cats, scores):
-            if isinstance(cat, str) and isinstance(score, (int, float)) and math.isfinite(score):
-                bucket = int(hashlib.sha256(cat.encode()).hexdigest(), 16) % free
-                x[n_counts + bucket] += float(score)
-        tail = x[n_counts:]
-        norm = float(np.linalg.norm(tail))
-        if norm > 0:
-            x[n_counts:] = tail / norm
-    return x

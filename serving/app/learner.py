@@ -25,6 +25,7 @@ from serving.app.args import RecommenderArgs
 from serving.app.learner_state import Attribution, LearnerState, Limits, Rejection, Rewards
 from serving.collector.ingest import dead_letter
 from serving.feedback_tokens import signer_from_settings
+from serving.recommend.bundle_features import ARM_DIM, USER_DIM
 from streamrec.config import Settings
 from streamrec.topics import end_offsets
 
@@ -43,8 +44,8 @@ def new_learner_state(args: RecommenderArgs, settings: Settings) -> LearnerState
     s = settings.serving
     return LearnerState(
         args.experiments,
-        s.user_dim,
-        s.arm_dim,
+        USER_DIM,
+        ARM_DIM,
         Rewards(s.click_reward, s.purchase_reward, s.dismiss_reward),
         Limits(s.context_ttl_s, s.max_contexts, s.max_seen_event_ids, s.max_outcomes, s.max_popular_items),
         Attribution(signer_from_settings(settings), s.attribution_window_s, s.max_line_quantity, s.max_item_price),

@@ -39,6 +39,7 @@ import numpy as np
 from features.privacy import Tombstone
 from serving.bandit import Arm, Arms, BanditPolicy, Decision, make_policy
 from serving.experiments import Experiment, RequestOutcome
+from serving.recommend.bundle_features import ARM_FEATURES, USER_FEATURES
 from serving.feedback_tokens import FEEDBACK_REASONS, FeedbackRejected, FeedbackSigner, check_claim
 
 log = logging.getLogger(__name__)
@@ -449,8 +450,26 @@ class LearnerState:
             if e == experiment and v in {x.name for x in self.experiments[experiment].variants}
         ]
 
+    def feature_weights(self) -> dict[str, dict[str, Any]]:
+        """Per policy key with shared linear weights: the weight it learned on each named user and
+        arm feature (``serving.recommend.bundle_features``), i.e. which signal it trusts."""
+        out: dict[str, dict[str, Any]] = {}
+        for key, policy in self.policies.items():
+            weights = policy.learned_weights()
+            if weights is None:
+                continue
+            user_names = USER_FEATURES if self.user_dim == len(USER_FEATURES) else [f"user_{i}" for i in range(self.user_dim)]
+            arm_names = ARM_FEATURES if self.arm_dim == len(ARM_FEATURES) else [f"arm_{i}" for i in range(self.arm_dim)]
+            out[key] = {
+                "arm": {name: round(float(w), 6) for name, w in zip(arm_names, weights.arm)},
+                "user": {name: round(float(w), 6) for name, w in zip(user_names, weights.user)},
+                "bias": round(weights.bias, 6),
+            }
+        return out
+
     def stats(self) -> dict[str, Any]:
         return {
+            "feature_weights": self.feature_weights(),
             "counters": dict(self.counters),
             "variants": {k: dict(v) for k, v in self.variant_counts.items()},
             "policy_updates": {k: p.n_updates for k, p in self.policies.items()},

@@ -10,6 +10,7 @@ of the user's sequence; otherwise they keep the retrieval order (``source`` says
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,19 +25,27 @@ from serving.app.candidates import (
     FeastReader,
     bundle_id_for,
     hashed_vector,
-    normalize_rows,
     reload_embeddings,
-    user_context,
 )
 from serving.app.ranker import LoadedRanker, RankerSlot
 from serving.app.refresh import BackgroundRefresh
 from serving.recommend import ExactTopK, cross_category_quota, diversified_order
+from serving.recommend.bundle_features import (
+    BundleSource,
+    CandidateBundle,
+    RequestSignals,
+    arm_feature_matrix,
+    user_feature_vector,
+)
 from streamrec.config import Settings
 
 
 POPULARITY_CACHE_S = 2.0
 POPULAR_BUNDLES_CACHE_SIZE = 10_000  # anchors whose popular bundles are kept between pulls
-ARM_VECTOR_CACHE_SIZE = 50_000  # bundles whose arm vectors are kept until the models change (~8 MB)
+# Items the learner's popularity list is pulled with: their counts and categories are features.
+POPULAR_PULL = 2_000
+NEXT_ITEMS_PER_REQUEST = 8  # SASRec's predicted next items that bundles are built around
+RECENT_ITEMS_PER_REQUEST = 4  # the user's latest distinct items that bundles are built around
 
 
 class _Embeddings:
@@ -54,11 +63,6 @@ class _Embeddings:
         self._bundles_of_item: tuple[EmbeddingTable | None, dict[str, list[int]]] = (None, {})
         self.item_index: ExactTopK | None = None
         self._loaded_at = -math.inf
-        # bundle id -> arm vector, for the models it was computed from: a bundle id always means
-        # the same items (catalogue ids are configured, constructed ids hash their items), and most
-        # requests score the same popular / catalogue / co-occurrence bundles again.
-        self._arm_vectors: dict[str, np.ndarray] = {}
-        self._arm_vectors_of: tuple[Any, Any] = (None, None)
 
     def refresh(self) -> None:
         if time.monotonic() - self._loaded_at < self._settings.serving.refresh_s:
@@ -107,65 +111,39 @@ class _Embeddings:
             self._bundles_of_item = (table, index)
         return self._bundles_of_item[1]
 
-    def bundle_arm_vectors(self, bundles: list[tuple[str, tuple[str, ...]]]) -> np.ndarray:
-        """(n, arm_dim) unit arm vectors of ``(bundle id, items)``: the bundle model's row when it
-        knows the bundle, else the mean of its items' vectors (the item model's rows, hashed vectors
-        for unknown items). Cached per bundle id until the item or bundle model changes."""
-        if self._arm_vectors_of[0] is not self.item or self._arm_vectors_of[1] is not self.bundle:
-            self._arm_vectors.clear()
-            self._arm_vectors_of = (self.item, self.bundle)
-        cache = self._arm_vectors
-        missing = list({b: items for b, items in bundles if b not in cache}.items())
-        if missing and len(cache) + len(missing) > ARM_VECTOR_CACHE_SIZE:
-            # Full: start again, and compute this request's bundles that were cached before too
-            # (reading them from the emptied cache was a KeyError: a 500 on /v1/bundles).
-            cache.clear()
-            missing = list(dict(bundles).items())
-        if missing:
-            cache.update(zip((b for b, _ in missing), self._computed_arm_vectors(missing)))
-        if not bundles:
-            return np.zeros((0, self._settings.serving.arm_dim))
-        return np.stack([cache[b] for b, _ in bundles])
+    def bundle_scores(self, user_id: str | None, bundle_ids: list[str]) -> dict[str, float]:
+        """The bundle model's score (user . bundle) of the bundles it knows, for a user it knows."""
+        table, users = self.bundle, self.bundle_user
+        if table is None or users is None or user_id is None or user_id not in users.row_of:
+            return {}
+        if users.matrix.shape[1] != table.matrix.shape[1]:
+            return {}
+        rows = [(b, table.row_of[b]) for b in bundle_ids if b in table.row_of]
+        if not rows:
+            return {}
+        scores = table.matrix[[r for _, r in rows]] @ users.matrix[users.row_of[user_id]]
+        return {b: float(x) for (b, _), x in zip(rows, scores)}
 
-    def _computed_arm_vectors(self, bundles: list[tuple[str, tuple[str, ...]]]) -> np.ndarray:
-        """`bundle_arm_vectors` without the cache, in one pass over the models' rows."""
-        dim = self._settings.serving.arm_dim
-        bundle_rows = self.bundle.row_of if self.bundle is not None else {}
-        item_rows = self.item.row_of if self.item is not None else {}
-        out = np.zeros((len(bundles), dim))
-        # Gathered in bulk: a request scores a few hundred candidates of a few items each, and a
-        # numpy call per item was most of a bundle request's CPU.
-        by_model: list[tuple[int, int]] = []  # (candidate, bundle row)
-        owners: list[int] = []  # candidate of each item below
-        rows: list[int] = []  # item row, -1 for an item the model does not know
-        unknown: list[np.ndarray] = []
-        for n, (bundle_id, items) in enumerate(bundles):
-            row = bundle_rows.get(bundle_id)
-            if row is not None:
-                by_model.append((n, row))
-                continue
-            for item in items:
-                owners.append(n)
-                r = item_rows.get(item, -1)
-                rows.append(r)
-                if r < 0:
-                    unknown.append(hashed_vector(f"item:{item}", dim))
-        if by_model:
-            at, bundle_row = zip(*by_model)
-            out[list(at)] = self.bundle.arm_matrix(dim)[list(bundle_row)]
-        if owners:
-            rows_arr = np.asarray(rows)
-            vectors = np.empty((len(rows), dim))
-            known = rows_arr >= 0
-            if known.any():
-                vectors[known] = self.item.arm_matrix(dim)[rows_arr[known]]
-            if unknown:
-                vectors[~known] = np.stack(unknown)
-            owner_arr = np.asarray(owners)
-            np.add.at(out, owner_arr, vectors)
-            counts = np.bincount(owner_arr, minlength=len(bundles))
-            out /= np.maximum(counts, 1)[:, None]
-        return normalize_rows(out)
+    def item_affinity(self, user_id: str | None, history: list[str], items: set[str]) -> dict[str, float]:
+        """The item model's (LightGCN) affinity of the user with each known item: user . item for a
+        user it knows, else the mean of their recent known items . item; {} without either."""
+        table, users = self.item, self.user
+        if table is None:
+            return {}
+        query = None
+        if users is not None and user_id in users.row_of and users.matrix.shape[1] == table.matrix.shape[1]:
+            query = users.matrix[users.row_of[user_id]]
+        else:
+            recent = [table.row_of[i] for i in history[-10:] if i in table.row_of]
+            if recent:
+                query = table.matrix[recent].mean(axis=0)
+        if query is None:
+            return {}
+        known = [i for i in items if i in table.row_of]
+        if not known:
+            return {}
+        scores = table.matrix[[table.row_of[i] for i in known]] @ query
+        return {i: float(x) for i, x in zip(known, scores)}
 
 
 class _PopularItems:
@@ -180,7 +158,7 @@ class _PopularItems:
         self._refresh = BackgroundRefresh(self._pull, POPULARITY_CACHE_S, "popular items")
 
     async def _pull(self) -> None:
-        items = await self._learner.popular_items.remote(500)
+        items = await self._learner.popular_items.remote(POPULAR_PULL)
         if items != self._items:  # unchanged (no new events): the derived caches stay valid
             self._items, self.category_of = items, {i: c for i, _, c in items}
             self.version += 1
@@ -193,20 +171,43 @@ class _PopularItems:
 @dataclass
 class ReplicaSources:
     """What both request paths of an ingress replica read, one copy each: Feast, the registered
-    embeddings and the learner's popular items."""
+    embeddings and sequential ranker, and the learner's popular items."""
 
     settings: Settings
     feast: FeastReader
     embeddings: _Embeddings
     popular: _PopularItems
+    ranker: RankerSlot
 
     @classmethod
     def create(cls, settings: Settings, learner: DeploymentHandle) -> "ReplicaSources":
-        return cls(settings, FeastReader(settings), _Embeddings(settings), _PopularItems(learner))
+        embeddings = _Embeddings(settings)
+        s = settings.serving
+        return cls(settings, FeastReader(settings), embeddings, _PopularItems(learner),
+                   RankerSlot(embeddings.root, s.ranker_model, s.refresh_s))
+
+
+@dataclass(frozen=True)
+class BundleCandidateSet:
+    """A request's candidate bundles and what the bandit sees of them."""
+
+    context: np.ndarray  # (USER_DIM,) user features
+    bundles: list[CandidateBundle]
+    features: np.ndarray  # (len(bundles), ARM_DIM) arm features, columns ARM_FEATURES
+    feast_user: bool
+
+    @property
+    def ids(self) -> list[str]:
+        return [b.bundle_id for b in self.bundles]
 
 
 class BundleCandidates:
-    """The user context vector and the candidate bundles of a request, for the bandit to choose from.
+    """The candidate bundles of a request and their features, for the bandit to choose from.
+
+    Candidates, in this order (each keeps its source and reason): the bundle model's top bundles
+    for the user; bundles built around the items SASRec predicts next from the user's live Feast
+    sequence; around the user's latest items; co-occurrence with the seed (or last) item;
+    catalogue; popular cross-category bundles (cold start and exploration).
 
     In-process in each ingress replica, like :class:`ItemRanker` (no handle call per request).
     """
@@ -217,20 +218,28 @@ class BundleCandidates:
         self._feast = sources.feast
         self._emb = sources.embeddings
         self._popular = sources.popular
+        self._ranker = sources.ranker
         self._popular_bundles_cache: dict[str | None, list[tuple[str, tuple[str, ...], str]]] = {}
         self._popular_bundles_of = -1  # the popularity pull the cache was built from
 
-    async def bundle_candidates(self, user_id: str | None, seed_item: str | None) -> dict[str, Any]:
-        """The user context vector and the candidate bundles (id, items, arm embedding, reason)."""
+    async def bundle_candidates(self, user_id: str | None, seed_item: str | None) -> BundleCandidateSet:
         s = self._settings.serving
         self._emb.refresh()
+        ranker = self._ranker.refresh()
         features = self._feast.user(user_id)
-        context = user_context(features, s.user_dim)
-        candidates: dict[str, tuple[tuple[str, ...], str]] = {}  # id -> (items, reason), in order
+        history = [str(i) for i in (features.get("seq_item_ids") or [])]
+        sequence = [*history, seed_item] if seed_item is not None and (not history or history[-1] != seed_item) else history
+        anchor = seed_item if seed_item is not None else (history[-1] if history else None)
+        candidates: dict[str, CandidateBundle] = {}
+        item_sets: set[frozenset[str]] = set()  # one candidate per item set, from the first source that built it
 
-        def add(bundle_id: str, items: tuple[str, ...], reason: str) -> None:
-            if bundle_id not in candidates and len(candidates) < s.max_candidates:
-                candidates[bundle_id] = (items, reason)
+        def add(items: tuple[str, ...], source: str, reason: str, bundle_id: str | None = None) -> None:
+            bundle_id = bundle_id or bundle_id_for(items, source[:2])
+            key = frozenset(items)
+            if bundle_id in candidates or key in item_sets or len(key) != len(items) or len(candidates) >= s.max_candidates:
+                return
+            candidates[bundle_id] = CandidateBundle(bundle_id, items, source, reason)
+            item_sets.add(key)
 
         # 1. The bundle model's bundles for this user (personalised; registered with their items).
         table = self._emb.bundle
@@ -239,36 +248,65 @@ class BundleCandidates:
             rows, why = self._emb.bundle_rows_for(user_id, seed_item, s.max_candidates // 4)
             for r in rows:
                 items = bundle_items[r] if bundle_items else ()
-                add(table.ids[r], items or (f"bundle:{table.ids[r]}",), f"{why}: model {table.model}@{table.version}")
-        # 2. Constructed from co-occurrence with the seed (or the user's last item): Feast first.
-        anchor = seed_item
-        if anchor is None:
-            seq = features.get("seq_item_ids") or []
-            anchor = seq[-1] if seq else None
+                add(items or (f"bundle:{table.ids[r]}",), BundleSource.BUNDLE_MODEL,
+                    f"{why}: model {table.model}@{table.version}", bundle_id=table.ids[r])
+        # 2. Around what SASRec predicts next from the live sequence (the seed appended).
+        predicted = ranker.ranker.next_items(sequence) if ranker is not None and sequence else None
+        if predicted is not None:
+            self._add_around(add, anchor, predicted.top(NEXT_ITEMS_PER_REQUEST, {anchor} if anchor else set()),
+                             BundleSource.NEXT_ITEMS, f"what you may look at next ({ranker.label})")
+        # 3. Around the user's latest distinct items (picking up where they left off).
+        recent = list(dict.fromkeys(reversed(history)))
+        recent = [i for i in recent if i != anchor][:RECENT_ITEMS_PER_REQUEST]
+        self._add_around(add, anchor, recent, BundleSource.RECENT, "with items you looked at")
+        # 4. Constructed from co-occurrence with the seed (or the user's last item): Feast first.
+        cooccurrence: dict[str, float] = {}
         if anchor is not None:
             co = self._feast.online(COOCCURRENCE_REFS, "item_id", anchor)
+            cooccurrence = _strengths(co)
             partners = [i for i in (co.get("cross_item_ids") or co.get("co_item_ids") or []) if isinstance(i, str)]
             for j in range(max(len(partners) - s.bundle_size + 2, 0)):
-                items = (anchor, *partners[j : j + s.bundle_size - 1])
-                add(bundle_id_for(items, "co"), items, f"bought together with {anchor}")
-        # 3. Catalogue bundles: those with the seed first, then the rest.
+                add((anchor, *partners[j : j + s.bundle_size - 1]), BundleSource.COOCCURRENCE,
+                    f"bought together with {anchor}")
+        # 5. Catalogue bundles: those with the seed first, then the rest.
         catalogue = sorted(self._catalogue, key=lambda b: seed_item not in b.items) if seed_item else self._catalogue
         for b in catalogue:
-            add(b.id, b.items, f"catalogue bundle with {seed_item}" if seed_item in b.items else "catalogue bundle")
-        # 4. Cold start: popular items across categories, around the seed when there is one.
-        popular = await self._popular.get(200)
+            add(b.items, BundleSource.CATALOGUE,
+                f"catalogue bundle with {seed_item}" if seed_item in b.items else "catalogue bundle", bundle_id=b.id)
+        # 6. Cold start: popular items across categories, around the seed when there is one.
+        popular = await self._popular.get(POPULAR_PULL)
         if len(candidates) < s.max_candidates and popular:
-            for bundle_id, items, reason in self._popular_bundles(anchor, popular):
-                add(bundle_id, items, reason)
-        return {
-            "context": context,
-            "ids": list(candidates),
-            "items": [list(items) for items, _ in candidates.values()],
-            "reasons": [reason for _, reason in candidates.values()],
-            "embeddings": self._emb.bundle_arm_vectors([(b, items) for b, (items, _) in candidates.items()]),
-            "feast_user": bool(features),
-        }
+            for bundle_id, items, reason in self._popular_bundles(anchor, popular[:200]):
+                add(items, BundleSource.POPULAR, reason, bundle_id=bundle_id)
+        bundles = list(candidates.values())
+        all_items = {i for b in bundles for i in b.items}
+        signals = RequestSignals(
+            seed=seed_item, anchor=anchor, history=sequence,
+            category_of=self._popular.category_of,
+            popularity={i: score for i, score, _ in popular},
+            cooccurrence=cooccurrence,
+            user_categories=_category_affinity(features),
+            next_item_score=predicted.of(all_items, ranker.ranker.row_of) if predicted is not None else {},
+            graph_affinity=self._emb.item_affinity(user_id, sequence, all_items),
+            bundle_model_score=self._emb.bundle_scores(user_id, [b.bundle_id for b in bundles]),
+        )
+        return BundleCandidateSet(
+            context=user_feature_vector(features, time.time()),
+            bundles=bundles,
+            features=arm_feature_matrix(bundles, signals),
+            feast_user=bool(features),
+        )
 
+    def _add_around(self, add: Callable[..., None], anchor: str | None, items: list[str], source: str,
+                    reason: str) -> None:
+        """Bundles of ``bundle_size`` from ``items`` (best first): led by the anchor, then without it."""
+        size = self._settings.serving.bundle_size
+        lead = [anchor] if anchor is not None else []
+        for j in range(max(len(items) - (size - len(lead)) + 1, 0)):
+            add((*lead, *items[j : j + size - len(lead)]), source, reason)
+        if lead:
+            for j in range(max(len(items) - size + 1, 0)):
+                add(tuple(items[j : j + size]), source, reason)
 
     def _popular_bundles(
         self, anchor: str | None, popular: list[tuple[str, float, str | None]]
@@ -296,6 +334,26 @@ class BundleCandidates:
             self._popular_bundles_cache.clear()
         self._popular_bundles_cache[anchor] = out
         return out
+
+
+def _strengths(row: dict[str, Any]) -> dict[str, float]:
+    """item -> co-occurrence strength with the row's item in [0, 1] (its score over the best)."""
+    out: dict[str, float] = {}
+    for ids, scores in (("co_item_ids", "co_scores"), ("cross_item_ids", "cross_scores")):
+        pairs = [(i, float(x)) for i, x in zip(row.get(ids) or [], row.get(scores) or [])
+                 if isinstance(i, str) and isinstance(x, (int, float)) and math.isfinite(x) and x > 0]
+        top = max((x for _, x in pairs), default=0.0)
+        for i, x in pairs:
+            out[i] = max(out.get(i, 0.0), x / top)
+    return out
+
+
+def _category_affinity(features: dict[str, Any]) -> dict[str, float]:
+    """category -> the user's affinity (Feast top categories) over their strongest, in [0, 1]."""
+    pairs = [(c, float(x)) for c, x in zip(features.get("top_category_ids") or [], features.get("top_category_scores") or [])
+             if isinstance(c, str) and isinstance(x, (int, float)) and math.isfinite(x) and x > 0]
+    top = max((x for _, x in pairs), default=0.0)
+    return {c: x / top for c, x in pairs}
 
 
 @dataclass
@@ -339,7 +397,7 @@ class ItemRanker:
         self._popular = sources.popular
         self._emb = sources.embeddings
         s = self._settings.serving
-        self._ranker = RankerSlot(self._emb.root, s.ranker_model, s.refresh_s)
+        self._ranker = sources.ranker
         self._ranker_ms = metrics.Histogram(
             "streamrec_ranker_latency_ms", description="Added latency of the sequential ranker step (ms).",
             boundaries=_RANKER_MS_BOUNDARIES,

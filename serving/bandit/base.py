@@ -26,7 +26,9 @@ __all__ = [
     "BanditPolicy",
     "Decision",
     "FeatureKind",
+    "LearnedWeights",
     "featurize",
+    "main_effects",
     "feature_dim",
     "ranked_topk",
     "state_from_bytes",
@@ -179,6 +181,27 @@ def featurize(kind: FeatureKind, context: np.ndarray, embeddings: np.ndarray) ->
     if kind == "user":
         return np.broadcast_to(np.append(context, 1.0), (n, context.size + 1)).copy()
     raise ValueError(f"unknown feature kind {kind!r}")
+
+
+@dataclass(frozen=True)
+class LearnedWeights:
+    """A linear policy's main-effect weights: one per user feature and one per arm feature."""
+
+    user: np.ndarray  # (user_dim,)
+    arm: np.ndarray  # (arm_dim,)
+    bias: float
+
+
+def main_effects(kind: FeatureKind, coef: np.ndarray, user_dim: int, arm_dim: int) -> LearnedWeights | None:
+    """The weights of each user and arm feature alone in coefficients over :func:`featurize`
+    features (``outer``: the terms with the other side's constant 1); None where a kind has no
+    main effects (``hadamard`` holds interactions only; ``user`` ignores the arm)."""
+    if kind == "concat":
+        return LearnedWeights(coef[:user_dim].copy(), coef[user_dim : user_dim + arm_dim].copy(), float(coef[-1]))
+    if kind == "outer":
+        grid = coef.reshape(arm_dim + 1, user_dim + 1)  # rows: [e, 1], columns: [u, 1]
+        return LearnedWeights(grid[arm_dim, :user_dim].copy(), grid[:arm_dim, user_dim].copy(), float(grid[arm_dim, user_dim]))
+    return None
 
 
 def ranked_topk(scores: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -390,6 +413,10 @@ class BanditPolicy(ABC):
         self._load_model_state(model)
         self.n_updates = int(state["n_updates"])
         self.last_offset = int(state["last_offset"])
+
+    def learned_weights(self) -> LearnedWeights | None:
+        """The weight learned on each named feature, for a policy with shared linear weights."""
+        return None
 
     def to_bytes(self) -> bytes:
         """:meth:`state_dict` serialised (npz)."""

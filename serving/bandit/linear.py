@@ -26,11 +26,13 @@ from serving.bandit.base import (
     Arms,
     BanditPolicy,
     FeatureKind,
+    LearnedWeights,
     _check_feature_kind,
     _check_positive_float,
     _check_positive_int,
     feature_dim,
     featurize,
+    main_effects,
     ranked_topk,
 )
 
@@ -97,6 +99,9 @@ class _SharedRidgePolicy(BanditPolicy):
 
     def _model_state(self) -> dict[str, np.ndarray]:
         return {"a_inv": self.a_inv, "b": self.b}
+
+    def learned_weights(self) -> LearnedWeights | None:
+        return main_effects(self.features, self.theta, self.user_dim, self.arm_dim)
 
     def _load_model_state(self, state: dict[str, np.ndarray]) -> None:
         self.a_inv = _check_shape("a_inv", state.get("a_inv"), (self.dim, self.dim))
@@ -384,6 +389,10 @@ class LinUCBHybrid(BanditPolicy):
         arr = self.table.arrays
         arr["b"][row] = arr["b"][row] + reward * x
         self.b0 += reward * (z - arr["B"][row].T @ (arr["a_inv"][row] @ x))
+
+    def learned_weights(self) -> LearnedWeights | None:
+        """The shared part beta (per-arm parts are each arm's own)."""
+        return main_effects(self.shared_features, self.a0_inv @ self.b0, self.user_dim, self.arm_dim)
 
     def _model_state(self) -> dict[str, np.ndarray]:
         return {"a0": self.a0, "a0_inv": self.a0_inv, "b0": self.b0, **self.table.state("arm.")}

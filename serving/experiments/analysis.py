@@ -28,6 +28,7 @@ from serving.experiments.stats import (
 __all__ = [
     "ExperimentReport",
     "GuardrailDecision",
+    "LearningCurve",
     "MetricEstimate",
     "RequestOutcome",
     "VariantResult",
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 SRM_ALPHA = 0.001  # the usual threshold: an SRM alarm means the data, not the policy, is suspect
+LEARNING_WINDOWS = 10  # windows of a variant's requests, in serving order, in its learning curve
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,36 @@ class GuardrailDecision:
 
 
 @dataclass(frozen=True)
+class LearningCurve:
+    """A variant's reward per request over time: is it learning from its feedback?
+
+    ``window_ctr[j]`` is the CTR of the j-th of ``LEARNING_WINDOWS`` consecutive windows of its
+    requests in serving order (``window_requests[j]`` of them); thirds likewise. A learning policy's
+    last third beats its first; a fixed one's does not, beyond noise.
+    """
+
+    window_requests: tuple[int, ...]
+    window_ctr: tuple[float, ...]
+    first_third_ctr: float
+    last_third_ctr: float
+
+
+def learning_curve(rows: Sequence[RequestOutcome], windows: int = LEARNING_WINDOWS) -> LearningCurve:
+    """The :class:`LearningCurve` of one variant's outcomes, given in serving order."""
+    def ctr(part: Sequence[RequestOutcome]) -> float:
+        return sum(o.clicked for o in part) / len(part) if part else math.nan
+
+    n = len(rows)
+    bounds = [round(j * n / windows) for j in range(windows + 1)]
+    parts = [rows[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+    third = n // 3
+    return LearningCurve(
+        tuple(len(p) for p in parts), tuple(ctr(p) for p in parts),
+        ctr(rows[:third]) if third else math.nan, ctr(rows[n - third:]) if third else math.nan,
+    )
+
+
+@dataclass(frozen=True)
 class ExperimentReport:
     """Everything :func:`analyze_experiment` computes."""
 
@@ -101,6 +133,7 @@ class ExperimentReport:
     srm_detected: bool
     guardrails: tuple[GuardrailDecision, ...]
     srm_unit: str = "requests"  # "users" when the outcomes carry user ids
+    learning: dict[str, LearningCurve] | None = None  # per variant, when outcomes come in serving order
 
     def stopped_variants(self) -> set[str]:
         """Variants at least one guardrail says to stop."""
@@ -187,7 +220,8 @@ def analyze_experiment(experiment: Experiment, outcomes: Iterable[RequestOutcome
 
     Args:
         experiment: the definition (shares, control, alpha, guardrails).
-        outcomes: one record per request; unknown variant names are an error.
+        outcomes: one record per request, in serving order (the learning curves read it so);
+            unknown variant names are an error.
 
     Returns:
         The report.
@@ -227,7 +261,7 @@ def analyze_experiment(experiment: Experiment, outcomes: Iterable[RequestOutcome
             decisions.append(GuardrailDecision(name, g.metric, stop, p, reason))
     return ExperimentReport(
         experiment.name, experiment.control_name, results, comparisons, srm, srm.p_value < SRM_ALPHA, tuple(decisions),
-        srm_unit,
+        srm_unit, {name: learning_curve(rows) for name, rows in by_variant.items()},
     )
 
 

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from serving.recommend.bundle_features import ARM_DIM, USER_DIM
+
 __all__ = ["TargetSpec", "cmd_ope", "register", "resolve_target"]
 
 DEFAULT_EXPERIMENTS_FILE = "deploy/local/experiments.yaml"
@@ -164,7 +166,7 @@ def cmd_ope(args: argparse.Namespace, settings: Any) -> int:
         raise ValueError("--slot must be >= 0")
     experiment = _load_experiment(args.experiments_file, args.experiment)
     target = resolve_target(args.policy, experiment)
-    target.build(settings.serving.user_dim, settings.serving.arm_dim)  # bad parameters fail before reading
+    target.build(USER_DIM, ARM_DIM)  # bad parameters fail before reading
     log = _read_log(settings, experiment.name, args.logging_variants)
     too_short = [d for d in log.decisions if len(d.shown) <= args.slot]
     if too_short:

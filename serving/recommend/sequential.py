@@ -19,9 +19,26 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ray_jobs.models.sasrec import SASRec, score_candidates
+from ray_jobs.models.sasrec import SASRec, encode_history, score_candidates
 
-__all__ = ["SequenceRanker", "RankedItems"]
+__all__ = ["NextItems", "SequenceRanker", "RankedItems"]
+
+
+@dataclass(frozen=True)
+class NextItems:
+    """The model's next-item scores over its whole catalogue after one sequence."""
+
+    ids: list[str]  # raw item id of each row
+    scores: np.ndarray  # (n_items,) float64
+
+    def top(self, n: int, exclude: set[str] = frozenset()) -> list[str]:
+        """The ``n`` best items, best first, skipping ``exclude``."""
+        order = np.argsort(-self.scores, kind="stable")[: n + len(exclude)]
+        return [self.ids[r] for r in order if self.ids[r] not in exclude][:n]
+
+    def of(self, items: set[str] | list[str], row_of: dict[str, int]) -> dict[str, float]:
+        """item -> score of the items the model knows."""
+        return {i: float(self.scores[row_of[i]]) for i in items if i in row_of}
 
 
 @dataclass(frozen=True)
@@ -64,9 +81,24 @@ class SequenceRanker:
         self.row_of = dict(item_row_of)
         with torch.inference_mode():
             self._items = model.item_emb.weight[1:].detach().to(torch.float64).cpu().numpy()
+        self._ids: list[str] | None = None  # raw id of each row, built on first use
 
     def knows(self, item_id: str) -> bool:
         return item_id in self.row_of
+
+    def next_items(self, sequence: Sequence[str]) -> NextItems | None:
+        """Scores of every catalogue item as the next one after ``sequence`` (one forward pass);
+        None when no item of the sequence is known."""
+        seq = encode_history(list(sequence), self.row_of, self.max_len)
+        if not seq.any():
+            return None
+        if self._ids is None:
+            self._ids = [""] * len(self.row_of)
+            for item, row in self.row_of.items():
+                self._ids[row] = item
+        with torch.inference_mode():
+            user = self.model.user_vectors(seq)[0].to(torch.float64).cpu().numpy()
+        return NextItems(self._ids, self._items @ user)
 
     def rank(self, sequence: Sequence[str], candidates: Sequence[str]) -> RankedItems | None:
         """Candidates known to the model, by score; None when no item of ``sequence`` is known

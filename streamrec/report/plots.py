@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # headless: the report is rendered on servers and in CI
 
@@ -30,6 +31,7 @@ from streamrec.report.series import (  # noqa: E402
     cumulative_sum,
     distribution,
     dlq_by_reason,
+    windowed_mean,
 )
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "pipeline_figure",
     "plot_training_curves",
     "rates_figure",
+    "learning_figure",
     "regret_figure",
     "training_curves_figure",
     "variant_metric_figure",
@@ -111,17 +114,31 @@ def rates_figure(shoppers: Sequence[ShopperRequest], alpha: float, order: Sequen
     return png_bytes(fig)
 
 
-def regret_figure(shoppers: Sequence[ShopperRequest], order: Sequence[str] = ()) -> bytes:
-    """Cumulative regret and cumulative reward per variant against requests served."""
+def _mark_retrains(ax: Any, rows: Sequence[ShopperRequest], retrains: Sequence[float], first: bool) -> None:
+    """A dashed line where serving switched to retrained models (at the first request after it)."""
+    for n, at in enumerate(retrains):
+        index = next((i for i, r in enumerate(rows) if r.t >= at), None)
+        if index is not None:
+            ax.axvline(index + 1, color="0.4", linestyle="--", linewidth=1,
+                       label="retrained models serving" if first and n == 0 else None)
+
+
+def regret_figure(shoppers: Sequence[ShopperRequest], order: Sequence[str] = (), retrains: Sequence[float] = ()) -> bytes:
+    """Cumulative regret and cumulative reward per variant against requests served; dashed lines
+    where retrained models began serving."""
     fig = Figure(figsize=WIDE)
     regret_ax, reward_ax = fig.subplots(1, 2)
     groups = by_variant(shoppers, order)
     colours = variant_colours(list(groups))
-    for name, rows in groups.items():
-        regrets = [r.regret for r in rows if r.regret is not None]
-        regret_ax.plot(range(1, len(regrets) + 1), cumulative_sum(regrets).total, color=colours[name], label=name)
+    for n, (name, rows) in enumerate(groups.items()):
+        with_oracle = [r for r in rows if r.regret is not None]
+        regret_ax.plot(range(1, len(with_oracle) + 1), cumulative_sum(r.regret or 0.0 for r in with_oracle).total,
+                       color=colours[name], label=name)
         reward_ax.plot(range(1, len(rows) + 1), cumulative_sum(r.reward for r in rows).total, color=colours[name],
                        label=name)
+        if n == 0:  # the retrain is one moment: marked on the first variant's axis of requests
+            _mark_retrains(regret_ax, with_oracle, retrains, True)
+            _mark_retrains(reward_ax, rows, retrains, False)
     regret_ax.set_title("cumulative regret (oracle reward - reward)", fontsize=10)
     reward_ax.set_title("cumulative reward", fontsize=10)
     regret_ax.set_xlabel("requests with an oracle reward")
@@ -129,6 +146,35 @@ def regret_figure(shoppers: Sequence[ShopperRequest], order: Sequence[str] = ())
     for ax in (regret_ax, reward_ax):
         ax.grid(alpha=0.3)
     regret_ax.legend(fontsize=8)
+    return png_bytes(fig)
+
+
+def learning_figure(shoppers: Sequence[ShopperRequest], order: Sequence[str] = (), retrains: Sequence[float] = (),
+                    windows: int = 10) -> bytes:
+    """Reward and regret per request in consecutive windows of each variant's requests: a
+    learning variant's curves rise (reward) and fall (regret); retrains are dashed lines (time)."""
+    fig = Figure(figsize=WIDE)
+    reward_ax, time_ax = fig.subplots(1, 2)
+    groups = by_variant(shoppers, order)
+    colours = variant_colours(list(groups))
+    start = min((r.t for rows in groups.values() for r in rows), default=0.0)
+    for name, rows in groups.items():
+        ends, means = windowed_mean([r.reward for r in rows], windows)
+        reward_ax.plot(ends, means, marker="o", color=colours[name], label=name)
+        with_oracle = [r for r in rows if r.regret is not None]
+        r_ends, r_means = windowed_mean([r.regret or 0.0 for r in with_oracle], windows)
+        r_times = np.array([with_oracle[e - 1].t - start for e in r_ends]) if len(r_ends) else np.array([])
+        time_ax.plot(r_times, r_means, marker="o", color=colours[name], label=name)
+    for n, at in enumerate(retrains):
+        time_ax.axvline(at - start, color="0.4", linestyle="--", linewidth=1,
+                        label="retrained models serving" if n == 0 else None)
+    reward_ax.set_title(f"reward per request, {windows} windows of each variant's requests", fontsize=10)
+    reward_ax.set_xlabel("requests served to the variant")
+    time_ax.set_title("regret per request over the run", fontsize=10)
+    time_ax.set_xlabel("seconds since the first request")
+    for ax in (reward_ax, time_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return png_bytes(fig)
 
 

@@ -33,7 +33,7 @@ from streamrec.report.rundir import (
     TrainedModel,
     load_run,
 )
-from streamrec.report.series import by_variant, cumulative_rate, cumulative_sum, distribution, dlq_by_reason
+from streamrec.report.series import by_variant, cumulative_rate, cumulative_sum, distribution, dlq_by_reason, thirds
 from streamrec.report.verdict import Comparison, Verdict, decide, metric_label, no_data
 
 __all__ = ["build_report", "render_html", "REPORT_FILE"]
@@ -269,14 +269,36 @@ def _regret_section(data: RunData) -> str:
         reward = cumulative_sum(s.reward for s in group).final
         regrets = [s.regret for s in group if s.regret is not None]
         regret = cumulative_sum(regrets).final
+        first, last = thirds(regrets)
         rows.append([name, ", ".join(sorted({s.policy or "?" for s in group})), f"{len(group):,}", num(reward),
                      num(reward / len(group), 4), f"{len(regrets):,}", num(regret) if regrets else "n/a",
-                     num(regret / len(regrets), 4) if regrets else "n/a"])
-    return (_img(plots.regret_figure(requests, _variant_order(data)), "cumulative regret and reward")
+                     num(regret / len(regrets), 4) if regrets else "n/a", num(first, 4), num(last, 4),
+                     num(last / first, 2) if _finite(first) and _finite(last) and first > 0 else "n/a"])
+    return (_img(plots.regret_figure(requests, _variant_order(data), data.retrains), "cumulative regret and reward")
+            + _img(plots.learning_figure(requests, _variant_order(data), data.retrains), "reward per request over time")
             + _table(["variant", "policy", "requests", "cumulative reward", "reward / request",
-                      "with oracle reward", "cumulative regret", "regret / request"], rows)
+                      "with oracle reward", "cumulative regret", "regret / request", "regret / request, first third",
+                      "last third", "last / first"], rows)
             + _note("Regret = oracle_reward - reward: the best reward achievable with that shopper's real future, "
-                    "minus the reward of the slate served; requests without an oracle reward are left out of it."))
+                    "minus the reward of the slate served; requests without an oracle reward are left out of it. "
+                    "A variant that learns from its feedback ends with less regret per request than it started "
+                    "with (last / first < 1); a fixed one stays near 1.")
+            + _weights_table(data))
+
+
+def _weights_table(data: RunData) -> str:
+    """The weight each variant learned on each named feature (from the learner's live state)."""
+    record = data.experiment
+    live = record.live if record is not None else {}
+    learned = {name: v.get("feature_weights") for name, v in live.items() if isinstance(v, dict) and v.get("feature_weights")}
+    if not learned:
+        return _note("No variant with shared linear weights (no feature weights to show).")
+    features = list(next(iter(learned.values()))["arm"])
+    rows = [[f] + [num(w["arm"].get(f), 3) for w in learned.values()] for f in features]
+    return ("<h3>What each bandit learned to trust</h3>"
+            + _table(["arm feature (serving/recommend/bundle_features.py)", *learned], rows)
+            + _note("The learned weight of each named feature of a (user, bundle) pair in the variant's linear "
+                    "reward model (model scores are standardised within each request; the rest are in [0, 1])."))
 
 
 # -- 4. OPE ------------------------------------------------------------------------------------

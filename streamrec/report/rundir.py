@@ -72,6 +72,8 @@ class RunInfo:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     ok: bool | None = None  # the demo's own end-of-run check (every event accounted for)
+    # Mid-traffic retrains: when serving answered with the new versions (unix seconds) and what.
+    retrains: tuple[dict[str, Any], ...] = ()
 
     @property
     def duration_s(self) -> float | None:
@@ -221,6 +223,13 @@ class RunData:
         if self.experiment is not None and self.experiment.definition.get("name"):
             return str(self.experiment.definition["name"])
         return None
+
+    @property
+    def retrains(self) -> tuple[float, ...]:
+        """Unix times at which serving switched to retrained models during the shoppers' traffic."""
+        if self.run is None:
+            return ()
+        return tuple(float(r["serving_at"]) for r in self.run.retrains if isinstance(r.get("serving_at"), (int, float)))
 
     def experiment_requests(self) -> tuple[ShopperRequest, ...]:
         """The shoppers' requests that belong to the run's A/B experiment (all experiments if unnamed)."""

@@ -284,8 +284,8 @@ def test_run_stages_notes_and_end_of_run_check(page: str) -> None:
 
 def test_every_plot_is_a_valid_png(page: str) -> None:
     imgs = images(page)
-    # variants, rates, regret, OPE, freshness, latency, 2 training curves, pipeline, DLQ
-    assert len(imgs) == 10
+    # variants, rates, regret, learning curve, OPE, freshness, latency, 2 training curves, pipeline, DLQ
+    assert len(imgs) == 11
     for img in imgs:
         assert img.format == "PNG" and img.width >= 500 and img.height >= 100
         extrema = img.convert("L").getextrema()

@@ -12,6 +12,7 @@ import yaml
 from recommender_support import EXPERIMENTS, recommender, wait_for  # noqa: F401 (fixture)
 
 from serving.bandit.impressions import CANDIDATES_HEADER, decode_candidates
+from serving.recommend.bundle_features import ARM_DIM
 from streamrec.cli import build_parser
 from streamrec.topics import read_topic
 
@@ -39,7 +40,7 @@ def test_served_impressions_replay_through_streamrec_ope(recommender, tmp_path) 
     for record in records:
         event = json.loads(record.value)
         ids, embeddings = decode_candidates(dict(record.headers)[CANDIDATES_HEADER])
-        assert embeddings.shape == (len(ids), recommender.settings.serving.arm_dim) and np.all(np.isfinite(embeddings))
+        assert embeddings.shape == (len(ids), ARM_DIM) and np.all(np.isfinite(embeddings))
         assert [s["id"] for s in event["slots"]] == [b["bundle_id"] for b in served[event["request_id"]]["bundles"]]
         assert {s["id"] for s in event["slots"]} <= set(ids)
     experiments_file = tmp_path / "experiments.yaml"
