@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,25 @@ def register(subparsers: Any) -> None:
                                        "pipeline's, under settings.data.state_dir)")
     p.add_argument("--private-ray", action="store_true", help="do not join a running local head")
     p.set_defaults(func=cmd_train)
+    r = subparsers.add_parser("retrain", help="retrain the served models on the lake when enough new events arrived "
+                                              "(submitted as Ray jobs; serving hot-loads them)")
+    r.add_argument("--watch", action="store_true", help="keep checking every retrain.check_interval_s")
+    r.add_argument("--force", action="store_true", help="retrain now, whatever the trigger says")
+    r.set_defaults(func=cmd_retrain)
+
+
+def cmd_retrain(args: argparse.Namespace, settings: Any) -> int:
+    """One check of the retrain trigger (``ray_jobs.retrain``), or a watch loop of them."""
+    from ray_jobs.retrain import run_retrain
+
+    while True:
+        decision = run_retrain(settings, force=args.force)
+        if not args.watch:
+            if not decision.due:
+                print(f"no retrain due: {decision.reason}")
+            return 0
+        args.force = False
+        time.sleep(settings.retrain.check_interval_s)
 
 
 def resolve_ray_address(settings: Any, private: bool = False) -> str | None:

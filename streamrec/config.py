@@ -332,6 +332,36 @@ class PipelineConfig(BaseModel):
         return f"pipeline/{self.group_id}"
 
 
+class RetrainJob(BaseModel):
+    """One model the loop retrains: ``streamrec train <model> --config <config> --serve-as <serve_as>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    config: str  # job config, relative to the repository (the job's working dir)
+    serve_as: Literal["item", "ranker", "bundle"]
+
+
+class RetrainConfig(BaseModel):
+    """Retraining on the loop's own events (``ray_jobs.retrain``, ``streamrec retrain``).
+
+    A retrain is due when the feature pipeline has written at least ``min_new_events`` events to
+    the lake since the last one, or ``max_age_s`` have passed and there is anything new. It is
+    submitted as Ray jobs (one per model); serving hot-loads what they register.
+    """
+
+    min_new_events: int = Field(default=2_000, ge=1)
+    max_age_s: float = Field(default=6 * 3600.0, gt=0)
+    check_interval_s: float = Field(default=10.0, gt=0)
+    # Epochs of a retrain (None: each job config's budget).
+    epochs: int | None = Field(default=None, ge=1)
+    jobs: list[RetrainJob] = [
+        RetrainJob(model="lightgcn", config="ray_jobs/configs/lightgcn_lake.yaml", serve_as="item"),
+        RetrainJob(model="sasrec", config="ray_jobs/configs/sasrec_lake.yaml", serve_as="ranker"),
+    ]
+    job_timeout_s: float = Field(default=1_800.0, gt=0)
+
+
 class FeastConfig(BaseModel):
     """Where Feast keeps its registry, online and offline stores.
 
@@ -442,6 +472,7 @@ class Settings(BaseSettings):
     pipeline: PipelineConfig = PipelineConfig()
     feast: FeastConfig = FeastConfig()
     serving: ServingConfig = ServingConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     @model_validator(mode="before")
     @classmethod
