@@ -68,6 +68,7 @@ def register(subparsers: Any) -> None:
                                               "(submitted as Ray jobs; serving hot-loads them)")
     r.add_argument("--watch", action="store_true", help="keep checking every retrain.check_interval_s")
     r.add_argument("--force", action="store_true", help="retrain now, whatever the trigger says")
+    r.add_argument("--max-retrains", type=int, default=None, help="--watch: exit after this many retrains")
     r.set_defaults(func=cmd_retrain)
 
 
@@ -75,11 +76,15 @@ def cmd_retrain(args: argparse.Namespace, settings: Any) -> int:
     """One check of the retrain trigger (``ray_jobs.retrain``), or a watch loop of them."""
     from ray_jobs.retrain import run_retrain
 
+    retrains = 0
     while True:
         decision = run_retrain(settings, force=args.force)
+        retrains += decision.due
         if not args.watch:
             if not decision.due:
                 print(f"no retrain due: {decision.reason}")
+            return 0
+        if args.max_retrains is not None and retrains >= args.max_retrains:
             return 0
         args.force = False
         time.sleep(settings.retrain.check_interval_s)

@@ -152,8 +152,10 @@ def run_retrain(settings: Settings, force: bool = False, log: Any = print) -> Re
         return decision
     log(f"retrain due ({decision.reason}): submitting {', '.join(j.model for j in settings.retrain.jobs)}")
     record = RetrainRecord(position, time.time())
-    submitted = submit_jobs(settings, settings.retrain.jobs, settings.retrain.epochs)
-    finished = wait_for_jobs(settings, submitted, settings.retrain.job_timeout_s)
+    finished: list[dict[str, Any]] = []
+    for job in settings.retrain.jobs:  # one at a time: a small head is not oversubscribed by both
+        submitted = submit_jobs(settings, [job], settings.retrain.epochs)
+        finished += wait_for_jobs(settings, submitted, settings.retrain.job_timeout_s)
     save_record(settings, RetrainRecord(record.position, record.submitted_at, time.time(), tuple(finished)))
     outcomes = ", ".join(f"{j['model']} {j['status']}" for j in finished)
     log(f"retrain finished: {outcomes}")

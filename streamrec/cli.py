@@ -91,6 +91,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     opts = DemoOptions(
         history_limit=args.limit, shoppers=args.shoppers, steps_per_shopper=args.steps, train=not args.no_train,
         epochs=args.epochs, inject_faults=args.inject_faults, keep_running=args.keep_running, run_dir=args.run_dir,
+        visits_per_s=args.visits_per_s, retrain_after=args.retrain_after,
     )
     return run_demo(settings, opts)
 
@@ -143,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="kill the pipeline, a recommender replica and the bandit learner once each during the traffic")
     demo.add_argument("--run-dir", type=Path, default=None, help="where the run's files and report go (default: .streamrec/demo)")
     demo.add_argument("--keep-running", action="store_true", help="leave the stack up afterwards")
+    demo.add_argument("--visits-per-s", type=float, default=10.0,
+                      help="the shoppers' visits per second, all together (0: as fast as served)")
+    demo.add_argument("--retrain-after", type=float, default=0.2,
+                      help="retrain mid-traffic once this share of the shoppers' expected events reached the lake "
+                           "(the loop's own trigger, `streamrec retrain --watch`; 0: no retrain)")
     demo.set_defaults(func=cmd_demo)
 
     config = sub.add_parser("config", help="configuration").add_subparsers(dest="action", required=True)

@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -62,6 +63,11 @@ class DemoOptions:
     inject_faults: bool = False
     keep_running: bool = False
     run_dir: Path | None = None
+    # The shoppers' visits per second, all together (a site's arrival rate; 0: as fast as served).
+    visits_per_s: float = 10.0
+    # Retrain mid-traffic: the loop's own trigger (`streamrec retrain --watch`) fires once this share
+    # of the shoppers' expected events has reached the lake (0: no retrain).
+    retrain_after: float = 0.2
 
 
 @dataclass
@@ -155,6 +161,57 @@ class PipelineProcess:
                     return len(self.batches())
                 time.sleep(1.0)
         raise TimeoutError(f"the pipeline did not catch up within {timeout_s:.0f}s (log: {self.log})")
+
+
+class RetrainWatcher:
+    """`streamrec retrain --watch` as its own process: the loop's retrain trigger, as in production
+    (where it is a KubeRay RayCronJob); this run's threshold puts one retrain mid-traffic."""
+
+    def __init__(self, settings: Settings, run_dir: Path, min_new_events: int, epochs: int | None) -> None:
+        self.log = run_dir / "retrain.log"
+        self.env = {**os.environ, "STREAMREC_RETRAIN__MIN_NEW_EVENTS": str(min_new_events),
+                    "STREAMREC_RETRAIN__CHECK_INTERVAL_S": "2"}
+        if epochs:
+            self.env["STREAMREC_RETRAIN__EPOCHS"] = str(epochs)
+        # Its pid file sits with the stack's, so `streamrec down` stops it too if the demo dies.
+        self.pid_file = local_stack.retrain_process(settings).pid_file
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "streamrec.cli", "retrain", "--watch", "--max-retrains", "1"]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file.write_text(str(self.proc.pid))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+
+
+def watch_for_retrained_models(settings: Settings, initial: dict[str, str], user_id: str, stop: Any,
+                               found: list[dict[str, Any]], timeout_s: float) -> None:
+    """(In a thread) until serving answers with retrained versions of every model in ``initial``
+    (name -> version trained before the traffic): appends when, and which versions, to ``found``."""
+    from ray_jobs.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.serving.registry_root or str(settings.data.state_dir / "registry"))
+    deadline = time.monotonic() + timeout_s
+    while not stop.is_set() and time.monotonic() < deadline:
+        latest = {name: registry.latest_version(name) for name in initial}
+        if all(latest[name] != version for name, version in initial.items()):
+            try:
+                wait_for_models_in_serving(settings, user_id, list(latest.values()), timeout_s=max(deadline - time.monotonic(), 1))
+            except TimeoutError:
+                return
+            found.append({"serving_at": time.time(), "versions": latest})
+            return
+        stop.wait(2.0)
 
 
 class OnlineFeatures:
@@ -272,7 +329,8 @@ def fault_plan(settings: Settings, pipeline: PipelineProcess) -> list[tuple[str,
 
 
 async def run_shopper_phase(settings: Settings, shoppers: list[Any], category_of: dict[str, str], opts: DemoOptions,
-                            experiment: str, online: OnlineFeatures, probe_item: str, pipeline: PipelineProcess) -> tuple[Any, list[float], list[str]]:
+                            experiment: str, online: OnlineFeatures, probe_item: str, pipeline: PipelineProcess,
+                            ) -> tuple[Any, list[float], list[str]]:
     from serving.simulation.shoppers import run_shoppers
 
     total = sum(min(opts.steps_per_shopper, len(s.future_events)) for s in shoppers)
@@ -282,6 +340,7 @@ async def run_shopper_phase(settings: Settings, shoppers: list[Any], category_of
         task = asyncio.create_task(run_shoppers(
             settings.collector.base_url, settings.collector.auth_token.get_secret_value(), shoppers, category_of,
             steps_per_shopper=opts.steps_per_shopper, concurrency=opts.concurrency, experiment=experiment, progress=bar,
+            visits_per_s=opts.visits_per_s or None,
         ))
         faults = fault_plan(settings, pipeline) if opts.inject_faults else []
 
@@ -355,17 +414,38 @@ def read_experiment(settings: Settings, name: str) -> dict[str, Any]:
     return reply.json()
 
 
-def run_ope(settings: Settings, experiment: dict[str, Any], run_dir: Path) -> str:
-    """`streamrec ope` for the first bandit variant, over the logged impressions and feedback."""
-    variants = [v["name"] for v in experiment["experiment"]["variants"] if v["name"] != experiment["experiment"].get("control")]
-    if not variants:
+def run_ope(settings: Settings, experiment: dict[str, Any], run_dir: Path, counts: StageCounts) -> str:
+    """`streamrec ope` of each bandit variant from the control's log alone, and whether the estimated
+    difference with the control has the sign of the online difference (``ope.json``: the first
+    variant's, for the report; every variant's in ``run.json`` stage ``ope``)."""
+    definition = experiment["experiment"]
+    control = definition.get("control")
+    variants = [v["name"] for v in definition["variants"] if v["name"] != control]
+    if not variants or not control:
         return "no treatment variant to evaluate"
-    cmd = [sys.executable, "-m", "streamrec.cli", "ope", "--experiment", experiment["experiment"]["name"],
-           "--policy", variants[0], "--json", str(run_dir / "ope.json")]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        return f"streamrec ope failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}"
-    return done.stdout.strip()
+    analysis = experiment.get("analysis") or {}
+    online = {name: v["ctr"]["value"] for name, v in (analysis.get("variants") or {}).items()}
+    lines = []
+    for n, variant in enumerate(variants):
+        out = run_dir / ("ope.json" if n == 0 else f"ope_{variant}.json")
+        cmd = [sys.executable, "-m", "streamrec.cli", "ope", "--experiment", definition["name"], "--policy", variant,
+               "--logging-variant", control, "--json", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            lines.append(f"streamrec ope {variant} failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}")
+            continue
+        result = json.loads(out.read_text())
+        estimates = {e["estimator"]: e["value"] for e in result["estimates"]}
+        estimate = estimates.get("DR", estimates.get("SNIPS"))
+        logged = result["on_policy_value"]
+        online_diff = online.get(variant, float("nan")) - online.get(control, float("nan"))
+        agrees = (estimate - logged) * online_diff > 0
+        counts.record("ope", **{variant: {"estimate": estimate, "estimator": "DR" if "DR" in estimates else "SNIPS",
+                                          "control_logged_value": logged, "online_ctr_difference": online_diff,
+                                          "sign_agrees": agrees}})
+        lines.append(f"OPE {variant} from the {control} log: {estimate:.4f} vs {control}'s logged {logged:.4f} "
+                     f"(slot-0 reward); online CTR difference {online_diff:+.4f}: sign {'agrees' if agrees else 'DISAGREES'}")
+    return "\n      ".join(lines)
 
 
 def verdict_line(experiment: dict[str, Any]) -> str:
@@ -425,6 +505,10 @@ def run_demo(settings: Settings, opts: DemoOptions | None = None) -> int:
     counts = StageCounts()
     ok = True
     pipeline = PipelineProcess(settings, run_dir)
+    retrainer: RetrainWatcher | None = None
+    watcher: threading.Thread | None = None
+    retrain_stop = threading.Event()
+    retrains: list[dict[str, Any]] = []
     experiment_name = "bundle_policy_v1"
     if local_stack.status(settings).get("ray") == "running":
         raise local_stack.StackError("a local stack is already running: `streamrec down` first (the demo starts its own)")
@@ -482,9 +566,33 @@ def run_demo(settings: Settings, opts: DemoOptions | None = None) -> int:
         counts.record("training", models=models)
 
         say("5/7", f"{len(shoppers)} simulated shoppers (their real later events) through experiment {experiment_name} ...")
+        visits = sum(min(opts.steps_per_shopper, len(s.future_events)) for s in shoppers)
+        if models and opts.retrain_after > 0:
+            from ray_jobs.retrain import RetrainRecord, lake_position, save_record
+
+            # The models above were trained on the lake up to here: the trigger counts from it.
+            save_record(settings, RetrainRecord(lake_position(settings), time.time()))
+            # ~2.6 events per visit (the organic event and the clicks / purchases on what was shown).
+            threshold = max(int(opts.retrain_after * visits * 2.6), 100)
+            retrainer = RetrainWatcher(settings, run_dir, threshold, opts.epochs)
+            retrainer.start()
+            detail(f"retrain trigger watching: a retrain is due after {threshold:,} new events in the lake "
+                   f"(`streamrec retrain --watch`, log {retrainer.log.name})")
+            watcher = threading.Thread(target=watch_for_retrained_models, daemon=True, args=(
+                settings, {m["name"]: m["version"] for m in models}, shoppers[0].user_id, retrain_stop, retrains, 1200.0))
+            watcher.start()
         shopper_run, freshness, faults = asyncio.run(
             run_shopper_phase(settings, shoppers, category_of, opts, experiment_name, online, popular_item, pipeline)
         )
+        if watcher is not None:
+            traffic_ended = time.time()
+            watcher.join(timeout=900)  # a retrain in flight finishes (and serves) before the stack stops
+            for r in retrains:
+                r["during_traffic"] = r["serving_at"] <= traffic_ended
+                detail(f"retrained models serving {'mid-traffic' if r['during_traffic'] else 'after the traffic'}: "
+                       + ", ".join(f"{k}@{v}" for k, v in r["versions"].items()))
+            if not retrains:
+                counts.notes.append("the mid-traffic retrain did not reach serving (see retrain.log)")
         accepted_ids |= shopper_run.accepted_event_ids
         bundle_items = {b: items for r in shopper_run.records if r["endpoint"] == "bundles"
                         for b, items in zip(r["shown"], r.get("shown_items", []))}
@@ -522,16 +630,19 @@ def run_demo(settings: Settings, opts: DemoOptions | None = None) -> int:
         experiment = read_experiment(settings, experiment_name)
         write_json(run_dir / "experiment.json", experiment)
         detail(f"experiment {experiment_name}: {verdict_line(experiment)}")
-        detail(run_ope(settings, experiment, run_dir))
+        detail(run_ope(settings, experiment, run_dir, counts))
     except Exception:
         ok = False
         raise
     finally:
+        retrain_stop.set()
+        if retrainer is not None:
+            retrainer.stop()
         pipeline.stop()
         write_json(run_dir / "run.json", {
             "started_at": started_at.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),
             "experiment": experiment_name, "registry": settings.serving.registry_root or str(settings.data.state_dir / "registry"),
-            "stages": counts.stages, "notes": counts.notes, "ok": ok, "options": {k: str(v) for k, v in asdict(opts).items()},
+            "stages": counts.stages, "notes": counts.notes, "ok": ok, "retrains": retrains, "options": {k: str(v) for k, v in asdict(opts).items()},
         })
         report = write_report(run_dir)
         if not opts.keep_running:

@@ -538,13 +538,18 @@ def pipeline_process(settings: Settings) -> ManagedProcess:
     return ManagedProcess("pipeline", settings.data.run_dir, settings.data.log_dir)
 
 
+def retrain_process(settings: Settings) -> ManagedProcess:
+    """The `retrain --watch` process a demo starts (pid file next to the stack's)."""
+    return ManagedProcess("retrain-watcher", settings.data.run_dir, settings.data.log_dir)
+
+
 def stack_processes(settings: Settings) -> list[psutil.Process]:
     """Every live process of this stack: the broker, the pipeline, the Ray head with all its
     descendants, and this stack's HAProxy processes wherever they were re-parented (a reloaded-out
     HAProxy outlives the Serve actor that started it). Other stacks' processes are never included:
     HAProxy is recognised by the config path in its command line, which is this stack's own."""
     roots = [ManagedProcess(name, settings.data.run_dir, settings.data.log_dir).pid()
-             for name in ("tansu", "pipeline", "ray-head")]
+             for name in ("tansu", "pipeline", "retrain-watcher", "ray-head")]
     found: dict[int, psutil.Process] = {}
     for pid in roots:
         if pid is None:
@@ -605,6 +610,8 @@ def down(settings: Settings) -> dict[str, str]:
     # SIGTERM lets the pipeline finish its batch in flight and commit; SIGKILL after a minute.
     if pipeline_process(settings).stop(timeout_s=60):
         stopped["pipeline"] = "stopped"
+    if retrain_process(settings).stop(timeout_s=30):
+        stopped["retrain watcher"] = "stopped"
     if settings.ray.address is None:
         stopped["ray"] = "stopped" if stop_ray_head(settings) else "was not running"
     if settings.broker.enabled:

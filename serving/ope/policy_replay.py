@@ -120,13 +120,16 @@ def target_probabilities(
     def learn_from(fb: LoggedFeedbackEvent, decision: LoggedDecision) -> None:
         embedding = decision.shown_embeddings.get(fb.bundle_id)
         if embedding is not None:  # feedback on a bundle the request did not show teaches nothing
-            policy.update(Arm(fb.bundle_id, embedding), decision.context, fb.reward)
+            policy.credit(Arm(fb.bundle_id, embedding), decision.context, fb.reward)
 
     for item in timeline:
         if isinstance(item, LoggedDecision):
             arms = Arms(item.candidate_ids, item.candidate_embeddings)
             out.append(slot_probabilities(policy, item.context, arms, slot, rng, draws))
             shown[item.request_id] = item
+            if learn:  # as the live learner: every shown bundle is an observation, credited by its feedback
+                for bundle_id, embedding in item.shown_embeddings.items():
+                    policy.expose(Arm(bundle_id, embedding), item.context)
             for fb in pending.pop(item.request_id, []):
                 learn_from(fb, item)
         elif item.request_id in shown:

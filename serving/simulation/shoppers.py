@@ -304,13 +304,16 @@ async def run_shoppers(
     base_url: str, token: str, shoppers: Sequence[Shopper], category_of: dict[str, str], *,
     steps_per_shopper: int = 5, concurrency: int = 8, model: ShopperModel = ShopperModel(), seed: int = 0,
     experiment: str | None = None, progress: Any = None, stop_after_s: float | None = None,
+    visits_per_s: float | None = None,
 ) -> ShopperRun:
     """Every shopper walks through up to ``steps_per_shopper`` of their real later events.
 
     Shoppers run ``concurrency`` at a time; each shopper's own steps are sequential (their events
-    stay in order). ``progress`` (e.g. a tqdm bar) is advanced once per step.
+    stay in order). ``visits_per_s`` paces the steps of all shoppers together (a site's arrival
+    rate; None: as fast as the service answers). ``progress`` (e.g. a tqdm bar) is advanced once per step.
     """
     run = ShopperRun()
+    pace = _Pace(visits_per_s)
     queue: asyncio.Queue[Shopper] = asyncio.Queue()
     for s in shoppers:
         queue.put_nowait(s)
@@ -326,12 +329,29 @@ async def run_shoppers(
                 for index in range(min(steps_per_shopper, len(shopper.future_events))):
                     if deadline is not None and time.monotonic() > deadline:
                         return
+                    await pace.wait()
                     await visit.step(shopper, index)
                     if progress is not None:
                         progress.update(1)
 
         await asyncio.gather(*(worker(n) for n in range(concurrency)))
     return run
+
+
+class _Pace:
+    """Visits at a fixed rate across all workers (open loop: a slow answer does not delay the schedule)."""
+
+    def __init__(self, per_s: float | None) -> None:
+        self.interval = 1.0 / per_s if per_s else 0.0
+        self.next_at = time.monotonic()
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        at, self.next_at = self.next_at, max(self.next_at, time.monotonic() - 1.0) + self.interval
+        delay = at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:

@@ -7,6 +7,12 @@ bundle in the held-out test split. Taobao: arms = the 150 most frequent categori
 cutoff, reward 1 if the user has a later event in that category. Context = rank-8 SVD factors of
 the training data. k = 1 slot per round, users drawn with replacement. Prints the mean cumulative
 regret (+- std over seeds) per policy; lower is better.
+
+Verdict (issue 24): LinUCB and linear Thompson sampling, with the exploration the served
+experiment ships (deploy/local/experiments.yaml: alpha 0.3, v 0.05; `outer` features here, as the
+replay's arms are raw embeddings rather than the served per-(user, bundle) features), must each end
+with at most 0.8x the cumulative regret of epsilon-greedy (0.02) on the same seeds, with a paired t
+< -2 over the seeds. The bench exits 1 when any is missed.
 """
 
 import argparse
@@ -20,12 +26,16 @@ from serving.bandit import EpsilonGreedy, Greedy, LinearThompsonSampling, LinUCB
 from serving.simulation import compare_policies, load_taobao_replay, load_youshu_replay  # noqa: E402
 
 
+LINUCB, THOMPSON, BASELINE = "LinUCB (shared, alpha=0.3)", "linear TS (v=0.05)", "eps-greedy (0.02)"
+MAX_RATIO, MAX_T = 0.8, -2.0
+
+
 def factories(du: int, de: int) -> dict:
     # Hyper-parameters chosen on the Youshu *tune* split (see tests/serving/policies/test_policy_replay.py).
     return {
-        "LinUCB (shared, alpha=0.3)": lambda: LinUCBShared(du, de, alpha=0.3),
-        "linear TS (v=0.05)": lambda: LinearThompsonSampling(du, de, v=0.05, propensity_draws=20),
-        "eps-greedy (0.02)": lambda: EpsilonGreedy(du, de, epsilon=0.02),
+        LINUCB: lambda: LinUCBShared(du, de, alpha=0.3),
+        THOMPSON: lambda: LinearThompsonSampling(du, de, v=0.05, propensity_draws=20),
+        BASELINE: lambda: EpsilonGreedy(du, de, epsilon=0.02),
         "greedy": lambda: Greedy(du, de),
         "random": lambda: RandomPolicy(du, de),
     }
@@ -38,6 +48,7 @@ def main() -> None:
     parser.add_argument("--datasets", default="taobao,youshu")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    missed = []
     loaders = {"taobao": lambda: load_taobao_replay(n_arms=150, rank=8), "youshu": lambda: load_youshu_replay(n_arms=150, rank=8, split="test")}
     for name in args.datasets.split(","):
         data = loaders[name]()
@@ -47,6 +58,27 @@ def main() -> None:
         for label, runs in sorted(results.items(), key=lambda kv: statistics.fmean(r.cumulative_regret for r in kv[1])):
             regrets = [r.cumulative_regret for r in runs]
             print(f"  {label:28s} {statistics.fmean(regrets):8.1f} +- {statistics.stdev(regrets) if len(regrets) > 1 else 0.0:6.1f}")
+        missed += verdicts(name, results)
+    print("\nverdict: " + ("met" if not missed else f"MISSED ({'; '.join(missed)})"))
+    sys.exit(1 if missed else 0)
+
+
+def verdicts(dataset: str, results: dict) -> list[str]:
+    """Each bandit against epsilon-greedy on the same seeds: regret ratio and paired t."""
+    from scipy.stats import ttest_rel
+
+    base = [r.cumulative_regret for r in results[BASELINE]]
+    missed = []
+    print(f"  {'policy vs ' + BASELINE:40s} {'ratio':>7s} {'target':>7s} {'paired t':>9s} {'target':>7s}  verdict")
+    for label in (LINUCB, THOMPSON):
+        regrets = [r.cumulative_regret for r in results[label]]
+        ratio = statistics.fmean(regrets) / statistics.fmean(base)
+        t = float(ttest_rel(regrets, base).statistic) if len(base) > 1 else float("nan")
+        ok = ratio <= MAX_RATIO and t < MAX_T
+        print(f"  {label:40s} {ratio:7.3f} {'<= 0.8':>7s} {t:9.2f} {'< -2':>7s}  {'met' if ok else 'MISSED'}")
+        if not ok:
+            missed.append(f"{dataset} {label}: ratio {ratio:.3f}, t {t:.2f}")
+    return missed
 
 
 if __name__ == "__main__":

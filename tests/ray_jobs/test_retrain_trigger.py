@@ -52,14 +52,14 @@ def test_a_due_retrain_submits_one_job_per_model_and_records_the_lake_position(k
     start = retrain.lake_position(settings)
     assert start == 5
     assert retrain.run_retrain(settings).due  # never retrained: whatever is in the lake is new
-    assert submitted == [["lightgcn", "sasrec"]]
+    assert submitted == [["lightgcn"], ["sasrec"]]  # one job per model, one after the other
     assert retrain.last_record(settings).position == start
     _commit(settings, 8)
     decision = retrain.run_retrain(settings)
-    assert not decision.due and decision.new_events == 3 and len(submitted) == 1
+    assert not decision.due and decision.new_events == 3 and len(submitted) == 2
     _commit(settings, 10)
     decision = retrain.run_retrain(settings)
-    assert decision.due and decision.new_events == 5 and len(submitted) == 2
+    assert decision.due and decision.new_events == 5 and len(submitted) == 4
     record = retrain.last_record(settings)
     assert record.position == start + 5 and [j["status"] for j in record.jobs] == ["SUCCEEDED", "SUCCEEDED"]
     assert record.finished_at is not None and record.finished_at >= record.submitted_at
