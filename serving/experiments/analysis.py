@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from features.events import BundlePurchaseEvent, ClickEvent, Event, ImpressionEvent
 from serving.experiments.definitions import Experiment, Metric
@@ -133,7 +133,7 @@ class ExperimentReport:
     srm_detected: bool
     guardrails: tuple[GuardrailDecision, ...]
     srm_unit: str = "requests"  # "users" when the outcomes carry user ids
-    learning: dict[str, LearningCurve] | None = None  # per variant, when outcomes come in serving order
+    learning: dict[str, LearningCurve] = field(default_factory=dict)  # per variant (outcomes in serving order)
 
     def stopped_variants(self) -> set[str]:
         """Variants at least one guardrail says to stop."""

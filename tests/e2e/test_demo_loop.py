@@ -97,6 +97,32 @@ def test_experiment_results_with_a_verdict(demo_run: dict) -> None:
     assert requests > 0
 
 
+def test_a_bandit_learns_a_lift_over_popularity(demo_run: dict) -> None:
+    """Issue 24: the best bandit variant beats popularity significantly (the report's Bonferroni
+    level, 0.05 / 2 treatments) or, where the shortened run is too small for that, its reward in its
+    last window of requests exceeds its first."""
+    experiment = _json(demo_run["run_dir"] / "experiment.json")
+    analysis = experiment["analysis"]
+    control = experiment["experiment"]["control"]
+    ctr = {name: v["ctr"]["value"] for name, v in analysis["variants"].items()}
+    best = max((name for name in ctr if name != control), key=ctr.get)
+    p_value = analysis["comparisons"][best]["ctr"]["p_value"]
+    curve = analysis["learning"][best]["window_ctr"]
+    assert (ctr[best] > ctr[control] and p_value < 0.025) or curve[-1] > curve[0], (ctr, p_value, curve)
+
+
+def test_retrained_mid_traffic_and_hot_swapped(demo_run: dict) -> None:
+    """The loop's own trigger retrained the models on the lake during the traffic (Ray jobs), and
+    serving answered with the new versions without an error."""
+    run = _json(demo_run["run_dir"] / "run.json")
+    retrains = run["retrains"]
+    assert len(retrains) == 1, retrains
+    trained = {m["name"]: m["version"] for m in run["stages"]["training"]["models"]}
+    assert set(retrains[0]["versions"]) == set(trained)
+    assert all(retrains[0]["versions"][name] != version for name, version in trained.items())
+    assert "retrain finished: lightgcn SUCCEEDED, sasrec SUCCEEDED" in (demo_run["run_dir"] / "retrain.log").read_text()
+
+
 def test_report_rendered(demo_run: dict) -> None:
     html = (demo_run["run_dir"] / "report.html").read_text()
     assert "data:image/png;base64," in html

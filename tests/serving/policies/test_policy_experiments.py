@@ -219,3 +219,16 @@ def test_outcomes_from_contract_events() -> None:
     got = sorted(outcomes_from_events(events, "e1"), key=lambda o: o.variant)
     assert got == [RequestOutcome("control", False, False, 0.0, "u1"), RequestOutcome("ts", True, True, 25.5, "u1")]
     assert datetime.now(timezone.utc)  # (events carry aware timestamps)
+
+
+def test_learning_curve_windows_and_thirds_in_serving_order() -> None:
+    from serving.experiments.analysis import learning_curve
+
+    # 30 requests: the first 10 never clicked, the last 10 always: a variant that learned
+    rows = [RequestOutcome("v", clicked=n >= 20, purchased=False) for n in range(30)]
+    curve = learning_curve(rows, windows=3)
+    assert curve.window_requests == (10, 10, 10)
+    assert curve.window_ctr == (0.0, 0.0, 1.0)
+    assert (curve.first_third_ctr, curve.last_third_ctr) == (0.0, 1.0)
+    uneven = learning_curve(rows[:7], windows=3)
+    assert sum(uneven.window_requests) == 7 and len(uneven.window_requests) == 3
