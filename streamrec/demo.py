@@ -64,10 +64,10 @@ class DemoOptions:
     keep_running: bool = False
     run_dir: Path | None = None
     # The shoppers' visits per second, all together (a site's arrival rate; 0: as fast as served).
-    visits_per_s: float = 10.0
+    visits_per_s: float = 8.0
     # Retrain mid-traffic: the loop's own trigger (`streamrec retrain --watch`) fires once this share
     # of the shoppers' expected events has reached the lake (0: no retrain).
-    retrain_after: float = 0.2
+    retrain_after: float = 0.1
 
 
 @dataclass

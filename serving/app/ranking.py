@@ -45,7 +45,7 @@ POPULAR_BUNDLES_CACHE_SIZE = 10_000  # anchors whose popular bundles are kept be
 # Items the learner's popularity list is pulled with: their counts and categories are features.
 POPULAR_PULL = 2_000
 NEXT_ITEMS_PER_REQUEST = 8  # SASRec's predicted next items that bundles are built around
-RECENT_ITEMS_PER_REQUEST = 4  # the user's latest distinct items that bundles are built around
+RECENT_ITEMS_PER_REQUEST = 8  # the user's latest distinct items that bundles are built around
 
 
 class _Embeddings:
@@ -299,14 +299,16 @@ class BundleCandidates:
 
     def _add_around(self, add: Callable[..., None], anchor: str | None, items: list[str], source: str,
                     reason: str) -> None:
-        """Bundles of ``bundle_size`` from ``items`` (best first): led by the anchor, then without it."""
+        """Bundles of ``bundle_size`` from ``items`` (best first) in disjoint runs, led by the anchor,
+        then without it: any few of them shown together cover many different items (a slate is
+        clicked when any of its bundles is, so overlapping bundles would waste its slots)."""
         size = self._settings.serving.bundle_size
-        lead = [anchor] if anchor is not None else []
-        for j in range(max(len(items) - (size - len(lead)) + 1, 0)):
-            add((*lead, *items[j : j + size - len(lead)]), source, reason)
-        if lead:
-            for j in range(max(len(items) - size + 1, 0)):
-                add(tuple(items[j : j + size]), source, reason)
+        if anchor is not None:
+            step = size - 1
+            for j in range(0, len(items) - step + 1, step):
+                add((anchor, *items[j : j + step]), source, reason)
+        for j in range(0, len(items) - size + 1, size):
+            add(tuple(items[j : j + size]), source, reason)
 
     def _popular_bundles(
         self, anchor: str | None, popular: list[tuple[str, float, str | None]]

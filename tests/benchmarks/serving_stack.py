@@ -131,6 +131,34 @@ def replay_history(stack_url: str, settings: Settings, n_events: int) -> int:
     return summary.accepted
 
 
+def train_and_register_sasrec(settings: Settings, epochs: int, seed: int = 0) -> str:
+    """The shipped SASRec (ray_jobs/configs/sasrec_lake.yaml's parameters: the paper defaults) on the
+    Taobao slice, trained in-process and registered as the ranker, with its weights and raw ids, so
+    that bundle requests pay for its next-item forward pass as they do in the demo."""
+    import numpy as np
+    import torch
+
+    from ray_jobs.data.taobao import load_taobao
+    from ray_jobs.registry import ModelRegistry
+    from ray_jobs.trainers import JobConfig
+    from support import fit_in_process
+
+    data = load_taobao(settings.data.datasets_dir)
+    model = fit_in_process("sasrec", data, epochs, {}, seed)
+    with torch.no_grad():
+        embeddings = {k: np.asarray(v) for k, v in model.export_embeddings().items()}
+    weights = settings.data.state_dir / "bench-sasrec.pt"
+    torch.save(model.state_dict(), weights)
+    job = JobConfig(name="sasrec_taobao", model="sasrec", model_params={}, dataset={"name": "taobao"})
+    registry = ModelRegistry(settings.serving.registry_root or settings.data.state_dir / "registry")
+    return registry.register(
+        settings.serving.ranker_model, embeddings=embeddings, metrics={}, config=job.model_dump(mode="json"),
+        data_snapshot_id="taobao_userbehavior_subset", weights_file=weights,
+        extra={"model": "sasrec", "dataset": "taobao", "ids": {"item": [str(i) for i in data.item_ids.tolist()]},
+               "model_config": model.config.model_dump(mode="json")},
+    )
+
+
 def start_serving_stack(state_dir: Path, history_events: int, train_epochs: int, with_noop: bool = False) -> ServingStack:
     """Start and fill the stack (see the module docstring); ``close()`` it afterwards."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -145,6 +173,8 @@ def start_serving_stack(state_dir: Path, history_events: int, train_epochs: int,
     settings = broker.settings
     print(f"  training LightGCN on the Taobao slice ({train_epochs} epoch(s)) ...", flush=True)
     version, n_items, dim, users = train_and_register_lightgcn(settings, train_epochs)
+    print(f"  training SASRec on the Taobao slice ({train_epochs} epoch(s)) ...", flush=True)
+    train_and_register_sasrec(settings, train_epochs)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
