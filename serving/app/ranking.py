@@ -10,7 +10,6 @@ of the user's sequence; otherwise they keep the retrieval order (``source`` says
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,81 +222,70 @@ class BundleCandidates:
         self._popular_bundles_of = -1  # the popularity pull the cache was built from
 
     async def bundle_candidates(self, user_id: str | None, seed_item: str | None) -> BundleCandidateSet:
-        s = self._settings.serving
         self._emb.refresh()
         ranker = self._ranker.refresh()
         features = self._feast.user(user_id)
         history = [str(i) for i in (features.get("seq_item_ids") or [])]
-        sequence = [*history, seed_item] if seed_item is not None and (not history or history[-1] != seed_item) else history
+        # The live sequence: Feast's, with the item being looked at as its newest (once).
+        sequence = [*history, seed_item] if seed_item is not None and history[-1:] != [seed_item] else history
         anchor = seed_item if seed_item is not None else (history[-1] if history else None)
-        candidates: dict[str, CandidateBundle] = {}
-        item_sets: set[frozenset[str]] = set()  # one candidate per item set, from the first source that built it
-
-        def add(items: tuple[str, ...], source: str, reason: str, bundle_id: str | None = None) -> None:
-            bundle_id = bundle_id or bundle_id_for(items, source[:2])
-            key = frozenset(items)
-            if bundle_id in candidates or key in item_sets or len(key) != len(items) or len(candidates) >= s.max_candidates:
-                return
-            candidates[bundle_id] = CandidateBundle(bundle_id, items, source, reason)
-            item_sets.add(key)
-
-        # 1. The bundle model's bundles for this user (personalised; registered with their items).
-        table = self._emb.bundle
-        if table is not None:
-            bundle_items = table.extra.get("bundle_items")
-            rows, why = self._emb.bundle_rows_for(user_id, seed_item, s.max_candidates // 4)
-            for r in rows:
-                items = bundle_items[r] if bundle_items else ()
-                add(items or (f"bundle:{table.ids[r]}",), BundleSource.BUNDLE_MODEL,
-                    f"{why}: model {table.model}@{table.version}", bundle_id=table.ids[r])
-        # 2. Around what SASRec predicts next from the live sequence (the seed appended).
+        found = _CandidateList(self._settings.serving.max_candidates)
+        self._from_bundle_model(found, user_id, seed_item)
         predicted = ranker.ranker.next_items(sequence) if ranker is not None and sequence else None
         if predicted is not None:
-            self._add_around(add, anchor, predicted.top(NEXT_ITEMS_PER_REQUEST, {anchor} if anchor else set()),
+            self._add_around(found, anchor, predicted.top(NEXT_ITEMS_PER_REQUEST, {anchor} if anchor else set()),
                              BundleSource.NEXT_ITEMS, f"what you may look at next ({ranker.label})")
-        # 3. Around the user's latest distinct items (picking up where they left off).
-        recent = list(dict.fromkeys(reversed(history)))
-        recent = [i for i in recent if i != anchor][:RECENT_ITEMS_PER_REQUEST]
-        self._add_around(add, anchor, recent, BundleSource.RECENT, "with items you looked at")
-        # 4. Constructed from co-occurrence with the seed (or the user's last item): Feast first.
-        cooccurrence: dict[str, float] = {}
-        if anchor is not None:
-            co = self._feast.online(COOCCURRENCE_REFS, "item_id", anchor)
-            cooccurrence = _strengths(co)
-            partners = [i for i in (co.get("cross_item_ids") or co.get("co_item_ids") or []) if isinstance(i, str)]
-            for j in range(max(len(partners) - s.bundle_size + 2, 0)):
-                add((anchor, *partners[j : j + s.bundle_size - 1]), BundleSource.COOCCURRENCE,
-                    f"bought together with {anchor}")
-        # 5. Catalogue bundles: those with the seed first, then the rest.
-        catalogue = sorted(self._catalogue, key=lambda b: seed_item not in b.items) if seed_item else self._catalogue
-        for b in catalogue:
-            add(b.items, BundleSource.CATALOGUE,
-                f"catalogue bundle with {seed_item}" if seed_item in b.items else "catalogue bundle", bundle_id=b.id)
-        # 6. Cold start: popular items across categories, around the seed when there is one.
+        recent = [i for i in dict.fromkeys(reversed(history)) if i != anchor][:RECENT_ITEMS_PER_REQUEST]
+        self._add_around(found, anchor, recent, BundleSource.RECENT, "with items you looked at")
+        cooccurrence = self._from_cooccurrence(found, anchor)
+        self._from_catalogue(found, seed_item)
         popular = await self._popular.get(POPULAR_PULL)
-        if len(candidates) < s.max_candidates and popular:
-            for bundle_id, items, reason in self._popular_bundles(anchor, popular[:200]):
-                add(items, BundleSource.POPULAR, reason, bundle_id=bundle_id)
-        bundles = list(candidates.values())
+        for bundle_id, items, reason in self._popular_bundles(anchor, popular[:200]) if popular else ():
+            found.add(items, BundleSource.POPULAR, reason, bundle_id=bundle_id)
+        bundles = found.bundles
         all_items = {i for b in bundles for i in b.items}
         signals = RequestSignals(
-            seed=seed_item, anchor=anchor, history=sequence,
-            category_of=self._popular.category_of,
-            popularity={i: score for i, score, _ in popular},
-            cooccurrence=cooccurrence,
+            seed=seed_item, anchor=anchor, history=sequence, category_of=self._popular.category_of,
+            popularity={i: score for i, score, _ in popular}, cooccurrence=cooccurrence,
             user_categories=_category_affinity(features),
             next_item_score=predicted.of(all_items, ranker.ranker.row_of) if predicted is not None else {},
             graph_affinity=self._emb.item_affinity(user_id, sequence, all_items),
             bundle_model_score=self._emb.bundle_scores(user_id, [b.bundle_id for b in bundles]),
         )
-        return BundleCandidateSet(
-            context=user_feature_vector(features, time.time()),
-            bundles=bundles,
-            features=arm_feature_matrix(bundles, signals),
-            feast_user=bool(features),
-        )
+        return BundleCandidateSet(user_feature_vector(features, time.time()), bundles,
+                                  arm_feature_matrix(bundles, signals), bool(features))
 
-    def _add_around(self, add: Callable[..., None], anchor: str | None, items: list[str], source: str,
+    def _from_bundle_model(self, found: "_CandidateList", user_id: str | None, seed_item: str | None) -> None:
+        """The bundle model's top bundles for the user (or holding the seed), with their items."""
+        table = self._emb.bundle
+        if table is None:
+            return
+        bundle_items = table.extra.get("bundle_items")
+        rows, why = self._emb.bundle_rows_for(user_id, seed_item, self._settings.serving.max_candidates // 4)
+        for r in rows:
+            items = bundle_items[r] if bundle_items else ()
+            found.add(items or (f"bundle:{table.ids[r]}",), BundleSource.BUNDLE_MODEL,
+                      f"{why}: model {table.model}@{table.version}", bundle_id=table.ids[r])
+
+    def _from_cooccurrence(self, found: "_CandidateList", anchor: str | None) -> dict[str, float]:
+        """Bundles of the anchor with what is bought together with it (Feast); returns the strengths."""
+        if anchor is None:
+            return {}
+        size = self._settings.serving.bundle_size
+        co = self._feast.online(COOCCURRENCE_REFS, "item_id", anchor)
+        partners = [i for i in (co.get("cross_item_ids") or co.get("co_item_ids") or []) if isinstance(i, str)]
+        for j in range(max(len(partners) - size + 2, 0)):
+            found.add((anchor, *partners[j : j + size - 1]), BundleSource.COOCCURRENCE, f"bought together with {anchor}")
+        return _strengths(co)
+
+    def _from_catalogue(self, found: "_CandidateList", seed_item: str | None) -> None:
+        """Catalogue bundles: those with the seed first, then the rest."""
+        catalogue = sorted(self._catalogue, key=lambda b: seed_item not in b.items) if seed_item else self._catalogue
+        for b in catalogue:
+            found.add(b.items, BundleSource.CATALOGUE,
+                      f"catalogue bundle with {seed_item}" if seed_item in b.items else "catalogue bundle", bundle_id=b.id)
+
+    def _add_around(self, found: "_CandidateList", anchor: str | None, items: list[str], source: str,
                     reason: str) -> None:
         """Bundles of ``bundle_size`` from ``items`` (best first) in disjoint runs, led by the anchor,
         then without it: any few of them shown together cover many different items (a slate is
@@ -306,9 +294,9 @@ class BundleCandidates:
         if anchor is not None:
             step = size - 1
             for j in range(0, len(items) - step + 1, step):
-                add((anchor, *items[j : j + step]), source, reason)
+                found.add((anchor, *items[j : j + step]), source, reason)
         for j in range(0, len(items) - size + 1, size):
-            add(tuple(items[j : j + size]), source, reason)
+            found.add(tuple(items[j : j + size]), source, reason)
 
     def _popular_bundles(
         self, anchor: str | None, popular: list[tuple[str, float, str | None]]
@@ -336,6 +324,28 @@ class BundleCandidates:
             self._popular_bundles_cache.clear()
         self._popular_bundles_cache[anchor] = out
         return out
+
+
+class _CandidateList:
+    """A request's candidates in the order found: one per id and per item set (the first source
+    that built it keeps it), at most ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._by_id: dict[str, CandidateBundle] = {}
+        self._item_sets: set[frozenset[str]] = set()
+
+    @property
+    def bundles(self) -> list[CandidateBundle]:
+        return list(self._by_id.values())
+
+    def add(self, items: tuple[str, ...], source: str, reason: str, bundle_id: str | None = None) -> None:
+        bundle_id = bundle_id or bundle_id_for(items, source[:2])
+        key = frozenset(items)
+        if bundle_id in self._by_id or key in self._item_sets or len(key) != len(items) or len(self._by_id) >= self.limit:
+            return
+        self._by_id[bundle_id] = CandidateBundle(bundle_id, items, source, reason)
+        self._item_sets.add(key)
 
 
 def _strengths(row: dict[str, Any]) -> dict[str, float]:
