@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.bandit import Arm, Arms, BanditPolicy, EpsilonGreedy, LinearThompsonSampling, RandomPolicy, featurize
+from serving.bandit.base import FeatureKind
 from serving.ope.estimators import (
     DoublyRobust,
     InverseProbabilityWeighting,
@@ -156,24 +157,30 @@ def _padded(rows: list[np.ndarray], width: int) -> np.ndarray:
 
 
 def _reward_predictions(
-    log: ImpressionLog, actions: np.ndarray, rewards: np.ndarray, width: int, ridge: float, rng: np.random.Generator
+    log: ImpressionLog, width: int, ridge: float, rng: np.random.Generator, features: FeatureKind = "concat",
 ) -> np.ndarray:
-    """Cross-fitted q_hat(x, a) of every candidate: one ridge on joint (user x arm) features.
+    """Cross-fitted q_hat(x, a) of every candidate: one ridge on joint (user, arm) features, fitted on
+    every shown slot of the training fold (each has its reward: its feedback, or 0).
 
     ``RidgeRewardModel`` fits one model per action *index*, but a candidate index means a different
-    bundle in every round here; so it is used with a single action over the joint features
-    vec([u, 1] (x) [e, 1]) (the bandits' ``outer`` featurisation), which generalises across bundles.
+    bundle in every round here; so it is used with a single action over the joint features of
+    ``featurize`` (``concat`` by default, as the shipped bandits: one weight per named feature of
+    the served arm features, which extrapolates to bundles the logging policy seldom showed).
+    Every slot, not only the evaluated one: a near-deterministic logger shows little else at slot 0.
     """
     n = len(log.decisions)
-    joint = [featurize("outer", d.context, d.candidate_embeddings) for d in log.decisions]
-    logged = np.stack([joint[i][actions[i]] for i in range(n)])
+    joint = [featurize(features, d.context, d.candidate_embeddings) for d in log.decisions]
+    slots = min(len(d.shown) for d in log.decisions)
+    rows = [(i, d.candidate_index(s)) for s in range(slots) for i, d in enumerate(log.decisions)]
+    x = np.stack([joint[i][a] for i, a in rows])
+    y = np.concatenate([log.slot_rewards(s) for s in range(slots)])
+    owner = np.array([i for i, _ in rows])
     folds = rng.permutation(n) % 2
     q = np.zeros((n, width))
     for fold in (0, 1):
-        test = np.flatnonzero(folds == fold)
-        train = folds != fold
-        model = RidgeRewardModel(1, ridge).fit(logged[train], np.zeros(int(train.sum()), dtype=np.int64), rewards[train])
-        for i in test:
+        train = folds[owner] != fold
+        model = RidgeRewardModel(1, ridge).fit(x[train], np.zeros(int(train.sum()), dtype=np.int64), y[train])
+        for i in np.flatnonzero(folds == fold):
             q[i, : joint[i].shape[0]] = model.predict(joint[i])[:, 0]
     return q
 
@@ -209,7 +216,7 @@ def estimate_policy_value(
         SelfNormalizedInverseProbabilityWeighting().estimate_interval(data, dist, **kwargs),
     ]
     if n >= MIN_ROUNDS_FOR_DR:
-        q = _reward_predictions(log, actions, rewards, width, ridge, rng)
+        q = _reward_predictions(log, width, ridge, rng)
         estimates.append(DoublyRobust().estimate_interval(data, dist, q, **kwargs))
     # The logging policy as its own target: weight 1 on every logged action, i.e. the mean reward.
     on_policy_dist = np.zeros((n, width))
