@@ -310,16 +310,31 @@ def _ope_section(data: RunData) -> str:
     if not ope.estimates:
         return _missing(f"Off-policy estimates ({OPE_FILE} has no estimates)")
     rows = [[e.estimator, num(e.value, 4), f"[{num(e.ci_low, 4)}, {num(e.ci_high, 4)}]",
-             num(e.value - ope.on_policy_value, 4) if ope.on_policy_value is not None else "n/a",
-             ("yes" if e.ci_low <= ope.on_policy_value <= e.ci_high else "no") if ope.on_policy_value is not None else "n/a"]
+             num(e.value - ope.on_policy_value, 4) if ope.on_policy_value is not None else "n/a"]
             for e in ope.estimates]
-    on_policy = (f"On-policy value of {ope.target_policy}: {num(ope.on_policy_value, 4)}."
-                 if ope.on_policy_value is not None else
-                 f"The on-policy value of {ope.target_policy} was not recorded in this run.")
+    logged = (f"The logging policy's own value (mean logged reward): {num(ope.on_policy_value, 4)}."
+              if ope.on_policy_value is not None else "The logging policy's value was not recorded in this run.")
     return (_img(plots.ope_figure(ope), "off-policy estimates")
-            + _table(["estimator", "value", "CI", "value - on-policy", "CI covers on-policy"], rows)
+            + _table(["estimator", "value", "CI", "value - logged value"], rows)
             + _note(f"Target policy {ope.target_policy}, estimated from {ope.n:,} logged decisions of "
-                    f"{ope.logging_policy}. {on_policy}"))
+                    f"{ope.logging_policy}. {logged}")
+            + _ope_signs(data))
+
+
+def _ope_signs(data: RunData) -> str:
+    """Per bandit variant: does the estimate from the control's log point the way the A/B went?"""
+    stage = data.run.stages.get("ope", {}) if data.run is not None else {}
+    if not stage:
+        return ""
+    rows = [[name, f"{r['estimator']} {num(r['estimate'], 4)}", num(r["control_logged_value"], 4),
+             metric_effect("ctr", r["online_ctr_difference"]), "yes" if r["sign_agrees"] else "NO"]
+            for name, r in stage.items() if isinstance(r, dict)]
+    return ("<h3>Off-policy vs online, per bandit variant</h3>"
+            + _table(["variant", "estimate from the control's log", "control's logged value",
+                      "online CTR difference", "same sign"], rows)
+            + _note("Each variant's value estimated from the control's impressions alone (slot 0), minus the "
+                    "control's logged value, against the online difference: OPE can tell the direction of a "
+                    "change before it is run."))
 
 
 # -- 5. freshness and latency ------------------------------------------------------------------
