@@ -91,12 +91,16 @@ def outcomes_of(shoppers: list[dict[str, Any]]) -> list[RequestOutcome]:
             for s in in_experiment(shoppers)]
 
 
+WEIGHTS = {"arm": {"in_history": 0.6821, "novelty": -0.2513}, "user": {"views_24h": 0.1}, "bias": 0.05}
+
+
 def experiment_body(shoppers: list[dict[str, Any]], with_analysis: bool = True) -> dict[str, Any]:
     """What GET /v1/experiments/{name} returns (serving/app/api.py::experiment_report)."""
     report = analyze_experiment(EXPERIMENT, outcomes_of(shoppers)) if with_analysis else None
     return {
         "experiment": _experiment_definition(EXPERIMENT),
-        "live": {v.name: {"decisions": 10} for v in EXPERIMENT.variants},
+        "live": {v.name: {"decisions": 10, "feature_weights": WEIGHTS if v.policy != "popularity" else None}
+                 for v in EXPERIMENT.variants},
         "analysis": _jsonable(report) if report is not None else None,
         "analysis_note": None if report is not None else "no requests yet",
     }
@@ -160,7 +164,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "experiment": EXPERIMENT.name, "registry": str(d / "registry"),
         "stages": {"replay": {"events": 62_767, "accepted": 62_767, "rejected": 0},
                    "training": {"models": [{"name": "lightgcn", "metrics": {"test/recall@20": 0.0587}}]},
-                   "shoppers": {"requests": N_SHOPPERS}},
+                   "shoppers": {"requests": N_SHOPPERS},
+                   "ope": {"linucb": {"estimate": 0.4123, "estimator": "DR", "control_logged_value": 0.2524,
+                                      "online_ctr_difference": 0.1, "sign_agrees": True}}},
+        "retrains": [{"serving_at": 1714557900.0, "versions": {"lightgcn": "v2"}, "during_traffic": True}],
         "notes": ["fault injected: killed the pipeline process once"], "ok": True, "options": {"epochs": "5"},
     }))
     return d
@@ -241,11 +248,17 @@ def test_rates_and_regret_sections_match_the_shopper_log(run_dir: Path, page: st
         regret_sum = sum(s["oracle_reward"] - s["reward"] for s in with_oracle)
         assert num(reward) in regret and num(regret_sum) in regret
         assert num(regret_sum / len(with_oracle), 4) in regret
+        regrets = [s["oracle_reward"] - s["reward"] for s in with_oracle]
+        third = len(regrets) // 3
+        assert num(float(np.mean(regrets[:third])), 4) in regret and num(float(np.mean(regrets[-third:])), 4) in regret
     assert "lightgcn" not in rates and "lightgcn" not in regret
+    # what each bandit learned to trust, by name
+    assert "What each bandit learned to trust" in regret and "in_history" in regret and num(0.6821, 3) in regret
 
 
 def test_ope_latency_freshness_pipeline_and_training_numbers(run_dir: Path, page: str) -> None:
     ope = section_text(page, 4)
+    assert "Off-policy vs online, per bandit variant" in ope and "DR 0.4123" in ope
     for e in OPE["estimates"]:
         assert f"{e['estimator']} {num(e['value'], 4)} [{num(e['ci_low'], 4)}, {num(e['ci_high'], 4)}]" in " ".join(ope.split())
     assert num(OPE["on_policy_value"], 4) in ope
