@@ -15,14 +15,14 @@ import httpx
 import pytest
 
 from ray_jobs.registry import ModelRegistry
+from ray_jobs.retrain import WORKING_DIR_EXCLUDES
 from streamrec.local_stack import dashboard_url, ray_auth_headers, ray_client_env, start_ray_head, stop_ray_head
 from support import free_port, make_settings, private_ray_settings
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-EXCLUDES = [".venv", ".git", ".streamrec", ".mypy_cache", ".pytest_cache", "__pycache__", "*.pyc",
-            "*.egg-info", "reports", "out", "bench_results"]
+EXCLUDES = WORKING_DIR_EXCLUDES  # what the loop's retrain jobs leave out of their working dir too
 
 
 def _wait(check, timeout_s: float, what: str) -> None:
