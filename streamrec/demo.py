@@ -550,16 +550,19 @@ def run_demo(settings: Settings, opts: DemoOptions | None = None) -> int:
 
         models: list[dict[str, Any]] = []
         if opts.train:
-            say("4/7", "training on the event lake with Ray Train and registering (LightGCN retrieval, SASRec ranking) ...")
+            say("4/7", "training on the event lake with Ray Train and registering (LightGCN retrieval, SASRec ranking, "
+                       "CrossCBR on bundles mined from the lake) ...")
             configs = Path(__file__).resolve().parents[1] / "ray_jobs" / "configs"
-            for model, serve_as in (("lightgcn", "item"), ("sasrec", "ranker")):
+            for model, serve_as in (("lightgcn", "item"), ("sasrec", "ranker"), ("crosscbr", "bundle")):
                 result = train_model(settings, model, configs / f"{model}_lake.yaml", serve_as, opts.epochs, run_dir / "training.log")
                 models.append(result)
                 detail(f"{model}: registered {result['name']}@{result['version']} in {result['seconds']}s; "
                        + ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items()
                                    if k.startswith("test/") and isinstance(v, float))
                        + f" ({result['metrics'].get('test/protocol', 'protocol not recorded')})")
-            source = wait_for_models_in_serving(settings, shoppers[0].user_id if shoppers else "0", [m["version"] for m in models])
+            # /v1/recommendations names the item model and the ranker; the bundle model shows in bundle reasons.
+            source = wait_for_models_in_serving(settings, shoppers[0].user_id if shoppers else "0",
+                                                [m["version"] for m in models if m["model"] != "crosscbr"])
             detail(f"serving hot-loaded it: /v1/recommendations source = {source}")
         else:
             say("4/7", "training skipped (--no-train): serving uses its cold-start fallbacks")
@@ -579,7 +582,8 @@ def run_demo(settings: Settings, opts: DemoOptions | None = None) -> int:
             detail(f"retrain trigger watching: a retrain is due after {threshold:,} new events in the lake "
                    f"(`streamrec retrain --watch`, log {retrainer.log.name})")
             watcher = threading.Thread(target=watch_for_retrained_models, daemon=True, args=(
-                settings, {m["name"]: m["version"] for m in models}, shoppers[0].user_id, retrain_stop, retrains, 1200.0))
+                settings, {m["name"]: m["version"] for m in models if m["model"] in {j.model for j in settings.retrain.jobs}},
+                shoppers[0].user_id, retrain_stop, retrains, 1200.0))
             watcher.start()
         shopper_run, freshness, faults = asyncio.run(
             run_shopper_phase(settings, shoppers, category_of, opts, experiment_name, online, popular_item, pipeline)
