@@ -153,6 +153,7 @@ class _PopularItems:
         self._learner = learner
         self._items: list[tuple[str, float, str | None]] = []
         self.category_of: dict[str, str | None] = {}  # of the pulled list, built once per pull
+        self.count_of: dict[str, float] = {}  # likewise: item -> popularity
         self.version = 0  # pulls that changed the list: what caches derived from it compare against
         self._refresh = BackgroundRefresh(self._pull, POPULARITY_CACHE_S, "popular items")
 
@@ -160,6 +161,7 @@ class _PopularItems:
         items = await self._learner.popular_items.remote(POPULAR_PULL)
         if items != self._items:  # unchanged (no new events): the derived caches stay valid
             self._items, self.category_of = items, {i: c for i, _, c in items}
+            self.count_of = {i: score for i, score, _ in items}
             self.version += 1
 
     async def get(self, n: int) -> list[tuple[str, float, str | None]]:
@@ -246,7 +248,7 @@ class BundleCandidates:
         all_items = {i for b in bundles for i in b.items}
         signals = RequestSignals(
             seed=seed_item, anchor=anchor, history=sequence, category_of=self._popular.category_of,
-            popularity={i: score for i, score, _ in popular}, cooccurrence=cooccurrence,
+            popularity=self._popular.count_of, cooccurrence=cooccurrence,
             user_categories=_category_affinity(features),
             next_item_score=predicted.of(all_items, ranker.ranker.row_of) if predicted is not None else {},
             graph_affinity=self._emb.item_affinity(user_id, sequence, all_items),

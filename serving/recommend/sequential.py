@@ -33,7 +33,12 @@ class NextItems:
 
     def top(self, n: int, exclude: set[str] = frozenset()) -> list[str]:
         """The ``n`` best items, best first, skipping ``exclude``."""
-        order = np.argsort(-self.scores, kind="stable")[: n + len(exclude)]
+        want = min(n + len(exclude), self.scores.size)
+        if want <= 0:
+            return []
+        # argpartition, then sort the few: a full argsort of the catalogue was most of a bundle request
+        top = np.sort(np.argpartition(-self.scores, want - 1)[:want])  # sorted: ties in catalogue order
+        order = top[np.argsort(-self.scores[top], kind="stable")]
         return [self.ids[r] for r in order if self.ids[r] not in exclude][:n]
 
     def of(self, items: set[str] | list[str], row_of: dict[str, int]) -> dict[str, float]:
