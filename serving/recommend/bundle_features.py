@@ -107,51 +107,69 @@ class RequestSignals:
 
 def arm_feature_matrix(bundles: Sequence[CandidateBundle], signals: RequestSignals) -> np.ndarray:
     """``(len(bundles), ARM_DIM)`` features of the request's candidates (columns: ``ARM_FEATURES``)."""
-    out = np.zeros((len(bundles), ARM_DIM))
     if not bundles:
-        return out
+        return np.zeros((0, ARM_DIM))
     last_seen = {item: pos for pos, item in enumerate(signals.history)}  # latest position of each item
     top_popularity = math.log1p(max(signals.popularity.values(), default=0.0))
     seed_category = signals.category_of.get(signals.seed) if signals.seed is not None else None
-    next_max, next_mean, affinity = (np.full(len(bundles), np.nan) for _ in range(3))
-    bundle_score = np.full(len(bundles), np.nan)
-    for row, bundle in enumerate(bundles):
-        items = bundle.items
-        n = len(items)
-        categories = [signals.category_of.get(i) for i in items]
-        known_categories = {c for c in categories if c is not None}
-        predicted = [signals.next_item_score[i] for i in items if i in signals.next_item_score]
-        if predicted:
-            next_max[row], next_mean[row] = max(predicted), sum(predicted) / len(predicted)
-        affine = [signals.graph_affinity[i] for i in items if i in signals.graph_affinity]
-        if affine:
-            affinity[row] = max(affine)
-        if bundle.bundle_id in signals.bundle_model_score:
-            bundle_score[row] = signals.bundle_model_score[bundle.bundle_id]
-            out[row, _COLUMN["bundle_model_known"]] = 1.0
-        others = [i for i in items if i != signals.anchor]
-        out[row, _COLUMN["cooccurrence"]] = (
-            sum(signals.cooccurrence.get(i, 0.0) for i in others) / len(others) if others else 0.0
-        )
-        if top_popularity > 0:
-            out[row, _COLUMN["popularity"]] = sum(math.log1p(signals.popularity.get(i, 0.0)) for i in items) / (n * top_popularity)
-        out[row, _COLUMN["novelty"]] = sum(i not in signals.popularity for i in items) / n
-        out[row, _COLUMN["in_history"]] = sum(i in last_seen for i in items) / n
-        seen_at = [last_seen[i] for i in items if i in last_seen]
-        if seen_at:
-            out[row, _COLUMN["history_recency"]] = 1.0 / (1.0 + len(signals.history) - 1 - max(seen_at))
-        out[row, _COLUMN["has_seed"]] = float(signals.seed is not None and signals.seed in items)
-        if seed_category is not None:
-            out[row, _COLUMN["seed_category"]] = sum(c == seed_category for c in categories) / n
-        out[row, _COLUMN["category_affinity"]] = sum(signals.user_categories.get(c, 0.0) for c in categories if c) / n
-        out[row, _COLUMN["cross_category"]] = len(known_categories) / n
-        out[row, _COLUMN["from_next_items"]] = float(bundle.source == BundleSource.NEXT_ITEMS)
-        out[row, _COLUMN["from_catalogue"]] = float(bundle.source == BundleSource.CATALOGUE)
-    out[:, _COLUMN["bundle_model_score"]] = _standardised(bundle_score)
-    out[:, _COLUMN["next_item_max"]] = _standardised(next_max)
-    out[:, _COLUMN["next_item_mean"]] = _standardised(next_mean)
-    out[:, _COLUMN["graph_affinity"]] = _standardised(affinity)
+    rows = [_arm_row(bundle, signals, last_seen, top_popularity, seed_category) for bundle in bundles]
+    out = np.array(rows, dtype=np.float64)
+    for name in ("bundle_model_score", "next_item_max", "next_item_mean", "graph_affinity"):
+        out[:, _COLUMN[name]] = _standardised(out[:, _COLUMN[name]])  # raw scores (NaN: none) until here
     return out
+
+
+def _arm_row(bundle: CandidateBundle, signals: RequestSignals, last_seen: Mapping[str, int], top_popularity: float,
+             seed_category: str | None) -> list[float]:
+    """One candidate's features, model scores still raw (NaN where there is none). One pass over its
+    items, plain Python floats: this runs for a few hundred candidates per request."""
+    nan = math.nan
+    n = len(bundle.items)
+    next_max, next_sum, next_n, affinity = -math.inf, 0.0, 0, -math.inf
+    co_sum, co_n, log_popularity, unpopular, seen, latest = 0.0, 0, 0.0, 0, 0, -1
+    same_category, category_affinity, categories = 0, 0.0, set()
+    for item in bundle.items:
+        score = signals.next_item_score.get(item)
+        if score is not None:
+            next_max, next_sum, next_n = max(next_max, score), next_sum + score, next_n + 1
+        aff = signals.graph_affinity.get(item)
+        if aff is not None:
+            affinity = max(affinity, aff)
+        if item != signals.anchor:
+            co_sum, co_n = co_sum + signals.cooccurrence.get(item, 0.0), co_n + 1
+        count = signals.popularity.get(item)
+        if count is None:
+            unpopular += 1
+        else:
+            log_popularity += math.log1p(count)
+        pos = last_seen.get(item)
+        if pos is not None:
+            seen, latest = seen + 1, max(latest, pos)
+        category = signals.category_of.get(item)
+        if category is not None:
+            categories.add(category)
+            same_category += category == seed_category
+            category_affinity += signals.user_categories.get(category, 0.0)
+    model_score = signals.bundle_model_score.get(bundle.bundle_id)
+    row = [
+        nan if model_score is None else model_score,
+        0.0 if model_score is None else 1.0,
+        next_max if next_n else nan,
+        next_sum / next_n if next_n else nan,
+        affinity if affinity > -math.inf else nan,
+        co_sum / co_n if co_n else 0.0,
+        log_popularity / (n * top_popularity) if top_popularity > 0 else 0.0,
+        unpopular / n,
+        seen / n,
+        1.0 / (len(signals.history) - latest) if seen else 0.0,
+        float(signals.seed is not None and signals.seed in bundle.items),
+        same_category / n if seed_category is not None else 0.0,
+        category_affinity / n,
+        len(categories) / n,
+        float(bundle.source == BundleSource.NEXT_ITEMS),
+        float(bundle.source == BundleSource.CATALOGUE),
+    ]
+    return row
 
 
 def _standardised(scores: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ class NextItems:
     """The model's next-item scores over its whole catalogue after one sequence."""
 
     ids: list[str]  # raw item id of each row
-    scores: np.ndarray  # (n_items,) float64
+    scores: np.ndarray  # (n_items,) float32
 
     def top(self, n: int, exclude: set[str] = frozenset()) -> list[str]:
         """The ``n`` best items, best first, skipping ``exclude``."""
@@ -87,6 +87,8 @@ class SequenceRanker:
         with torch.inference_mode():
             self._items = model.item_emb.weight[1:].detach().to(torch.float64).cpu().numpy()
         self._ids: list[str] | None = None  # raw id of each row, built on first use
+        # float32 for the whole-catalogue scores of next_items: half the bytes of a request's product
+        self._items32 = self._items.astype(np.float32)
 
     def knows(self, item_id: str) -> bool:
         return item_id in self.row_of
@@ -102,8 +104,8 @@ class SequenceRanker:
             for item, row in self.row_of.items():
                 self._ids[row] = item
         with torch.inference_mode():
-            user = self.model.user_vectors(seq)[0].to(torch.float64).cpu().numpy()
-        return NextItems(self._ids, self._items @ user)
+            user = self.model.user_vectors(seq)[0].cpu().numpy().astype(np.float32)
+        return NextItems(self._ids, self._items32 @ user)
 
     def rank(self, sequence: Sequence[str], candidates: Sequence[str]) -> RankedItems | None:
         """Candidates known to the model, by score; None when no item of ``sequence`` is known
