@@ -8,9 +8,10 @@ cutoff, reward 1 if the user has a later event in that category. Context = rank-
 the training data. k = 1 slot per round, users drawn with replacement. Prints the mean cumulative
 regret (+- std over seeds) per policy; lower is better.
 
-Verdict (issue 24): LinUCB and linear Thompson sampling, with the exploration the served
-experiment ships (deploy/local/experiments.yaml: alpha 0.3, v 0.05; `outer` features here, as the
-replay's arms are raw embeddings rather than the served per-(user, bundle) features), must each end
+Verdict (issue 24): LinUCB (alpha 0.3, as served) and linear Thompson sampling (v 0.05, tuned on
+the Youshu tune split; the served experiment uses 0.3 over its named features), with `outer`
+features here, as the replay's arms are raw embeddings rather than the served per-(user, bundle)
+features, must each end
 with at most 0.8x the cumulative regret of epsilon-greedy (0.02) on the same seeds, with a paired t
 < -2 over the seeds. The bench exits 1 when any is missed.
 """
