@@ -340,11 +340,13 @@ class BanditPolicy(ABC):
         return True
 
     def credit(self, arm: Arm, context: np.ndarray, reward: float, offset: int | None = None) -> bool:
-        """Add ``reward`` to an observation :meth:`expose` already counted (no new observation)."""
+        """Add ``reward`` to an observation :meth:`expose` already counted (no new observation).
+        Counted in ``n_updates`` (a version of the learned state: replicas re-pull on a change)."""
         arm, ctx, reward = self._checked(arm, context, reward)
         if not self._take_offset(offset):
             return False
         self._apply_credit(arm, ctx, reward)
+        self.n_updates += 1
         return True
 
     def _checked(self, arm: Any, context: Any, reward: Any) -> tuple[Arm, np.ndarray, float]:

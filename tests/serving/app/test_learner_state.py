@@ -90,8 +90,9 @@ def test_fold_counts_each_feedback_once() -> None:
     assert c["feedback_unattributed"] == 0
     assert c["feedback_pending"] == 0
     assert c["bad_records"] == 1
-    # every shown bundle of the 30 impressions is one observation (reward 0 until credited)
-    assert sum(p.n_updates for p in state.policies.values()) == 30 * 3
+    # every shown bundle of the 30 impressions is one observation (reward 0 until credited), and each
+    # applied feedback one credit: both change the state the replicas pull (n_updates is its version)
+    assert sum(p.n_updates for p in state.policies.values()) == 30 * 3 + 31
     assert sum(v["exposures"] for v in state.stats()["variants"].values()) == 30 * 3
     # replaying records already folded changes nothing
     before = state.stats()

@@ -204,7 +204,7 @@ def test_learner_killed_under_traffic_restores_exactly_once(recommender) -> None
         assert set(ids) == sent
         assert final["counters"]["feedback_duplicates"] - dups0 == len(ids) - len(set(ids)) >= 1
         assert final["counters"]["feedback_pending"] == 0
-        assert sum(final["policy_updates"][f"bundles_ab {v}"] for v in ("pop", "ucb", "ts")) == sum(
-            base["policy_updates"][f"bundles_ab {v}"] for v in ("pop", "ucb", "ts")) + len(sent)
+        assert sum(final["variants"][f"bundles_ab {v}"]["updates"] for v in ("pop", "ucb", "ts")) == sum(
+            base["variants"][f"bundles_ab {v}"]["updates"] for v in ("pop", "ucb", "ts")) + len(sent)
         assert final["restored"]["feedback_applied_at_restore"] < final["counters"]["feedback_applied"]  # replayed some
         assert c.get("/v1/bundles", params={"user_id": "after-restart"}).status_code == 200

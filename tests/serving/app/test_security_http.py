@@ -121,7 +121,7 @@ def test_forged_mismatched_and_replayed_feedback_moves_nothing(recommender) -> N
             timeout_s=30, what="the learner folding the feedback",
         )
         assert after["counters"]["feedback_applied"] == before["counters"]["feedback_applied"] + 2  # the click, the purchase
-        assert after["policy_updates"][key] == before["policy_updates"][key] + 2
+        assert after["variants"][key]["updates"] == before["variants"][key]["updates"] + 2  # credited once each
         assert after["variants"][key]["clicks"] == before["variants"][key]["clicks"] + 1
         # the purchase counts at the bounded price and quantity, not at 1e9 x 10,000
         limits = settings.serving

@@ -41,3 +41,14 @@ def test_a_shown_but_ignored_arm_loses_to_a_clicked_one() -> None:
                              np.random.default_rng(0))
     assert decision.arm_ids == ("good", "bad")
     assert decision.scores[0] > 0.9 and abs(decision.scores[1]) < 0.1
+
+
+def test_a_credit_alone_is_a_new_version_of_the_state() -> None:
+    """Replicas re-pull a policy when its n_updates moves (serving/app/learner.py): a click that
+    arrives after its impression must move it too, or the replicas would serve without it."""
+    policy = registry.make_policy("linucb", 1, 2, features="concat")
+    arm, context = Arm("a", np.array([1.0, 0.0])), np.zeros(1)
+    policy.expose(arm, context)
+    before, theta = policy.n_updates, policy.theta.copy()
+    policy.credit(arm, context, 1.0)
+    assert policy.n_updates == before + 1 and not np.allclose(policy.theta, theta)
