@@ -453,13 +453,14 @@ class LearnerState:
     def feature_weights(self) -> dict[str, dict[str, Any]]:
         """Per policy key with shared linear weights: the weight it learned on each named user and
         arm feature (``serving.recommend.bundle_features``), i.e. which signal it trusts."""
+        # Named as served; positional for other dimensions (a learner built for tests or replays).
+        user_names = USER_FEATURES if self.user_dim == len(USER_FEATURES) else [f"user_{i}" for i in range(self.user_dim)]
+        arm_names = ARM_FEATURES if self.arm_dim == len(ARM_FEATURES) else [f"arm_{i}" for i in range(self.arm_dim)]
         out: dict[str, dict[str, Any]] = {}
         for key, policy in self.policies.items():
             weights = policy.learned_weights()
             if weights is None:
                 continue
-            user_names = USER_FEATURES if self.user_dim == len(USER_FEATURES) else [f"user_{i}" for i in range(self.user_dim)]
-            arm_names = ARM_FEATURES if self.arm_dim == len(ARM_FEATURES) else [f"arm_{i}" for i in range(self.arm_dim)]
             out[key] = {
                 "arm": {name: round(float(w), 6) for name, w in zip(arm_names, weights.arm)},
                 "user": {name: round(float(w), 6) for name, w in zip(user_names, weights.user)},
