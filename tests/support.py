@@ -134,6 +134,31 @@ def make_event(event_type: str = "view", user_id: str | None = None, **fields: A
     return event
 
 
+def register_trained(root: Path, name: str, model_name: str, model: Any, data: Any, params: dict[str, Any], tmp: Path,
+                     data_snapshot_id: str = "sha256:test") -> str:
+    """Register a model trained in-process like ``ray_jobs.train.register_outcome``: job config,
+    resolved model config, state dict, embeddings and the raw ids of their rows (serving loads it)."""
+    import numpy as np
+    import torch
+
+    from ray_jobs.registry import ModelRegistry
+    from ray_jobs.trainers import JobConfig
+
+    with torch.no_grad():
+        embeddings = {k: np.asarray(v) for k, v in model.export_embeddings().items()}
+    weights = tmp / f"{name}-{model_name}-weights.pt"
+    torch.save(model.state_dict(), weights)
+    job = JobConfig(name=f"{model_name}_taobao", model=model_name, model_params=params, dataset={"name": "taobao"})
+    ids = {kind: [str(v) for v in raw.tolist()]
+           for kind, raw in (("user", data.user_ids), ("item", data.item_ids)) if kind in embeddings}
+    return ModelRegistry(root).register(
+        name, embeddings=embeddings, metrics={}, config=job.model_dump(mode="json"),
+        data_snapshot_id=data_snapshot_id, weights_file=weights,
+        extra={"model": model_name, "dataset": "taobao", "ids": ids,
+               "model_config": model.config.model_dump(mode="json")},
+    )
+
+
 def fit_in_process(name: str, data: Any, epochs: int, overrides: dict[str, Any], seed: int = 0) -> Any:
     """Train model ``name`` in-process (no Ray) with the batches and optimiser the Ray worker loop
     uses; returns it in eval mode. Imports torch lazily: most tests never train."""

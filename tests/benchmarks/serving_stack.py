@@ -135,28 +135,14 @@ def train_and_register_sasrec(settings: Settings, epochs: int, seed: int = 0) ->
     """The shipped SASRec (ray_jobs/configs/sasrec_lake.yaml's parameters: the paper defaults) on the
     Taobao slice, trained in-process and registered as the ranker, with its weights and raw ids, so
     that bundle requests pay for its next-item forward pass as they do in the demo."""
-    import numpy as np
-    import torch
-
     from ray_jobs.data.taobao import load_taobao
-    from ray_jobs.registry import ModelRegistry
-    from ray_jobs.trainers import JobConfig
-    from support import fit_in_process
+    from support import fit_in_process, register_trained
 
     data = load_taobao(settings.data.datasets_dir)
     model = fit_in_process("sasrec", data, epochs, {}, seed)
-    with torch.no_grad():
-        embeddings = {k: np.asarray(v) for k, v in model.export_embeddings().items()}
-    weights = settings.data.state_dir / "bench-sasrec.pt"
-    torch.save(model.state_dict(), weights)
-    job = JobConfig(name="sasrec_taobao", model="sasrec", model_params={}, dataset={"name": "taobao"})
-    registry = ModelRegistry(settings.serving.registry_root or settings.data.state_dir / "registry")
-    return registry.register(
-        settings.serving.ranker_model, embeddings=embeddings, metrics={}, config=job.model_dump(mode="json"),
-        data_snapshot_id="taobao_userbehavior_subset", weights_file=weights,
-        extra={"model": "sasrec", "dataset": "taobao", "ids": {"item": [str(i) for i in data.item_ids.tolist()]},
-               "model_config": model.config.model_dump(mode="json")},
-    )
+    return register_trained(settings.serving.registry_root or settings.data.state_dir / "registry",
+                            settings.serving.ranker_model, "sasrec", model, data, {}, settings.data.state_dir,
+                            data_snapshot_id="taobao_userbehavior_subset")
 
 
 def start_serving_stack(state_dir: Path, history_events: int, train_epochs: int, with_noop: bool = False) -> ServingStack:

@@ -5,7 +5,6 @@ computations the served lists are checked against."""
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,9 +13,7 @@ import torch
 
 from ray_jobs.data import InteractionData, load_dataset
 from ray_jobs.models import SEQ
-from ray_jobs.registry import ModelRegistry
-from ray_jobs.trainers import JobConfig
-from support import fit_in_process
+from support import fit_in_process, register_trained as register  # noqa: F401 (the ranker tests' name for it)
 
 # Small enough to train in seconds on one shared core, big enough to give distinct scores.
 SASREC_PARAMS = {"hidden_dim": 16, "n_blocks": 1, "n_heads": 1, "dropout": 0.2, "batch_size": 128}
@@ -35,25 +32,6 @@ def taobao() -> InteractionData:
 def train(model_name: str, data: InteractionData, params: dict[str, Any], epochs: int, seed: int) -> torch.nn.Module:
     """Train in-process (no Ray) on the batches the Ray worker loop uses; returns it in eval mode."""
     return fit_in_process(model_name, data, epochs, params, seed)
-
-
-def register(root: Path, name: str, model_name: str, model: torch.nn.Module, data: InteractionData,
-             params: dict[str, Any], tmp: Path) -> str:
-    """Register like ``ray_jobs.train.register_outcome``: job config, resolved model config, state
-    dict, embeddings and the raw ids of their rows."""
-    with torch.no_grad():
-        embeddings = {k: np.asarray(v) for k, v in model.export_embeddings().items()}
-    weights = tmp / f"{name}-{model_name}-weights.pt"
-    torch.save(model.state_dict(), weights)
-    job = JobConfig(name=f"{model_name}_taobao", model=model_name, model_params=params, dataset={"name": "taobao"})
-    ids = {kind: [str(v) for v in raw.tolist()]
-           for kind, raw in (("user", data.user_ids), ("item", data.item_ids)) if kind in embeddings}
-    return ModelRegistry(root).register(
-        name, embeddings=embeddings, metrics={}, config=job.model_dump(mode="json"),
-        data_snapshot_id="sha256:test", weights_file=weights,
-        extra={"model": model_name, "dataset": "taobao", "ids": ids,
-               "model_config": model.config.model_dump(mode="json")},
-    )
 
 
 def offline_sasrec_order(sasrec: torch.nn.Module, data: InteractionData, sequence: list[str],
