@@ -250,7 +250,7 @@ class BundleCandidates:
             seed=seed_item, anchor=anchor, history=sequence, category_of=self._popular.category_of,
             popularity=self._popular.count_of, cooccurrence=cooccurrence,
             user_categories=_category_affinity(features),
-            next_item_score=predicted.of(all_items) if predicted is not None else {},
+            next_item_score=predicted.of(all_items, ranker.ranker.row_of) if predicted is not None else {},
             graph_affinity=self._emb.item_affinity(user_id, sequence, all_items),
             bundle_model_score=self._emb.bundle_scores(user_id, [b.bundle_id for b in bundles]),
         )
