@@ -32,9 +32,11 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     })
     run_dir = tmp / "run"
     cli = Path(sys.executable).parent / "streamrec"
+    # Shortened in shoppers only (120 of 300): the models train on the whole history at the lake
+    # configs' budgets, as in `make demo`. With a 20k-event history and 2 epochs SASRec's hit rate
+    # halved, the arms carried no signal and the lift this run asserts was a coin flip.
     done = subprocess.run(
-        [str(cli), "demo", "--limit", "20000", "--shoppers", "120", "--steps", "4", "--epochs", "2",
-         "--inject-faults", "--run-dir", str(run_dir)],
+        [str(cli), "demo", "--shoppers", "120", "--steps", "6", "--inject-faults", "--run-dir", str(run_dir)],
         env=env, capture_output=True, text=True, timeout=1400,
     )
     return {"done": done, "run_dir": run_dir, "ports": ports, "state": tmp / "state"}
@@ -52,9 +54,10 @@ def test_demo_exits_zero_and_says_the_loop_closed(demo_run: dict) -> None:
 
 def test_events_counted_through_every_stage_nothing_lost(demo_run: dict) -> None:
     stages = _json(demo_run["run_dir"] / "run.json")["stages"]
-    assert stages["replay"]["accepted"] == stages["replay"]["events"] == 20000
+    replayed = stages["replay"]["events"]
+    assert stages["replay"]["accepted"] == replayed > 0
     acc = stages["accounting"]
-    assert acc["accepted_by_collector"] >= 20000 + stages["shoppers"]["events_accepted"]
+    assert acc["accepted_by_collector"] >= replayed + stages["shoppers"]["events_accepted"]
     assert acc["missing_in_kafka"] == 0 and acc["missing_in_lake"] == 0
     # The pipeline (killed once, restarted) processed every record of the topic.
     assert stages["pipeline"]["restarts"] == 1
