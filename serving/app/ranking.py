@@ -123,21 +123,25 @@ class _Embeddings:
         scores = table.matrix[[r for _, r in rows]] @ users.matrix[users.row_of[user_id]]
         return {b: float(x) for (b, _), x in zip(rows, scores)}
 
-    def item_affinity(self, user_id: str | None, history: list[str], items: set[str]) -> dict[str, float]:
-        """The item model's (LightGCN) affinity of the user with each known item: user . item for a
-        user it knows, else the mean of their recent known items . item; {} without either."""
+    def user_query(self, user_id: str | None, history: list[str]) -> tuple[np.ndarray, str] | None:
+        """The user in the item model's space, and why: their user row when the model knows them
+        (and the dimensions agree), else the mean of their last 10 known items; None without either."""
         table, users = self.item, self.user
         if table is None:
-            return {}
-        query = None
+            return None
         if users is not None and user_id in users.row_of and users.matrix.shape[1] == table.matrix.shape[1]:
-            query = users.matrix[users.row_of[user_id]]
-        else:
-            recent = [table.row_of[i] for i in history[-10:] if i in table.row_of]
-            if recent:
-                query = table.matrix[recent].mean(axis=0)
-        if query is None:
+            return users.matrix[users.row_of[user_id]], "for you"
+        recent = [table.row_of[i] for i in history if i in table.row_of][-10:]
+        if recent:
+            return table.matrix[recent].mean(axis=0), "based on your recent items"
+        return None
+
+    def item_affinity(self, user_id: str | None, history: list[str], items: set[str]) -> dict[str, float]:
+        """The item model's (LightGCN) affinity of the user with each known item: ``user_query`` . item."""
+        table, found = self.item, self.user_query(user_id, history)
+        if table is None or found is None:
             return {}
+        query = found[0]
         known = [i for i in items if i in table.row_of]
         if not known:
             return {}
@@ -250,7 +254,7 @@ class BundleCandidates:
             seed=seed_item, anchor=anchor, history=sequence, category_of=self._popular.category_of,
             popularity=self._popular.count_of, cooccurrence=cooccurrence,
             user_categories=_category_affinity(features),
-            next_item_score=predicted.of(all_items, ranker.ranker.row_of) if predicted is not None else {},
+            next_item_score=predicted.of(all_items) if predicted is not None else {},
             graph_affinity=self._emb.item_affinity(user_id, sequence, all_items),
             bundle_model_score=self._emb.bundle_scores(user_id, [b.bundle_id for b in bundles]),
         )
@@ -350,24 +354,27 @@ class _CandidateList:
         self._item_sets.add(key)
 
 
+def _relative(ids: Any, scores: Any) -> dict[str, float]:
+    """id -> its score over the best, in (0, 1], from a Feast row's parallel lists (non-string ids
+    and non-finite or non-positive scores dropped)."""
+    pairs = [(i, float(x)) for i, x in zip(ids or [], scores or [])
+             if isinstance(i, str) and isinstance(x, (int, float)) and math.isfinite(x) and x > 0]
+    top = max((x for _, x in pairs), default=0.0)
+    return {i: x / top for i, x in pairs}
+
+
 def _strengths(row: dict[str, Any]) -> dict[str, float]:
-    """item -> co-occurrence strength with the row's item in [0, 1] (its score over the best)."""
-    out: dict[str, float] = {}
-    for ids, scores in (("co_item_ids", "co_scores"), ("cross_item_ids", "cross_scores")):
-        pairs = [(i, float(x)) for i, x in zip(row.get(ids) or [], row.get(scores) or [])
-                 if isinstance(i, str) and isinstance(x, (int, float)) and math.isfinite(x) and x > 0]
-        top = max((x for _, x in pairs), default=0.0)
-        for i, x in pairs:
-            out[i] = max(out.get(i, 0.0), x / top)
+    """item -> co-occurrence strength with the row's item in [0, 1], the stronger of its any-category
+    and cross-category scores (each over its list's best)."""
+    out = _relative(row.get("co_item_ids"), row.get("co_scores"))
+    for item, strength in _relative(row.get("cross_item_ids"), row.get("cross_scores")).items():
+        out[item] = max(out.get(item, 0.0), strength)
     return out
 
 
 def _category_affinity(features: dict[str, Any]) -> dict[str, float]:
     """category -> the user's affinity (Feast top categories) over their strongest, in [0, 1]."""
-    pairs = [(c, float(x)) for c, x in zip(features.get("top_category_ids") or [], features.get("top_category_scores") or [])
-             if isinstance(c, str) and isinstance(x, (int, float)) and math.isfinite(x) and x > 0]
-    top = max((x for _, x in pairs), default=0.0)
-    return {c: x / top for c, x in pairs}
+    return _relative(features.get("top_category_ids"), features.get("top_category_scores"))
 
 
 @dataclass
@@ -455,19 +462,16 @@ class ItemRanker:
                   k: int) -> _Pool | None:
         """Exact top-(5k) over the registered item embeddings, queried by the seed item, the user's
         embedding or the mean of their recent items (in that order); None without a usable query."""
-        table, users = self._emb.item, self._emb.user
+        table = self._emb.item
         if table is None:
             return None
-        query, why = None, ""
-        recent = [i for i in (user.get("seq_item_ids") or []) if i in table.row_of][-10:]
         if seed_item is not None and seed_item in table.row_of:
             query, why = table.matrix[table.row_of[seed_item]], f"similar to {seed_item}"
-        elif users is not None and user_id in users.row_of and users.matrix.shape[1] == table.matrix.shape[1]:
-            query, why = users.matrix[users.row_of[user_id]], "for you"
-        elif recent:
-            query, why = table.matrix[[table.row_of[i] for i in recent]].mean(axis=0), "based on your recent items"
-        if query is None:
-            return None
+        else:
+            found = self._emb.user_query(user_id, [str(i) for i in (user.get("seq_item_ids") or [])])
+            if found is None:
+                return None
+            query, why = found
         index = self._emb.item_index or ExactTopK(table.matrix)
         ban = [table.row_of[i] for i in excluded if i in table.row_of]
         top = index.search(query[None, :], k=min(k * 5 + len(ban), index.n_items), exclude=[ban])

@@ -33,7 +33,10 @@ __all__ = [
     "RequestOutcome",
     "VariantResult",
     "analyze_experiment",
+    "learning_curve",
     "outcomes_from_events",
+    "third_means",
+    "window_means",
 ]
 
 SRM_ALPHA = 0.001  # the usual threshold: an SRM alarm means the data, not the policy, is suspect
@@ -106,19 +109,28 @@ class LearningCurve:
     last_third_ctr: float
 
 
+def window_means(values: Sequence[float], windows: int) -> tuple[list[int], list[float]]:
+    """(end index, mean) of each of ``windows`` consecutive, near-equal windows of ``values``
+    (empty windows of a short sequence left out)."""
+    n = len(values)
+    bounds = [round(j * n / windows) for j in range(windows + 1)]
+    pairs = [(b, math.fsum(values[a:b]) / (b - a)) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [b for b, _ in pairs], [m for _, m in pairs]
+
+
+def third_means(values: Sequence[float]) -> tuple[float, float]:
+    """Mean of the first and of the last third of ``values`` (nan with fewer than 3)."""
+    third = len(values) // 3
+    if third == 0:
+        return math.nan, math.nan
+    return math.fsum(values[:third]) / third, math.fsum(values[-third:]) / third
+
+
 def learning_curve(rows: Sequence[RequestOutcome], windows: int = LEARNING_WINDOWS) -> LearningCurve:
     """The :class:`LearningCurve` of one variant's outcomes, given in serving order."""
-    def ctr(part: Sequence[RequestOutcome]) -> float:
-        return sum(o.clicked for o in part) / len(part) if part else math.nan
-
-    n = len(rows)
-    bounds = [round(j * n / windows) for j in range(windows + 1)]
-    parts = [rows[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
-    third = n // 3
-    return LearningCurve(
-        tuple(len(p) for p in parts), tuple(ctr(p) for p in parts),
-        ctr(rows[:third]) if third else math.nan, ctr(rows[n - third:]) if third else math.nan,
-    )
+    clicks = [float(o.clicked) for o in rows]
+    ends, ctrs = window_means(clicks, windows)
+    return LearningCurve(tuple(b - a for a, b in zip([0, *ends], ends)), tuple(ctrs), *third_means(clicks))
 
 
 @dataclass(frozen=True)

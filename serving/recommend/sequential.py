@@ -29,6 +29,7 @@ class NextItems:
     """The model's next-item scores over its whole catalogue after one sequence."""
 
     ids: list[str]  # raw item id of each row
+    row_of: Mapping[str, int]  # raw item id -> row
     scores: np.ndarray  # (n_items,) float32
 
     def top(self, n: int, exclude: set[str] = frozenset()) -> list[str]:
@@ -41,9 +42,9 @@ class NextItems:
         order = top[np.argsort(-self.scores[top], kind="stable")]
         return [self.ids[r] for r in order if self.ids[r] not in exclude][:n]
 
-    def of(self, items: set[str] | list[str], row_of: dict[str, int]) -> dict[str, float]:
+    def of(self, items: set[str] | list[str]) -> dict[str, float]:
         """item -> score of the items the model knows."""
-        return {i: float(self.scores[row_of[i]]) for i in items if i in row_of}
+        return {i: float(self.scores[self.row_of[i]]) for i in items if i in self.row_of}
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,12 @@ class SequenceRanker:
         self.max_len = model.config.max_len
         self.row_of = dict(item_row_of)
         with torch.inference_mode():
-            self._items = model.item_emb.weight[1:].detach().to(torch.float64).cpu().numpy()
-        self._ids: list[str] | None = None  # raw id of each row, built on first use
-        # float32 for the whole-catalogue scores of next_items: half the bytes of a request's product
-        self._items32 = self._items.astype(np.float32)
+            # float32 as trained: next_items multiplies the whole catalogue per request; the rows
+            # rank() returns are widened to float64 (exactly) for the diversity re-ranking.
+            self._items = model.item_emb.weight[1:].detach().to(torch.float32).cpu().numpy()
+        self._ids = [""] * len(self.row_of)  # raw id of each row
+        for item, row in self.row_of.items():
+            self._ids[row] = item
 
     def knows(self, item_id: str) -> bool:
         return item_id in self.row_of
@@ -99,13 +102,9 @@ class SequenceRanker:
         seq = encode_history(list(sequence), self.row_of, self.max_len)
         if not seq.any():
             return None
-        if self._ids is None:
-            self._ids = [""] * len(self.row_of)
-            for item, row in self.row_of.items():
-                self._ids[row] = item
         with torch.inference_mode():
             user = self.model.user_vectors(seq)[0].cpu().numpy().astype(np.float32)
-        return NextItems(self._ids, self._items32 @ user)
+        return NextItems(self._ids, self.row_of, self._items @ user)
 
     def rank(self, sequence: Sequence[str], candidates: Sequence[str]) -> RankedItems | None:
         """Candidates known to the model, by score; None when no item of ``sequence`` is known
@@ -122,8 +121,8 @@ class SequenceRanker:
         history = [i for _, i in known]
         scores = score_candidates(self.model, self.row_of, history, cands).astype(np.float64)
         order = np.argsort(-scores, kind="stable")
-        vectors = self._items[[self.row_of[cands[i]] for i in order]]
-        because = _most_similar(vectors, self._items[[self.row_of[i] for i in history]])
+        vectors = self._items[[self.row_of[cands[i]] for i in order]].astype(np.float64)
+        because = _most_similar(vectors, self._items[[self.row_of[i] for i in history]].astype(np.float64))
         return RankedItems(
             items=[cands[i] for i in order],
             scores=scores[order],

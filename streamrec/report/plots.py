@@ -24,6 +24,7 @@ matplotlib.use("Agg")  # headless: the report is rendered on servers and in CI
 from matplotlib.figure import Figure  # noqa: E402 - after the backend choice
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from serving.experiments.analysis import window_means  # noqa: E402
 from streamrec.report.rundir import OpeResult, PipelineBatch, ShopperRequest  # noqa: E402
 from streamrec.report.series import (  # noqa: E402
     by_variant,
@@ -31,7 +32,6 @@ from streamrec.report.series import (  # noqa: E402
     cumulative_sum,
     distribution,
     dlq_by_reason,
-    windowed_mean,
 )
 
 __all__ = [
@@ -159,10 +159,10 @@ def learning_figure(shoppers: Sequence[ShopperRequest], order: Sequence[str] = (
     colours = variant_colours(list(groups))
     start = min((r.t for rows in groups.values() for r in rows), default=0.0)
     for name, rows in groups.items():
-        ends, means = windowed_mean([r.reward for r in rows], windows)
+        ends, means = window_means([r.reward for r in rows], windows)
         reward_ax.plot(ends, means, marker="o", color=colours[name], label=name)
         with_oracle = [r for r in rows if r.regret is not None]
-        r_ends, r_means = windowed_mean([r.regret or 0.0 for r in with_oracle], windows)
+        r_ends, r_means = window_means([r.regret or 0.0 for r in with_oracle], windows)
         r_times = np.array([with_oracle[e - 1].t - start for e in r_ends]) if len(r_ends) else np.array([])
         time_ax.plot(r_times, r_means, marker="o", color=colours[name], label=name)
     for n, at in enumerate(retrains):

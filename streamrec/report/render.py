@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from serving.experiments.analysis import third_means
 from streamrec.report import plots
 from streamrec.report.rundir import (
     EXPERIMENT_FILE,
@@ -33,7 +34,7 @@ from streamrec.report.rundir import (
     TrainedModel,
     load_run,
 )
-from streamrec.report.series import by_variant, cumulative_rate, cumulative_sum, distribution, dlq_by_reason, thirds
+from streamrec.report.series import by_variant, cumulative_rate, cumulative_sum, distribution, dlq_by_reason
 from streamrec.report.verdict import Comparison, Verdict, decide, metric_label, no_data
 
 __all__ = ["build_report", "render_html", "REPORT_FILE"]
@@ -269,7 +270,7 @@ def _regret_section(data: RunData) -> str:
         reward = cumulative_sum(s.reward for s in group).final
         regrets = [s.regret for s in group if s.regret is not None]
         regret = cumulative_sum(regrets).final
-        first, last = thirds(regrets)
+        first, last = third_means(regrets)
         rows.append([name, ", ".join(sorted({s.policy or "?" for s in group})), f"{len(group):,}", num(reward),
                      num(reward / len(group), 4), f"{len(regrets):,}", num(regret) if regrets else "n/a",
                      num(regret / len(regrets), 4) if regrets else "n/a", num(first, 4), num(last, 4),

@@ -104,22 +104,6 @@ def cumulative_sum(values: Iterable[float]) -> CumulativeSum:
     return CumulativeSum(np.cumsum(np.fromiter(values, dtype=float)))
 
 
-def thirds(values: Sequence[float]) -> tuple[float, float]:
-    """Mean of the first and of the last third of ``values`` (nan with fewer than 3)."""
-    third = len(values) // 3
-    if third == 0:
-        return float("nan"), float("nan")
-    return float(np.mean(values[:third])), float(np.mean(values[-third:]))
-
-
-def windowed_mean(values: Sequence[float], windows: int) -> tuple[np.ndarray, np.ndarray]:
-    """(end index of each window, mean of each) over ``windows`` consecutive equal windows."""
-    n = len(values)
-    bounds = [round(j * n / windows) for j in range(windows + 1)]
-    pairs = [(b, float(np.mean(values[a:b]))) for a, b in zip(bounds, bounds[1:]) if b > a]
-    return np.array([b for b, _ in pairs]), np.array([m for _, m in pairs])
-
-
 def distribution(values: Iterable[float]) -> Distribution:
     """Percentiles by numpy's default (linear interpolation) method; nan for an empty sample."""
     arr = np.fromiter(values, dtype=float)

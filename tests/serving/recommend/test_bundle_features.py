@@ -94,8 +94,8 @@ def test_next_items_top_is_the_best_n_in_order_without_the_excluded() -> None:
     from serving.recommend.sequential import NextItems
 
     scores = np.array([0.1, 0.9, 0.5, 0.9, -1.0, 0.7])
-    next_items = NextItems([f"i{r}" for r in range(6)], scores)
+    next_items = NextItems([f"i{r}" for r in range(6)], {f"i{r}": r for r in range(6)}, scores)
     assert next_items.top(3) == ["i1", "i3", "i5"]  # ties keep the catalogue order
     assert next_items.top(3, exclude={"i3"}) == ["i1", "i5", "i2"]
     assert next_items.top(10) == ["i1", "i3", "i5", "i2", "i0", "i4"]
-    assert next_items.of(["i2", "nope"], {"i2": 2}) == {"i2": 0.5}
+    assert next_items.of(["i2", "nope"]) == {"i2": 0.5}
