@@ -10,8 +10,8 @@ committed offsets on the events topic) since the last retrain, which this module
 (``retrain.jobs``), submitted with Ray's own ``JobSubmissionClient`` (what ``ray job submit`` does)
 to the running head; each job is ``streamrec train`` and registers its model, and serving
 hot-loads the new version on its next registry refresh (``serving.refresh_s``) without dropping a
-request. On Kubernetes the same entrypoint runs as a KubeRay RayJob / RayCronJob
-(``deploy/k8s/base/ray/retrain-cronjob.yaml``).
+request. The cluster form (the same check on a schedule against the shared RayCluster) is not in
+``deploy/`` yet; see ray_jobs/README.md.
 """
 
 from __future__ import annotations

@@ -164,8 +164,8 @@ class PipelineProcess:
 
 
 class RetrainWatcher:
-    """`streamrec retrain --watch` as its own process: the loop's retrain trigger, as in production
-    (where it is a KubeRay RayCronJob); this run's threshold puts one retrain mid-traffic."""
+    """`streamrec retrain --watch` as its own process: the loop's retrain trigger; this run's
+    threshold puts one retrain mid-traffic."""
 
     def __init__(self, settings: Settings, run_dir: Path, min_new_events: int, epochs: int | None) -> None:
         self.log = run_dir / "retrain.log"
