@@ -10,8 +10,8 @@ committed offsets on the events topic) since the last retrain, which this module
 (``retrain.jobs``), submitted with Ray's own ``JobSubmissionClient`` (what ``ray job submit`` does)
 to the running head; each job is ``streamrec train`` and registers its model, and serving
 hot-loads the new version on its next registry refresh (``serving.refresh_s``) without dropping a
-request. The cluster form (the same check on a schedule against the shared RayCluster) is not in
-``deploy/`` yet; see ray_jobs/README.md.
+request. On Kubernetes the same check runs every 15 minutes as a CronJob against the shared
+RayCluster (``deploy/k8s/base/ray/cronjob-retrain.yaml``, ``retrain.jobs_address``).
 """
 
 from __future__ import annotations
@@ -100,15 +100,23 @@ def _entrypoint(job: RetrainJob, epochs: int | None) -> str:
     return " ".join(command)
 
 
-def submit_jobs(settings: Settings, jobs: list[RetrainJob], epochs: int | None) -> list[dict[str, Any]]:
-    """Submit one Ray job per model to the running head; returns their ids. Each job's driver runs
-    ``streamrec train`` with this stack's state dir (registry, lake, Ray token) and code."""
+def _job_client(settings: Settings) -> Any:
+    """Ray's JobSubmissionClient for ``retrain.jobs_address``, else this stack's own head (with
+    its token file). A configured cluster's token comes the way Ray's clients read it
+    (RAY_AUTH_MODE / RAY_AUTH_TOKEN in the environment)."""
     from ray.job_submission import JobSubmissionClient
 
     from streamrec.local_stack import dashboard_url, ray_auth_headers
 
-    address = settings.ray.address or dashboard_url(settings)
-    client = JobSubmissionClient(address, headers=ray_auth_headers(settings) if not settings.ray.address else None)
+    if settings.retrain.jobs_address:
+        return JobSubmissionClient(settings.retrain.jobs_address)
+    return JobSubmissionClient(dashboard_url(settings), headers=ray_auth_headers(settings))
+
+
+def submit_jobs(settings: Settings, jobs: list[RetrainJob], epochs: int | None) -> list[dict[str, Any]]:
+    """Submit one Ray job per model to the running head; returns their ids. Each job's driver runs
+    ``streamrec train`` with this stack's state dir (registry, lake, Ray token) and code."""
+    client = _job_client(settings)
     env = {"STREAMREC_DATA__STATE_DIR": str(Path(settings.data.state_dir).resolve()),
            "STREAMREC_DATA__DATASETS_DIR": str(Path(settings.data.datasets_dir).resolve())}
     submitted = []
@@ -124,12 +132,7 @@ def submit_jobs(settings: Settings, jobs: list[RetrainJob], epochs: int | None) 
 
 def wait_for_jobs(settings: Settings, submitted: list[dict[str, Any]], timeout_s: float) -> list[dict[str, Any]]:
     """Until every job is terminal; each entry gains its final ``status``."""
-    from ray.job_submission import JobSubmissionClient
-
-    from streamrec.local_stack import dashboard_url, ray_auth_headers
-
-    address = settings.ray.address or dashboard_url(settings)
-    client = JobSubmissionClient(address, headers=ray_auth_headers(settings) if not settings.ray.address else None)
+    client = _job_client(settings)
     deadline = time.monotonic() + timeout_s
     out = []
     for job in submitted:

@@ -360,6 +360,10 @@ class RetrainConfig(BaseModel):
         RetrainJob(model="sasrec", config="ray_jobs/configs/sasrec_lake.yaml", serve_as="ranker"),
     ]
     job_timeout_s: float = Field(default=1_800.0, gt=0)
+    # The Ray jobs API (dashboard URL, http://host:8265) the jobs are submitted to; None: this
+    # stack's own head (`streamrec up`). On Kubernetes: the RayCluster's head Service, with the
+    # token in RAY_AUTH_MODE / RAY_AUTH_TOKEN (deploy/k8s/base/ray/cronjob-retrain.yaml).
+    jobs_address: str | None = None
 
 
 class FeastConfig(BaseModel):

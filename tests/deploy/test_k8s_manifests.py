@@ -34,6 +34,9 @@ SCHEMAS = Path(__file__).resolve().parent / "schemas"
 IMAGE_ROOT = "/opt/streamrec"            # where the images hold the repository (README: image contract)
 CONFIG_MOUNT = "/etc/streamrec"
 EXTERNAL_SECRETS = {"prod": {"streamrec-collector", "streamrec-admin"}}   # created out of band (overlays/prod/kustomization.yaml)
+# Secrets the KubeRay operator creates: a RayCluster with authOptions.mode token gets one named after
+# it, key auth_token (KubeRay >= 1.5.1; Ray docs, "Configure Ray clusters to use token authentication").
+KUBERAY_TOKEN_KEY = "auth_token"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -88,6 +91,8 @@ def pod_specs(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     name = f"{doc['kind']}/{doc['metadata']['name']}"
     if doc["kind"] in {"Deployment", "StatefulSet"}:
         yield name, doc["spec"]["template"]["spec"]
+    if doc["kind"] == "CronJob":
+        yield name, doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     cluster = ray_cluster_specs(doc)
     if cluster:
         yield f"{name}/head", cluster["headGroupSpec"]["template"]["spec"]
@@ -444,6 +449,40 @@ def test_rayjob_entrypoints_run_ray_jobs_train_against_the_serving_registry(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_retrain_cronjob_checks_the_trigger_against_the_shared_ray_cluster(
+    overlay: str, clean_env: pytest.MonkeyPatch
+) -> None:
+    """The loop's retrain trigger on the cluster: `streamrec retrain` (one check) on a schedule,
+    never two at once, submitting to the RayCluster's jobs API with that cluster's token, with the
+    cluster's settings (lake offsets from the pipeline's group, last.json on the shared volume)."""
+    from streamrec.cli import build_parser
+
+    docs = rendered(overlay)
+    cron = one(docs, "CronJob", "retrain")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    (module, argv), = python_modules(container["command"])
+    assert module == "streamrec.cli" and argv[0] == "retrain"
+    parsed = build_parser().parse_args(argv)
+    assert not parsed.watch and not parsed.force  # one check per run; the schedule is the loop
+    s = settings_for(container, clean_env)
+    cluster = one(docs, "RayCluster")
+    name = cluster["metadata"]["name"]
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    dashboard = next(p["containerPort"] for p in head["ports"] if p["name"] == "dashboard")
+    assert s.retrain.jobs_address == f"http://{name}-head-svc.streamrec.svc:{dashboard}"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == cluster["spec"]["authOptions"]["mode"] == "token"
+    assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": name, "key": KUBERAY_TOKEN_KEY}
+    # The retrain's state and the jobs' registry sit on the volume every Ray pod mounts.
+    assert str(s.data.state_dir).startswith("/mnt/streamrec/")
+    assert any(m["mountPath"] == "/mnt/streamrec" for m in container["volumeMounts"])
+    # A job of the longest retrain (every model, each up to its timeout) fits the Job's deadline.
+    deadline = cron["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"]
+    assert deadline >= len(s.retrain.jobs) * s.retrain.job_timeout_s
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_deployment_commands_name_existing_modules_and_valid_arguments(overlay: str) -> None:
     from pipelines.cli import register
 
@@ -465,7 +504,8 @@ def test_deployment_commands_name_existing_modules_and_valid_arguments(overlay: 
 def test_volumes_configmaps_and_secrets_resolve(overlay: str) -> None:
     docs = rendered(overlay)
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
-    external = EXTERNAL_SECRETS.get(overlay, set())
+    external = EXTERNAL_SECRETS.get(overlay, set()) | {
+        d["metadata"]["name"] for d in all_of(docs, "RayCluster") if d["spec"].get("authOptions", {}).get("mode") == "token"}
     config = one(docs, "ConfigMap", "streamrec-config")
     assert set(config["data"]) == {"streamrec.yaml", "feature_store.yaml"}
     for doc in docs:
