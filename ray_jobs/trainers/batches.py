@@ -15,7 +15,7 @@ import torch
 
 from ray_jobs.models.base import NEG, POS, SEQ, USER
 
-__all__ = ["pairwise_batches", "sequence_batches", "user_histories", "last_window", "n_global_batches"]
+__all__ = ["pairwise_batches", "sequence_batches", "sequence_windows", "user_histories", "last_window", "n_global_batches"]
 
 
 def _sample_negatives(
@@ -93,6 +93,29 @@ def last_window(histories: list[np.ndarray], users: np.ndarray, max_len: int) ->
     return out
 
 
+def sequence_windows(histories: list[np.ndarray], max_len: int, windows: str = "last") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SASRec training windows of every history with >= 2 items: ``(seq, pos, owner)``.
+
+    A window's input is up to ``max_len`` consecutive items and its targets the same items shifted
+    by one, left-padded SASRec ids (item + 1, 0 = pad). ``last`` keeps each user's last window (the
+    paper); ``all`` cuts the whole history into windows ending at the last item, max_len apart, so
+    every transition of a long history is a target once per epoch (the last window is the same).
+    ``owner`` is the user row of each window in ``histories``.
+    """
+    inputs, targets, owner = [], [], []
+    for user, history in enumerate(histories):
+        if len(history) < 2:
+            continue
+        ends = [len(history)] if windows == "last" else range(len(history), 1, -max_len)
+        for end in ends:
+            start = max(end - 1 - max_len, 0)
+            inputs.append(history[start : end - 1])
+            targets.append(history[start + 1 : end])
+            owner.append(user)
+    rows = np.arange(len(inputs))
+    return last_window(inputs, rows, max_len), last_window(targets, rows, max_len), np.asarray(owner, dtype=np.int64)
+
+
 def sequence_batches(
     train: np.ndarray,
     n_users: int,
@@ -104,29 +127,34 @@ def sequence_batches(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str = "cpu",
+    n_negatives: int = 1,
+    windows: str = "last",
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """SASRec windows: each user with >= 2 training items once per epoch, shuffled.
+    """SASRec windows (:func:`sequence_windows`), shuffled, once per epoch.
 
-    Input is the last ``max_len`` items before the final one, targets are the same window shifted by
-    one, and each position gets one negative not in the user's training items (SASRec Sec. III-F).
+    Each target position gets ``n_negatives`` uniform negatives outside the user's training items
+    (SASRec Sec. III-F has one): ``NEG`` is ``(B, L)`` for one, ``(B, L, n)`` for more, and absent
+    for 0 (a loss that scores every item).
     """
     histories = user_histories(train, n_users)
-    users = np.array([u for u in range(n_users) if len(histories[u]) >= 2], dtype=np.int64)
+    seq, pos, owner = sequence_windows(histories, max_len, windows)
     rng = np.random.default_rng([seed, epoch])
-    users = users[rng.permutation(len(users))]
-    rows = np.arange(len(users))
-    seq = last_window([histories[u][:-1] for u in users], rows, max_len)
-    pos = last_window([histories[u][1:] for u in users], rows, max_len)
-    stride = n_items + 1
-    pos_keys = np.unique(train[:, 0] * stride + train[:, 1] + 1)
-    neg = _sample_negatives(rng, np.repeat(users[:, None], max_len, axis=1), n_items, pos_keys, low=1)
-    neg[pos == 0] = 0
-    for start in range(0, len(users), batch_size):
-        idx = _shard(start, min(start + batch_size, len(users)), rank, world_size)
+    order = rng.permutation(len(owner))
+    seq, pos, owner = seq[order], pos[order], owner[order]
+    neg = None
+    if n_negatives > 0:
+        stride = n_items + 1
+        pos_keys = np.unique(train[:, 0] * stride + train[:, 1] + 1)
+        shape = (len(owner), max_len, n_negatives)
+        neg = _sample_negatives(rng, np.broadcast_to(owner[:, None, None], shape), n_items, pos_keys, low=1)
+        neg[pos == 0] = 0
+        if n_negatives == 1:
+            neg = neg[..., 0]
+    for start in range(0, len(owner), batch_size):
+        idx = _shard(start, min(start + batch_size, len(owner)), rank, world_size)
         if len(idx) == 0:
             break
-        yield {
-            SEQ: torch.from_numpy(seq[idx]).to(device),
-            POS: torch.from_numpy(pos[idx]).to(device),
-            NEG: torch.from_numpy(neg[idx]).to(device),
-        }
+        batch = {SEQ: torch.from_numpy(seq[idx]).to(device), POS: torch.from_numpy(pos[idx]).to(device)}
+        if neg is not None:
+            batch[NEG] = torch.from_numpy(neg[idx]).to(device)
+        yield batch

@@ -52,13 +52,21 @@ def _epoch_batches(
     cfg: Any = model.config
     seed = job.train.seed
     if model.batch_kind == "sequence":
-        n_users = int((np.bincount(data.train[:, 0], minlength=data.n_users) >= 2).sum())
+        n_windows = _n_sequence_windows(data, cfg.max_len, cfg.windows)
         batches = sequence_batches(
-            data.train, data.n_users, data.n_items, cfg.max_len, cfg.batch_size, epoch, seed, rank, world, device
+            data.train, data.n_users, data.n_items, cfg.max_len, cfg.batch_size, epoch, seed, rank, world, device,
+            n_negatives=cfg.negatives_per_position(), windows=cfg.windows,
         )
-        return batches, n_global_batches(n_users, cfg.batch_size), n_users
+        return batches, n_global_batches(n_windows, cfg.batch_size), n_windows
     batches = pairwise_batches(data.train, data.n_items, cfg.batch_size, epoch, seed, rank, world, device)
     return batches, n_global_batches(len(data.train), cfg.batch_size), len(data.train)
+
+
+def _n_sequence_windows(data: InteractionData, max_len: int, windows: str) -> int:
+    """How many windows :func:`sequence_windows` cuts from the training histories."""
+    lengths = np.bincount(data.train[:, 0], minlength=data.n_users)
+    trained = lengths[lengths >= 2]
+    return int(len(trained) if windows == "last" else np.ceil((trained - 1) / max_len).sum())
 
 
 def _global_mean(total: float, count: int, world: int, device) -> float:
