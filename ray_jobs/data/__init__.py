@@ -15,7 +15,7 @@ from ray_jobs.data.recbole_atomic import load_recbole_atomic
 from ray_jobs.data.catalog import DATASETS, load_dataset
 from ray_jobs.data.sasrec_games import load_sasrec_games
 from ray_jobs.data.slicing import subsample_users
-from ray_jobs.data.taobao import load_taobao
+from ray_jobs.data.taobao import load_taobao, load_taobao_sessions
 from ray_jobs.data.youshu import load_youshu
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "load_youshu",
     "load_recbole_atomic",
     "load_taobao",
+    "load_taobao_sessions",
     "load_lake",
     "load_lake_bundles",
     "LakeSnapshot",

@@ -16,7 +16,7 @@ from ray_jobs.data.lake_bundles import BUNDLE_EVENT_TYPES, load_lake_bundles
 from ray_jobs.data.recbole_atomic import load_recbole_atomic
 from ray_jobs.data.sasrec_games import load_sasrec_games
 from ray_jobs.data.slicing import subsample_users
-from ray_jobs.data.taobao import load_taobao
+from ray_jobs.data.taobao import load_taobao, load_taobao_sessions
 from ray_jobs.data.youshu import load_youshu
 
 __all__ = ["DATASETS", "LAKE_DATASETS", "LAKE_EVENT_TYPES", "load_dataset"]
@@ -27,6 +27,7 @@ DATASETS: dict[str, Callable[..., InteractionData]] = {
     "youshu": load_youshu,
     "recbole": load_recbole_atomic,
     "taobao": load_taobao,
+    "taobao_sessions": load_taobao_sessions,  # session-based form (protocol: session)
     "lake": load_lake,  # the event lake the feature pipeline writes (not a shared dataset)
     "lake_bundles": load_lake_bundles,  # bundles mined from that lake, user-bundle interactions
 }

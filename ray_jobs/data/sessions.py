@@ -38,6 +38,7 @@ __all__ = [
     "last_days_cut",
     "read_recbole_session_files",
     "read_session_txt",
+    "session_pairs",
     "sessionize",
     "split_sessions",
 ]
@@ -133,6 +134,20 @@ class SessionSplit:
     @property
     def n_items(self) -> int:
         return len(self.item_raw_ids)
+
+
+def session_pairs(*parts: Sequence[np.ndarray]) -> tuple[list[np.ndarray], int]:
+    """Sessions as ``(session, item)`` interaction rows, the form every trainer reads: each session
+    is one "user" whose rows keep their order; sessions are numbered across ``parts`` in turn (train,
+    valid, test), so no two parts share an id. Returns the rows of each part and the session count."""
+    out, next_id = [], 0
+    for sessions in parts:
+        lengths = np.array([len(x) for x in sessions], dtype=np.int64)
+        ids = np.repeat(np.arange(next_id, next_id + len(sessions), dtype=np.int64), lengths)
+        items = np.concatenate(sessions).astype(np.int64) if len(sessions) else np.zeros(0, dtype=np.int64)
+        out.append(np.stack([ids, items], axis=1))
+        next_id += len(sessions)
+    return out, next_id
 
 
 def last_days_cut(start_times: np.ndarray, days: float) -> float:

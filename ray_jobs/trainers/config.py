@@ -38,7 +38,9 @@ class TrainConfig(_Strict):
     # reports; every epoch's metrics are kept in history.json). Raise it for epochs of a few seconds
     # or less: a report waits for the controller's 2 s poll and writes model + optimizer state.
     checkpoint_every: PositiveInt = 1
-    protocol: Literal["full", "sampled"] = "full"  # full ranking, or SASRec's 100 sampled negatives
+    # full ranking (seen items masked), SASRec's 100 sampled negatives, or the session-based one
+    # (ray_jobs/evaluation/session.py: a case per prefix of each held-out session, no masking).
+    protocol: Literal["full", "sampled", "session"] = "full"
     ks: list[PositiveInt] = Field(default_factory=lambda: [20])
     monitor: str = "recall@20"  # validation metric for early stopping and best-checkpoint choice
     n_negatives: PositiveInt = 100  # candidates per user for protocol "sampled"
@@ -56,6 +58,8 @@ class TrainConfig(_Strict):
         computed = {"hit_rate", "ndcg"}
         if self.protocol == "full":
             computed |= {"recall", "precision", "mrr"}
+        if self.protocol == "session":
+            computed = {"p", "mrr", "ndcg"}
         if name not in computed or not k.isdigit() or int(k) not in self.ks:
             raise ValueError(f"monitor {self.monitor!r} is not computed with protocol={self.protocol!r}, ks={self.ks}")
         return self

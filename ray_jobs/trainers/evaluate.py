@@ -2,7 +2,9 @@
 
 Full ranking scores every item, masks the user's seen items (see ``InteractionData.seen_for``) and
 ranks the rest. The sampled protocol ranks each user's single held-out item against
-``n_negatives`` items sampled outside the user's whole history (SASRec). Negatives and the optional
+``n_negatives`` items sampled outside the user's whole history (SASRec). The session protocol
+(``ray_jobs/evaluation/session.py``) makes one case per prefix of each held-out session (a "user"
+of session data) and ranks its next item among all items, nothing masked. Negatives and the optional
 user subset are drawn from fixed seeds on every worker, so results do not depend on the worker count.
 
 Example:
@@ -42,6 +44,7 @@ from ray_jobs.evaluation import (
     sample_negatives,
     top_k_items,
 )
+from ray_jobs.evaluation.session import SESSION_PROTOCOL, SessionCases, session_cases, session_metrics
 from ray_jobs.models.base import SEQ, USER
 from ray_jobs.trainers.batches import last_window, user_histories
 from ray_jobs.trainers.config import TrainConfig
@@ -66,6 +69,8 @@ def protocol_description(data: InteractionData, split: str, cfg: TrainConfig) ->
     """Human-readable protocol, e.g. for Gowalla test: full ranking with valid items also masked."""
     if cfg.protocol == "sampled":
         return SAMPLED_LOO.replace("100", str(cfg.n_negatives))
+    if cfg.protocol == "session":
+        return SESSION_PROTOCOL
     if split == "test" and data.test_excludes_valid and len(data.valid):
         return FULL_RANKING.replace("training interactions", "training or validation interactions")
     return FULL_RANKING
@@ -164,6 +169,34 @@ def _sampled(model, data, split, cfg, users, all_users, device, sums: _Sums) -> 
         sums.n_users += len(chunk)
 
 
+def held_out_sessions(data: InteractionData, split: str) -> SessionCases:
+    """The cases of ``split``: each of its "users" is one session, its rows in order."""
+    pairs = getattr(data, split)
+    return session_cases(user_histories(pairs, data.n_users)) if len(pairs) else session_cases([])
+
+
+def _session_inputs(model: nn.Module, cases: SessionCases, device) -> Any:
+    """A function from case indices to the model's scoring batch: prefix windows for sequence
+    models; for the others (popularity) the session's index, which they ignore or look up."""
+    if getattr(model, "batch_kind", "") == "sequence":
+        max_len: int = getattr(model, "config").max_len
+        return lambda rows: {SEQ: torch.from_numpy(cases.windows(rows, max_len)).to(device)}
+    return lambda rows: {USER: torch.from_numpy(cases.session_index[rows]).to(device)}
+
+
+@torch.no_grad()
+def _sessions(model, data, split, cfg, rank, world_size, device, sums: _Sums) -> None:
+    cases = held_out_sessions(data, split)
+    inputs = _session_inputs(model, cases, device)
+    mine = np.arange(len(cases))[rank::world_size]
+    for start in range(0, len(mine), cfg.eval_batch_size):
+        rows = mine[start : start + cfg.eval_batch_size]
+        per_case = session_metrics(model.score(inputs(rows)).float(), cases.targets[rows], cfg.ks)
+        for key, values in per_case.items():
+            sums.add(key.replace("hit@", "p@"), values)  # P@K, as the session papers name it
+        sums.n_users += len(rows)
+
+
 def evaluate(
     model: nn.Module,
     data: InteractionData,
@@ -175,8 +208,9 @@ def evaluate(
 ) -> EvalReport:
     """Score ``split`` ("valid" or "test") and return averaged metrics with their protocol.
 
-    Each worker scores users ``rank::world_size``; sums are all-reduced when ``world_size > 1``
-    (``torch.distributed`` must then be initialised, as it is inside a Ray Train worker).
+    Each worker scores users ``rank::world_size`` (session protocol: cases, and the report's
+    ``n_users`` counts cases); sums are all-reduced when ``world_size > 1`` (``torch.distributed``
+    must then be initialised, as it is inside a Ray Train worker).
     """
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
@@ -186,7 +220,9 @@ def evaluate(
     mine = all_users[rank::world_size]
     sums = _Sums()
     recommended = None
-    if cfg.protocol == "full":
+    if cfg.protocol == "session":
+        _sessions(model, data, split, cfg, rank, world_size, device, sums)
+    elif cfg.protocol == "full":
         recommended = _full_ranking(model, data, split, cfg, mine, device, sums)
     else:
         _sampled(model, data, split, cfg, mine, all_users, device, sums)

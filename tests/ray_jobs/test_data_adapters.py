@@ -13,6 +13,7 @@ from ray_jobs.data import (
     load_recbole_atomic,
     load_sasrec_games,
     load_taobao,
+    load_taobao_sessions,
     load_youshu,
     subsample_users,
 )
@@ -68,6 +69,22 @@ def test_taobao(datasets_dir):
     assert len(np.unique(data.item_category)) == 2911
     buys = load_taobao(datasets_dir, behaviors=("buy",))
     assert len(buys.train) + len(buys.valid) + len(buys.test) == 1749
+
+
+def test_taobao_sessions(datasets_dir):
+    """SR-GNN's preprocessing of the slice: sessions are the "users", disjoint across the splits,
+    test sessions start in the last day, items are those seen >= 5 times in training sessions."""
+    data = load_taobao_sessions(datasets_dir)
+    assert data.name == "taobao_sessions" and data.sequential and not data.test_excludes_valid
+    parts = [np.unique(split[:, 0]) for split in (data.train, data.valid, data.test)]
+    assert sum(len(p) for p in parts) == data.n_users and not set(parts[0]) & set(parts[2])
+    assert all(np.bincount(split[:, 0])[p].min() >= 2 for split, p in zip((data.train, data.valid, data.test), parts))
+    assert abs(len(parts[1]) - 0.1 * (len(parts[0]) + len(parts[1]))) <= 1  # the 10% validation share
+    # items are those of the training sessions before validation was drawn from them (as SR-GNN)
+    seen = np.concatenate([data.train[:, 1], data.valid[:, 1]])
+    assert np.bincount(seen, minlength=data.n_items).min() >= 1 and data.test[:, 1].max() < data.n_items
+    assert len(data.item_ids) == data.n_items == len(data.item_category)
+    assert len(load_taobao_sessions(datasets_dir, test_days=2.0).test) > len(data.test)
 
 
 def test_recbole_atomic_loo():

@@ -11,6 +11,7 @@ from torch import nn
 
 from ray_jobs.data.dataset import InteractionData
 from ray_jobs.evaluation import FULL_RANKING, SAMPLED_LOO
+from ray_jobs.evaluation.session import SESSION_PROTOCOL
 from ray_jobs.models.base import NEG, POS, SEQ, USER
 from ray_jobs.trainers import EarlyStopping, JobConfig, TrainConfig, evaluate
 from ray_jobs.trainers.batches import last_window, pairwise_batches, sequence_batches
@@ -114,6 +115,26 @@ def test_sampled_evaluation_protocol():
     assert 1 / 3 <= report.metrics["hit_rate@10"] <= 2 / 3
     again = evaluate(_FixedScores(scores), data, "test", cfg)
     assert again.metrics == report.metrics  # negatives are seeded
+
+
+def test_session_evaluation_protocol_by_hand():
+    """Each held-out session is one "user"; a case per prefix; nothing masked; P@K and MRR@K."""
+    data = InteractionData(
+        name="toy_sessions", n_users=3, n_items=5, sequential=True,
+        train=np.array([[0, 1], [0, 2]]), valid=np.array([[1, 4], [1, 0]]),
+        test=np.array([[2, 0], [2, 1], [2, 0]]),  # session 2: [0] -> 1, [0, 1] -> 0 (a revisit)
+    )
+    model = _FixedScores([5.0, 4.0, 3.0, 2.0, 1.0])  # item 0 first, then 1, ...
+    cfg = TrainConfig(protocol="session", ks=[1, 2], monitor="mrr@2")
+    report = evaluate(model, data, "test", cfg)
+    assert report.protocol == SESSION_PROTOCOL and report.n_users == 2  # two cases
+    # case [0] -> 1: rank 2 (item 0, already in the prefix, is not masked); case [0, 1] -> 0: rank 1
+    assert report.metrics["p@1"] == pytest.approx(0.5) and report.metrics["p@2"] == pytest.approx(1.0)
+    assert report.metrics["mrr@2"] == pytest.approx((0.5 + 1.0) / 2)
+    valid = evaluate(model, data, "valid", cfg)  # [4] -> 0: rank 1
+    assert valid.n_users == 1 and valid.metrics["mrr@1"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="not computed"):
+        TrainConfig(protocol="session", ks=[20], monitor="recall@20")
 
 
 def test_early_stopping_state_round_trip():
