@@ -15,6 +15,7 @@ from ray_jobs.data.lake import DEFAULT_EVENT_TYPES, load_lake
 from ray_jobs.data.lake_bundles import BUNDLE_EVENT_TYPES, load_lake_bundles
 from ray_jobs.data.recbole_atomic import load_recbole_atomic
 from ray_jobs.data.sasrec_games import load_sasrec_games
+from ray_jobs.data.session_benchmark import load_session_benchmark
 from ray_jobs.data.slicing import subsample_users
 from ray_jobs.data.taobao import load_taobao, load_taobao_sessions
 from ray_jobs.data.youshu import load_youshu
@@ -28,6 +29,7 @@ DATASETS: dict[str, Callable[..., InteractionData]] = {
     "recbole": load_recbole_atomic,
     "taobao": load_taobao,
     "taobao_sessions": load_taobao_sessions,  # session-based form (protocol: session)
+    "session_benchmark": load_session_benchmark,  # a published session benchmark's folder, as given
     "lake": load_lake,  # the event lake the feature pipeline writes (not a shared dataset)
     "lake_bundles": load_lake_bundles,  # bundles mined from that lake, user-bundle interactions
 }

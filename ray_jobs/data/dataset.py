@@ -85,6 +85,9 @@ class InteractionData:
             registry's data snapshot id and the whole dict goes into the manifest.
         user_ids, item_ids: optional raw (source) ids of the rows, ``(n_users,)`` / ``(n_items,)``;
             registered with the embeddings so that serving can map its string ids to rows.
+        held_out_cases: for session benchmarks whose files give their test (and validation) cases
+            row by row, those cases (split -> ``ray_jobs.evaluation.session.SessionCases``): the
+            session protocol evaluates exactly them instead of every prefix of the split's sessions.
     """
 
     name: str
@@ -101,6 +104,7 @@ class InteractionData:
     user_ids: np.ndarray | None = None
     item_ids: np.ndarray | None = None
     source_snapshot: dict[str, Any] | None = None
+    held_out_cases: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.n_users <= 0 or self.n_items <= 0:

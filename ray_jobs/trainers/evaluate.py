@@ -170,7 +170,10 @@ def _sampled(model, data, split, cfg, users, all_users, device, sums: _Sums) -> 
 
 
 def held_out_sessions(data: InteractionData, split: str) -> SessionCases:
-    """The cases of ``split``: each of its "users" is one session, its rows in order."""
+    """The cases of ``split``: those a benchmark's files give (``data.held_out_cases``), else one
+    per prefix of each of its "users", each a session whose rows are in order."""
+    if data.held_out_cases and split in data.held_out_cases:
+        return data.held_out_cases[split]
     pairs = getattr(data, split)
     return session_cases(user_histories(pairs, data.n_users)) if len(pairs) else session_cases([])
 
