@@ -30,10 +30,20 @@ TEST_FEEDBACK_KEY = "test-feedback-signing-key-0123456789abcdef"
 TEST_LIMITS = {"max_body_bytes": 262_144, "max_batch_events": 400, "max_list_items": 20}
 
 
+# Ray's default port ranges (Serve replicas' gRPC ports and the like) inside the kernel's ephemeral
+# range: a single port handed out there would make Settings refuse a stack whose other ranges are
+# the defaults ("ray.serve_replica_grpc_ports contains ray.head_port").
+_RAY_DEFAULT_RANGES = ((30000, 31000), (40000, 41000))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free loopback port outside Ray's default port ranges."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if not any(low <= port <= high for low, high in _RAY_DEFAULT_RANGES):
+            return port
 
 
 def taobao_csv(settings: Settings | None = None) -> Path:
