@@ -35,6 +35,7 @@ DEFAULT_CONFIGS = {
     "lightgcn": "lightgcn_gowalla.yaml",
     "sasrec": "sasrec_games.yaml",
     "crosscbr": "crosscbr_youshu.yaml",
+    "srgnn": "srgnn_taobao_sessions.yaml",
 }
 
 

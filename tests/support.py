@@ -186,7 +186,8 @@ def fit_in_process(name: str, data: Any, epochs: int, overrides: dict[str, Any],
         model.on_epoch_start(epoch)
         model.train()
         if model.batch_kind == "sequence":
-            batches = sequence_batches(data.train, data.n_users, data.n_items, cfg.max_len, cfg.batch_size, epoch, seed)
+            batches = sequence_batches(data.train, data.n_users, data.n_items, cfg.max_len, cfg.batch_size, epoch, seed,
+                                       n_negatives=cfg.negatives_per_position(), windows=cfg.windows)
         else:
             batches = pairwise_batches(data.train, data.n_items, cfg.batch_size, epoch, seed)
         for batch in batches:

@@ -7,7 +7,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -19,10 +20,15 @@ from ray_jobs.models.crosscbr import CrossCBR, CrossCBRConfig
 from ray_jobs.models.lightgcn import LightGCN, LightGCNConfig
 from ray_jobs.models.popularity import Popularity, PopularityConfig
 from ray_jobs.models.sasrec import SASRec, SASRecConfig
+from ray_jobs.models.srgnn import SRGNN, SRGNNConfig
+
+if TYPE_CHECKING:
+    from ray_jobs.registry.model_registry import RegisteredModel
 
 __all__ = [
     "MODELS",
     "build_model",
+    "load_next_item_model",
     "model_config",
     "Recommender",
     "BatchKind",
@@ -40,6 +46,8 @@ __all__ = [
     "PopularityConfig",
     "SASRec",
     "SASRecConfig",
+    "SRGNN",
+    "SRGNNConfig",
 ]
 
 MODELS: dict[str, tuple[type[nn.Module], type[ModelConfig]]] = {
@@ -48,6 +56,7 @@ MODELS: dict[str, tuple[type[nn.Module], type[ModelConfig]]] = {
     "lightgcn": (LightGCN, LightGCNConfig),
     "sasrec": (SASRec, SASRecConfig),
     "crosscbr": (CrossCBR, CrossCBRConfig),
+    "srgnn": (SRGNN, SRGNNConfig),
 }
 
 
@@ -62,3 +71,35 @@ def build_model(name: str, data: InteractionData, overrides: dict[str, Any] | No
     """Instantiate model ``name`` for ``data`` with its defaults updated by ``overrides``."""
     cls, _ = MODELS[name]
     return cls(model_config(name, overrides), data)
+
+
+@dataclass(frozen=True)
+class _Catalogue:
+    n_items: int
+
+
+def load_next_item_model(registered: "RegisteredModel", expect: str | None = None) -> tuple[nn.Module, dict[str, int]]:
+    """Rebuild a registered next-item model (SASRec, SR-GNN: ``batch_kind`` "sequence") for scoring
+    on CPU in eval mode, with its raw item id -> row map.
+
+    Both take left-padded windows of ``item + 1`` and give ``user_vectors(seq)`` whose inner product
+    with ``item_emb`` rows scores the next item, so serving's ranker uses either unchanged.
+
+    Raises:
+        ValueError: not a sequence model (or not ``expect``), or registered without its model
+            config or raw item ids (trained on a dataset without raw ids: retrain on a served one).
+    """
+    manifest = registered.manifest
+    where = f"{registered.name}:{registered.version}"
+    name = manifest.get("model")
+    if name not in MODELS or MODELS[name][0].batch_kind != "sequence" or (expect and name != expect):
+        raise ValueError(f"{where} is a {name!r} model, not {expect or 'a next-item (sequence) model'}")
+    item_ids = manifest.get("ids", {}).get("item")
+    if "model_config" not in manifest or item_ids is None:
+        raise ValueError(f"{where} lacks model_config or raw item ids: train it on a served catalogue "
+                         "(taobao or lake) with this version of ray_jobs")
+    model_class, config_class = MODELS[name]
+    model = model_class(config_class(**manifest["model_config"]), _Catalogue(n_items=len(item_ids)))
+    model.load_state_dict(registered.state_dict())
+    model.eval()
+    return model, {raw: row for row, raw in enumerate(item_ids)}

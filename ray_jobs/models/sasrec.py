@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
@@ -57,11 +56,6 @@ class ItemCatalogue(Protocol):
     n_items: int
 
 
-@dataclass(frozen=True)
-class _Catalogue:
-    n_items: int
-
-
 class SASRecConfig(ModelConfig):
     defaults_file = "sasrec.yaml"
     max_len: PositiveInt
@@ -79,7 +73,7 @@ class SASRecConfig(ModelConfig):
     loss: Literal["bce", "ce", "sampled_softmax", "gbce"] = "bce"
     n_negatives: PositiveInt = 1  # per position, for bce / sampled_softmax / gbce (ce uses every item)
     gbce_t: float = Field(default=0.75, ge=0.0, le=1.0)
-    windows: Literal["last", "all"] = "last"
+    windows: Literal["last", "all", "prefixes"] = "last"
 
     def negatives_per_position(self) -> int:
         """Sampled negatives each training position needs (0: the loss scores every item)."""
@@ -209,18 +203,10 @@ def load_for_inference(registered: "RegisteredModel") -> tuple[SASRec, dict[str,
         >>> model, row_of = load_for_inference(ModelRegistry(root).load_latest("sasrec"))  # doctest: +SKIP
         >>> scores = score_candidates(model, row_of, ["2268318", "2333346"], ["3830808", "nope"])  # doctest: +SKIP
     """
-    manifest = registered.manifest
-    where = f"{registered.name}:{registered.version}"
-    if manifest.get("model") != "sasrec":
-        raise ValueError(f"{where} is a {manifest.get('model')!r} model, not sasrec")
-    item_ids = manifest.get("ids", {}).get("item")
-    if "model_config" not in manifest or item_ids is None:
-        raise ValueError(f"{where} lacks model_config or raw item ids: train it on a served catalogue "
-                         "(taobao or lake) with this version of ray_jobs")
-    model = SASRec(SASRecConfig(**manifest["model_config"]), _Catalogue(n_items=len(item_ids)))
-    model.load_state_dict(registered.state_dict())
-    model.eval()
-    return model, {raw: row for row, raw in enumerate(item_ids)}
+    from ray_jobs.models import load_next_item_model
+
+    model, item_row_of = load_next_item_model(registered, expect="sasrec")
+    return model, item_row_of  # type: ignore[return-value]
 
 
 def encode_history(history: Sequence[str], item_row_of: Mapping[str, int], max_len: int) -> torch.Tensor:

@@ -100,11 +100,19 @@ def sequence_windows(histories: list[np.ndarray], max_len: int, windows: str = "
     by one, left-padded SASRec ids (item + 1, 0 = pad). ``last`` keeps each user's last window (the
     paper); ``all`` cuts the whole history into windows ending at the last item, max_len apart, so
     every transition of a long history is a target once per epoch (the last window is the same).
-    ``owner`` is the user row of each window in ``histories``.
+    ``prefixes`` (session models, the session papers' augmentation) makes one window per prefix of
+    each history, its last ``max_len`` items, with the next item as the only target, at the last
+    position. ``owner`` is the user row of each window in ``histories``.
     """
     inputs, targets, owner = [], [], []
     for user, history in enumerate(histories):
         if len(history) < 2:
+            continue
+        if windows == "prefixes":
+            for end in range(2, len(history) + 1):
+                inputs.append(history[max(end - 1 - max_len, 0) : end - 1])
+                targets.append(np.concatenate([np.full(min(end - 1, max_len) - 1, -1), history[end - 1 : end]]))
+                owner.append(user)
             continue
         ends = [len(history)] if windows == "last" else range(len(history), 1, -max_len)
         for end in ends:

@@ -66,6 +66,8 @@ def _n_sequence_windows(data: InteractionData, max_len: int, windows: str) -> in
     """How many windows :func:`sequence_windows` cuts from the training histories."""
     lengths = np.bincount(data.train[:, 0], minlength=data.n_users)
     trained = lengths[lengths >= 2]
+    if windows == "prefixes":
+        return int((trained - 1).sum())
     return int(len(trained) if windows == "last" else np.ceil((trained - 1) / max_len).sum())
 
 

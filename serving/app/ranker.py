@@ -1,7 +1,9 @@
-"""The registered sequential ranker (SASRec) for serving: loaded from the model registry with
-``ray_jobs.models.sasrec.load_for_inference`` and reloaded when a new version becomes ``LATEST``.
+"""The registered sequential ranker (SASRec, or the session GNN SR-GNN) for serving: loaded from
+the model registry with ``ray_jobs.models.load_next_item_model`` and reloaded when a new version
+becomes ``LATEST``. Which one serves is configuration: the model registered under
+``serving.ranker_model``.
 
-A version that cannot be served (not SASRec, no ``model_config`` or raw item ids in its manifest,
+A version that cannot be served (not a next-item model, no ``model_config`` or raw item ids in its manifest,
 weights that disagree with its registered item embeddings) is refused and logged; serving keeps
 the version it had, or the retrieval order without one.
 """
@@ -36,19 +38,19 @@ class LoadedRanker:
 
 
 def load_ranker(root: str, name: str, version: str) -> LoadedRanker:
-    """Rebuild the registered SASRec ``name:version`` on CPU in eval mode.
+    """Rebuild the registered next-item model ``name:version`` on CPU in eval mode.
 
     Raises:
-        ValueError: not a SASRec version, no model config or raw item ids, or weights that do not
+        ValueError: not a next-item model, no model config or raw item ids, or weights that do not
             match the registered item embeddings (a mixed-up version).
     """
     import numpy as np
 
-    from ray_jobs.models.sasrec import load_for_inference
+    from ray_jobs.models import load_next_item_model
     from ray_jobs.registry import ModelRegistry
 
     registered = ModelRegistry(root).load(name, version)
-    net, row_of = load_for_inference(registered)
+    net, row_of = load_next_item_model(registered)
     items = registered.embeddings.get("item")
     if items is None or not np.allclose(net.export_embeddings()["item"], items, atol=1e-6):
         raise ValueError(f"{name}:{version}: weights and registered item embeddings disagree")

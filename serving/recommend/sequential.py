@@ -1,8 +1,10 @@
-"""Re-ranking candidate items with a sequential model (SASRec) over a user's live sequence.
+"""Re-ranking candidate items with a next-item model (SASRec, or the session GNN SR-GNN) over a
+user's live sequence.
 
 The model encodes the user's recent items (oldest first, the request's context appended) into one
 vector; a candidate's score is its inner product with the candidate's item embedding, as SASRec
-predicts the next item (Kang & McAuley, ICDM 2018, Eq. 5). One forward pass per request.
+predicts the next item (Kang & McAuley, ICDM 2018, Eq. 5) and SR-GNN scores it from its session
+vector (Wu et al., AAAI 2019, Eq. 8). One forward pass per request.
 
 Example:
     >>> model, row_of = load_for_inference(ModelRegistry(root).load_latest("sasrec"))  # doctest: +SKIP
@@ -70,14 +72,15 @@ class RankedItems:
 
 
 class SequenceRanker:
-    """Scores candidate items for a sequence of raw item ids with a trained SASRec.
+    """Scores candidate items for a sequence of raw item ids with a trained next-item model.
 
     Scores come from ``ray_jobs.models.sasrec.score_candidates`` (the training code's own input
     layout: the last ``max_len`` known items, left-padded); this class adds the order, the item
     vectors for diversity and the history item that explains each candidate.
 
     Args:
-        model: the network in eval mode (``ray_jobs.models.sasrec.load_for_inference``).
+        model: the network in eval mode (``ray_jobs.models.load_next_item_model``): SASRec or SR-GNN,
+            both with ``user_vectors`` and ``item_emb``.
         item_row_of: raw item id -> catalogue row, as registered with the model.
     """
 

@@ -10,10 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from ray_jobs.models.base import NEG, POS, SEQ
-from ray_jobs.models.sasrec import SASRec, SASRecConfig, _Catalogue
+from ray_jobs.models.sasrec import SASRec, SASRecConfig
 from ray_jobs.trainers.batches import sequence_batches, sequence_windows
 
 N_ITEMS = 12
+
+
+class _Catalogue:
+    def __init__(self, n_items: int) -> None:
+        self.n_items = n_items
 
 
 def _model(**overrides) -> SASRec:

@@ -84,9 +84,29 @@ def test_refresh_interval_limits_registry_reads(sasrec, tmp_path) -> None:
     assert slot.refresh().version == v1  # not re-read within refresh_s
 
 
-def test_a_non_sasrec_model_is_refused(tmp_path) -> None:
+def test_a_registered_session_gnn_serves_as_the_ranker(tmp_path) -> None:
+    """SR-GNN registered under the ranker's name is loaded and ranks as its own ``score`` does:
+    which next-item model serves is configuration."""
+    from ray_jobs.data import subsample_users
+
+    data = subsample_users(taobao(), 60, seed=0)
+    params = {"hidden_dim": 16, "max_len": 10, "batch_size": 256}
+    srgnn = train("srgnn", data, params, epochs=1, seed=0)
+    version = register(tmp_path / "reg", "sasrec", "srgnn", srgnn, data, params, tmp_path)
+    loaded = load_ranker(str(tmp_path / "reg"), "sasrec", version)
+    assert type(loaded.ranker.model).__name__ == "SRGNN" and loaded.ranker.max_len == 10
+    user = int(np.bincount(data.train[:, 0]).argmax())
+    history = [str(data.item_ids[i]) for i in data.train[data.train[:, 0] == user][:, 1]]
+    candidates = [str(i) for i in data.item_ids[::25].tolist()]
+    ranked = loaded.ranker.rank(history, candidates)
+    expected, scores = offline_sasrec_order(srgnn, data, history, candidates)
+    assert ranked.items == expected
+    assert np.allclose(ranked.scores, [scores[i] for i in expected], rtol=1e-5, atol=1e-5)
+
+
+def test_a_non_sequence_model_is_refused(tmp_path) -> None:
     ModelRegistry(tmp_path).register("sasrec", embeddings={"item": np.zeros((2, 4), np.float32)}, metrics={},
                                      config={"model": "lightgcn"}, data_snapshot_id="s",
                                      extra={"model": "lightgcn", "ids": {"item": ["a", "b"]}})
-    with pytest.raises(ValueError, match="not sasrec"):
+    with pytest.raises(ValueError, match="not a next-item"):
         load_ranker(str(tmp_path), "sasrec", ModelRegistry(tmp_path).latest_version("sasrec"))

@@ -1,0 +1,72 @@
+"""SR-GNN's session graphs against hand-built ones, its prefix training windows, and that it learns."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ray_jobs.models import MODELS, build_model
+from ray_jobs.models.base import POS, SEQ
+from ray_jobs.models.srgnn import SRGNN, SRGNNConfig, session_graphs
+from ray_jobs.trainers.batches import sequence_batches, sequence_windows
+
+
+class _Catalogue:
+    n_items = 12
+
+
+def test_graph_of_a_session_with_a_revisit_is_the_papers() -> None:
+    # Window of SASRec ids: items 4 -> 7 -> 4 -> 9 (ids 5, 8, 5, 10), left-padded to 6.
+    graphs = session_graphs(torch.tensor([[0, 0, 5, 8, 5, 10]]))
+    assert graphs.nodes.tolist() == [[5, 8, 10]]  # distinct items, sorted
+    assert graphs.alias.tolist() == [[0, 0, 0, 1, 0, 2]] and graphs.mask.tolist() == [[False, False, True, True, True, True]]
+    # Edges 5->8, 8->5, 5->10: node 5 has two outgoing edges (each 1/2), node 8 one.
+    assert graphs.a_out[0].tolist() == [[0, 0.5, 0.5], [1, 0, 0], [0, 0, 0]]
+    # Incoming: node 5 from 8; node 8 from 5; node 10 from 5 (each normalised by its in-degree).
+    assert graphs.a_in[0].tolist() == [[0, 1, 0], [1, 0, 0], [1, 0, 0]]
+
+
+def test_a_repeated_transition_is_one_edge() -> None:
+    graphs = session_graphs(torch.tensor([[2, 3, 2, 3]]))
+    assert graphs.a_out[0].tolist() == [[0, 1], [1, 0]]  # 2->3 twice, 3->2 once: each counted once
+
+
+def test_prefix_windows_have_one_target_each() -> None:
+    seq, pos, owner = sequence_windows([np.array([4, 7, 4, 9])], max_len=3, windows="prefixes")
+    assert seq.tolist() == [[0, 0, 5], [0, 5, 8], [5, 8, 5]]
+    assert pos.tolist() == [[0, 0, 8], [0, 0, 5], [0, 0, 10]]
+    assert owner.tolist() == [0, 0, 0]
+    seq, _, _ = sequence_windows([np.arange(6)], max_len=2, windows="prefixes")  # windows are the last 2
+    assert seq[-1].tolist() == [4, 5]
+
+
+def test_srgnn_learns_the_next_item_of_a_cycle() -> None:
+    """Sessions walk a fixed cycle over the items; after training, the top-scored item after any
+    prefix is the next one of the cycle."""
+    n_items = _Catalogue.n_items
+    rng = np.random.default_rng(0)
+    sessions = [(rng.integers(n_items) + np.arange(rng.integers(3, 7))) % n_items for _ in range(200)]
+    train = np.array([[s, item] for s, session in enumerate(sessions) for item in session])
+    torch.manual_seed(0)
+    config = SRGNNConfig.with_overrides({"hidden_dim": 32, "max_len": 6})
+    model = SRGNN(config, _Catalogue())
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for epoch in range(15):
+        for batch in sequence_batches(train, len(sessions), n_items, 6, 64, epoch, 0, n_negatives=0, windows="prefixes"):
+            assert (batch[POS][:, :-1] == 0).all()
+            opt.zero_grad()
+            model(batch).backward()
+            opt.step()
+    model.eval()
+    prefixes = torch.tensor([[0, 0, 0, (i % n_items) + 1, ((i + 1) % n_items) + 1] for i in range(n_items)])
+    with torch.no_grad():
+        top = model.score({SEQ: prefixes}).argmax(-1)
+    assert top.tolist() == [(i + 2) % n_items for i in range(n_items)]
+
+
+def test_srgnn_is_a_trainable_model_by_name() -> None:
+    assert "srgnn" in MODELS
+    data = type("Data", (), {"n_items": 5})()
+    model = build_model("srgnn", data, {"hidden_dim": 8})
+    assert model.score({SEQ: torch.tensor([[0, 1, 2]])}).shape == (1, 5)
+    assert model.config.negatives_per_position() == 0 and model.config.windows == "prefixes"
