@@ -127,3 +127,36 @@ def test_default_datasets_dir(monkeypatch, tmp_path):
     assert default_datasets_dir().parts[-2:] == ("shared", "datasets")
     with pytest.raises(FileNotFoundError):
         load_dataset("youshu", tmp_path / "missing")
+
+
+def _atomic(path: Path, header: str, rows: list[str]) -> None:
+    path.write_text(header + "\n" + "".join(row + "\n" for row in rows))
+
+
+def test_recbole_benchmark_files_keep_their_split_fields_catalogue_and_masking(tmp_path):
+    """A benchmark as it ships: its own field names, its train/valid/test files (not re-split), a
+    catalogue item no interaction touches, and test masking training items only."""
+    header = "uid:token\tbid:token\tts:float"
+    _atomic(tmp_path / "b.train.inter", header, ["u1\tx\t1", "u1\ty\t2", "u2\ty\t1"])
+    _atomic(tmp_path / "b.valid.inter", header, ["u1\tz\t3"])
+    _atomic(tmp_path / "b.test.inter", header, ["u2\tx\t4", "u1\tx\t5"])
+    _atomic(tmp_path / "b.item", "bid:token\tcategory:token", ["x\ta", "y\tb", "z\ta", "w\tc"])
+    data = load_dataset("recbole", inter_path=str(tmp_path / "b.inter"), item_path=str(tmp_path / "b.item"),
+                        split="benchmark", user_field="uid", item_field="bid", time_field="ts",
+                        item_catalogue=True, test_masks_valid=False)
+    w, x, y, z = range(4)  # sorted tokens; w is in the catalogue only
+    assert data.n_items == 4 and data.n_users == 2
+    assert data.train.tolist() == [[0, x], [0, y], [1, y]]
+    assert data.valid.tolist() == [[0, z]]
+    assert sorted(data.test.tolist()) == [[0, x], [1, x]]  # u1's test item is one of its training items
+    assert not data.test_excludes_valid and data.item_category.tolist() == [2, 0, 1, 0]
+    # Two parts: validation is each user's last training row.
+    two = load_dataset("recbole", inter_path=str(tmp_path / "b.inter"), split="benchmark",
+                       benchmark_filename=("train", "test"), user_field="uid", item_field="bid", time_field="ts")
+    assert two.n_items == 2 and two.valid.tolist() == [[0, 1]] and two.train.tolist() == [[0, 0], [1, 1]]
+    assert two.test_excludes_valid  # the default: leave-one-out protocols mask validation at test
+    with pytest.raises(ValueError, match="lacks the 'user_id' field"):
+        load_dataset("recbole", inter_path=str(tmp_path / "b.inter"), split="benchmark")
+    with pytest.raises(ValueError, match="item_catalogue needs"):
+        load_dataset("recbole", inter_path=str(tmp_path / "b.train.inter"), user_field="uid", item_field="bid",
+                     item_catalogue=True)
