@@ -27,7 +27,7 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from ray_jobs.models._private.config import ModelConfig
@@ -46,6 +46,8 @@ class SRGNNConfig(ModelConfig):
     hidden_dim: PositiveInt
     n_steps: PositiveInt
     lr: PositiveFloat
+    lr_decay_every: PositiveInt | None = None  # epochs between learning-rate decays (the trainer's StepLR)
+    lr_decay: float = Field(default=0.1, gt=0.0, le=1.0)
     weight_decay: NonNegativeFloat
     batch_size: PositiveInt
     windows: Literal["prefixes"] = "prefixes"

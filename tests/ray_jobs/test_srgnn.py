@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from ray_jobs.models import MODELS, build_model
@@ -70,3 +71,21 @@ def test_srgnn_is_a_trainable_model_by_name() -> None:
     model = build_model("srgnn", data, {"hidden_dim": 8})
     assert model.score({SEQ: torch.tensor([[0, 1, 2]])}).shape == (1, 5)
     assert model.config.negatives_per_position() == 0 and model.config.windows == "prefixes"
+
+
+def test_the_papers_step_decay_of_the_learning_rate() -> None:
+    """SR-GNN's learning rate is multiplied by 0.1 every 3 epochs (the trainer's StepLR); models
+    without a decay keep theirs."""
+    from ray_jobs.trainers.worker_loop import _make_optimizer, _make_scheduler
+
+    model = build_model("srgnn", type("Data", (), {"n_items": 5})(), {"hidden_dim": 8})
+    optimizer = _make_optimizer(model)
+    scheduler = _make_scheduler(model, optimizer)
+    lrs = []
+    for _ in range(7):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([1e-3] * 3 + [1e-4] * 3 + [1e-5])
+    sasrec = build_model("sasrec", type("Data", (), {"n_items": 5})(), {"hidden_dim": 8})
+    assert _make_scheduler(sasrec, _make_optimizer(sasrec)) is None
