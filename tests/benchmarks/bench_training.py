@@ -1,6 +1,8 @@
 """Training throughput benchmark: Ray Train vs a plain PyTorch loop, and 1 -> 2 worker scaling.
 
     make bench-training     (or: .venv/bin/python tests/benchmarks/bench_training.py --model lightgcn)
+    session models: --model srgnn --dataset taobao_sessions, or --model sasrec --dataset taobao_sessions
+                    --model-params '{"loss": "ce", "windows": "all", "max_len": 20}'
 
 In one run, on the same data slice, model, global batch and seed:
   * plain: a single-process PyTorch loop over the exact batches the Ray worker loop draws
@@ -39,7 +41,11 @@ def _job(args, workers: int):
     dataset = {"name": args.dataset, "max_users": args.max_users, "seed": 0}
     if args.datasets_dir:
         dataset["datasets_dir"] = args.datasets_dir
-    protocol, ks, monitor = ("sampled", [10], "ndcg@10") if args.model == "sasrec" else ("full", [20], "recall@20")
+    protocol, ks, monitor = ("full", [20], "recall@20")
+    if args.model == "sasrec":
+        protocol, ks, monitor = "sampled", [10], "ndcg@10"
+    if args.dataset.endswith("sessions"):  # session data: the session protocol (taobao_sessions)
+        protocol, ks, monitor = "session", [20], "mrr@20"
     return JobConfig(
         name=f"bench_{args.model}", model=args.model, model_params=json.loads(args.model_params),
         dataset=dataset,
@@ -115,8 +121,8 @@ def _worker_env() -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="lightgcn", choices=["bprmf", "lightgcn", "sasrec", "crosscbr"])
-    p.add_argument("--dataset", default=None, help="default: gowalla (sasrec: sasrec_games, crosscbr: youshu)")
+    p.add_argument("--model", default="lightgcn", choices=["bprmf", "lightgcn", "sasrec", "crosscbr", "srgnn"])
+    p.add_argument("--dataset", default=None, help="default: gowalla (sasrec: sasrec_games, crosscbr: youshu, srgnn: taobao_sessions)")
     p.add_argument("--max-users", type=int, default=4000, help="user slice (the whole run must fit ~5 min)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per run (first one is warm-up)")
     p.add_argument("--workers", default="1,2", help="Ray Train worker counts to run")
@@ -130,7 +136,7 @@ def main() -> int:
     p.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     args = p.parse_args()
-    args.dataset = args.dataset or {"sasrec": "sasrec_games", "crosscbr": "youshu"}.get(args.model, "gowalla")
+    args.dataset = args.dataset or {"sasrec": "sasrec_games", "crosscbr": "youshu", "srgnn": "taobao_sessions"}.get(args.model, "gowalla")
     if args.plain_only:
         print(json.dumps(plain_loop(args)))
         return 0
