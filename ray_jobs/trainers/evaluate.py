@@ -192,6 +192,9 @@ def _sessions(model, data, split, cfg, rank, world_size, device, sums: _Sums) ->
     cases = held_out_sessions(data, split)
     inputs = _session_inputs(model, cases, device)
     mine = np.arange(len(cases))[rank::world_size]
+    for name in ("p", "mrr", "ndcg"):  # every key on every rank, even one without cases (all-reduce)
+        for k in cfg.ks:
+            sums.add(metric_key(name, k), np.zeros(0))
     for start in range(0, len(mine), cfg.eval_batch_size):
         rows = mine[start : start + cfg.eval_batch_size]
         per_case = session_metrics(model.score(inputs(rows)).float(), cases.targets[rows], cfg.ks)
