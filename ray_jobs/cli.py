@@ -33,12 +33,12 @@ from typing import Any
 __all__ = ["register", "cmd_train", "MODEL_NAMES", "resolve_ray_address", "registry_name"]
 
 # Kept literal so that building the CLI parser does not import torch (tested against MODELS).
-MODEL_NAMES = ("bprmf", "crosscbr", "lightgcn", "popularity", "sasrec", "srgnn")
+MODEL_NAMES = ("bprmf", "crosscbr", "gcegnn", "lightgcn", "popularity", "sasrec", "srgnn")
 # Datasets whose raw ids are the ones the recommender sees (registered with the embeddings).
 SERVED_CATALOGUES = ("taobao", "lake", "lake_bundles")
 _LAKE_DATASETS = ("lake", "lake_bundles")  # ray_jobs.data.catalog.LAKE_DATASETS, literal (no torch import)
 _ITEM_EMBEDDING_MODELS = ("bprmf", "lightgcn")
-_SEQUENTIAL_RANKERS = ("sasrec", "srgnn")
+_SEQUENTIAL_RANKERS = ("gcegnn", "sasrec", "srgnn")
 _BUNDLE_MODELS = ("crosscbr",)
 
 

@@ -36,6 +36,7 @@ DEFAULT_CONFIGS = {
     "sasrec": "sasrec_games.yaml",
     "crosscbr": "crosscbr_youshu.yaml",
     "srgnn": "srgnn_taobao_sessions.yaml",
+    "gcegnn": "gcegnn_taobao_sessions.yaml",
 }
 
 

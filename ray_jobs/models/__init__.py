@@ -17,6 +17,7 @@ from ray_jobs.models._private.config import ModelConfig
 from ray_jobs.models.base import NEG, POS, SEQ, USER, BatchKind, Recommender
 from ray_jobs.models.bprmf import BPRMF, BPRMFConfig
 from ray_jobs.models.crosscbr import CrossCBR, CrossCBRConfig
+from ray_jobs.models.gcegnn import GCEGNN, GCEGNNConfig
 from ray_jobs.models.lightgcn import LightGCN, LightGCNConfig
 from ray_jobs.models.popularity import Popularity, PopularityConfig
 from ray_jobs.models.sasrec import SASRec, SASRecConfig
@@ -40,6 +41,8 @@ __all__ = [
     "BPRMFConfig",
     "CrossCBR",
     "CrossCBRConfig",
+    "GCEGNN",
+    "GCEGNNConfig",
     "LightGCN",
     "LightGCNConfig",
     "Popularity",
@@ -57,6 +60,7 @@ MODELS: dict[str, tuple[type[nn.Module], type[ModelConfig]]] = {
     "sasrec": (SASRec, SASRecConfig),
     "crosscbr": (CrossCBR, CrossCBRConfig),
     "srgnn": (SRGNN, SRGNNConfig),
+    "gcegnn": (GCEGNN, GCEGNNConfig),
 }
 
 

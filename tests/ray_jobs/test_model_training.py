@@ -114,9 +114,10 @@ def test_sasrec_beats_popularity(datasets_dir, fit_local):
 
 
 def test_every_model_implements_the_interface(gowalla_small, youshu_small):
-    assert set(MODELS) == {"popularity", "bprmf", "lightgcn", "sasrec", "crosscbr", "srgnn"}
+    assert set(MODELS) == {"popularity", "bprmf", "lightgcn", "sasrec", "crosscbr", "srgnn", "gcegnn"}
     small = {"popularity": {}, "bprmf": {"embedding_dim": 8}, "lightgcn": {"embedding_dim": 8},
-             "sasrec": {"hidden_dim": 8}, "crosscbr": {"embedding_dim": 8}, "srgnn": {"hidden_dim": 8}}
+             "sasrec": {"hidden_dim": 8}, "crosscbr": {"embedding_dim": 8}, "srgnn": {"hidden_dim": 8},
+             "gcegnn": {"hidden_dim": 8}}
     for name, params in small.items():
         data = youshu_small if name == "crosscbr" else gowalla_small
         assert isinstance(build_model(name, data, params), Recommender), name

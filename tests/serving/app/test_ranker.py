@@ -84,17 +84,19 @@ def test_refresh_interval_limits_registry_reads(sasrec, tmp_path) -> None:
     assert slot.refresh().version == v1  # not re-read within refresh_s
 
 
-def test_a_registered_session_gnn_serves_as_the_ranker(tmp_path) -> None:
-    """SR-GNN registered under the ranker's name is loaded and ranks as its own ``score`` does:
-    which next-item model serves is configuration."""
+@pytest.mark.parametrize("model_name", ["srgnn", "gcegnn"])
+def test_a_registered_session_gnn_serves_as_the_ranker(model_name, tmp_path) -> None:
+    """A session GNN registered under the ranker's name is loaded (GCE-GNN with its global graph,
+    which travels in the weights) and ranks as its own ``score`` does: which next-item model serves
+    is configuration."""
     from ray_jobs.data import subsample_users
 
     data = subsample_users(taobao(), 60, seed=0)
     params = {"hidden_dim": 16, "max_len": 10, "batch_size": 256}
-    srgnn = train("srgnn", data, params, epochs=1, seed=0)
-    version = register(tmp_path / "reg", "sasrec", "srgnn", srgnn, data, params, tmp_path)
+    srgnn = train(model_name, data, params, epochs=1, seed=0)
+    version = register(tmp_path / "reg", "sasrec", model_name, srgnn, data, params, tmp_path)
     loaded = load_ranker(str(tmp_path / "reg"), "sasrec", version)
-    assert type(loaded.ranker.model).__name__ == "SRGNN" and loaded.ranker.max_len == 10
+    assert type(loaded.ranker.model).__name__ == model_name.upper() and loaded.ranker.max_len == 10
     user = int(np.bincount(data.train[:, 0]).argmax())
     history = [str(data.item_ids[i]) for i in data.train[data.train[:, 0] == user][:, 1]]
     candidates = [str(i) for i in data.item_ids[::25].tolist()]
