@@ -19,7 +19,6 @@ Ids as SASRec's and SR-GNN's: left-padded windows of ``item + 1`` (0 = padding),
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import Literal, Protocol
 
@@ -30,8 +29,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from ray_jobs.models._private.config import ModelConfig
-from ray_jobs.models.base import POS, SEQ, BatchKind
-from ray_jobs.models.srgnn import session_graphs
+from ray_jobs.models.srgnn import SessionGraphModel, session_graphs
 
 __all__ = ["GCEGNN", "GCEGNNConfig", "global_neighbors", "relation_types"]
 
@@ -136,9 +134,7 @@ class _GlobalAggregator(nn.Module):
         return F.dropout(out, self.dropout, self.training)
 
 
-class GCEGNN(nn.Module):
-    batch_kind: BatchKind = "sequence"
-
+class GCEGNN(SessionGraphModel):
     def __init__(self, config: GCEGNNConfig, data: ItemCatalogue):
         super().__init__()
         self.config = config
@@ -152,11 +148,7 @@ class GCEGNN(nn.Module):
         self.readout_gate_items = nn.Linear(d, d)
         self.readout_gate_session = nn.Linear(d, d, bias=False)
         self.readout_out = nn.Linear(d, 1, bias=False)
-        bound = 1.0 / math.sqrt(d)
-        for p in self.parameters():  # the official code: uniform(-1/sqrt(d), 1/sqrt(d)) everywhere
-            nn.init.uniform_(p, -bound, bound)
-        with torch.no_grad():
-            self.item_emb.weight[0].zero_()  # padding, and the neighbour of an item that has none
+        self._init_uniform(d)  # a zero padding row is also the neighbour of an item that has none
         train = getattr(data, "train", None)
         neighbors, weights = global_neighbors(_sessions_of(data), data.n_items, config.epsilon, config.n_neighbors) \
             if train is not None else (np.zeros((data.n_items + 1, config.n_neighbors), np.int64),
@@ -189,20 +181,6 @@ class GCEGNN(nn.Module):
         gate = torch.sigmoid(self.readout_gate_items(z) + self.readout_gate_session(mean).unsqueeze(1))
         beta = self.readout_out(gate) * mask
         return (beta * positions).sum(1)
-
-    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.user_vectors(batch[SEQ]) @ self.item_emb.weight[1:].T
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        target = batch[POS][:, -1]  # one target per prefix (windows: prefixes)
-        keep = target > 0
-        return F.cross_entropy(self.score({SEQ: batch[SEQ][keep]}), target[keep] - 1)
-
-    def export_embeddings(self) -> dict[str, np.ndarray]:
-        return {"item": self.item_emb.weight[1:].detach().cpu().numpy()}
-
-    def on_epoch_start(self, epoch: int) -> None:
-        pass
 
 
 def _with_self_loops(kinds: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from torch import nn
 from ray_jobs.models._private.config import ModelConfig
 from ray_jobs.models.base import POS, SEQ, BatchKind
 
-__all__ = ["SRGNN", "SRGNNConfig", "SessionGraphs", "session_graphs"]
+__all__ = ["SRGNN", "SRGNNConfig", "SessionGraphModel", "SessionGraphs", "session_graphs"]
 
 
 class ItemCatalogue(Protocol):
@@ -119,9 +119,41 @@ class _GatedGraphStep(nn.Module):
         return candidate + update * (hidden - candidate)
 
 
-class SRGNN(nn.Module):
-    batch_kind: BatchKind = "sequence"
+class SessionGraphModel(nn.Module):
+    """What the session GNNs share: an item table (SASRec ids, 0 = padding), a session vector per
+    left-padded window (``user_vectors``, what serving's next-item ranker multiplies with
+    ``item_emb`` rows), scores over every item, and cross-entropy on each prefix's one target."""
 
+    batch_kind: BatchKind = "sequence"
+    item_emb: nn.Embedding
+
+    def _init_uniform(self, dim: int) -> None:
+        """The papers' code: every parameter uniform in (-1/sqrt(d), 1/sqrt(d)), padding row zero."""
+        bound = 1.0 / math.sqrt(dim)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def user_vectors(self, seq: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.user_vectors(batch[SEQ]) @ self.item_emb.weight[1:].T
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        target = batch[POS][:, -1]  # one target per prefix (windows: prefixes), at its last position
+        keep = target > 0
+        return F.cross_entropy(self.score({SEQ: batch[SEQ][keep]}), target[keep] - 1)
+
+    def export_embeddings(self) -> dict[str, np.ndarray]:
+        return {"item": self.item_emb.weight[1:].detach().cpu().numpy()}
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+
+class SRGNN(SessionGraphModel):
     def __init__(self, config: SRGNNConfig, data: ItemCatalogue):
         super().__init__()
         self.config = config
@@ -133,11 +165,9 @@ class SRGNN(nn.Module):
         self.attn_items = nn.Linear(d, d)
         self.attn_out = nn.Linear(d, 1, bias=False)
         self.transform = nn.Linear(2 * d, d)
-        bound = 1.0 / math.sqrt(d)
-        for p in self.parameters():  # the paper's code: uniform(-1/sqrt(d), 1/sqrt(d)) everywhere
-            nn.init.uniform_(p, -bound, bound)
+        self._init_uniform(d)
 
-    def session_vectors(self, seq: torch.Tensor) -> torch.Tensor:
+    def user_vectors(self, seq: torch.Tensor) -> torch.Tensor:
         """``(B, d)`` session representation of each left-padded window (Eq. 6-7)."""
         graphs = session_graphs(seq)
         hidden = self.item_emb(graphs.nodes)
@@ -148,22 +178,3 @@ class SRGNN(nn.Module):
         weights = self.attn_out(torch.sigmoid(self.attn_last(last).unsqueeze(1) + self.attn_items(positions)))
         global_ = (weights * positions * graphs.mask.unsqueeze(-1)).sum(1)
         return self.transform(torch.cat([last, global_], -1))
-
-    def user_vectors(self, seq: torch.Tensor) -> torch.Tensor:
-        """The session vectors: what serving's next-item ranker multiplies with ``item_emb`` rows."""
-        return self.session_vectors(seq)
-
-    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.session_vectors(batch[SEQ]) @ self.item_emb.weight[1:].T
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        target = batch[POS][:, -1]  # one target per prefix, at its last position
-        keep = target > 0
-        logits = self.score({SEQ: batch[SEQ][keep]})
-        return F.cross_entropy(logits, target[keep] - 1)
-
-    def export_embeddings(self) -> dict[str, np.ndarray]:
-        return {"item": self.item_emb.weight[1:].detach().cpu().numpy()}
-
-    def on_epoch_start(self, epoch: int) -> None:
-        pass

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ray_jobs.data.dataset import InteractionData
 from ray_jobs.models import build_model
 from ray_jobs.models.base import SEQ
 from ray_jobs.models.gcegnn import BOTH, IN, OUT, SELF, _with_self_loops, global_neighbors, relation_types
 from ray_jobs.models.srgnn import session_graphs
-from ray_jobs.trainers.batches import sequence_batches
+from session_support import MAX_LEN, N_ITEMS, cycle_prefixes, cycle_sessions, predicts_the_cycle, train_on_prefixes
 
 
 def test_global_graph_counts_neighbours_within_epsilon_both_ways() -> None:
@@ -33,30 +32,14 @@ def test_session_relations_are_the_papers_four_kinds() -> None:
 
 
 def test_gcegnn_learns_the_next_item_of_a_cycle_and_keeps_its_graph_in_the_weights() -> None:
-    n_items = 12
-    rng = np.random.default_rng(0)
-    sessions = [(rng.integers(n_items) + np.arange(rng.integers(3, 7))) % n_items for _ in range(200)]
-    train = np.array([[s, item] for s, session in enumerate(sessions) for item in session])
-    data = InteractionData(name="cycle", n_users=len(sessions), n_items=n_items, train=train,
-                           valid=train[:0], test=train[:0], sequential=True)
+    data = cycle_sessions()
+    params = {"hidden_dim": 32, "max_len": MAX_LEN, "dropout_global": 0.0}
     torch.manual_seed(0)
-    model = build_model("gcegnn", data, {"hidden_dim": 32, "max_len": 6, "dropout_global": 0.0})
+    model = build_model("gcegnn", data, params)
     assert model.get_buffer("neighbors")[1].tolist()[:2] == [2, 12]  # item 0's neighbours: 1 and 11
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for epoch in range(15):
-        for batch in sequence_batches(train, len(sessions), n_items, 6, 64, epoch, 0, n_negatives=0, windows="prefixes"):
-            opt.zero_grad()
-            model(batch).backward()
-            opt.step()
-    model.eval()
-    prefixes = torch.tensor([[0, 0, 0, (i % n_items) + 1, ((i + 1) % n_items) + 1] for i in range(n_items)])
-    with torch.no_grad():
-        top = model.score({SEQ: prefixes}).argmax(-1)
-    assert top.tolist() == [(i + 2) % n_items for i in range(n_items)]
+    assert predicts_the_cycle(train_on_prefixes(model, data))
     # Rebuilt without the training data (as serving does), the state dict carries the global graph.
-    served = build_model("gcegnn", type("Catalogue", (), {"n_items": n_items})(),
-                         {"hidden_dim": 32, "max_len": 6, "dropout_global": 0.0})
+    served = build_model("gcegnn", type("Catalogue", (), {"n_items": N_ITEMS})(), params)
     served.load_state_dict(model.state_dict())
-    served.eval()
     with torch.no_grad():
-        assert torch.allclose(served.score({SEQ: prefixes}), model.score({SEQ: prefixes}))
+        assert torch.allclose(served.eval().score({SEQ: cycle_prefixes()}), model.score({SEQ: cycle_prefixes()}))

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from ray_jobs.models import MODELS, build_model
-from ray_jobs.models.base import POS, SEQ
+from ray_jobs.models.base import SEQ
 from ray_jobs.models.srgnn import SRGNN, SRGNNConfig, session_graphs
-from ray_jobs.trainers.batches import sequence_batches, sequence_windows
+from ray_jobs.trainers.batches import sequence_windows
+from session_support import MAX_LEN, cycle_sessions, predicts_the_cycle, train_on_prefixes
 
 
 class _Catalogue:
@@ -44,25 +45,9 @@ def test_prefix_windows_have_one_target_each() -> None:
 def test_srgnn_learns_the_next_item_of_a_cycle() -> None:
     """Sessions walk a fixed cycle over the items; after training, the top-scored item after any
     prefix is the next one of the cycle."""
-    n_items = _Catalogue.n_items
-    rng = np.random.default_rng(0)
-    sessions = [(rng.integers(n_items) + np.arange(rng.integers(3, 7))) % n_items for _ in range(200)]
-    train = np.array([[s, item] for s, session in enumerate(sessions) for item in session])
     torch.manual_seed(0)
-    config = SRGNNConfig.with_overrides({"hidden_dim": 32, "max_len": 6})
-    model = SRGNN(config, _Catalogue())
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    for epoch in range(15):
-        for batch in sequence_batches(train, len(sessions), n_items, 6, 64, epoch, 0, n_negatives=0, windows="prefixes"):
-            assert (batch[POS][:, :-1] == 0).all()
-            opt.zero_grad()
-            model(batch).backward()
-            opt.step()
-    model.eval()
-    prefixes = torch.tensor([[0, 0, 0, (i % n_items) + 1, ((i + 1) % n_items) + 1] for i in range(n_items)])
-    with torch.no_grad():
-        top = model.score({SEQ: prefixes}).argmax(-1)
-    assert top.tolist() == [(i + 2) % n_items for i in range(n_items)]
+    model = SRGNN(SRGNNConfig.with_overrides({"hidden_dim": 32, "max_len": MAX_LEN}), _Catalogue())
+    assert predicts_the_cycle(train_on_prefixes(model, cycle_sessions()))
 
 
 def test_srgnn_is_a_trainable_model_by_name() -> None:
