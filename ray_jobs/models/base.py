@@ -16,7 +16,7 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-__all__ = ["Recommender", "BatchKind", "USER", "POS", "NEG", "SEQ"]
+__all__ = ["Recommender", "BatchKind", "ItemCatalogue", "USER", "POS", "NEG", "SEQ"]
 
 # Batch dictionary keys.
 USER = "user"  # (B,) user ids
@@ -26,6 +26,13 @@ SEQ = "seq"  # (B, L) left-padded input sequences of SASRec ids (item id + 1; 0 
 
 # What the trainer must feed: (user, pos, neg) triples, (seq, pos, neg) windows, or nothing.
 BatchKind = Literal["pairwise", "sequence", "none"]
+
+
+class ItemCatalogue(Protocol):
+    """What a sequence model needs to know about its data: the number of items (an
+    ``InteractionData`` is one; serving rebuilds a model from its registered item ids)."""
+
+    n_items: int
 
 
 @runtime_checkable

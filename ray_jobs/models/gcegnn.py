@@ -20,7 +20,7 @@ Ids as SASRec's and SR-GNN's: left-padded windows of ``item + 1`` (0 = padding),
 from __future__ import annotations
 
 from collections import Counter
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,15 +29,12 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from ray_jobs.models._private.config import ModelConfig
+from ray_jobs.models.base import ItemCatalogue
 from ray_jobs.models.srgnn import SessionGraphModel, session_graphs
 
 __all__ = ["GCEGNN", "GCEGNNConfig", "global_neighbors", "relation_types"]
 
 SELF, OUT, IN, BOTH = 1, 2, 3, 4  # relation of node j to node i in a session graph (0: none)
-
-
-class ItemCatalogue(Protocol):
-    n_items: int
 
 
 class GCEGNNConfig(ModelConfig):

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -42,18 +42,12 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from ray_jobs.models._private.config import ModelConfig
-from ray_jobs.models.base import NEG, POS, SEQ, BatchKind
+from ray_jobs.models.base import NEG, POS, SEQ, BatchKind, ItemCatalogue
 
 if TYPE_CHECKING:
     from ray_jobs.registry.model_registry import RegisteredModel
 
 __all__ = ["SASRec", "SASRecConfig", "load_for_inference", "encode_history", "score_candidates"]
-
-
-class ItemCatalogue(Protocol):
-    """What SASRec needs to know about its data: the number of items (an ``InteractionData`` is one)."""
-
-    n_items: int
 
 
 class SASRecConfig(ModelConfig):

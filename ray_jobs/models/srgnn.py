@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,13 +31,9 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
 from ray_jobs.models._private.config import ModelConfig
-from ray_jobs.models.base import POS, SEQ, BatchKind
+from ray_jobs.models.base import POS, SEQ, BatchKind, ItemCatalogue
 
 __all__ = ["SRGNN", "SRGNNConfig", "SessionGraphModel", "SessionGraphs", "session_graphs"]
-
-
-class ItemCatalogue(Protocol):
-    n_items: int
 
 
 class SRGNNConfig(ModelConfig):
