@@ -17,7 +17,7 @@ for early stopping, as the session papers do. Every item of any file is rankable
 Example (job YAML):
     dataset:
       name: session_benchmark
-      options: {folder: diginetica, name: diginetica, format: recbole}
+      options: {folder: diginetica, file_prefix: diginetica, format: recbole}
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ __all__ = ["load_session_benchmark"]
 def load_session_benchmark(
     datasets_dir: str | os.PathLike[str] | None = None,
     folder: str = "",
-    name: str | None = None,
+    file_prefix: str | None = None,
     format: Literal["recbole", "txt"] = "recbole",
     valid_share: float = 0.1,
     seed: int = 0,
@@ -49,14 +49,14 @@ def load_session_benchmark(
     Args:
         datasets_dir: where a relative ``folder`` is looked up.
         folder: the benchmark's folder (absolute, or relative to the datasets dir).
-        name: RecBole file prefix (default: the folder's name).
+        file_prefix: RecBole files' prefix, ``<file_prefix>.train.inter`` (default: the folder's name).
         format: ``recbole`` atomic files or ``txt`` sequences (module docstring).
         valid_share: share of training sessions held out when there is no validation file.
         seed: draws those sessions.
     """
     root = Path(folder) if Path(folder).is_absolute() else Path(resolve_datasets_dir(datasets_dir)) / folder
     if format == "recbole":
-        files, vocabulary, train, given = _recbole(root, name or root.name)
+        files, vocabulary, train, given = _recbole(root, file_prefix or root.name)
     elif format == "txt":
         files, vocabulary, train, given = _txt(root)
     else:

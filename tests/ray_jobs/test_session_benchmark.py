@@ -34,7 +34,8 @@ def recbole_folder(tmp_path: Path) -> Path:
 
 
 def test_recbole_session_files_keep_their_split_and_cases(recbole_folder: Path) -> None:
-    data = load_dataset("session_benchmark", folder=str(recbole_folder), format="recbole")
+    # As a job YAML's dataset.options reach it (file_prefix: the files' name when not the folder's).
+    data = load_dataset("session_benchmark", folder=str(recbole_folder), file_prefix="bench", format="recbole")
     assert isinstance(data, InteractionData) and data.item_ids.tolist() == ["a", "b", "c", "d", "e"]
     a, b, c, d, e = range(5)
     histories = [data.train[data.train[:, 0] == u, 1].tolist() for u in np.unique(data.train[:, 0])]
