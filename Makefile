@@ -62,6 +62,7 @@ test-slow: $(STAMP) system-deps
 test-all: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# bench-*: each prints met/MISSED per target and exits non-zero when one is missed; `--no-verdict` disables that (via BENCH_SERVING_ARGS / BENCH_TRAINING_ARGS / BENCH_QUALITY_ARGS; for the others run the script with it).
 bench-ingest: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_ingest.py
 

@@ -13,10 +13,11 @@ the Youshu tune split; the served experiment uses 0.3 over its named features), 
 features here, as the replay's arms are raw embeddings rather than the served per-(user, bundle)
 features, must each end
 with at most 0.8x the cumulative regret of epsilon-greedy (0.02) on the same seeds, with a paired t
-< -2 over the seeds. The bench exits 1 when any is missed.
+< -2 over the seeds. The bench exits 1 when any is missed (``--no-verdict``: prints the verdict, exits 0).
 """
 
 import argparse
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from serving.bandit import EpsilonGreedy, Greedy, LinearThompsonSampling, LinUCBShared, RandomPolicy  # noqa: E402
 from serving.simulation import compare_policies, load_taobao_replay, load_youshu_replay  # noqa: E402
+from verdict import Verdict, add_verdict_argument, ratio  # noqa: E402  (tests/benchmarks/verdict.py)
 
 
 LINUCB, THOMPSON, BASELINE = "LinUCB (shared, alpha=0.3)", "linear TS (v=0.05)", "eps-greedy (0.02)"
@@ -42,14 +44,15 @@ def factories(du: int, de: int) -> dict:
     }
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3000)
     parser.add_argument("--seeds", default="10,11,12,13,14")
     parser.add_argument("--datasets", default="taobao,youshu")
+    add_verdict_argument(parser)
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    missed = []
+    verdict = Verdict.from_args(args)
     loaders = {"taobao": lambda: load_taobao_replay(n_arms=150, rank=8), "youshu": lambda: load_youshu_replay(n_arms=150, rank=8, split="test")}
     for name in args.datasets.split(","):
         data = loaders[name]()
@@ -59,9 +62,8 @@ def main() -> None:
         for label, runs in sorted(results.items(), key=lambda kv: statistics.fmean(r.cumulative_regret for r in kv[1])):
             regrets = [r.cumulative_regret for r in runs]
             print(f"  {label:28s} {statistics.fmean(regrets):8.1f} +- {statistics.stdev(regrets) if len(regrets) > 1 else 0.0:6.1f}")
-        missed += verdicts(name, results)
-    print("\nverdict: " + ("met" if not missed else f"MISSED ({'; '.join(missed)})"))
-    sys.exit(1 if missed else 0)
+        check_bandits(verdict, name, results)
+    return verdict.report()
 
 
 def paired_t(a: list[float], b: list[float]) -> float:
@@ -69,25 +71,22 @@ def paired_t(a: list[float], b: list[float]) -> float:
     diffs = [x - y for x, y in zip(a, b)]
     if len(diffs) < 2:
         return float("nan")
-    spread = statistics.stdev(diffs)
-    return statistics.fmean(diffs) / (spread / len(diffs) ** 0.5) if spread > 0 else float("-inf") * (statistics.fmean(diffs) < 0)
+    mean, spread = statistics.fmean(diffs), statistics.stdev(diffs)
+    if spread > 0:
+        return mean / (spread / len(diffs) ** 0.5)
+    # Identical differences: the sign of the mean decides (t undefined, NaN, when they are all 0).
+    return math.copysign(math.inf, mean) if mean else math.nan
 
 
-def verdicts(dataset: str, results: dict) -> list[str]:
-    """Each bandit against epsilon-greedy on the same seeds: regret ratio and paired t."""
+def check_bandits(verdict: Verdict, dataset: str, results: dict) -> None:
+    """Each bandit against epsilon-greedy on the same seeds: regret ratio and paired t (issue 24)."""
     base = [r.cumulative_regret for r in results[BASELINE]]
-    missed = []
-    print(f"  {'policy vs ' + BASELINE:40s} {'ratio':>7s} {'target':>7s} {'paired t':>9s} {'target':>7s}  verdict")
     for label in (LINUCB, THOMPSON):
         regrets = [r.cumulative_regret for r in results[label]]
-        ratio = statistics.fmean(regrets) / statistics.fmean(base)
-        t = paired_t(regrets, base)
-        ok = ratio <= MAX_RATIO and t < MAX_T
-        print(f"  {label:40s} {ratio:7.3f} {'<= 0.8':>7s} {t:9.2f} {'< -2':>7s}  {'met' if ok else 'MISSED'}")
-        if not ok:
-            missed.append(f"{dataset} {label}: ratio {ratio:.3f}, t {t:.2f}")
-    return missed
+        verdict.check(f"{dataset} {label}: regret / {BASELINE}", ratio(statistics.fmean(regrets), statistics.fmean(base)),
+                      "<=", MAX_RATIO, "x", note="issue 24")
+        verdict.check(f"{dataset} {label}: paired t vs {BASELINE}", paired_t(regrets, base), "<", MAX_T, note="issue 24")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

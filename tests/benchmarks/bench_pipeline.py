@@ -19,11 +19,14 @@ private ``redis-server``, it measures in one run:
    visible; produce -> visible p50/p95 (target p95 < 5 s);
 3. Feast online read of one entity (``get_online_features``, every feature of ``user_features``)
    p50/p99 on SQLite and on Redis, against a raw redis-py ``HGETALL`` of the same Redis key
-   (target Redis p99 < 5 ms and <= 2x raw).
+   (target Redis p99 < 5 ms and <= 2x raw at p99, for ``OnlineReader``: what serving reads with).
+
+Prints met/MISSED per target and exits 1 when one is missed (``--no-verdict``: exits 0).
 """
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -56,6 +59,9 @@ from features.repo import apply_feature_repo  # noqa: E402
 from pipelines.feast_sink import feature_frame, push_online  # noqa: E402
 from pipelines.runner import FeaturePipeline  # noqa: E402
 from streamrec.config import Settings  # noqa: E402
+from verdict import Verdict, add_verdict_argument, ratio as safe_ratio  # noqa: E402  (tests/benchmarks/verdict.py)
+
+RATIO_TARGET, FRESH_P95_TARGET_S, READ_P99_TARGET_MS, READ_VS_RAW_TARGET = 0.25, 5.0, 5.0, 2.0
 
 # The pipeline's on_step marks (each stage runs up to the next mark); unknown marks print as named.
 STAGE_LABELS = {
@@ -75,6 +81,9 @@ STAGE_LABELS = {
 
 
 def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile; NaN (not measured) for no values."""
+    if not values:
+        return math.nan
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
@@ -145,6 +154,11 @@ def throughput_pairs(settings: Settings, workdir: Path, repeats: int) -> list[di
 
 def ratio(raw: tuple[int, float], batch: tuple[Any, float, dict[str, float]]) -> float:
     return (batch[0].records / batch[1]) / (raw[0] / raw[1])
+
+
+def median_pair(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pair of median ratio: the throughput result (the VM's speed drifts between pairs)."""
+    return sorted(pairs, key=lambda pair: ratio(pair["raw"], pair["batch"]))[len(pairs) // 2]
 
 
 # --- 2. freshness -------------------------------------------------------------------------------
@@ -352,8 +366,7 @@ def print_report(
     small: list[tuple[float, dict[str, float]]], fresh: list[float], reads: dict[str, list[float]],
     poll_interval_s: float,
 ) -> None:
-    ranked = sorted(pairs, key=lambda pair: ratio(pair["raw"], pair["batch"]))
-    median = ranked[len(ranked) // 2]
+    median = median_pair(pairs)
     raw_count, raw_s = median["raw"]
     summary, batch_s, stages = median["batch"]
     raw_rate, pipe_rate = raw_count / raw_s, summary.records / batch_s
@@ -364,7 +377,7 @@ def print_report(
     print("\n| | events | seconds | events/s |\n|---|---|---|---|")
     print(f"| raw kafka-python consume + json.loads | {raw_count:,} | {raw_s:.2f} | {raw_rate:,.0f} |")
     print(f"| pipeline run_once end to end | {summary.records:,} | {batch_s:.2f} | {pipe_rate:,.0f} |")
-    print(f"| **ratio (median pair)** | | | **{pipe_rate / raw_rate:.3f}x** (target >= 0.25x) |")
+    print(f"| **ratio (median pair)** | | | **{pipe_rate / raw_rate:.3f}x** (target >= {RATIO_TARGET}x) |")
     print(f"\nStart-up before the batch (not timed in it): building and translating the Beam graph and "
           f"starting the Kafka reader process (`FeaturePipeline.prepare`, what `--follow` does at start) "
           f"{median['prepare_s']:.2f} s.")
@@ -380,25 +393,39 @@ def print_report(
     print("| **total** | " + " | ".join(f"**{t:.3f}**" for t, _ in small) + " |")
     print(f"\n## Freshness: produce -> visible in Feast online (SQLite), --follow, poll interval {poll_interval_s}s")
     print(f"| samples | p50 s | p95 s | max s |\n|---|---|---|---|\n| {len(fresh)} | "
-          f"{percentile(fresh, 50):.2f} | {percentile(fresh, 95):.2f} | {max(fresh):.2f} | (target p95 < 5 s)")
+          f"{percentile(fresh, 50):.2f} | {percentile(fresh, 95):.2f} | {max(fresh):.2f} | (target p95 < {FRESH_P95_TARGET_S:g} s)")
     print("\n## Online read of one entity (every user_features feature)")
     print("| read | calls | p50 ms | p99 ms |\n|---|---|---|---|")
     for name, values in reads.items():
         print(f"| {name} | {len(values)} | {percentile(values, 50):.2f} | {percentile(values, 99):.2f} |")
     for name in ("feast_redis", "reader_redis"):
         vs_raw = {q: percentile(reads[name], q) / percentile(reads["raw_redis_hgetall"], q) for q in (50, 99)}
-        print(f"| **{name} / raw HGETALL** | | **{vs_raw[50]:.1f}x** | **{vs_raw[99]:.1f}x** "
-              "(target: p99 < 5 ms and <= 2x raw) |")
-    print("(reader_* is features.online.OnlineReader, what serving reads with; feast_* is get_online_features)")
+        print(f"| **{name} / raw HGETALL** | | **{vs_raw[50]:.1f}x** | **{vs_raw[99]:.1f}x** |")
+    print("(reader_* is features.online.OnlineReader, what serving reads with; feast_* is get_online_features;\n"
+          f" the targets, p99 < {READ_P99_TARGET_MS:g} ms and <= {READ_VS_RAW_TARGET:g}x raw, are on reader_redis)")
 
 
-def main() -> None:
+def check_targets(verdict: Verdict, pairs: list[dict[str, Any]], fresh: list[float], reads: dict[str, list[float]]) -> None:
+    """The docstring's targets (BENCHMARKS.md reports against the same ones)."""
+    median = median_pair(pairs)
+    verdict.check("throughput pipeline / raw consume (median pair)", ratio(median["raw"], median["batch"]), ">=",
+                  RATIO_TARGET, "x", note="docstring")
+    verdict.check("freshness p95, produce -> online", percentile(fresh, 95), "<", FRESH_P95_TARGET_S, "s", note="docstring")
+    reader_p99 = percentile(reads["reader_redis"], 99)
+    verdict.check("OnlineReader on Redis p99", reader_p99, "<", READ_P99_TARGET_MS, "ms", note="docstring")
+    verdict.check("OnlineReader on Redis p99 / raw HGETALL p99", safe_ratio(reader_p99, percentile(reads["raw_redis_hgetall"], 99)),
+                  "<=", READ_VS_RAW_TARGET, "x", note="docstring")
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=None, help="first N users of the slice only (default: all)")
     parser.add_argument("--samples", type=int, default=30, help="freshness samples (>= 20 for a p95)")
     parser.add_argument("--reads", type=int, default=2000, help="timed online reads per store")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved throughput pairs (the median is reported)")
+    add_verdict_argument(parser)
     args = parser.parse_args()
+    verdict = Verdict.from_args(args)
     workdir = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     handle = start_broker(workdir / "broker")
     print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)", flush=True)
@@ -417,10 +444,12 @@ def main() -> None:
         reads = online_reads(settings, workdir, active, args.reads)
         print_report(len(events), pairs, small, fresh, reads, settings.pipeline.poll_interval_s)
         print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
+        check_targets(verdict, pairs, fresh, reads)
     finally:
         handle.broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+    return verdict.report()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
