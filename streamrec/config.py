@@ -136,6 +136,32 @@ class CollectorConfig(BaseModel):
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+class FrontendConfig(BaseModel):
+    """What the web frontend's browsers may reach: CORS origins, the tracker and the demo storefront.
+
+    The browser's credential is ``collector.auth_token``, a publishable key: it ships in every shop
+    page and is scoped to the frontend role (send events, read recommendations and bundles, send
+    feedback), never to experiment results or admin endpoints (``serving/auth.py``).
+    """
+
+    # Origins (scheme://host[:port]) whose pages may call the collector and the recommender from a
+    # browser. Empty: same-origin pages only (as the /shop/ demo). "*" is refused: list them.
+    allowed_origins: list[str] = Field(default_factory=list)
+    # Seconds a browser may cache a CORS preflight answer.
+    preflight_max_age_s: int = Field(default=600, ge=0, le=86_400)
+    # The demo storefront at /shop/ on the recommender app. Its page config hands out the publishable
+    # key, so None (the default) serves it in development only; true or false decides either way.
+    storefront: bool | None = None
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _exact_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if not re.fullmatch(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?", origin):
+                raise ValueError(f"{origin!r} is not an origin like https://shop.example.com (no path, no wildcard)")
+        return origins
+
+
 class RayConfig(BaseModel):
     """Where Ray runs. `address=None` means: start or join the local head that `streamrec up` runs.
 
@@ -471,6 +497,7 @@ class Settings(BaseSettings):
     kafka: KafkaConfig = KafkaConfig()
     broker: EmbeddedBrokerConfig = EmbeddedBrokerConfig()
     collector: CollectorConfig = CollectorConfig()
+    frontend: FrontendConfig = FrontendConfig()
     ray: RayConfig = RayConfig()
     data: DataConfig = DataConfig()
     pipeline: PipelineConfig = PipelineConfig()

@@ -23,6 +23,8 @@ from streamrec.local_stack import EmbeddedBroker
 from streamrec.topics import ensure_topics
 
 TEST_TOKEN = "test-token-123"
+# The one browser origin the test stacks allow (frontend.allowed_origins): CORS tests use it.
+TEST_ORIGIN = "http://shop.test.example"
 TEST_ADMIN_TOKEN = "test-admin-token-456"
 TEST_READER_TOKEN = "test-reader-token-789"
 TEST_FEEDBACK_KEY = "test-feedback-signing-key-0123456789abcdef"
@@ -61,6 +63,7 @@ def make_settings(state_dir: Path, broker_port: int, **overrides: Any) -> Settin
         "kafka": {"bootstrap_servers": f"127.0.0.1:{broker_port}", "produce_timeout_s": 3.0, "metadata_timeout_s": 2.0},
         "broker": {"port": broker_port},
         "collector": {"auth_token": TEST_TOKEN, "limits": TEST_LIMITS},
+        "frontend": {"allowed_origins": [TEST_ORIGIN]},
         "data": {"state_dir": str(state_dir)},
         # One signing key for every app of a test stack (the collector's and the recommender's
         # state dirs differ, and each would otherwise make its own).

@@ -28,7 +28,8 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve import metrics
@@ -59,12 +60,14 @@ from serving.collector.publisher import BrokerUnavailable, EventPublisher, Outgo
 from serving.experiments import Experiment, analyze_experiment, assign_variant
 from serving.feedback_tokens import FeedbackClaim, FeedbackRejected, check_claim, signer_from_settings
 from serving import replica_loopback
+from serving.frontend import STOREFRONT_DIR, FrontendCors, storefront_enabled
 from serving.request_body import BodyLimits, BodyRejected, read_json_object
 from streamrec.config import ServingConfig
 
 replica_loopback.install()  # before Ray starts this replica's gRPC server (serving/replica_loopback.py)
 
 api = FastAPI(title="streamrec recommender", version="v1", description="Bundles chosen by contextual bandits, item recommendations, A/B experiments.")
+api.add_middleware(FrontendCors)  # browsers of the configured origins (frontend.allowed_origins)
 
 _ID = r"^[\x21-\x7e]+$"
 HANDLE_TIMEOUT_S = 10.0
@@ -243,6 +246,8 @@ class RecommenderAPI:
         self._args = args
         self._settings = args.resolved_settings()
         self._s = self._settings.serving
+        self.frontend = self._settings.frontend  # read by FrontendCors
+        self._storefront = StaticFiles(directory=STOREFRONT_DIR) if storefront_enabled(self._settings) else None
         # The replica's process is this deployment's own: its event loop shares the GIL with
         # kafka-python's I/O thread, which Python's default 5 ms switch interval let hold it while
         # requests waited (serving.gil_switch_interval_s).
@@ -630,6 +635,23 @@ class RecommenderAPI:
     @api.get("/healthz", summary="Liveness: the replica answers")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok", "service": "recommender"}
+
+    @api.get("/shop/config.json", include_in_schema=False)
+    async def storefront_config(self) -> JSONResponse:
+        """What the demo storefront's script needs: where to send events and the publishable key."""
+        if self._storefront is None:
+            return _error(404, "not_found", "the storefront is off (frontend.storefront)")
+        return JSONResponse({
+            "key": self._settings.collector.auth_token.get_secret_value(),
+            "collector_url": "/v1/events", "experiment": self._default_experiment,
+        }, headers={"cache-control": "no-store"})
+
+    @api.get("/shop/{path:path}", include_in_schema=False)
+    async def storefront(self, path: str, request: Request) -> Response:
+        """The demo storefront's static files (Starlette's StaticFiles: no path escapes its folder)."""
+        if self._storefront is None:
+            return _error(404, "not_found", "the storefront is off (frontend.storefront)")
+        return await self._storefront.get_response(path or "index.html", request.scope)
 
     def __del__(self) -> None:
         decisions = getattr(self, "_decisions", None)

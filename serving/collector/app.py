@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve import metrics
@@ -27,6 +27,7 @@ from serving.collector.ingest import (
     validate_elements,
 )
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
+from serving.frontend import TRACKER_JS, FrontendCors
 from serving.request_body import decode_content_encoding, read_body
 from streamrec.config import Settings, get_settings
 
@@ -56,6 +57,7 @@ class _MountRootAsSlash:
 
 
 api.add_middleware(_MountRootAsSlash)
+api.add_middleware(FrontendCors)  # outermost: a preflight is answered before any routing
 
 
 class CollectorArgs(BaseModel):
@@ -90,12 +92,24 @@ def _response_body(result: IngestResult) -> dict[str, Any]:
     return {"accepted": len(result.accepted), "rejected": len(result.rejected), "results": outcomes}
 
 
+def _frontend_credential(request: Request) -> str:
+    """The Authorization header, else the ``key`` query parameter as a bearer credential:
+    ``navigator.sendBeacon`` (the tracker's flush when a page is hidden) cannot set headers. Only
+    the frontend role is accepted here, so a key in a URL can never be more than the publishable one."""
+    header = request.headers.get("authorization", "")
+    if header:
+        return header
+    key = request.query_params.get("key", "")
+    return f"Bearer {key}" if key else ""
+
+
 @serve.deployment(name="Collector")
 @serve.ingress(api)
 class Collector:
     def __init__(self, args: CollectorArgs | None = None) -> None:
         overrides = (args or CollectorArgs()).settings
         self._settings: Settings = Settings(**overrides) if overrides else get_settings()
+        self.frontend = self._settings.frontend  # read by FrontendCors
         self._limits = self._settings.collector.limits
         self._body_limits = body_limits(self._limits)
         self._topics = self._settings.kafka.topics
@@ -156,7 +170,7 @@ class Collector:
     @api.post("/", summary="Send one event, a JSON array of events, or NDJSON")
     async def post_events(self, request: Request) -> JSONResponse:
         try:
-            self._gate.check(request.headers.get("authorization", ""), (Role.FRONTEND,))
+            self._gate.check(_frontend_credential(request), (Role.FRONTEND,))
         except AuthRejected as exc:
             return _error(exc.status, exc.reason, exc.detail, exc.headers)
         started = time.perf_counter()
@@ -205,6 +219,12 @@ class Collector:
         # Server-Timing lets a client tell time in the collector and Kafka from time on the wire.
         timing = {"server-timing": f"produce;dur={produce_ms:.2f}, total;dur={total_ms:.2f}"}
         return JSONResponse(_response_body(result), status_code=_result_status(result), headers=timing)
+
+    @api.get("/tracker.js", summary="The browser tracker (an ES module; no credential needed to load it)")
+    async def tracker(self) -> FileResponse:
+        return FileResponse(
+            TRACKER_JS, media_type="text/javascript; charset=utf-8", headers={"cache-control": "public, max-age=300"}
+        )
 
     @api.get("/schema", summary="The JSON Schema of the event contract")
     async def schema(self) -> JSONResponse:

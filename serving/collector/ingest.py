@@ -18,7 +18,8 @@ from serving.request_body import BodyLimits, BodyRejected, check_json_depth, jso
 from streamrec.config import CollectorLimits
 
 NDJSON_CONTENT_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
-JSON_CONTENT_TYPES = ("application/json", "text/json")
+# text/plain too: navigator.sendBeacon sends it without a CORS preflight (the tracker's page-hide flush).
+JSON_CONTENT_TYPES = ("application/json", "text/json", "text/plain")
 
 DLQ_SOURCE = "collector"
 

@@ -73,7 +73,7 @@ BAD_INPUTS: list[tuple[str, Any, str, int, str]] = [
     ("invalid json", b'{"schema_version": 1,', "application/json", 400, "invalid_json"),
     ("non-utf8 bytes", b'{"user_id": "\xff\xfe"}', "application/json", 400, "invalid_utf8"),
     ("empty body", b"", "application/json", 400, "empty_body"),
-    ("wrong content type", b"{}", "text/plain", 415, "unsupported_media_type"),
+    ("wrong content type", b"{}", "application/xml", 415, "unsupported_media_type"),
     ("wrong type", make_event(item_id=42), "application/json", 422, "wrong_type"),
     ("missing field", {k: v for k, v in make_event().items() if k != "session_id"}, "application/json", 422, "missing_field"),
     ("unknown event type", make_event("teleport"), "application/json", 422, "unknown_event_type"),

@@ -33,7 +33,7 @@ NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
         (b"[]", "application/json", 422, "empty_batch"),
         (b"[{}, {}, {}, {}]", "application/json", 413, "batch_too_large"),
         (b"{}\n{}\n{}\n{}", "application/x-ndjson", 413, "batch_too_large"),
-        (b"{}", "text/plain", 415, "unsupported_media_type"),
+        (b"{}", "application/xml", 415, "unsupported_media_type"),
     ],
 )
 def test_unusable_bodies_are_rejected_whole(body: bytes, content_type: str, status: int, reason: str) -> None:
@@ -127,3 +127,12 @@ def test_dead_letter_keeps_binary_payloads_as_base64_and_marks_truncation() -> N
     assert base64.b64decode(record["raw"]) == raw[:256]
     assert record["truncated"] is True and record["raw_size"] == 300
     assert record["received_at"] == "2026-01-01T00:00:00Z"
+
+
+def test_a_beacon_body_in_text_plain_is_read_as_json() -> None:
+    # navigator.sendBeacon (the tracker's flush when the page is hidden) sends text/plain to avoid a
+    # CORS preflight: the same JSON batch must be decoded exactly as an application/json one.
+    body = json.dumps([make_event(), make_event("add_to_cart")]).encode()
+    as_json = decode_body(body, "application/json", LIMITS)
+    assert decode_body(body, "text/plain;charset=UTF-8", LIMITS) == as_json
+    assert as_json[1] is True and len(as_json[0]) == 2
