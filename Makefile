@@ -25,7 +25,8 @@ setup: $(STAMP) system-deps
 
 # Debian packages: redis-server for the Feast online store on Redis (its tests start it
 # themselves and are skipped, saying why, where it cannot be installed); chromium, whose headless
-# mode renders the `streamrec report` HTML in its test (skipped, saying why, without it); wrk, for
+# mode renders the `streamrec report` HTML and shops at /shop/ in their tests (driven over the
+# DevTools protocol, so no chromium-driver; skipped, saying why, without it); wrk, for
 # bench-serving's closed-loop saturation runs (its latency runs use tests/benchmarks/loadgen.py).
 system-deps:
 	@command -v redis-server >/dev/null 2>&1 || { \
