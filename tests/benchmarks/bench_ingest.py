@@ -1,55 +1,160 @@
-"""Ingest benchmark: the collector against a raw kafka-python producer, in the same run.
+"""Ingest benchmark on the shipped configuration: the collector as `streamrec up` runs it.
 
-    make bench-ingest        (or: .venv/bin/python tests/benchmarks/bench_ingest.py --events 30000)
+    make bench-ingest        (or: .venv/bin/python tests/benchmarks/bench_ingest.py --duration 60)
 
-Measures, on a private embedded broker and a private local Ray/Serve:
-  * batch throughput (events/s): raw producer (acks=all, idempotent) vs collector (JSON batches
-    over HTTP, validated, acks=all), and their ratio (target: collector >= 0.5x raw);
-  * single-event latency p50/p99 at a moderate open-loop rate: one raw send+ack per event vs one
-    HTTP POST per event (target: collector p99 < 20 ms);
-  * error responses: any reply but 200 (for batches: 503s, retried; 207/422 replies leave events
-    not accepted) and any transport error, warm-up included, counted rather than raised so the run
-    keeps measuring (target: 0 for the collector and for the no-op baseline; 0 events not accepted).
+Starts a private embedded stack with `streamrec up` (tansu, the Ray head, Serve's HAProxy ingress,
+``deploy/local/serve.yaml`` as shipped: collector with 64 ongoing requests, the recommender beside
+it) on free ports, then, in one run:
 
-Prints met/MISSED per target and exits 1 when one is missed (``--no-verdict``: exits 0).
+* **single events, open loop**: one contract event per POST at ``--rate`` (100/s) for
+  ``--duration`` seconds from the separate-process generator of ``loadgen.py`` (latency from the
+  scheduled send time, so queueing counts). Targets: p99 < 20 ms; no queue growth (p50 of the last
+  quarter <= 1.5x the first quarter's); no error response;
+* **single events, saturated**: wrk (2 threads, 32 connections, closed loop) POSTing single events
+  (a fresh event_id and user each) against wrk on ``GET /v1/events/healthz`` through the same ingress,
+  in interleaved pairs (``--pairs``, median ratio). Target >= 0.5x;
+* **batches**: the collector's batch path (``streamrec replay``'s client: batches of 500, 4 lanes)
+  against a raw kafka-python producer (acks=all, idempotent) on fresh events each, interleaved pairs,
+  median ratio. Target >= 0.5x.
+
+Every response of the collector is answered only after Kafka acknowledged its events. Prints
+met/MISSED per target and exits 1 when one is missed (``--no-verdict``: exits 0).
 """
 
+from __future__ import annotations
 
 import argparse
 import asyncio
-import math
+import json
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-import httpx
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the `support` helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from support import TEST_TOKEN, deploy_collector, make_settings, free_port  # noqa: E402
-from features.events import parse_event, event_to_json  # noqa: E402
-from streamrec.local_stack import EmbeddedBroker  # noqa: E402
-from streamrec.replay import read_taobao_rows, replay_events, taobao_events  # noqa: E402
-from streamrec.topics import ensure_topics  # noqa: E402
+from loadgen import Request, percentile, run_open_loop, summarize  # noqa: E402
+from support import TEST_TOKEN, private_stack_env  # noqa: E402
 from verdict import Verdict, add_verdict_argument, ratio  # noqa: E402  (tests/benchmarks/verdict.py)
 
-RATIO_TARGET, P99_TARGET_MS = 0.5, 20.0
+RATIO_TARGET, P99_TARGET_MS, QUEUE_GROWTH_TARGET = 0.5, 20.0, 1.5
+REPO = Path(__file__).resolve().parents[2]
+STREAMREC = [sys.executable, "-m", "streamrec.cli"]
+
+# wrk: each request a new contract event (random event_id and user), so nothing is a duplicate.
+SINGLE_EVENT_LUA = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+local hex = "0123456789abcdef"
+local function h(n)
+  local t = {}
+  for i = 1, n do local r = math.random(1, 16); t[i] = hex:sub(r, r) end
+  return table.concat(t)
+end
+request = function()
+  local id = h(8) .. "-" .. h(4) .. "-4" .. h(3) .. "-a" .. h(3) .. "-" .. h(12)
+  local body = '{"schema_version":1,"type":"view","event_id":"' .. id .. '","user_id":"wrk-' .. h(6) ..
+    '","session_id":"s-' .. h(6) .. '","ts":"%s","item_id":"i-' .. h(4) .. '"}'
+  return wrk.format(nil, "/v1/events", nil, body)
+end
+"""
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile; NaN (not measured) for no values, e.g. when every request failed."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+@dataclass
+class Stack:
+    env: dict[str, str]
+    base_url: str
+    bootstrap: str
+
+
+def _streamrec(env: dict[str, str], *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*STREAMREC, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+
+
+def start_stack(state_dir: Path) -> Stack:
+    """`streamrec up` on private ports with the shipped Serve config."""
+    ports, env = private_stack_env(state_dir)
+    env["STREAMREC_COLLECTOR__AUTH_TOKEN"] = TEST_TOKEN
+    up = _streamrec(env, "up")
+    if up.returncode != 0:
+        _streamrec(env, "down")
+        raise RuntimeError(f"streamrec up failed:\n{up.stdout}\n{up.stderr}")
+    return Stack(env, f"http://127.0.0.1:{ports['collector']}", f"127.0.0.1:{ports['broker']}")
+
+
+def contract_event(i: int, now: str) -> dict[str, Any]:
+    return {"schema_version": 1, "type": "view", "event_id": str(uuid.uuid4()), "user_id": f"open-{i % 997}",
+            "session_id": f"s-{i % 997}", "ts": now, "item_id": f"i-{i % 5000}"}
+
+
+def single_event_requests(n: int) -> list[Request]:
+    now = datetime.now(timezone.utc).isoformat()
+    headers = (("Content-Type", "application/json"), ("Authorization", f"Bearer {TEST_TOKEN}"))
+    return [Request("POST /v1/events", "POST", "/v1/events", json.dumps(contract_event(i, now)).encode(), headers)
+            for i in range(n)]
+
+
+def open_loop(stack: Stack, rate: float, duration_s: float, warmup_s: float) -> dict[str, Any]:
+    """Single events at ``rate``; latency summary after the warm-up and the quarter-by-quarter p50."""
+    requests = single_event_requests(int(rate * (warmup_s + duration_s)))
+    result = run_open_loop(stack.base_url, requests, rate, processes=2, threads=8)
+    summary = summarize(requests, result, skip_before_s=warmup_s, rate=rate)["POST /v1/events"]
+    measured = [i for i in range(len(requests)) if i / rate >= warmup_s]
+    quarter = len(measured) // 4
+    first = [result.latency_s[i] * 1000 for i in measured[:quarter]]
+    last = [result.latency_s[i] * 1000 for i in measured[-quarter:]]
+    summary["p50_first_quarter_ms"], summary["p50_last_quarter_ms"] = percentile(first, 50), percentile(last, 50)
+    summary["warmup_errors"] = sum(1 for i in range(len(requests)) if i / rate < warmup_s and not 200 <= result.status[i] < 300)
+    return summary
+
+
+def wrk_run(base_url: str, path: str, seconds: float, script: str | None) -> dict[str, Any]:
+    args = ["wrk", "-t2", "-c32", f"-d{seconds:g}s", "--latency"]
+    if script:
+        args += ["-s", script]
+    out = subprocess.run([*args, base_url + path], capture_output=True, text=True, timeout=seconds + 60).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {"requests_per_s": float(rps.group(1)) if rps else float("nan"),
+            "errors": (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, errors.groups())) if errors else 0)}
+
+
+def saturation_pairs(stack: Stack, pairs: int, seconds: float) -> list[dict[str, Any]]:
+    """wrk on healthz then on single events, ``pairs`` times (interleaved: drift hits both sides)."""
+    ts = datetime.now(timezone.utc).isoformat()
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(SINGLE_EVENT_LUA % (TEST_TOKEN, ts))
+        script = f.name
+    try:
+        runs = []
+        for _ in range(pairs):
+            health = wrk_run(stack.base_url, "/v1/events/healthz", seconds, None)
+            single = wrk_run(stack.base_url, "/v1/events", seconds, script)
+            runs.append({"healthz": health, "single": single, "ratio": ratio(single["requests_per_s"], health["requests_per_s"])})
+            print(f"  saturated: healthz {health['requests_per_s']:,.0f}/s, single events {single['requests_per_s']:,.0f}/s "
+                  f"({single['errors']} errors)", flush=True)
+        return runs
+    finally:
+        os.unlink(script)
 
 
 def raw_batch_throughput(bootstrap: str, topic: str, events: list[dict]) -> float:
     from kafka import KafkaProducer
+
+    from features.events import event_to_json, parse_event
 
     wire = [(e["user_id"].encode(), event_to_json(parse_event(e))) for e in events]
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=1)
@@ -63,178 +168,77 @@ def raw_batch_throughput(bootstrap: str, topic: str, events: list[dict]) -> floa
     return len(wire) / elapsed
 
 
-def raw_single_latencies(bootstrap: str, topic: str, events: list[dict], rate: float) -> list[float]:
-    from kafka import KafkaProducer
+def batch_pairs(stack: Stack, pairs: int, per_run: int, batch_size: int, lanes: int) -> list[dict[str, Any]]:
+    """Raw producer then the collector's batch path, on fresh Taobao events each run."""
+    from streamrec.config import Settings
+    from streamrec.replay import read_taobao_rows, replay_events, taobao_events
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0)
-    latencies = []
-    start = time.perf_counter()
-    for i, e in enumerate(events):
-        wait = start + i / rate - time.perf_counter()
-        if wait > 0:
-            time.sleep(wait)
-        t0 = time.perf_counter()
-        producer.send(topic, key=e["user_id"].encode(), value=event_to_json(parse_event(e))).get(timeout=30)
-        latencies.append((time.perf_counter() - t0) * 1000)
-    producer.close()
-    return latencies
-
-
-def deploy_noop(port: int) -> str:
-    """A do-nothing FastAPI endpoint on the same Serve: the floor that HTTP + Serve cost."""
-    from fastapi import FastAPI, Request
-    from ray import serve
-
-    noop_api = FastAPI()
-
-    @serve.deployment(name="NoOp")
-    @serve.ingress(noop_api)
-    class NoOp:
-        @noop_api.post("/v1/events")
-        async def events(self, request: Request) -> dict:
-            await request.body()
-            return {"accepted": 1}
-
-    serve.run(NoOp.bind(), name="noop", route_prefix="/noop")
-    return f"http://127.0.0.1:{port}/noop"
+    events = taobao_events(read_taobao_rows(Settings().data.taobao_csv))
+    runs = []
+    for p in range(pairs):
+        raw_events = events[(2 * p) * per_run:(2 * p + 1) * per_run]
+        col_events = events[(2 * p + 1) * per_run:(2 * p + 2) * per_run]
+        raw = raw_batch_throughput(stack.bootstrap, "bench.raw", raw_events)
+        summary = asyncio.run(replay_events(col_events, stack.base_url, TEST_TOKEN, batch_size=batch_size,
+                                            concurrency=lanes, show_progress=False))
+        collector = len(col_events) / summary.elapsed_s if summary.accepted == len(col_events) else float("nan")
+        runs.append({"raw": raw, "collector": collector, "ratio": ratio(collector, raw),
+                     "not_accepted": len(col_events) - summary.accepted})
+        print(f"  batches: raw {raw:,.0f}/s, collector {collector:,.0f}/s", flush=True)
+    return runs
 
 
-async def collector_single_latencies(url: str, events: list[dict], rate: float) -> tuple[list[float], Counter[str]]:
-    """Milliseconds of each 200 reply, and the other replies and transport errors by kind.
-
-    A failed request is counted, not timed: its latency (a fast 503, a 30 s timeout) says nothing
-    about serving, and the error count fails the verdict on its own.
-    """
-    latencies: list[float] = []
-    errors: Counter[str] = Counter()
-    headers = {"authorization": f"Bearer {TEST_TOKEN}"}
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=httpx.Timeout(30, pool=None), limits=limits) as client:
-
-        async def one(i: int, event: dict, start: float) -> None:
-            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))  # open loop
-            t0 = time.perf_counter()
-            try:
-                reply = await client.post("/v1/events", json=event)
-            except httpx.HTTPError as exc:
-                errors[type(exc).__name__] += 1
-                return
-            if reply.status_code != 200:
-                errors[f"HTTP {reply.status_code}"] += 1
-                return
-            latencies.append((time.perf_counter() - t0) * 1000)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(one(i, e, start) for i, e in enumerate(events)))
-    return latencies, errors
-
-
-def collector_batches(
-    url: str, events: list[dict], args: argparse.Namespace
-) -> tuple[float | None, int | None, Counter[str]]:
-    """Events/s of the batch replay, events not accepted (both None when the run failed), error replies by kind."""
-    try:
-        summary = asyncio.run(
-            replay_events(events, url, TEST_TOKEN, batch_size=args.batch_size, concurrency=args.concurrency, show_progress=False)
-        )
-    except (RuntimeError, httpx.HTTPError) as exc:  # replay_events raises on a reply other than 200/207/422/503
-        print(f"collector batch run failed: {exc}", flush=True)
-        return None, None, Counter({f"batch run failed ({type(exc).__name__})": 1})
-    if summary.accepted != len(events):
-        print(f"collector batch run: {summary.as_text()}", flush=True)
-    errors = Counter({"HTTP 503 (retried)": summary.retries_503} if summary.retries_503 else {})
-    return len(events) / summary.elapsed_s, len(events) - summary.accepted, errors
-
-
-def print_latency(name: str, lat: list[float]) -> None:
-    if not lat:
-        print(f"  {name:17s} no successful reply")
-        return
-    print(
-        f"  {name:17s} p50 {percentile(lat, 50):6.2f}  p99 {percentile(lat, 99):6.2f}  "
-        f"mean {statistics.fmean(lat):6.2f}  max {max(lat):7.2f}"
-    )
-
-
-def check_targets(
-    verdict: Verdict, raw_tput: float, collector_tput: float | None, not_accepted: int | None, col_lat: list[float],
-    errors: dict[str, Counter[str]],
-) -> None:
-    """The docstring's targets, and no error reply from either endpoint."""
-    verdict.check("batch throughput collector / raw", ratio(collector_tput, raw_tput), ">=", RATIO_TARGET, "x", note="docstring")
-    verdict.check("collector single-event p99", percentile(col_lat, 99), "<", P99_TARGET_MS, "ms", note="docstring")
-    verdict.check("collector batch: events not accepted", not_accepted, "==", 0)
-    for endpoint, kinds in errors.items():
-        verdict.check(f"{endpoint}: error responses", sum(kinds.values()), "==", 0,
-                      note=", ".join(f"{kind} x{n}" for kind, n in kinds.most_common()) or "non-200 or transport error")
+def check_targets(verdict: Verdict, single: dict[str, Any], saturated: list[dict[str, Any]], batches: list[dict[str, Any]]) -> None:
+    verdict.check("single events p99 at the open-loop rate", single["p99_ms"], "<", P99_TARGET_MS, "ms")
+    verdict.check("queue growth: p50 last quarter / first quarter",
+                  ratio(single["p50_last_quarter_ms"], single["p50_first_quarter_ms"]), "<=", QUEUE_GROWTH_TARGET, "x")
+    verdict.check("single events: error responses (warm-up included)", single["errors"] + single["warmup_errors"], "==", 0)
+    # Without wrk nothing saturated was measured: both figures are then MISSED (not measured).
+    verdict.check("saturated single events / healthz (median pair)",
+                  statistics.median(r["ratio"] for r in saturated) if saturated else None, ">=", RATIO_TARGET, "x")
+    verdict.check("saturated single events: error responses",
+                  sum(r["single"]["errors"] for r in saturated) if saturated else None, "==", 0)
+    verdict.check("batch path / raw producer (median pair)", statistics.median(r["ratio"] for r in batches), ">=", RATIO_TARGET, "x")
+    verdict.check("batch path: events not accepted", sum(r["not_accepted"] for r in batches), "==", 0)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=30_000, help="events for the throughput runs")
-    parser.add_argument("--single", type=int, default=2_000, help="events for the single-event latency runs")
-    parser.add_argument("--rate", type=float, default=100.0, help="open-loop rate of single events (per second)")
+    parser.add_argument("--rate", type=float, default=100.0, help="open-loop single events per second")
+    parser.add_argument("--duration", type=float, default=60.0, help="measured seconds of the open-loop run")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds at the same rate before measuring")
+    parser.add_argument("--pairs", type=int, default=3, help="interleaved pairs of each ratio (median reported)")
+    parser.add_argument("--saturation-s", type=float, default=10.0, help="seconds of each wrk run")
+    parser.add_argument("--batch-events", type=int, default=10_000, help="events of each batch-throughput run")
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--lanes", type=int, default=4, help="concurrent batch requests")
     add_verdict_argument(parser)
     args = parser.parse_args()
-    verdict = Verdict.from_args(args)
-
-    import ray
-    from ray import serve
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_worker_niceness", "0")  # as the embedded stack (streamrec/local_stack.py)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (make system-deps installs it): the saturated figures are not measured")
+    load_before = os.getloadavg()
     state = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    settings = make_settings(state, free_port(), collector={"limits": {"max_batch_events": args.batch_size}})
-    broker = EmbeddedBroker(settings)
-    broker.start()
-    ensure_topics(settings.kafka)
-    bootstrap = settings.kafka.bootstrap_servers
-    events = taobao_events(read_taobao_rows(settings.data.taobao_csv))
-    batch_events = events[: args.events]
-    single_events = events[args.events : args.events + args.single]
+    stack = start_stack(state / "state")
     try:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        handle = deploy_collector(settings, port, "collector")
-        noop_url = deploy_noop(port)
-
-        print(f"machine: {os.cpu_count()} CPUs; events from the Taobao slice; broker tansu (memory)")
-        raw_tput = raw_batch_throughput(bootstrap, "bench.raw", batch_events)
-        print(f"raw producer: {raw_tput:,.0f} events/s", flush=True)
-        collector_tput, not_accepted, collector_errors = collector_batches(handle.url, batch_events, args)
-        print(f"collector: {collector_tput or math.nan:,.0f} events/s", flush=True)
-
-        # Warm-up replies are not timed, but their errors count: a user would have seen them.
-        noop_errors: Counter[str] = Counter()
-        warm = single_events[:50]
-        raw_single_latencies(bootstrap, "bench.raw", warm, args.rate)
-        collector_errors.update(asyncio.run(collector_single_latencies(handle.url, warm, args.rate))[1])
-        noop_errors.update(asyncio.run(collector_single_latencies(noop_url, warm, args.rate))[1])
-        noop_lat, errors = asyncio.run(collector_single_latencies(noop_url, single_events, args.rate))
-        noop_errors.update(errors)
-        print(f"no-op Serve p99 {percentile(noop_lat, 99):.1f} ms", flush=True)
-        raw_lat = raw_single_latencies(bootstrap, "bench.raw", single_events, args.rate)
-        print(f"raw single p99 {percentile(raw_lat, 99):.1f} ms", flush=True)
-        col_lat, errors = asyncio.run(collector_single_latencies(handle.url, single_events, args.rate))
-        collector_errors.update(errors)
-
-        print(f"\nbatch throughput ({len(batch_events):,} events, batches of {args.batch_size}, {args.concurrency} concurrent lanes)")
-        print(f"  raw kafka-python producer : {raw_tput:10,.0f} events/s")
-        print(f"  collector (HTTP + validate): {collector_tput or math.nan:10,.0f} events/s")
-        print(f"  ratio collector/raw        : {ratio(collector_tput, raw_tput):10.2f}x")
-        print(f"\nsingle-event latency ({len(single_events):,} events, open loop at {args.rate:.0f}/s), ms")
-        for name, lat in (("raw send+ack", raw_lat), ("no-op Serve POST", noop_lat), ("collector POST", col_lat)):
-            print_latency(name, lat)
-        print(f"  collector p50 / no-op p50   : {ratio(percentile(col_lat, 50), percentile(noop_lat, 50)):.2f}x")
-        check_targets(verdict, raw_tput, collector_tput, not_accepted, col_lat,
-                      {"collector": collector_errors, "no-op Serve": noop_errors})
+        print(f"machine: {os.cpu_count()} CPUs, load {load_before}; stack: streamrec up with deploy/local/serve.yaml "
+              f"at {stack.base_url}", flush=True)
+        print(f"  open loop: {args.rate:g} single events/s for {args.warmup:g}+{args.duration:g} s ...", flush=True)
+        single = open_loop(stack, args.rate, args.duration, args.warmup)
+        saturated = saturation_pairs(stack, args.pairs, args.saturation_s) if shutil.which("wrk") else []
+        batches = batch_pairs(stack, args.pairs, args.batch_events, args.batch_size, args.lanes)
     finally:
-        serve.shutdown()
-        ray.shutdown()
-        broker.stop()
+        _streamrec(stack.env, "down")
+        shutil.rmtree(state, ignore_errors=True)
+    print(f"\nsingle events, open loop at {args.rate:g}/s (ms from the scheduled send): p50 {single['p50_ms']:.2f}, "
+          f"p95 {single['p95_ms']:.2f}, p99 {single['p99_ms']:.2f}, max {single['max_ms']:.1f}; p50 first/last quarter "
+          f"{single['p50_first_quarter_ms']:.2f} / {single['p50_last_quarter_ms']:.2f}; statuses {single['statuses']}")
+    for r in saturated:
+        print(f"saturated pair: healthz {r['healthz']['requests_per_s']:,.0f}/s, single events {r['single']['requests_per_s']:,.0f}/s, ratio {r['ratio']:.2f}x")
+    for r in batches:
+        print(f"batch pair: raw producer {r['raw']:,.0f}/s, collector {r['collector']:,.0f}/s, ratio {r['ratio']:.2f}x")
+    print(f"load average after: {os.getloadavg()}\n")
+    verdict = Verdict.from_args(args)
+    check_targets(verdict, single, saturated, batches)
     return verdict.report()
 
 

@@ -37,24 +37,36 @@ pytestmark = [
 
 
 class DevTools:
-    """The few Chrome DevTools protocol calls this test needs, over the browser's websocket.
-    (Written here: selenium/chromedriver would add a driver process and a dependency for four calls.)"""
+    """The few Chrome DevTools protocol calls this test needs, over the browser's websocket: replies
+    are matched to calls by id; events go to ``on_event`` (a coroutine function) as they arrive.
+    (Written here: selenium/chromedriver would add a driver process and a dependency for a few calls.)"""
 
-    def __init__(self, socket: Any) -> None:
+    def __init__(self, socket: Any, on_event: Any = None) -> None:
         self._socket, self._next_id = socket, 0
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._on_event = on_event
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        async for raw in self._socket:
+            message = json.loads(raw)
+            if "id" in message and message["id"] in self._waiting:
+                self._waiting.pop(message["id"]).set_result(message)
+            elif self._on_event is not None and "method" in message:
+                asyncio.get_running_loop().create_task(self._on_event(self, message))
 
     async def call(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
         self._next_id += 1
         message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params}
         if session:
             message["sessionId"] = session
+        reply = asyncio.get_running_loop().create_future()
+        self._waiting[self._next_id] = reply
         await self._socket.send(json.dumps(message))
-        while True:  # events arrive in between: skip them
-            reply = json.loads(await asyncio.wait_for(self._socket.recv(), timeout=60))
-            if reply.get("id") == self._next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply.get("result", {})
+        answer = await asyncio.wait_for(reply, timeout=60)
+        if "error" in answer:
+            raise RuntimeError(f"{method}: {answer['error']}")
+        return answer.get("result", {})
 
     async def evaluate(self, session: str, expression: str) -> Any:
         result = await self.call("Runtime.evaluate", session, expression=expression, awaitPromise=True, returnByValue=True)
@@ -149,13 +161,7 @@ def _check_delivery_and_credit(recommender, start, user, before, seen) -> None: 
     assert Counter(created.values()) >= Counter({"view": 1, "click": 1, "add_to_cart": 2, "bundle_purchase": 1, "purchase": 1})
     assert seen["pending"] > 0  # some were still queued at close: they travel by beacon
 
-    def arrived() -> list[dict[str, Any]]:
-        records = read_topic(settings.kafka, settings.kafka.topics.events, start=start, timeout_s=5)
-        return [json.loads(r.value) for r in records if r.key == user.encode() and json.loads(r.value)["type"] != "impression"]
-
-    deadline = time.monotonic() + 60
-    while len(events := arrived()) < len(created) and time.monotonic() < deadline:
-        time.sleep(1)
+    events = _events_of(settings, start, user, len(created))
     got = sorted((e["type"], e["event_id"]) for e in events)
     assert got == sorted((t, i) for i, t in created.items()), f"page: {seen}; Kafka: {got}"  # each once, nothing else
     click = next(e for e in events if e["type"] == "click")
@@ -168,3 +174,69 @@ def _check_delivery_and_credit(recommender, start, user, before, seen) -> None: 
                          > (before or {}).get("variants", {}).get(key, {}).get("clicks", 0) and s,
                          timeout_s=30, what="the learner crediting the browser's click")
     assert after["variants"][key]["clicks"] >= 1
+
+
+def _events_of(settings, start: dict[int, int], user: str, expected: int) -> list[dict[str, Any]]:  # noqa: ANN001
+    """The user's non-impression events since ``start``, once ``expected`` arrived (or after 60 s)."""
+    def arrived() -> list[dict[str, Any]]:
+        records = read_topic(settings.kafka, settings.kafka.topics.events, start=start, timeout_s=5)
+        return [json.loads(r.value) for r in records if r.key == user.encode() and json.loads(r.value)["type"] != "impression"]
+
+    deadline = time.monotonic() + 60
+    while len(events := arrived()) < expected and time.monotonic() < deadline:
+        time.sleep(1)
+    return events
+
+
+async def _shop_through_an_outage(ws_url: str, shop_url: str, failures: int) -> dict[str, Any]:
+    """Shop while the collector's first ``failures`` POSTs are answered 503 (the browser's own
+    request interception), then wait until the tracker has nothing left to send."""
+    import websockets
+
+    injected = []
+
+    async def on_event(tools: DevTools, message: dict[str, Any]) -> None:
+        if message["method"] != "Fetch.requestPaused":
+            return
+        paused, session = message["params"], message.get("sessionId")
+        if paused["request"]["method"] == "POST" and len(injected) < failures:
+            injected.append(paused["request"]["postData"] if "postData" in paused["request"] else "")
+            body = base64.b64encode(b'{"error": {"reason": "broker_unavailable"}}').decode()
+            await tools.call("Fetch.fulfillRequest", session, requestId=paused["requestId"], responseCode=503,
+                             responseHeaders=[{"name": "retry-after", "value": "0"}, {"name": "content-type", "value": "application/json"}],
+                             body=body)
+        else:
+            await tools.call("Fetch.continueRequest", session, requestId=paused["requestId"])
+
+    async with websockets.connect(ws_url, max_size=None) as socket:
+        tools = DevTools(socket, on_event)
+        target = (await tools.call("Target.createTarget", url="about:blank"))["targetId"]
+        session = (await tools.call("Target.attachToTarget", targetId=target, flatten=True))["sessionId"]
+        await tools.call("Fetch.enable", session, patterns=[{"urlPattern": "*/v1/events*"}])
+        await tools.call("Page.navigate", session, url=shop_url)
+        await tools.wait_until(session, "!!(document.body.dataset.ready && document.querySelector('[data-testid=add-to-cart]'))")
+        for test_id in ("add-to-cart", "buy-now"):
+            await tools.evaluate(session, f"document.querySelector('[data-testid={test_id}]').click()")
+        shop = "window.streamrecShop"
+        await tools.wait_until(session, f"{shop}.tracker.pending === 0 && {shop}.tracker.stats.sent >= {shop}.created.length")
+        page = await tools.evaluate(session, f"({{created: {shop}.created, stats: {shop}.tracker.stats, errors: {shop}.errors}})")
+        await tools.call("Page.close", session)
+        return {**page, "injected": injected}
+
+
+def test_the_tracker_retries_a_503_with_the_same_event_ids_and_kafka_gets_each_once(collector, recommender, tmp_path) -> None:  # noqa: F811
+    settings = recommender.settings
+    start = topic_end_offsets(settings.kafka, settings.kafka.topics.events)
+    user = f"outage-{uuid.uuid4().hex[:8]}"
+    process, ws_url = _start_chromium(tmp_path / "profile")
+    try:
+        seen = asyncio.run(_shop_through_an_outage(ws_url, f"{recommender.url}/shop/?user={user}&flush_ms=200#/item/item-3", failures=2))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert len(seen["injected"]) == 2 and seen["stats"]["retried"] >= 2 and seen["errors"] == []
+    refused_ids = {e["event_id"] for body in seen["injected"] if body for e in json.loads(body)}
+    created = {e["event_id"]: e["type"] for e in seen["created"]}
+    assert refused_ids and refused_ids <= set(created)  # what was refused was sent again, same ids
+    events = _events_of(settings, start, user, len(created))
+    assert sorted(e["event_id"] for e in events) == sorted(created)  # each exactly once
