@@ -20,6 +20,12 @@ pytestmark = [pytest.mark.kafka, pytest.mark.ray]
 EVIL_ORIGIN = "http://evil.test.example"
 
 
+def _event(event_type: str = "view", **fields) -> dict:  # noqa: ANN003
+    """A contract event of an item no other test uses: the session's recommender counts popularity
+    over every test's events, and the cold-start test expects its own items on top."""
+    return make_event(event_type, item_id=f"fe-{uuid.uuid4().hex[:8]}", **fields)
+
+
 def _preflight(base_url: str, path: str, origin: str) -> httpx.Response:
     return httpx.options(base_url + path, headers={
         "origin": origin, "access-control-request-method": "POST",
@@ -49,8 +55,8 @@ def test_cors_preflight_is_granted_to_the_configured_origin_only(app, collector,
 
 def test_a_cross_origin_post_gets_cors_headers_and_its_timing_exposed(collector) -> None:
     with collector.client() as c:
-        ok = c.post("/v1/events", json=make_event(), headers={"origin": TEST_ORIGIN})
-        other = c.post("/v1/events", json=make_event(), headers={"origin": EVIL_ORIGIN})
+        ok = c.post("/v1/events", json=_event(), headers={"origin": TEST_ORIGIN})
+        other = c.post("/v1/events", json=_event(), headers={"origin": EVIL_ORIGIN})
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == TEST_ORIGIN
     assert "server-timing" in ok.headers["access-control-expose-headers"].lower()
     # The server still answers a foreign origin's simple request; the browser hides it from the page.
@@ -61,7 +67,7 @@ def test_a_beacon_batch_with_the_key_in_the_url_reaches_kafka(collector) -> None
     settings = collector.settings
     start = topic_end_offsets(settings.kafka, settings.kafka.topics.events)
     user = f"beacon-{uuid.uuid4().hex[:8]}"
-    batch = [make_event(user_id=user), make_event("add_to_cart", user_id=user)]
+    batch = [_event(user_id=user), _event("add_to_cart", user_id=user)]
     r = httpx.post(f"{collector.url}/v1/events?key={TEST_TOKEN}", content=json.dumps(batch).encode(),
                    headers={"content-type": "text/plain;charset=UTF-8", "origin": TEST_ORIGIN}, timeout=30)
     assert r.status_code == 200, r.text
@@ -73,7 +79,7 @@ def test_a_beacon_batch_with_the_key_in_the_url_reaches_kafka(collector) -> None
 @pytest.mark.parametrize("key", ["", "wrong-key", TEST_ADMIN_TOKEN])
 def test_a_url_key_is_only_ever_the_publishable_one(collector, recommender, key: str) -> None:  # noqa: F811
     refused = httpx.post(f"{collector.url}/v1/events", params={"key": key} if key else None,
-                         content=json.dumps(make_event()).encode(), headers={"content-type": "text/plain"}, timeout=30)
+                         content=json.dumps(_event()).encode(), headers={"content-type": "text/plain"}, timeout=30)
     assert refused.status_code == 401
     # The recommender takes no key from a URL at all, whichever token it is.
     for token in (TEST_TOKEN, TEST_ADMIN_TOKEN):
@@ -113,5 +119,5 @@ def test_allowed_origins_are_exact_origins(origin: str) -> None:
 
 
 def test_frontend_token_header_still_works_next_to_the_url_key(collector) -> None:
-    r = httpx.post(f"{collector.url}/v1/events", json=make_event(), headers=FRONTEND, timeout=30)
+    r = httpx.post(f"{collector.url}/v1/events", json=_event(), headers=FRONTEND, timeout=30)
     assert r.status_code == 200
