@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.middleware.cors import CORSMiddleware
 
-from streamrec.config import FrontendConfig, Settings
+from streamrec.config import FrontendConfig
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 TRACKER_JS = WEB_DIR / "tracker.js"
@@ -21,13 +21,6 @@ STOREFRONT_DIR = WEB_DIR / "shop"
 _ALLOWED_HEADERS = ["authorization", "content-type", "content-encoding"]
 # What the tracker reads back: its retry pacing and the collector's timing.
 _EXPOSED_HEADERS = ["retry-after", "server-timing"]
-
-
-def storefront_enabled(settings: Settings) -> bool:
-    """``frontend.storefront`` when set; unset, on in development and off in production (its page
-    config hands out the publishable key, which a production shop embeds in its own pages)."""
-    chosen = settings.frontend.storefront
-    return chosen if chosen is not None else settings.environment == "development"
 
 
 def cors_for(app: Any, frontend: FrontendConfig) -> CORSMiddleware:

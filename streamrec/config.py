@@ -517,6 +517,13 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown streamrec setting(s) in the environment: {', '.join(unknown)}")
         return values
 
+    @property
+    def storefront_served(self) -> bool:
+        """``frontend.storefront`` when set; unset, on in development and off in production (its page
+        config hands out the publishable key, which a production shop embeds in its own pages)."""
+        chosen = self.frontend.storefront
+        return chosen if chosen is not None else self.environment == "development"
+
     @model_validator(mode="after")
     def _no_default_secrets_in_production(self) -> "Settings":
         if self.environment != "production":

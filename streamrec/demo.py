@@ -654,7 +654,7 @@ def run_demo(settings: Settings, opts: DemoOptions | None = None) -> int:
             for name, state in local_stack.down(settings).items():
                 detail(f"{name}: {state}")
     print(f"demo finished in {time.monotonic() - started:.0f}s: {'the loop closed' if ok else 'FAILED'}; report: {report}")
-    if opts.keep_running:
+    if opts.keep_running and settings.storefront_served:
         print(f"the stack is still up: shop as a shopper at {settings.collector.base_url}/shop/ "
               "(its events, bundles and feedback go through the same loop); `streamrec down` stops it")
     return 0 if ok else 1

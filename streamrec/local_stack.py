@@ -530,9 +530,7 @@ def up(settings: Settings, with_serve: bool = True) -> dict[str, str]:
         base = settings.collector.base_url
         started["collector"] = f"{base}/v1/events"
         started["recommender"] = f"{base}/v1/recommendations, {base}/v1/bundles, docs {base}/docs"
-        from serving.frontend import storefront_enabled
-
-        if storefront_enabled(settings):
+        if settings.storefront_served:
             started["storefront"] = f"{base}/shop/ (the browser tracker: {base}/v1/events/tracker.js)"
     return started
 

@@ -60,7 +60,7 @@ from serving.collector.publisher import BrokerUnavailable, EventPublisher, Outgo
 from serving.experiments import Experiment, analyze_experiment, assign_variant
 from serving.feedback_tokens import FeedbackClaim, FeedbackRejected, check_claim, signer_from_settings
 from serving import replica_loopback
-from serving.frontend import STOREFRONT_DIR, FrontendCors, storefront_enabled
+from serving.frontend import STOREFRONT_DIR, FrontendCors
 from serving.request_body import BodyLimits, BodyRejected, read_json_object
 from streamrec.config import ServingConfig
 
@@ -247,7 +247,7 @@ class RecommenderAPI:
         self._settings = args.resolved_settings()
         self._s = self._settings.serving
         self.frontend = self._settings.frontend  # read by FrontendCors
-        self._storefront = StaticFiles(directory=STOREFRONT_DIR) if storefront_enabled(self._settings) else None
+        self._storefront = StaticFiles(directory=STOREFRONT_DIR) if self._settings.storefront_served else None
         # The replica's process is this deployment's own: its event loop shares the GIL with
         # kafka-python's I/O thread, which Python's default 5 ms switch interval let hold it while
         # requests waited (serving.gil_switch_interval_s).

@@ -19,7 +19,7 @@ const tracker = createTracker({
 });
 const categoryOf = new Map(); // item -> category, from the recommendation answers
 const cart = []; // {itemId, categoryId}
-const shop = { tracker, errors, created, userId, last: {} }; // read by tests/frontend (the browser test)
+const shop = { tracker, errors, created, userId, last: {} }; // read by tests/serving/app/test_storefront_browser.py
 window.streamrecShop = shop;
 document.getElementById("shopper").textContent = `shopper ${userId}`;
 

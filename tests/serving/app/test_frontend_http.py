@@ -10,7 +10,6 @@ import httpx
 import pytest
 from recommender_support import recommender  # noqa: F401 (fixture)
 
-from serving.frontend import storefront_enabled
 from streamrec.config import Settings
 from streamrec.topics import read_topic, topic_end_offsets
 from support import FRONTEND, TEST_ADMIN_TOKEN, TEST_ORIGIN, TEST_TOKEN, make_event
@@ -105,10 +104,10 @@ def test_the_storefront_serves_its_page_script_and_config(recommender) -> None: 
 def test_the_storefront_is_on_in_development_and_off_in_production_unless_configured() -> None:
     prod = {"environment": "production", "collector": {"auth_token": "p" * 32},
             "serving": {"admin_token": "a" * 32, "reader_token": "r" * 32, "feedback_signing_key": "k" * 32}}
-    assert storefront_enabled(Settings()) is True
-    assert storefront_enabled(Settings(frontend={"storefront": False})) is False
-    assert storefront_enabled(Settings(**prod)) is False
-    assert storefront_enabled(Settings(**prod, frontend={"storefront": True})) is True
+    assert Settings().storefront_served is True
+    assert Settings(frontend={"storefront": False}).storefront_served is False
+    assert Settings(**prod).storefront_served is False
+    assert Settings(**prod, frontend={"storefront": True}).storefront_served is True
 
 
 @pytest.mark.parametrize("origin", ["*", "https://shop.example.com/", "https://*.example.com", "shop.example.com"])
