@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from serving.bandit import EpsilonGreedy, Greedy, LinearThompsonSampling, LinUCBShared, RandomPolicy
-from serving.simulation import ReplayData, compare_policies, load_taobao_replay, load_youshu_replay, run_replay
+from serving.simulation import ReplayData, compare_policies, hindsight_linear_policy, load_taobao_replay, load_youshu_replay, run_replay
 from serving.simulation.data import datasets_dir
 
 try:
@@ -109,3 +109,16 @@ def test_youshu_linucb_and_ts_have_lower_regret_than_baselines(youshu_runs: dict
         diff = youshu_runs["linear_ts"] - youshu_runs[baseline]
         t = diff.mean() / (diff.std(ddof=1) / np.sqrt(diff.size))
         assert t < -2.0, (baseline, t)
+
+
+def test_hindsight_linear_policy_is_the_floor_of_the_learning_policies(taobao: ReplayData) -> None:
+    # Fitted on every held-out answer and frozen: it beats the online learners of its own class
+    # on every seed, and feedback during the run leaves it unchanged.
+    floor = hindsight_linear_policy(taobao)
+    theta = floor.theta.copy()
+    results = compare_policies(taobao, {"floor": lambda: floor, **_factories(taobao)}, SEEDS, 1500)
+    np.testing.assert_array_equal(floor.theta, theta)
+    for seed_index in range(len(SEEDS)):
+        floor_regret = results["floor"][seed_index].cumulative_regret
+        for label in ("linucb", "linear_ts", "eps_greedy"):
+            assert floor_regret < results[label][seed_index].cumulative_regret, (label, seed_index)
