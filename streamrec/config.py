@@ -65,6 +65,14 @@ class KafkaConfig(BaseModel):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # TLS (SSL / SASL_SSL): the cluster CA that signed the brokers' certificates (Strimzi's
+    # `<cluster>-cluster-ca-cert` Secret, key ca.crt) and, for mutual TLS, the client certificate and
+    # key (a KafkaUser with `authentication: tls` gets a Secret with user.crt / user.key). PEM files.
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
     # Producer bounds: a dead broker must turn into a fast 503, not a hung request. A request that
     # produces is answered within produce_timeout_s (connecting, metadata and acks together; the
     # producer's own timeouts are derived from it); metadata_timeout_s bounds connecting and
@@ -84,7 +92,23 @@ class KafkaConfig(BaseModel):
             options["sasl_plain_password"] = (
                 self.sasl_password.get_secret_value() if self.sasl_password else None
             )
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            options["ssl_check_hostname"] = self.ssl_check_hostname
+            for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                if getattr(self, key):
+                    options[key] = getattr(self, key)
+            if self.ssl_password:
+                options["ssl_password"] = self.ssl_password.get_secret_value()
         return options
+
+    @model_validator(mode="after")
+    def _tls_settings_are_usable(self) -> KafkaConfig:
+        tls = (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile, self.ssl_password)
+        if any(tls) and self.security_protocol not in ("SSL", "SASL_SSL"):
+            raise ValueError(f"kafka ssl_* settings need security_protocol SSL or SASL_SSL, not {self.security_protocol}")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("kafka ssl_certfile and ssl_keyfile go together (the client certificate and its key)")
+        return self
 
 
 class EmbeddedBrokerConfig(BaseModel):
@@ -352,6 +376,10 @@ class PipelineConfig(BaseModel):
     # Shards per keyed feature family in a micro-batch: one Beam element per shard (see
     # pipelines.transforms), so also the keyed folds' parallelism on a cluster runner.
     key_shards: int = Field(default=16, ge=1)
+    # Prometheus /metrics of the pipeline process (pipelines.metrics); None: not served. Loopback
+    # unless configured: a cluster sets 0.0.0.0 so that its PodMonitor can scrape the pod.
+    metrics_host: IPvAnyAddress = IPv4Address("127.0.0.1")
+    metrics_port: Port | None = None
 
     @property
     def state_subdir(self) -> str:
@@ -485,6 +513,19 @@ class ServingConfig(BaseModel):
     admin_burst: int = Field(default=20, ge=1)
 
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class LoggingConfig(BaseModel):
+    """Python logging of every streamrec process (``streamrec.logging_config.configure_logging``)."""
+
+    level: LogLevel = "INFO"
+    # "text": a readable line (a terminal); "json": one JSON object per line (clusters' log collectors).
+    format: Literal["text", "json"] = "text"
+    # Levels of single loggers: Kafka's client and Beam log every connection and bundle at INFO.
+    loggers: dict[str, LogLevel] = {"kafka": "WARNING", "apache_beam": "WARNING"}
+
+
 class Settings(BaseSettings):
     """All of streamrec's configuration."""
 
@@ -504,6 +545,7 @@ class Settings(BaseSettings):
     feast: FeastConfig = FeastConfig()
     serving: ServingConfig = ServingConfig()
     retrain: RetrainConfig = RetrainConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="before")
     @classmethod

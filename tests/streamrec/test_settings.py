@@ -80,3 +80,19 @@ def test_every_ray_port_is_a_setting_and_loopback_is_the_default() -> None:
     assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == str(ray.serve_proxy_port)
     assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == str(ray.serve_replica_min_http_port)
     assert int(env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]) <= 60  # seconds, not Ray's hour
+
+
+def test_kafka_tls_settings_reach_every_client() -> None:
+    from streamrec.config import KafkaConfig
+
+    tls = KafkaConfig(bootstrap_servers="kafka-bootstrap:9093", security_protocol="SSL", ssl_cafile="/etc/kafka-ca/ca.crt",
+                      ssl_certfile="/etc/kafka-user/user.crt", ssl_keyfile="/etc/kafka-user/user.key")
+    options = tls.client_options()
+    assert options["security_protocol"] == "SSL" and options["ssl_check_hostname"] is True
+    assert (options["ssl_cafile"], options["ssl_certfile"], options["ssl_keyfile"]) == (
+        "/etc/kafka-ca/ca.crt", "/etc/kafka-user/user.crt", "/etc/kafka-user/user.key")
+    assert "ssl_cafile" not in KafkaConfig().client_options()
+    with pytest.raises(ValidationError, match="need security_protocol SSL"):
+        KafkaConfig(ssl_cafile="/etc/kafka-ca/ca.crt")   # TLS files with a PLAINTEXT listener: a typo, not a choice
+    with pytest.raises(ValidationError, match="go together"):
+        KafkaConfig(security_protocol="SSL", ssl_certfile="/etc/kafka-user/user.crt")
