@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -299,3 +301,10 @@ def redis_server() -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def run_streamrec(env: dict[str, str], *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+    """The `streamrec` CLI as a user runs it (this venv's console script), output captured."""
+    cli = Path(sys.executable).parent / "streamrec"
+    return subprocess.run([str(cli), *args], env=env, capture_output=True, text=True, timeout=timeout_s)
+

@@ -45,12 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the `
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from loadgen import Request, percentile, run_open_loop, summarize  # noqa: E402
-from support import TEST_TOKEN, private_stack_env  # noqa: E402
+from support import TEST_TOKEN, private_stack_env, run_streamrec  # noqa: E402
 from verdict import Verdict, add_verdict_argument, ratio  # noqa: E402  (tests/benchmarks/verdict.py)
 
 RATIO_TARGET, P99_TARGET_MS, QUEUE_GROWTH_TARGET = 0.5, 20.0, 1.5
-REPO = Path(__file__).resolve().parents[2]
-STREAMREC = [sys.executable, "-m", "streamrec.cli"]
 
 # wrk: each request a new contract event (random event_id and user), so nothing is a duplicate.
 SINGLE_EVENT_LUA = r"""
@@ -79,17 +77,13 @@ class Stack:
     bootstrap: str
 
 
-def _streamrec(env: dict[str, str], *args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*STREAMREC, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
-
-
 def start_stack(state_dir: Path) -> Stack:
     """`streamrec up` on private ports with the shipped Serve config."""
     ports, env = private_stack_env(state_dir)
     env["STREAMREC_COLLECTOR__AUTH_TOKEN"] = TEST_TOKEN
-    up = _streamrec(env, "up")
+    up = run_streamrec(env, "up", timeout_s=600)
     if up.returncode != 0:
-        _streamrec(env, "down")
+        run_streamrec(env, "down", timeout_s=600)
         raise RuntimeError(f"streamrec up failed:\n{up.stdout}\n{up.stderr}")
     return Stack(env, f"http://127.0.0.1:{ports['collector']}", f"127.0.0.1:{ports['broker']}")
 
@@ -227,7 +221,7 @@ def main() -> int:
         saturated = saturation_pairs(stack, args.pairs, args.saturation_s) if shutil.which("wrk") else []
         batches = batch_pairs(stack, args.pairs, args.batch_events, args.batch_size, args.lanes)
     finally:
-        _streamrec(stack.env, "down")
+        run_streamrec(stack.env, "down", timeout_s=600)
         shutil.rmtree(state, ignore_errors=True)
     print(f"\nsingle events, open loop at {args.rate:g}/s (ms from the scheduled send): p50 {single['p50_ms']:.2f}, "
           f"p95 {single['p95_ms']:.2f}, p99 {single['p99_ms']:.2f}, max {single['max_ms']:.1f}; p50 first/last quarter "

@@ -10,13 +10,11 @@ pipeline process, a recommender replica and the bandit learner are each killed o
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from support import private_stack_env
+from support import private_stack_env, run_streamrec
 from streamrec.local_stack import port_open
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray, pytest.mark.e2e, pytest.mark.timeout(1500)]
@@ -31,14 +29,11 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "STREAMREC_SERVING__REFRESH_S": "5",
     })
     run_dir = tmp / "run"
-    cli = Path(sys.executable).parent / "streamrec"
     # Shortened in shoppers only (120 of 300): the models train on the whole history at the lake
     # configs' budgets, as in `make demo`. With a 20k-event history and 2 epochs SASRec's hit rate
     # halved, the arms carried no signal and the lift this run asserts was a coin flip.
-    done = subprocess.run(
-        [str(cli), "demo", "--shoppers", "120", "--steps", "6", "--inject-faults", "--run-dir", str(run_dir)],
-        env=env, capture_output=True, text=True, timeout=1400,
-    )
+    done = run_streamrec(env, "demo", "--shoppers", "120", "--steps", "6", "--inject-faults", "--run-dir", str(run_dir),
+                         timeout_s=1400)
     return {"done": done, "run_dir": run_dir, "ports": ports, "state": tmp / "state"}
 
 

@@ -8,8 +8,6 @@ import os
 import re
 import signal
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,14 +22,9 @@ from streamrec import local_stack
 from streamrec.config import Settings
 from streamrec.local_stack import port_open
 from streamrec.topics import read_topic, topic_end_offsets
-from support import TEST_TOKEN, make_event, private_stack_env, taobao_csv
+from support import TEST_TOKEN, make_event, private_stack_env, run_streamrec, taobao_csv
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]
-
-
-def _streamrec(env: dict[str, str], *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    cli = Path(sys.executable).parent / "streamrec"
-    return subprocess.run([str(cli), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _settings(env: dict[str, str]) -> Settings:
@@ -146,10 +139,10 @@ class Stack:
 def _up(state_dir: Path) -> Stack:
     ports, env = private_stack_env(state_dir)
     env["STREAMREC_COLLECTOR__AUTH_TOKEN"] = TEST_TOKEN
-    up = _streamrec(env, "up")
+    up = run_streamrec(env, "up")
     stack = Stack(_settings(env), env, ports)
     if up.returncode != 0:
-        _streamrec(env, "down")
+        run_streamrec(env, "down")
         pytest.fail(up.stdout + up.stderr)
     return stack
 
@@ -161,7 +154,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         yield running
     finally:
-        _streamrec(running.env, "down")
+        run_streamrec(running.env, "down")
 
 
 def test_up_status_replay_down_leaves_nothing_running(tmp_path: Path) -> None:
@@ -172,25 +165,25 @@ def test_up_status_replay_down_leaves_nothing_running(tmp_path: Path) -> None:
     procs: list[psutil.Process] = []
     names: set[str] = set()
     try:
-        up = _streamrec(env, "up")
+        up = run_streamrec(env, "up")
         assert up.returncode == 0, up.stdout + up.stderr
         assert "events(4), events.dlq(4)" in up.stdout
-        status = _streamrec(env, "status")
+        status = run_streamrec(env, "status")
         assert status.returncode == 0 and "collector: RUNNING" in status.stdout, status.stdout
         assert (tmp_path / "state" / "run" / "tansu.pid").exists()
 
-        replay = _streamrec(env, "replay", "taobao", "--limit", "1000")
+        replay = run_streamrec(env, "replay", "taobao", "--limit", "1000")
         assert replay.returncode == 0, replay.stdout + replay.stderr
         assert "accepted 1000, rejected 0" in replay.stdout
         # The collector's counters reach Prometheus through Ray's metrics endpoint.
         assert _wait_for_metric(ports["metrics"], "ray_streamrec_collector_events_accepted_total", 1000.0)
 
-        again = _streamrec(env, "up")  # idempotent: a second `up` reuses what runs
+        again = run_streamrec(env, "up")  # idempotent: a second `up` reuses what runs
         assert again.returncode == 0, again.stderr
         procs = local_stack.stack_processes(settings)
         names = {local_stack._name(p) for p in procs}  # a pid for one that exited meanwhile
     finally:
-        down = _streamrec(env, "down")
+        down = run_streamrec(env, "down")
     assert down.returncode == 0, down.stderr
     assert re.search(r"ray\s+stopped", down.stdout) and re.search(r"broker\s+stopped", down.stdout), down.stdout
     assert "still answering" not in down.stdout, down.stdout
@@ -205,7 +198,7 @@ def test_up_status_replay_down_leaves_nothing_running(tmp_path: Path) -> None:
     assert not [p for p in listening if any(low <= p <= high for low, high in ranges)]
     assert not list((tmp_path / "state" / "run").glob("*.pid"))
     assert not local_stack.ray_auth_token_file(settings).exists()
-    assert _streamrec(env, "status").returncode == 1
+    assert run_streamrec(env, "status").returncode == 1
 
 
 def test_every_listener_of_the_stack_is_on_loopback(stack: Stack) -> None:
@@ -317,6 +310,6 @@ def test_a_killed_collector_replica_never_sends_events_to_another_stack(tmp_path
             assert set(accepted) <= own, f"{len(set(accepted) - own)} accepted events are in no Kafka of this stack"
             assert set(local_stack.serve_replica_pids(second.settings, "collector", "Collector")) - set(victims)
         finally:
-            _streamrec(second.env, "down")
+            run_streamrec(second.env, "down")
     finally:
-        _streamrec(first.env, "down")
+        run_streamrec(first.env, "down")
