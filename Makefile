@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 .PHONY: help setup system-deps demo test test-e2e test-slow test-all bench-ingest bench-bandit lock up down status clean
 
 help:
-	@echo "make demo | test | test-slow | bench-ingest | bench-bandit | bench-pipeline | bench-serving | load-test | up | down | status | clean"
+	@echo "make demo | test | test-slow | bench-ingest | bench-bandit | bench-pipeline | bench-lake-bundles | bench-serving | load-test | up | down | status | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,10 @@ bench-bandit: $(STAMP)
 bench-pipeline: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_pipeline.py
 
+# CrossCBR on bundles mined from the event lake vs popularity, time split, full ranking (about 70 s).
+bench-lake-bundles: $(STAMP)
+	$(BIN)/python tests/benchmarks/bench_lake_bundles.py
+
 # Serving latency at 100 requests/s (open loop) next to a no-op Serve endpoint, and ExactTopK
 # against the memory-bandwidth bound; results in reports/bench-serving/.
 BENCH_SERVING_ARGS ?=
@@ -93,7 +97,7 @@ clean:
 	-$(BIN)/streamrec down
 	rm -rf $(VENV) .streamrec .pytest_cache
 
-.PHONY: bench-training bench-quality bench-serving load-test
+.PHONY: bench-training bench-quality bench-serving bench-lake-bundles load-test
 
 # Training throughput: Ray Train (1 and 2 workers) vs a plain PyTorch loop, same model and batch.
 BENCH_TRAINING_ARGS ?= --model lightgcn --max-users 3000 --epochs 6 --workers 1,2 --repeats 3

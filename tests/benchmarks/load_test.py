@@ -8,7 +8,8 @@ open-loop generator of ``loadgen.py`` sends one interleaved constant-rate schedu
 ``POST /v1/events`` (one real-shaped Taobao event per request, fresh event ids), ``GET
 /v1/recommendations`` and ``GET /v1/bundles`` (known and unknown users). Prints per-target
 p50/p95/p99 (from the scheduled send time), throughput and errors, then reads the events topic and
-counts the accepted event ids found there (exit code 1 if any is missing or a request failed).
+counts the accepted event ids found there. Verdict (met/MISSED, exit 1 when missed; ``--no-verdict``:
+exit 0): no accepted event missing from Kafka, no failed request.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loadgen import Request, run_open_loop, summarize  # noqa: E402
+from verdict import Verdict, add_verdict_argument  # noqa: E402  (tests/benchmarks/verdict.py)
 
 REPORT_DIR = Path(__file__).resolve().parents[2] / "reports" / "load-test"
 
@@ -43,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--history-events", type=int, default=20_000, help="Taobao events replayed before the load")
     p.add_argument("--train-epochs", type=int, default=1, help="LightGCN epochs (plain PyTorch, Taobao slice)")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: reports/load-test/<time>.json)")
+    add_verdict_argument(p)
     return p.parse_args()
 
 
@@ -147,8 +150,11 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
-    errors = sum(s["errors"] for s in targets.values())
-    return 0 if missing == 0 and errors == 0 else 1
+    verdict = Verdict.from_args(args)
+    verdict.check("accepted events missing from Kafka", missing, "<=", 0, note="nothing accepted is lost")
+    verdict.check("failed requests (non-2xx, connection errors, not sent)", sum(s["errors"] for s in targets.values()),
+                  "<=", 0)
+    return verdict.report()
 
 
 if __name__ == "__main__":
