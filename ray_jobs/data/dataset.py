@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["InteractionData", "BundleGraphs", "USER_COL", "ITEM_COL", "empty_pairs"]
+__all__ = ["InteractionData", "BundleGraphs", "USER_COL", "ITEM_COL", "empty_pairs", "user_histories"]
 
 # Column order of every interaction array: (user, item). For bundle data "item" is the bundle.
 USER_COL = 0
@@ -26,6 +26,14 @@ ITEM_COL = 1
 def empty_pairs() -> np.ndarray:
     """A ``(0, 2)`` int64 interaction array."""
     return np.zeros((0, 2), dtype=np.int64)
+
+
+def user_histories(pairs: np.ndarray, n_users: int) -> list[np.ndarray]:
+    """Per user, their items in row order (chronological for sequential data; for session data
+    each "user" is a session)."""
+    order = np.argsort(pairs[:, USER_COL], kind="stable")
+    counts = np.bincount(pairs[:, USER_COL], minlength=n_users)
+    return np.split(pairs[order, ITEM_COL], np.cumsum(counts)[:-1])
 
 
 def _check_pairs(name: str, pairs: np.ndarray, n_rows: int, n_cols: int) -> None:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import nn
 
+from ray_jobs.data.dataset import user_histories
 from ray_jobs.models._private.config import ModelConfig
 from ray_jobs.models.base import ItemCatalogue
 from ray_jobs.models.srgnn import SessionGraphModel, session_graphs
@@ -147,7 +148,7 @@ class GCEGNN(SessionGraphModel):
         self.readout_out = nn.Linear(d, 1, bias=False)
         self._init_uniform(d)  # a zero padding row is also the neighbour of an item that has none
         train = getattr(data, "train", None)
-        neighbors, weights = global_neighbors(_sessions_of(data), data.n_items, config.epsilon, config.n_neighbors) \
+        neighbors, weights = global_neighbors(user_histories(data.train, data.n_users), data.n_items, config.epsilon, config.n_neighbors) \
             if train is not None else (np.zeros((data.n_items + 1, config.n_neighbors), np.int64),
                                        np.zeros((data.n_items + 1, config.n_neighbors), np.float32))
         # Saved with the weights: serving rebuilds the model without the training data.
@@ -187,9 +188,3 @@ def _with_self_loops(kinds: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
     return torch.where(diagonal > 0, diagonal, kinds)
 
 
-def _sessions_of(data) -> list[np.ndarray]:
-    """The training sessions the global graph is built from: each "user" of session data, its
-    rows in order."""
-    order = np.argsort(data.train[:, 0], kind="stable")
-    counts = np.bincount(data.train[:, 0], minlength=data.n_users)
-    return np.split(data.train[order, 1], np.cumsum(counts)[:-1])

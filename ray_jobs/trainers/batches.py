@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ray_jobs.data.dataset import user_histories
 from ray_jobs.models.base import NEG, POS, SEQ, USER
 
 __all__ = ["pairwise_batches", "sequence_batches", "sequence_windows", "user_histories", "last_window", "n_global_batches"]
@@ -74,13 +75,6 @@ def pairwise_batches(
             POS: torch.from_numpy(pairs[idx, 1]).to(device),
             NEG: torch.from_numpy(neg[idx]).to(device),
         }
-
-
-def user_histories(pairs: np.ndarray, n_users: int) -> list[np.ndarray]:
-    """Per user, their items in row order (chronological for sequential data)."""
-    order = np.argsort(pairs[:, 0], kind="stable")
-    counts = np.bincount(pairs[:, 0], minlength=n_users)
-    return np.split(pairs[order, 1], np.cumsum(counts)[:-1])
 
 
 def last_window(histories: list[np.ndarray], users: np.ndarray, max_len: int) -> np.ndarray:
