@@ -1,9 +1,10 @@
 """Per-variant results, significance tests, sample-ratio mismatch and guardrails.
 
-The unit is the request (one shown slate): CTR = share of requests with a click, purchase rate =
-share with a bundle purchase, revenue per request = mean revenue. Requests of the same user are
-treated as independent, which understates variances when users repeat a lot; the per-user SRM
-check and user-level aggregation are the caller's choice of what ``outcomes`` holds.
+The metrics are per request (one shown slate): CTR = share of requests with a click, purchase rate
+= share with a bundle purchase, revenue per request = mean revenue. Users, not requests, are
+randomised, so every interval and test clusters the requests by user (``serving.experiments.stats``):
+a user who makes many requests widens the intervals instead of counting as many independent ones.
+Requests without a user id count as independent.
 """
 
 from __future__ import annotations
@@ -11,18 +12,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import get_args
+
+import numpy as np
 
 from features.events import BundlePurchaseEvent, ClickEvent, Event, ImpressionEvent
-from serving.experiments.definitions import Experiment, Metric
+from serving.experiments.definitions import Experiment, Guardrail, Metric
 from serving.experiments.stats import (
+    ClusteredMean,
     TestResult,
     chi_square_goodness_of_fit,
-    normal_quantile,
-    normal_sf,
-    student_t_quantile,
-    student_t_sf,
-    two_proportion_z_test,
-    welch_t_test,
+    clustered_mean,
+    compare_means,
+    mean_interval,
+    proportion_interval,
 )
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
 
 SRM_ALPHA = 0.001  # the usual threshold: an SRM alarm means the data, not the policy, is suspect
 LEARNING_WINDOWS = 10  # windows of a variant's requests, in serving order, in its learning curve
+METRICS: tuple[Metric, ...] = get_args(Metric)
 
 
 @dataclass(frozen=True)
@@ -51,14 +55,15 @@ class RequestOutcome:
     clicked: bool
     purchased: bool
     revenue: float = 0.0
-    # Who was assigned; when every outcome has it, the SRM check counts users (the unit of
-    # assignment), not requests, whose number per user varies with how much each user browses.
+    # Who was assigned: the variances cluster a user's requests, and when every outcome has it, the
+    # SRM check counts users (the unit of assignment), not requests, whose number per user varies
+    # with how much each user browses.
     user_id: str | None = None
 
 
 @dataclass(frozen=True)
 class MetricEstimate:
-    """A metric's value with a (1 - alpha) confidence interval."""
+    """A metric's value with a (1 - alpha) confidence interval (clustered by user)."""
 
     value: float
     ci_low: float
@@ -74,7 +79,6 @@ class VariantResult:
     clicks: int
     purchases: int
     revenue_sum: float
-    revenue_var: float
     ctr: MetricEstimate
     purchase_rate: MetricEstimate
     revenue_per_request: MetricEstimate
@@ -152,79 +156,68 @@ class ExperimentReport:
         return {g.variant for g in self.guardrails if g.stop}
 
 
-def _wilson(successes: int, n: int, alpha: float) -> MetricEstimate:
-    # Wilson score interval: sensible near 0 and 1, unlike the Wald interval.
-    if n == 0:
+def _user_clusters(rows: Sequence[RequestOutcome]) -> np.ndarray:
+    """A cluster id per request: its user's, or its own index when it has no user id."""
+    ids: dict[str | int, int] = {}
+    return np.array([ids.setdefault(o.user_id if o.user_id is not None else i, len(ids)) for i, o in enumerate(rows)])
+
+
+def _estimates(rows: Sequence[RequestOutcome]) -> dict[Metric, ClusteredMean]:
+    """Each metric's clustered mean over one variant's requests (none without requests)."""
+    if not rows:
+        return {}
+    clusters = _user_clusters(rows)
+    values: dict[Metric, list[float]] = {
+        "ctr": [float(o.clicked) for o in rows],
+        "purchase_rate": [float(o.purchased) for o in rows],
+        "revenue_per_request": [o.revenue for o in rows],
+    }
+    return {m: clustered_mean(np.array(values[m]), clusters) for m in METRICS}
+
+
+def _estimate(metric: Metric, mean: ClusteredMean | None, alpha: float) -> MetricEstimate:
+    if mean is None:
         return MetricEstimate(math.nan, math.nan, math.nan)
-    z = normal_quantile(1.0 - alpha / 2.0)
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return MetricEstimate(p, max(0.0, centre - half), min(1.0, centre + half))
+    interval = mean_interval if metric == "revenue_per_request" else proportion_interval
+    return MetricEstimate(mean.value, *interval(mean, alpha))
 
 
-def _mean_ci(total: float, var: float, n: int, alpha: float) -> MetricEstimate:
-    if n == 0:
-        return MetricEstimate(math.nan, math.nan, math.nan)
-    mean = total / n
-    if n < 2:
-        return MetricEstimate(mean, -math.inf, math.inf)
-    half = student_t_quantile(1.0 - alpha / 2.0, n - 1) * math.sqrt(var / n)
-    return MetricEstimate(mean, mean - half, mean + half)
-
-
-def _summarise(name: str, outcomes: Sequence[RequestOutcome], alpha: float) -> VariantResult:
-    n = len(outcomes)
-    clicks = sum(1 for o in outcomes if o.clicked)
-    purchases = sum(1 for o in outcomes if o.purchased)
-    revenues = [float(o.revenue) for o in outcomes]
-    total = math.fsum(revenues)
-    mean = total / n if n else 0.0
-    var = math.fsum((r - mean) ** 2 for r in revenues) / (n - 1) if n > 1 else 0.0
+def _summarise(
+    name: str, rows: Sequence[RequestOutcome], estimates: dict[Metric, ClusteredMean], alpha: float
+) -> VariantResult:
+    metrics = {m: _estimate(m, estimates.get(m), alpha) for m in METRICS}  # fields named by metric
     return VariantResult(
-        name, n, clicks, purchases, total, var,
-        _wilson(clicks, n, alpha), _wilson(purchases, n, alpha), _mean_ci(total, var, n, alpha),
+        name, len(rows), sum(o.clicked for o in rows), sum(o.purchased for o in rows),
+        math.fsum(o.revenue for o in rows), **metrics,
     )
 
 
-def _compare(control: VariantResult, treat: VariantResult, alpha: float) -> dict[Metric, TestResult]:
-    out: dict[Metric, TestResult] = {}
-    if control.requests > 0 and treat.requests > 0:
-        out["ctr"] = two_proportion_z_test(control.clicks, control.requests, treat.clicks, treat.requests, alpha)
-        out["purchase_rate"] = two_proportion_z_test(
-            control.purchases, control.requests, treat.purchases, treat.requests, alpha
-        )
-    if control.requests > 1 and treat.requests > 1:
-        out["revenue_per_request"] = welch_t_test(
-            control.revenue_per_request.value, control.revenue_var, control.requests,
-            treat.revenue_per_request.value, treat.revenue_var, treat.requests, alpha,
-        )
-    return out
+def _comparable(*estimates: dict[Metric, ClusteredMean]) -> bool:
+    """Whether every group has the two users a variance needs (a variant's metrics share its users)."""
+    return all(e and e["ctr"].clusters >= 2 for e in estimates)
 
 
-def _worse_p_value(control: VariantResult, treat: VariantResult, metric: Metric, drop: float) -> float:
-    """One-sided p-value of H0: treatment >= (1 - drop) * control (small p = significantly worse)."""
-    if metric == "revenue_per_request":
-        ma, mb = control.revenue_per_request.value, treat.revenue_per_request.value
-        sa, sb = control.revenue_var / control.requests, treat.revenue_var / treat.requests
-        se = math.sqrt((1 - drop) ** 2 * sa + sb)
-        if se == 0:
-            return 0.0 if mb < (1 - drop) * ma else 1.0
-        denom = ((1 - drop) ** 4 * sa**2 / (control.requests - 1) if sa > 0 else 0.0) + (
-            sb**2 / (treat.requests - 1) if sb > 0 else 0.0
-        )
-        df = (((1 - drop) ** 2 * sa + sb) ** 2 / denom) if denom > 0 else math.inf
-        t = (mb - (1 - drop) * ma) / se
-        return 1.0 - student_t_sf(t, df)
-    count = "clicks" if metric == "ctr" else "purchases"
-    pa = getattr(control, count) / control.requests
-    pb = getattr(treat, count) / treat.requests
-    se = math.sqrt((1 - drop) ** 2 * pa * (1 - pa) / control.requests + pb * (1 - pb) / treat.requests)
-    if se == 0:
-        return 0.0 if pb < (1 - drop) * pa else 1.0
-    z = (pb - (1 - drop) * pa) / se
-    return 1.0 - normal_sf(z)
+def _compare(
+    control: dict[Metric, ClusteredMean], treat: dict[Metric, ClusteredMean], alpha: float
+) -> dict[Metric, TestResult]:
+    if not _comparable(control, treat):
+        return {}
+    return {m: compare_means(control[m], treat[m], alpha) for m in METRICS}
+
+
+def _guardrail(
+    g: Guardrail, name: str, requests: int, control: dict[Metric, ClusteredMean], treat: dict[Metric, ClusteredMean]
+) -> GuardrailDecision:
+    if requests < g.min_requests:
+        return GuardrailDecision(name, g.metric, False, math.nan, "not enough requests yet")
+    if not _comparable(control, treat):
+        return GuardrailDecision(name, g.metric, False, math.nan, "fewer than two users in a variant")
+    # One-sided: H0 treatment >= (1 - drop) * control; a small p means significantly worse.
+    p = compare_means(control[g.metric], treat[g.metric], g.alpha, control_weight=1.0 - g.max_relative_drop,
+                      alternative="less").p_value
+    stop = p < g.alpha
+    reason = f"{g.metric} significantly worse than control (p={p:.3g} < {g.alpha})" if stop else "ok"
+    return GuardrailDecision(name, g.metric, stop, p, reason)
 
 
 def analyze_experiment(experiment: Experiment, outcomes: Iterable[RequestOutcome]) -> ExperimentReport:
@@ -245,32 +238,23 @@ def analyze_experiment(experiment: Experiment, outcomes: Iterable[RequestOutcome
         if not math.isfinite(o.revenue) or o.revenue < 0:
             raise ValueError(f"revenue must be finite and >= 0, got {o.revenue}")
         by_variant[o.variant].append(o)
-    alpha = experiment.alpha
-    results = {name: _summarise(name, rows, alpha) for name, rows in by_variant.items()}
-    control = results[experiment.control_name]
-    comparisons = {
-        name: _compare(control, res, alpha) for name, res in results.items() if name != experiment.control_name
-    }
-    counts = [results[v.name].requests for v in experiment.variants]
-    if sum(counts) == 0:
+    if not any(by_variant.values()):
         raise ValueError("no outcomes to analyse")
+    alpha, control = experiment.alpha, experiment.control_name
+    estimates = {name: _estimates(rows) for name, rows in by_variant.items()}
+    results = {name: _summarise(name, rows, estimates[name], alpha) for name, rows in by_variant.items()}
+    treatments = [name for name in results if name != control]
+    comparisons = {name: _compare(estimates[control], estimates[name], alpha) for name in treatments}
+    counts = [results[v.name].requests for v in experiment.variants]
     srm_unit = "requests"
     if all(o.user_id is not None for rows in by_variant.values() for o in rows):
         srm_unit = "users"
         counts = [len({o.user_id for o in by_variant[v.name]}) for v in experiment.variants]
     srm = chi_square_goodness_of_fit(counts, [v.share for v in experiment.variants])
-    decisions = []
-    for g in experiment.guardrails:
-        for name, res in results.items():
-            if name == experiment.control_name:
-                continue
-            if min(res.requests, control.requests) < g.min_requests:
-                decisions.append(GuardrailDecision(name, g.metric, False, math.nan, "not enough requests yet"))
-                continue
-            p = _worse_p_value(control, res, g.metric, g.max_relative_drop)
-            stop = p < g.alpha
-            reason = f"{g.metric} significantly worse than control (p={p:.3g} < {g.alpha})" if stop else "ok"
-            decisions.append(GuardrailDecision(name, g.metric, stop, p, reason))
+    decisions = [
+        _guardrail(g, name, min(results[name].requests, results[control].requests), estimates[control], estimates[name])
+        for g in experiment.guardrails for name in treatments
+    ]
     return ExperimentReport(
         experiment.name, experiment.control_name, results, comparisons, srm, srm.p_value < SRM_ALPHA, tuple(decisions),
         srm_unit, {name: learning_curve(rows) for name, rows in by_variant.items()},

@@ -1,33 +1,36 @@
-"""The few distributions and tests the experiment analysis needs (no scipy in the environment).
+"""Statistics of the experiment analysis: per-user clustered means, their comparisons, the SRM test.
 
-- Normal: ``statistics.NormalDist`` (standard library).
-- Chi-square survival function: regularized upper incomplete gamma Q(k/2, x/2), by the series /
-  continued fraction of Numerical Recipes (Press et al., 3rd ed., section 6.2).
-- Student t survival function: regularized incomplete beta I_x(a, b) by Lentz's continued
-  fraction (Numerical Recipes section 6.4).
+Users are assigned to variants by a hash of their id, so the user, not the request, is the unit of
+randomisation. One user's requests are alike (same tastes, same visit), so the variance of a
+per-request mean is computed from per-user totals: a user who makes many requests then widens the
+interval instead of counting as many independent observations. A request without a user id is its
+own cluster. Distributions are scipy's, the clustered variance statsmodels'.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
+from typing import Literal
+
+import numpy as np
+import statsmodels.api as sm
+from scipy import stats
+from statsmodels.stats.proportion import proportion_confint
 
 __all__ = [
+    "Alternative",
+    "ClusteredMean",
     "TestResult",
-    "chi2_sf",
     "chi_square_goodness_of_fit",
-    "normal_quantile",
-    "normal_sf",
-    "student_t_quantile",
-    "student_t_sf",
-    "two_proportion_z_test",
-    "welch_t_test",
+    "clustered_mean",
+    "compare_means",
+    "mean_interval",
+    "proportion_interval",
 ]
 
-_EPS = 1e-15
-_MAX_ITER = 500
-_STD_NORMAL = NormalDist()
+Alternative = Literal["two-sided", "less"]
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,12 @@ class TestResult:
     """A test statistic and its p-value.
 
     Attributes:
-        statistic: z, t or chi-square.
+        statistic: t or chi-square.
         p_value: two-sided unless the test says otherwise.
-        df: degrees of freedom (nan for z).
+        df: degrees of freedom.
         effect: treatment minus control (nan where not meaningful).
-        ci_low / ci_high: (1 - alpha) interval of the effect (nan where not computed).
+        ci_low / ci_high: two-sided (1 - alpha) interval of the effect (nan where not computed).
+        std_error: standard error of the effect (nan where not meaningful).
     """
 
     statistic: float
@@ -48,199 +52,121 @@ class TestResult:
     effect: float = math.nan
     ci_low: float = math.nan
     ci_high: float = math.nan
+    std_error: float = math.nan
 
 
-def normal_sf(z: float) -> float:
-    """P(Z > z) for a standard normal, accurate in the tail (erfc)."""
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
+@dataclass(frozen=True)
+class ClusteredMean:
+    """A per-request mean and its variance with the requests clustered by user.
+
+    Attributes:
+        value: the metric summed over requests / requests (a ratio of per-user sums).
+        variance: the variance of ``value``; nan with fewer than two clusters.
+        requests: requests averaged.
+        clusters: distinct users among them (a request without a user counts as one).
+    """
+
+    value: float
+    variance: float
+    requests: int
+    clusters: int
+
+    @property
+    def df(self) -> int:
+        """Degrees of freedom of the variance: clusters - 1 (it is estimated from per-user totals)."""
+        return self.clusters - 1
 
 
-def normal_quantile(p: float) -> float:
-    """Inverse standard normal CDF, p in (0, 1)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p}")
-    return _STD_NORMAL.inv_cdf(p)
-
-
-def _gamma_series(a: float, x: float) -> float:
-    # P(a, x) by its series; converges fast for x < a + 1.
-    term = total = 1.0 / a
-    ap = a
-    for _ in range(_MAX_ITER):
-        ap += 1.0
-        term *= x / ap
-        total += term
-        if abs(term) < abs(total) * _EPS:
-            break
-    return total * math.exp(-x + a * math.log(x) - math.lgamma(a))
-
-
-def _gamma_cf(a: float, x: float) -> float:
-    # Q(a, x) by the modified Lentz continued fraction; for x >= a + 1.
-    tiny = 1e-300
-    b = x + 1.0 - a
-    c = 1.0 / tiny
-    d = 1.0 / b
-    h = d
-    for i in range(1, _MAX_ITER):
-        an = -i * (i - a)
-        b += 2.0
-        d = an * d + b
-        d = tiny if abs(d) < tiny else d
-        c = b + an / c
-        c = tiny if abs(c) < tiny else c
-        d = 1.0 / d
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < _EPS:
-            break
-    return math.exp(-x + a * math.log(x) - math.lgamma(a)) * h
-
-
-def chi2_sf(x: float, df: float) -> float:
-    """P(X > x) for X ~ chi-square(df).
+def clustered_mean(values: np.ndarray, clusters: np.ndarray) -> ClusteredMean:
+    """The mean of ``values`` with a cluster-robust variance.
 
     Args:
-        x: statistic (>= 0).
-        df: degrees of freedom (> 0).
+        values: the metric per request.
+        clusters: the cluster (user) of each request, any hashable numpy dtype.
 
     Returns:
-        The upper tail probability.
+        The mean, its CRV1 variance and the counts.
     """
-    if df <= 0:
-        raise ValueError(f"df must be > 0, got {df}")
-    if x <= 0:
-        return 1.0
-    a, half = df / 2.0, x / 2.0
-    if half < a + 1.0:
-        return max(0.0, 1.0 - _gamma_series(a, half))
-    return _gamma_cf(a, half)
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n == 0 or len(clusters) != n:
+        raise ValueError(f"need one cluster per value and at least one value, got {n} values, {len(clusters)} clusters")
+    _, codes = np.unique(clusters, return_inverse=True)
+    g = int(codes.max()) + 1
+    if g < 2:
+        return ClusteredMean(float(values.mean()), math.nan, n, g)
+    # statsmodels' cluster-robust OLS on a constant (CRV1, Stata's): for a mean it is the delta-method
+    # variance of the ratio of per-user sums, G/(G-1) * sum_i (S_i - mean * N_i)^2 / N^2 (Deng et al.
+    # 2018, the standard for per-request metrics of user-randomised experiments), and with one
+    # request per user it is s^2 / n, the per-request variance; a maintained sandwich, not our own.
+    fit = sm.OLS(values, np.ones((n, 1))).fit(cov_type="cluster", cov_kwds={"groups": codes})
+    return ClusteredMean(float(fit.params[0]), float(fit.cov_params()[0, 0]), n, g)
 
 
-def _beta_cf(a: float, b: float, x: float) -> float:
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c = 1.0
-    d = 1.0 - qab * x / qap
-    d = tiny if abs(d) < tiny else d
-    d = 1.0 / d
-    h = d
-    for m in range(1, _MAX_ITER):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = tiny if abs(d) < tiny else d
-        c = 1.0 + aa / c
-        c = tiny if abs(c) < tiny else c
-        d = 1.0 / d
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = tiny if abs(d) < tiny else d
-        c = 1.0 + aa / c
-        c = tiny if abs(c) < tiny else c
-        d = 1.0 / d
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < _EPS:
-            break
-    return h
+def mean_interval(mean: ClusteredMean, alpha: float) -> tuple[float, float]:
+    """Two-sided (1 - alpha) t interval with clusters - 1 df (the cluster-robust convention);
+    unbounded with fewer than two clusters."""
+    if not math.isfinite(mean.variance):
+        return -math.inf, math.inf
+    half = float(stats.t.ppf(1.0 - alpha / 2.0, mean.df)) * math.sqrt(mean.variance)
+    return mean.value - half, mean.value + half
 
 
-def _regularized_beta(x: float, a: float, b: float) -> float:
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    # Use the continued fraction where it converges fast, else the symmetry relation.
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _beta_cf(a, b, x) / a
-    return 1.0 - front * _beta_cf(b, a, 1.0 - x) / b
+def proportion_interval(share: ClusteredMean, alpha: float) -> tuple[float, float]:
+    """Wilson score interval of a share of requests, with the effective sample size
+    requests / design effect (Korn & Graubard 1998); [0, 1] with fewer than two clusters."""
+    if not math.isfinite(share.variance):
+        return 0.0, 1.0
+    p, n = share.value, share.requests
+    per_request = p * (1.0 - p) / (n - 1)  # s^2 / n of 0/1 values: the variance if requests were independent
+    # Kish's design effect, floored at 1: a user's requests are not less alike than strangers', so an
+    # estimate below 1 (few users) or an undefined one (p is 0 or 1) leaves the per-request interval.
+    deff = max(1.0, share.variance / per_request) if per_request > 0 else 1.0
+    n_eff = n / deff
+    # Wilson, not Wald: sensible near 0 and 1 (a variant without clicks still gets an upper bound).
+    low, high = proportion_confint(p * n_eff, n_eff, alpha, method="wilson")
+    return float(low), float(high)
 
 
-def student_t_sf(t: float, df: float) -> float:
-    """P(T > t) for Student's t with ``df`` (> 0, may be fractional, e.g. Welch) degrees of freedom."""
-    if df <= 0:
-        raise ValueError(f"df must be > 0, got {df}")
-    if math.isinf(df):
-        return normal_sf(t)
-    tail = 0.5 * _regularized_beta(df / (df + t * t), df / 2.0, 0.5)
-    return tail if t >= 0 else 1.0 - tail
-
-
-def student_t_quantile(p: float, df: float) -> float:
-    """Inverse CDF of Student's t by bisection on :func:`student_t_sf` (p in (0, 1))."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p}")
-    lo, hi = -1e3, 1e3
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if 1.0 - student_t_sf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
-def two_proportion_z_test(
-    successes_a: int, n_a: int, successes_b: int, n_b: int, alpha: float = 0.05
+def compare_means(
+    control: ClusteredMean,
+    treatment: ClusteredMean,
+    alpha: float = 0.05,
+    *,
+    control_weight: float = 1.0,
+    alternative: Alternative = "two-sided",
 ) -> TestResult:
-    """Two-sided z-test of p_b == p_a (pooled variance), with an unpooled CI of p_b - p_a.
+    """t-test of treatment - control_weight * control, with a (1 - alpha) interval of that effect.
+
+    Users are in exactly one variant, so the two means are independent and the variances add. The
+    degrees of freedom are Welch-Satterthwaite's with clusters - 1 per variant (each variance is a
+    sample variance of per-user totals); with one request per user this is Welch's test.
 
     Args:
-        successes_a: control successes.
-        n_a: control trials (> 0).
-        successes_b: treatment successes.
-        n_b: treatment trials (> 0).
-        alpha: 1 - CI level.
+        control: control's mean (at least two clusters).
+        treatment: treatment's mean (at least two clusters).
+        alpha: 1 - the interval's level.
+        control_weight: e.g. 1 - tolerated relative drop, for a guardrail.
+        alternative: "less" tests whether treatment is below control_weight * control.
 
     Returns:
-        z, two-sided p-value, effect p_b - p_a and its CI.
+        t, p-value, df, effect, its two-sided interval and standard error.
     """
-    for name, s, n in (("a", successes_a, n_a), ("b", successes_b, n_b)):
-        if n <= 0 or not 0 <= s <= n:
-            raise ValueError(f"group {name}: need 0 <= successes <= n and n > 0, got {s}/{n}")
-    pa, pb = successes_a / n_a, successes_b / n_b
-    pooled = (successes_a + successes_b) / (n_a + n_b)
-    se0 = math.sqrt(pooled * (1.0 - pooled) * (1.0 / n_a + 1.0 / n_b))
-    effect = pb - pa
-    z = effect / se0 if se0 > 0 else 0.0
-    se1 = math.sqrt(pa * (1 - pa) / n_a + pb * (1 - pb) / n_b)
-    q = normal_quantile(1.0 - alpha / 2.0)
-    return TestResult(z, 2.0 * normal_sf(abs(z)), math.nan, effect, effect - q * se1, effect + q * se1)
+    if not (math.isfinite(control.variance) and math.isfinite(treatment.variance)):
+        raise ValueError("comparing means needs at least two users in each variant")
+    va, vb = control_weight**2 * control.variance, treatment.variance
+    se = math.sqrt(va + vb)
+    effect = treatment.value - control_weight * control.value
+    denom = (va**2 / control.df if va > 0 else 0.0) + (vb**2 / treatment.df if vb > 0 else 0.0)
+    df = (va + vb) ** 2 / denom if denom > 0 else math.inf
+    statistic = effect / se if se > 0 else (0.0 if effect == 0 else math.copysign(math.inf, effect))
+    dist = stats.t(df)
+    p = 2.0 * dist.sf(abs(statistic)) if alternative == "two-sided" else dist.cdf(statistic)
+    half = float(dist.ppf(1.0 - alpha / 2.0)) * se
+    return TestResult(statistic, float(p), df, effect, effect - half, effect + half, se)
 
 
-def welch_t_test(
-    mean_a: float, var_a: float, n_a: int, mean_b: float, var_b: float, n_b: int, alpha: float = 0.05
-) -> TestResult:
-    """Welch's unequal-variance t-test of mean_b == mean_a, with a CI of mean_b - mean_a.
-
-    Args:
-        mean_a / var_a / n_a: control mean, sample variance (ddof=1) and size (>= 2).
-        mean_b / var_b / n_b: treatment.
-        alpha: 1 - CI level.
-
-    Returns:
-        t, two-sided p-value, Welch-Satterthwaite df, effect and CI.
-    """
-    if n_a < 2 or n_b < 2:
-        raise ValueError("Welch's test needs at least 2 observations per group")
-    if var_a < 0 or var_b < 0:
-        raise ValueError("variances must be >= 0")
-    sa, sb = var_a / n_a, var_b / n_b
-    se = math.sqrt(sa + sb)
-    effect = mean_b - mean_a
-    if se == 0:
-        return TestResult(0.0 if effect == 0 else math.copysign(math.inf, effect), 1.0 if effect == 0 else 0.0,
-                          math.inf, effect, effect, effect)
-    df = (sa + sb) ** 2 / ((sa**2 / (n_a - 1) if sa > 0 else 0.0) + (sb**2 / (n_b - 1) if sb > 0 else 0.0))
-    t = effect / se
-    q = student_t_quantile(1.0 - alpha / 2.0, df)
-    return TestResult(t, 2.0 * student_t_sf(abs(t), df), df, effect, effect - q * se, effect + q * se)
-
-
-def chi_square_goodness_of_fit(observed: list[int], expected_shares: list[float]) -> TestResult:
+def chi_square_goodness_of_fit(observed: Sequence[int], expected_shares: Sequence[float]) -> TestResult:
     """Pearson chi-square test of observed counts against expected shares.
 
     Args:
@@ -257,6 +183,5 @@ def chi_square_goodness_of_fit(observed: list[int], expected_shares: list[float]
         raise ValueError("observed counts must be >= 0 with a positive total")
     if any(s <= 0 for s in expected_shares) or not math.isclose(sum(expected_shares), 1.0, abs_tol=1e-9):
         raise ValueError("expected shares must be > 0 and sum to 1")
-    stat = sum((o - total * s) ** 2 / (total * s) for o, s in zip(observed, expected_shares))
-    df = len(observed) - 1
-    return TestResult(stat, chi2_sf(stat, df), float(df))
+    result = stats.chisquare(observed, [total * s for s in expected_shares])
+    return TestResult(float(result.statistic), float(result.pvalue), float(len(observed) - 1))

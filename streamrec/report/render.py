@@ -253,8 +253,8 @@ def _rates_section(data: RunData) -> str:
         rows.append([name, f"{ctr.n:,}", f"{ctr.successes:,}", f"{pct(ctr.rate[-1])} [{pct(ctr.low[-1])}, {pct(ctr.high[-1])}]",
                      f"{buy.successes:,}", f"{pct(buy.rate[-1])} [{pct(buy.low[-1])}, {pct(buy.high[-1])}]"])
     return (_problem(data, SHOPPERS_FILE) + _img(plots.rates_figure(requests, alpha, order), "CTR and purchase rate over time")
-            + _table(["variant", "requests", "with a click", f"final CTR [{1 - alpha:.0%} Wilson]",
-                      "with a purchase", f"final purchase rate [{1 - alpha:.0%} Wilson]"], rows)
+            + _table(["variant", "requests", "with a click", f"final CTR [{1 - alpha:.0%} Wilson, per request]",
+                      "with a purchase", f"final purchase rate [{1 - alpha:.0%} Wilson, per request]"], rows)
             + _note(f"From {SHOPPERS_FILE}: the shoppers' own record of each slate of the experiment, counted per "
                     f"request. The y axes are scaled to the bands after each variant's first "
                     f"{plots.RATE_SCALE_AFTER} requests."))

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 
 import numpy as np
+from statsmodels.stats.proportion import proportion_confint
 
 from streamrec.report.rundir import PipelineBatch, ShopperRequest
 
@@ -78,13 +78,10 @@ def by_variant(shoppers: Iterable[ShopperRequest], order: Sequence[str] = ()) ->
 
 
 def wilson_band(successes: np.ndarray, n: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised Wilson score interval (the one serving.experiments.analysis uses per variant)."""
-    z = NormalDist().inv_cdf(1.0 - alpha / 2.0)
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return np.maximum(0.0, centre - half), np.minimum(1.0, centre + half)
+    """Per-request Wilson score bands of a running rate (descriptive: the experiment's own intervals,
+    serving.experiments.analysis, are clustered by user and so wider where users repeat)."""
+    low, high = proportion_confint(successes, n, alpha=alpha, method="wilson")
+    return np.asarray(low, dtype=float), np.asarray(high, dtype=float)
 
 
 def cumulative_rate(rows: Sequence[ShopperRequest], success: Callable[[ShopperRequest], bool],

@@ -28,6 +28,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from scipy import stats
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from serving.bandit import EpsilonGreedy, Greedy, LinearThompsonSampling, LinUCBShared, RandomPolicy  # noqa: E402
@@ -77,15 +79,8 @@ def main() -> int:
 
 
 def paired_t(a: list[float], b: list[float]) -> float:
-    """The paired t statistic of a - b (scipy is not a dependency; this is its ttest_rel statistic)."""
-    diffs = [x - y for x, y in zip(a, b)]
-    if len(diffs) < 2:
-        return float("nan")
-    mean, spread = statistics.fmean(diffs), statistics.stdev(diffs)
-    if spread > 0:
-        return mean / (spread / len(diffs) ** 0.5)
-    # Identical differences: the sign of the mean decides (t undefined, NaN, when they are all 0).
-    return math.copysign(math.inf, mean) if mean else math.nan
+    """The paired t statistic of a - b over the seeds (nan when every difference is 0)."""
+    return float(stats.ttest_rel(a, b).statistic) if len(a) > 1 else math.nan
 
 
 def print_scale(results: dict) -> None:
