@@ -1,74 +1,53 @@
-"""deploy/k8s: every manifest parses and validates against a (hand-written) schema of its kind, the
-overlays render, and the manifests agree with the app's configuration, code and local Serve config.
-
-Offline and fast: no cluster, no network. Rendering uses ``kustomize_lite`` (compared with
-``kubectl kustomize`` when that binary exists). Schemas: ``schemas/`` (subsets, see deploy/k8s/README.md).
+"""deploy/k8s, checked with the real tools, offline: the overlays rendered by ``kubectl kustomize``;
+every custom resource validated against its operator's own CRD (a served version, unknown fields
+refused as the API server prunes them), every core object against the Kubernetes schemas of
+``kubernetes-validate``, the RayService's Serve config by Ray's ``ServeDeploySchema`` (see
+``k8s_tools``). Then the manifests are checked against the app's configuration, code, the local
+Serve config and the pinned versions of deploy/k8s/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
-import json
 import re
 import shlex
-import shutil
-import subprocess
-from pathlib import Path
-from typing import Any, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterator
 
-import jsonschema
 import pytest
 import yaml
-from referencing import Registry, Resource
 
-import kustomize_lite
+import k8s_tools
+from k8s_tools import ManifestError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = k8s_tools.REPO
 K8S = REPO / "deploy" / "k8s"
 BASE = K8S / "base"
+CLUSTER_CONFIG = BASE / "config" / "streamrec.yaml"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
-SCHEMAS = Path(__file__).resolve().parent / "schemas"
 IMAGE_ROOT = "/opt/streamrec"            # where the images hold the repository (README: image contract)
 CONFIG_MOUNT = "/etc/streamrec"
+EXPERIMENTS_CONFIGMAP = "streamrec-experiments"
 EXTERNAL_SECRETS = {"prod": {"streamrec-collector", "streamrec-admin"}}   # created out of band (overlays/prod/kustomization.yaml)
 # Secrets the KubeRay operator creates: a RayCluster with authOptions.mode token gets one named after
 # it, key auth_token (KubeRay >= 1.5.1; Ray docs, "Configure Ray clusters to use token authentication").
 KUBERAY_TOKEN_KEY = "auth_token"
+# Kafka client TLS settings of config/streamrec.yaml (KafkaConfig fields, kafka-python option names).
+KAFKA_TLS_KEYS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+CUSTOM_KINDS = {"RayCluster", "RayJob", "RayService", "Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser",
+                "FlinkDeployment"}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-def _schema_registry() -> Registry:
-    resources = [(p.name, Resource.from_contents(json.loads(p.read_text()))) for p in SCHEMAS.glob("*.json")]
-    return Registry().with_resources(resources)
-
-
-REGISTRY = _schema_registry()
-
-
-def schema_file(doc: dict[str, Any]) -> Path:
-    group_version = doc["apiVersion"].replace("/", "_")
-    return SCHEMAS / f"{group_version}_{doc['kind']}.json"
-
-
-def validate(doc: dict[str, Any], where: str) -> None:
-    path = schema_file(doc)
-    assert path.is_file(), f"{where}: no schema for {doc['apiVersion']} {doc['kind']} ({path.name})"
-    validator = jsonschema.Draft202012Validator(json.loads(path.read_text()), registry=REGISTRY)
-    errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
-    assert not errors, f"{where}: " + "; ".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:5])
-
-
-_RENDERED: dict[str, list[dict[str, Any]]] = {}
-
-
+@functools.cache
 def rendered(overlay: str) -> list[dict[str, Any]]:
-    if overlay not in _RENDERED:
-        _RENDERED[overlay] = kustomize_lite.build(K8S / "overlays" / overlay)
-    return _RENDERED[overlay]
+    return k8s_tools.render(K8S / "overlays" / overlay)
 
 
 def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
@@ -106,12 +85,34 @@ def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return spec.get("initContainers", []) + spec["containers"]
 
 
-def streamrec_containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+def streamrec_pods(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(label, pod spec, container) of every container that reads the streamrec settings."""
     for doc in docs:
         for label, spec in pod_specs(doc):
             for c in containers(spec):
                 if any(e["name"] == "STREAMREC_CONFIG" for e in c.get("env", [])):
-                    yield f"{label}/{c['name']}", c
+                    yield f"{label}/{c['name']}", spec, c
+
+
+def streamrec_containers(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for label, _, c in streamrec_pods(docs):
+        yield label, c
+
+
+def mounted_volume(spec: dict[str, Any], container: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The volume (and the file's path inside it) that holds ``path`` in this container, if any."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        root = PurePosixPath(mount["mountPath"])
+        if PurePosixPath(path).is_relative_to(root) and mount["name"] in volumes:
+            return {**volumes[mount["name"]], "_relative": str(PurePosixPath(path).relative_to(root))}
+    return None
+
+
+def kafka_tls_settings() -> dict[str, str]:
+    """kafka.ssl_* of config/streamrec.yaml as written (the file the pods mount)."""
+    kafka = yaml.safe_load(CLUSTER_CONFIG.read_text())["kafka"]
+    return {key: kafka[key] for key in KAFKA_TLS_KEYS}
 
 
 @pytest.fixture
@@ -133,7 +134,7 @@ def settings_for(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch):
             continue
         if env["name"] == "STREAMREC_CONFIG":
             assert env["value"] == f"{CONFIG_MOUNT}/streamrec.yaml"
-            monkeypatch.setenv("STREAMREC_CONFIG", str(BASE / "config" / "streamrec.yaml"))
+            monkeypatch.setenv("STREAMREC_CONFIG", str(CLUSTER_CONFIG))
         else:
             # A Secret's value stands in as a long, non-default string (production refuses defaults).
             monkeypatch.setenv(env["name"], env.get("value", f"secret-from-k8s-{env['name'].lower()}"))
@@ -143,7 +144,7 @@ def settings_for(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch):
 def cluster_settings(monkeypatch: pytest.MonkeyPatch):
     from streamrec.config import Settings
 
-    monkeypatch.setenv("STREAMREC_CONFIG", str(BASE / "config" / "streamrec.yaml"))
+    monkeypatch.setenv("STREAMREC_CONFIG", str(CLUSTER_CONFIG))
     return Settings()
 
 
@@ -170,7 +171,22 @@ def python_modules(command: list[str]) -> list[tuple[str, list[str]]]:
     return out
 
 
-# ---------------------------------------------------------------------------------------- parsing + schema
+def serve_config(overlay: str) -> dict[str, Any]:
+    return yaml.safe_load(one(rendered(overlay), "RayService")["spec"]["serveConfigV2"])
+
+
+def in_repo(mounted_experiments: str) -> Path:
+    """The repository file that the ConfigMap streamrec-experiments carries to this mounted path."""
+    return BASE / "config" / PurePosixPath(mounted_experiments).name
+
+
+def readme_pins() -> dict[str, str]:
+    """deploy/k8s/README.md's compatibility table: component -> pinned version."""
+    rows = re.findall(r"^\| ([^|]+?) \| `([^`]+)` \|", (K8S / "README.md").read_text(), flags=re.M)
+    return {component: version for component, version in rows}
+
+
+# ------------------------------------------------------------------------------ parsing + validation
 
 ALL_YAML = sorted(K8S.rglob("*.yaml"))
 
@@ -186,27 +202,18 @@ def test_every_yaml_file_parses(path: Path) -> None:
     assert docs, f"{path}: empty"
 
 
-def test_every_schema_is_a_valid_json_schema() -> None:
-    for path in SCHEMAS.glob("*.json"):
-        jsonschema.Draft202012Validator.check_schema(json.loads(path.read_text()))
-
-
-def base_resource_files() -> list[Path]:
-    k = yaml.safe_load((BASE / "kustomization.yaml").read_text())
-    return [BASE / r for r in k["resources"]]
-
-
-@pytest.mark.parametrize("path", base_resource_files(), ids=lambda p: str(p.relative_to(BASE)))
-def test_base_manifest_matches_schema_of_its_kind(path: Path) -> None:
-    for i, doc in enumerate(kustomize_lite.load_docs(path)):
-        validate(doc, f"{path.relative_to(K8S)}#{i}")
-
-
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_rendered_overlay_matches_schemas(overlay: str) -> None:
+def test_rendered_overlay_is_what_the_api_server_accepts(overlay: str) -> None:
     docs = rendered(overlay)
+    errors = []
     for doc in docs:
-        validate(doc, f"{overlay}: {doc['kind']}/{doc['metadata']['name']}")
+        try:
+            k8s_tools.validate(doc)
+        except ManifestError as e:
+            errors.append(str(e))
+    assert not errors, "\n".join(errors)
+    # Every operator's kinds are among them, so each CRD's schema really was applied.
+    assert {d["kind"] for d in docs} >= CUSTOM_KINDS
     text = yaml.safe_dump_all(docs)
     assert "set-by-values" not in text, f"{overlay}: a placeholder was not replaced from values.yaml"
     assert not [d for d in docs if d["metadata"]["name"] == "cluster-values"], "values.yaml must stay local-config"
@@ -217,27 +224,108 @@ def test_rendered_overlay_matches_schemas(overlay: str) -> None:
             assert doc["metadata"].get("namespace") == "streamrec", f"{doc['kind']}/{doc['metadata']['name']}"
 
 
+def test_custom_resources_use_the_version_their_crd_serves() -> None:
+    kinds = {(d["apiVersion"], d["kind"]) for o in OVERLAYS for d in rendered(o) if d["kind"] in CUSTOM_KINDS}
+    for api_version, kind in kinds:
+        group, _, version = api_version.rpartition("/")
+        served = k8s_tools.served_versions(k8s_tools.crds()[(group, kind)])
+        assert version in served, f"{kind}: {api_version} (served: {served})"
+    # Strimzi >= 1.0 serves v1 only; v1beta2 is what the operator no longer reads.
+    assert {v for v, k in kinds if k.startswith("Kafka")} == {"kafka.strimzi.io/v1"}
+
+
+def _set(pointer: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A mutation that sets a JSON Pointer (RFC 6901: "/" separates, "~1" is a "/" in a key)."""
+    def mutate(doc: dict[str, Any]) -> None:
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in pointer.lstrip("/").split("/")]
+        node: Any = doc
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[last] = value
+    return mutate
+
+
+# (kind, mutation, text the error must contain): each is a mistake the API server refuses or
+# silently prunes (so the operator would never see the field).
+BROKEN = {
+    "misspelt Kafka field": ("Kafka", _set("/spec/kafka/listenerz", []), "listenerz"),
+    "v1beta2 no longer served": ("Kafka", _set("/apiVersion", "kafka.strimzi.io/v1beta2"), "not served"),
+    "replicas moved to node pools in v1": ("Kafka", _set("/spec/kafka/replicas", 3), "replicas"),
+    "listener missing its port": ("Kafka", lambda d: d["spec"]["kafka"]["listeners"][0].pop("port"), "port"),
+    "wrong enum": ("KafkaNodePool", _set("/spec/roles", ["zookeeper"]), "zookeeper"),
+    "string for an integer": ("KafkaTopic", _set("/spec/partitions", "12"), "partitions"),
+    "misspelt ACL operation": ("KafkaUser", _set("/spec/authorization/acls/0/operations", ["Write", "Reed"]), "Reed"),
+    "misspelt container field inside a CRD": (
+        "RayCluster", _set("/spec/headGroupSpec/template/spec/containers/0/imagePullPolizy", "Always"), "imagePullPolizy"),
+    "misspelt RayJob field": ("RayJob", _set("/spec/shutdownAfterJobFinish", True), "shutdownAfterJobFinish"),
+    "unknown Flink version": ("FlinkDeployment", _set("/spec/flinkVersion", "v1_21"), "v1_21"),
+    "misspelt core field": ("Deployment", _set("/spec/template/spec/restartPolizy", "Always"), "restartPolizy"),
+    "label that is not a string": ("KafkaTopic", _set("/metadata/labels/tier", 1), "labels"),
+    "CronJob schedule missing": ("CronJob", lambda d: d["spec"].pop("schedule"), "schedule"),
+}
+# The opposite: places the schemas leave open (preserve-unknown-fields, maps), which must stay open.
+OPEN = {
+    "Kafka broker config (preserve-unknown-fields)": ("Kafka", _set("/spec/kafka/config/log.retention.hours", 24)),
+    "topic config (preserve-unknown-fields)": ("KafkaTopic", _set("/spec/config/segment.bytes", 1048576)),
+    "Flink configuration (preserve-unknown-fields)": ("FlinkDeployment", _set("/spec/flinkConfiguration/state.backend.type", "rocksdb")),
+    "Ray start params (a map)": ("RayCluster", _set("/spec/headGroupSpec/rayStartParams/object-store-memory", "1000000000")),
+    "resource limits (a map)": ("RayJob", _set("/spec/rayClusterSpec/headGroupSpec/template/spec/containers/0/resources/limits/example.com~1fpga", "1")),
+    "pod labels in a KafkaNodePool template (a map)": ("KafkaNodePool", _set("/spec/template", {"pod": {"metadata": {"labels": {"a": "b"}}}})),
+}
+
+
+def _first(kind: str) -> dict[str, Any]:
+    return copy.deepcopy(next(d for d in rendered("prod") if d["kind"] == kind))
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=str)
+def test_validation_refuses_what_the_api_server_would_refuse_or_prune(case: str) -> None:
+    kind, mutate, expected = BROKEN[case]
+    doc = _first(kind)
+    k8s_tools.validate(doc)  # valid as rendered
+    mutate(doc)
+    with pytest.raises(ManifestError, match=re.escape(expected)):
+        k8s_tools.validate(doc)
+
+
+@pytest.mark.parametrize("case", OPEN, ids=str)
+def test_validation_keeps_open_what_the_crd_leaves_open(case: str) -> None:
+    kind, mutate = OPEN[case]
+    doc = _first(kind)
+    mutate(doc)
+    k8s_tools.validate(doc)
+
+
+def test_a_kind_without_a_schema_is_refused() -> None:
+    doc = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": {"name": "x"}, "spec": {}}
+    with pytest.raises(ManifestError, match="neither a CRD"):
+        k8s_tools.validate(doc)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serve_config_is_what_ray_serve_parses(overlay: str) -> None:
+    config = k8s_tools.validate_serve_config(one(rendered(overlay), "RayService")["spec"]["serveConfigV2"])
+    assert [a.name for a in config.applications] == ["collector", "recommender"]
+
+
+def test_serve_config_validation_refuses_keys_ray_would_ignore() -> None:
+    raw = serve_config("prod")
+    raw["applications"][1]["deployments"][0]["max_queued_request"] = 64   # misspelt: Ray drops it silently
+    with pytest.raises(ManifestError, match=r"applications\[1\]\.deployments\[0\]\.max_queued_request"):
+        k8s_tools.validate_serve_config(yaml.safe_dump(raw))
+    raw = serve_config("prod")
+    raw["applications"][0]["deployments"][0]["num_replicas"] = 2          # Ray's own rule: not with autoscaling
+    with pytest.raises(ValueError, match="num_replicas is not allowed when autoscaling_config"):
+        k8s_tools.validate_serve_config(yaml.safe_dump(raw))
+
+
 # ------------------------------------------------------------------------------------------- kustomize
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_references_exist_and_base_has_no_orphans(overlay: str) -> None:
-    refs = kustomize_lite.referenced_files(K8S / "overlays" / overlay)
-    missing = [str(p) for p in refs if not p.exists()]
-    assert not missing, f"{overlay} references missing paths: {missing}"
-    used = {p for p in refs if p.is_file()}
+def test_base_has_no_orphans(overlay: str) -> None:
+    used = k8s_tools.kustomization_inputs(K8S / "overlays" / overlay)
     orphans = [p for p in BASE.rglob("*.yaml") if p.name != "kustomization.yaml" and p.resolve() not in used]
     assert not orphans, f"files in base/ that no kustomization uses: {orphans}"
-
-
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) not installed")
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_resolver_agrees_with_kubectl_kustomize(overlay: str) -> None:
-    out = subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / overlay)], capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    theirs = [d for d in yaml.safe_load_all(out.stdout) if d]
-    key = lambda d: (d["apiVersion"], d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"])  # noqa: E731
-    assert {key(d): d for d in rendered(overlay)} == {key(d): d for d in theirs}
 
 
 def test_values_files_feed_exactly_the_marked_fields() -> None:
@@ -257,6 +345,25 @@ def test_values_files_feed_exactly_the_marked_fields() -> None:
     assert markers <= sources, f"markers name unknown values: {markers - sources}"
 
 
+# ------------------------------------------------------------------------------------ pinned versions
+
+def test_readme_pins_are_the_versions_in_use() -> None:
+    pins = readme_pins()
+    docs = rendered("prod")
+    assert pins["Kubernetes"] == k8s_tools.KUBERNETES_VERSION
+    assert pins["Apache Kafka"] == one(docs, "Kafka")["spec"]["kafka"]["version"]
+    assert pins["Ray"] == importlib.metadata.version("ray")
+    assert {spec["rayVersion"] for d in docs if (spec := ray_cluster_specs(d))} == {pins["Ray"]}
+    assert pins["Apache Beam"] == importlib.metadata.version("apache-beam")
+    assert one(docs, "FlinkDeployment")["spec"]["flinkVersion"] == "v" + pins["Flink"].replace(".", "_")
+    # The operator pins name the CRD snapshots the tests validate with (shared/crds/README.md).
+    assert {"KubeRay", "Strimzi", "Flink Kubernetes Operator"} <= set(pins)
+    snapshots = set(re.findall(r"\b[0-9a-f]{12}\b", (k8s_tools.CRD_DIR / "README.md").read_text()))
+    assert len(snapshots) == 3
+    table = "\n".join(line for line in (K8S / "README.md").read_text().splitlines() if line.startswith("| "))
+    assert all(commit in table for commit in snapshots), snapshots
+
+
 # ---------------------------------------------------------------------------------- app configuration
 
 def test_cluster_config_is_accepted_by_streamrec_settings(clean_env: pytest.MonkeyPatch) -> None:
@@ -270,9 +377,13 @@ def test_cluster_config_is_accepted_by_streamrec_settings(clean_env: pytest.Monk
 def test_every_streamrec_container_env_is_accepted_by_settings(overlay: str, clean_env: pytest.MonkeyPatch) -> None:
     found = list(streamrec_containers(rendered(overlay)))
     assert len(found) >= 7
+    cluster = cluster_settings(clean_env)
     for label, container in found:
         with pytest.MonkeyPatch.context() as mp:
-            settings_for(container, mp)  # raises on unknown keys / bad values
+            s = settings_for(container, mp)  # raises on unknown keys / bad values
+        # The env repeats some of the file's addresses: they must not drift apart.
+        assert s.kafka.bootstrap_servers == cluster.kafka.bootstrap_servers, label
+        assert s.feast.redis_connection_string == cluster.feast.redis_connection_string, label
         mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
         assert CONFIG_MOUNT in mounts, f"{label}: STREAMREC_CONFIG set but {CONFIG_MOUNT} not mounted"
 
@@ -301,7 +412,7 @@ def test_topics_partitions_and_replication_agree_with_settings(overlay: str, cle
 def test_topic_partitions_default_layout_is_what_the_code_would_create(clean_env: pytest.MonkeyPatch) -> None:
     """`streamrec topics create` / the learner would create every topic with kafka.partitions."""
     s = cluster_settings(clean_env)
-    for doc in kustomize_lite.load_docs(BASE / "kafka" / "topics.yaml"):
+    for doc in yaml.safe_load_all((BASE / "kafka" / "topics.yaml").read_text()):
         assert doc["spec"]["partitions"] == s.kafka.partitions
 
 
@@ -309,11 +420,15 @@ def test_topic_partitions_default_layout_is_what_the_code_would_create(clean_env
 def test_addresses_and_ports_agree(overlay: str, clean_env: pytest.MonkeyPatch) -> None:
     docs = rendered(overlay)
     s = cluster_settings(clean_env)
-    # Kafka: Strimzi's bootstrap Service <cluster>-kafka-bootstrap on the listener port.
+    # Kafka: Strimzi's bootstrap Service <cluster>-kafka-bootstrap on the port of a TLS listener
+    # with client-certificate authentication, which the clients' SSL settings match.
     kafka = one(docs, "Kafka")
-    ports = {listener["port"] for listener in kafka["spec"]["kafka"]["listeners"] if not listener["tls"]}
     host, port = host_port(s.kafka.bootstrap_servers)
-    assert host == f"{kafka['metadata']['name']}-kafka-bootstrap.streamrec.svc" and port in ports and port == 9092
+    assert host == f"{kafka['metadata']['name']}-kafka-bootstrap.streamrec.svc"
+    (listener,) = [x for x in kafka["spec"]["kafka"]["listeners"] if x["port"] == port]
+    assert listener["type"] == "internal" and listener["tls"] is True and port == 9093
+    assert listener["authentication"]["type"] == "tls"
+    assert s.kafka.security_protocol == "SSL"
     # Redis: the Service, the container port, the settings and the Feast feature_store.yaml agree.
     assert s.feast.redis_connection_string in service_address(docs, "redis-master")
     assert host_port(s.feast.redis_connection_string)[1] == 6379
@@ -356,6 +471,69 @@ def test_addresses_and_ports_agree(overlay: str, clean_env: pytest.MonkeyPatch) 
             assert p.get("targetPort", p["port"]) in declared, f"{svc['metadata']['name']}: {p}"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kafka_clients_mount_the_cluster_ca_and_their_kafka_user_certificate(overlay: str) -> None:
+    """Every container that reads the settings finds kafka.ssl_cafile / ssl_certfile / ssl_keyfile
+    where it mounts the Strimzi Secrets that hold them: the cluster CA certificate (verifies the
+    brokers) and the client certificate and key of a KafkaUser of this Kafka with TLS authentication."""
+    docs = rendered(overlay)
+    kafka = one(docs, "Kafka")["metadata"]["name"]
+    users = {u["metadata"]["name"]: u for u in all_of(docs, "KafkaUser")}
+    wanted = {  # setting -> (Secret, key) per Strimzi's Secret layout
+        "ssl_cafile": (f"{kafka}-cluster-ca-cert", "ca.crt"),
+        "ssl_certfile": (None, "user.crt"),
+        "ssl_keyfile": (None, "user.key"),
+    }
+    tls = kafka_tls_settings()
+    found = list(streamrec_pods(docs))
+    assert len(found) >= 7
+    for label, spec, container in found:
+        for setting, (secret, key) in wanted.items():
+            volume = mounted_volume(spec, container, tls[setting])
+            assert volume and "projected" in volume, f"{label}: {tls[setting]} is not on a mounted Secret"
+            sources = [
+                (src["secret"]["name"], item["key"]) for src in volume["projected"]["sources"] if "secret" in src
+                for item in src["secret"].get("items", []) if item["path"] == volume["_relative"]]
+            assert len(sources) == 1, f"{label}: {tls[setting]} from {sources}"
+            name, got_key = sources[0]
+            assert got_key == key, f"{label}: {setting} is {name}/{got_key}"
+            if secret is None:  # a KafkaUser's Secret is named after it
+                assert name in users, f"{label}: {name} is not a KafkaUser"
+                user = users[name]
+                assert user["metadata"]["labels"]["strimzi.io/cluster"] == kafka
+                assert user["spec"]["authentication"]["type"] == "tls"
+            else:
+                assert name == secret, f"{label}: {setting} from {name}"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kafka_user_acls_are_the_apps_topics_and_consumer_group(overlay: str, clean_env: pytest.MonkeyPatch) -> None:
+    """With `authorization: simple`, the apps may use exactly what the settings name: every topic
+    (read and write: collector, learner and pipeline share the identity) and the pipeline's group."""
+    docs = rendered(overlay)
+    s = cluster_settings(clean_env)
+    assert one(docs, "Kafka")["spec"]["kafka"]["authorization"]["type"] == "simple"
+    (user,) = all_of(docs, "KafkaUser")
+    acls = user["spec"]["authorization"]["acls"]
+    for acl in acls:
+        assert acl["resource"].get("patternType") == "literal" and acl.get("type", "allow") == "allow", acl
+    topics = {a["resource"]["name"]: set(a["operations"]) for a in acls if a["resource"]["type"] == "topic"}
+    groups = {a["resource"]["name"]: set(a["operations"]) for a in acls if a["resource"]["type"] == "group"}
+    assert set(topics) == {s.kafka.topics.events, s.kafka.topics.dlq, s.kafka.topics.tombstones, s.serving.feedback_topic}
+    assert set(topics) == {t["spec"]["topicName"] for t in all_of(docs, "KafkaTopic")}
+    assert all(ops == {"Describe", "Read", "Write"} for ops in topics.values()), topics
+    assert groups == {s.pipeline.group_id: {"Describe", "Read"}}
+
+
+def test_app_settings_pass_the_kafka_tls_files_to_the_clients(clean_env: pytest.MonkeyPatch) -> None:
+    """The ssl_* keys config/streamrec.yaml sets reach every kafka-python client (client_options)."""
+    kafka = cluster_settings(clean_env).kafka
+    assert {key: getattr(kafka, key) for key in KAFKA_TLS_KEYS} == kafka_tls_settings()
+    options = kafka.client_options()
+    assert options["security_protocol"] == "SSL"
+    assert {key: options[key] for key in KAFKA_TLS_KEYS} == kafka_tls_settings()
+
+
 def test_feast_files_are_the_production_ones(clean_env: pytest.MonkeyPatch) -> None:
     production = REPO / "deploy" / "production" / "feast"
     if not production.is_dir():
@@ -376,9 +554,13 @@ def test_feast_files_are_the_production_ones(clean_env: pytest.MonkeyPatch) -> N
 # ---------------------------------------------------------------------------------------- Ray / Serve
 
 def test_rayservice_applications_equal_local_serve_config() -> None:
-    local = yaml.safe_load((REPO / "deploy" / "local" / "serve.yaml").read_text())
+    """The same applications as deploy/local/serve.yaml; only the experiments file differs (the
+    cluster's comes from the ConfigMap streamrec-experiments, test_experiments_...)."""
     for overlay in OVERLAYS:
-        serve = yaml.safe_load(one(rendered(overlay), "RayService")["spec"]["serveConfigV2"])
+        serve = serve_config(overlay)
+        local = yaml.safe_load((REPO / "deploy" / "local" / "serve.yaml").read_text())
+        for config in (serve, local):
+            config["applications"][1]["args"].pop("experiments_file")
         assert serve["applications"] == local["applications"], overlay
         assert [(a["name"], a["route_prefix"], a["import_path"]) for a in serve["applications"]] == [
             ("collector", "/v1/events", "serving.collector.app:build_app"),
@@ -388,7 +570,7 @@ def test_rayservice_applications_equal_local_serve_config() -> None:
 
 
 def test_serve_import_paths_import_and_args_validate() -> None:
-    serve = yaml.safe_load(one(rendered("prod"), "RayService")["spec"]["serveConfigV2"])
+    serve = serve_config("prod")
     for app in serve["applications"]:
         module_name, _, attr = app["import_path"].partition(":")
         builder = getattr(importlib.import_module(module_name), attr)
@@ -398,14 +580,34 @@ def test_serve_import_paths_import_and_args_validate() -> None:
 
     args = {a["name"]: a["args"] for a in serve["applications"]}
     CollectorArgs.model_validate(args["collector"])
-    parsed = RecommenderArgs.model_validate(args["recommender"])  # reads experiments_file from the repo
+    recommender = {**args["recommender"], "experiments_file": str(in_repo(args["recommender"]["experiments_file"]))}
+    parsed = RecommenderArgs.model_validate(recommender)  # reads the file the ConfigMap carries
     assert parsed.experiments
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_experiments_come_from_the_configmap_mounted_in_the_ray_pods(overlay: str) -> None:
+    """args.experiments_file is the ConfigMap streamrec-experiments as mounted in every RayService
+    pod (and in the shared RayCluster, for ad-hoc OPE runs), not the image's deploy/local copy."""
+    docs = rendered(overlay)
+    path = serve_config(overlay)["applications"][1]["args"]["experiments_file"]
+    assert PurePosixPath(path).is_absolute(), "a relative path would read the file baked into the image"
+    configmap = one(docs, "ConfigMap", EXPERIMENTS_CONFIGMAP)
+    assert set(configmap["data"]) == {PurePosixPath(path).name}
+    assert configmap["data"][PurePosixPath(path).name] == in_repo(path).read_text()
+    pods = [(label, spec, c) for kind in ("RayService", "RayCluster") for label, spec in pod_specs(one(docs, kind))
+            for c in spec["containers"]]
+    assert len(pods) >= 4
+    for label, spec, container in pods:
+        volume = mounted_volume(spec, container, path)
+        assert volume and volume.get("configMap", {}).get("name") == EXPERIMENTS_CONFIGMAP, f"{label}: {path}"
+        assert volume["_relative"] == PurePosixPath(path).name, label
 
 
 def test_ray_token_auth_and_version_everywhere() -> None:
     ray_version = importlib.metadata.version("ray")
     for overlay in OVERLAYS:
-        clusters = [(d, ray_cluster_specs(d)) for d in rendered(overlay) if ray_cluster_specs(d)]
+        clusters = [(d, spec) for d in rendered(overlay) if (spec := ray_cluster_specs(d))]
         assert {d["kind"] for d, _ in clusters} == {"RayCluster", "RayJob", "RayService"}
         for doc, spec in clusters:
             where = f"{overlay}: {doc['kind']}/{doc['metadata']['name']}"
@@ -506,6 +708,9 @@ def test_volumes_configmaps_and_secrets_resolve(overlay: str) -> None:
     names = {(d["kind"], d["metadata"]["name"]) for d in docs}
     external = EXTERNAL_SECRETS.get(overlay, set()) | {
         d["metadata"]["name"] for d in all_of(docs, "RayCluster") if d["spec"].get("authOptions", {}).get("mode") == "token"}
+    # Secrets the Strimzi operators create: the cluster CA certificate, one per KafkaUser.
+    external |= {f"{d['metadata']['name']}-cluster-ca-cert" for d in all_of(docs, "Kafka")}
+    external |= {d["metadata"]["name"] for d in all_of(docs, "KafkaUser")}
     config = one(docs, "ConfigMap", "streamrec-config")
     assert set(config["data"]) == {"streamrec.yaml", "feature_store.yaml"}
     for doc in docs:
@@ -522,6 +727,10 @@ def test_volumes_configmaps_and_secrets_resolve(overlay: str) -> None:
             for v in volumes.values():
                 if "configMap" in v:
                     assert ("ConfigMap", v["configMap"]["name"]) in names, f"{label}: {v}"
+                for source in v.get("projected", {}).get("sources", []):
+                    if "secret" in source:
+                        name = source["secret"]["name"]
+                        assert ("Secret", name) in names or name in external, f"{label}: {source}"
                 if "persistentVolumeClaim" in v:
                     assert ("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"]) in names, f"{label}: {v}"
 
