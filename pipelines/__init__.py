@@ -1,7 +1,8 @@
 """Kafka -> Beam -> Feast / Parquet lake: the streaming feature pipeline.
 
 Public surface: the composites (``transforms``), the Kafka source (``kafka_source``), the
-micro-batch driver (``FeaturePipeline``), backfill and training-set builders, and ``cli.register``.
+micro-batch driver (``FeaturePipeline``), its metrics (``metrics``: Beam counters, Prometheus),
+backfill and training-set builders, and ``cli.register``.
 Feature definitions (windows, decay, priors, lateness) are documented in ``accumulators``.
 """
 
@@ -27,6 +28,7 @@ _EXPORTS = {
     "FeatureSpec": "pipelines.accumulators",
     "KafkaOffsetRange": "pipelines.kafka_source",
     "LatenessPolicy": "pipelines.accumulators",
+    "PipelineMetrics": "pipelines.metrics",
     "ParseEvents": "pipelines.transforms",
     "ParseRecordBatches": "pipelines.transforms",
     "ReadKafkaOffsetRanges": "pipelines.kafka_source",
@@ -66,6 +68,7 @@ __all__ = [
     "FeatureSpec",
     "KafkaOffsetRange",
     "LatenessPolicy",
+    "PipelineMetrics",
     "ParseEvents",
     "ParseRecordBatches",
     "ReadKafkaOffsetRanges",

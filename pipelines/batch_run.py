@@ -17,6 +17,7 @@ multi-process mode) get the graph built for each batch (``run_built``), from the
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import pickle
 import shutil
@@ -34,7 +35,9 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from apache_beam.pvalue import PCollection, TaggedOutput
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 
-__all__ = ["BatchInputs", "CompiledBatch", "batch_options", "runs_in_process", "run_built", "stage_inputs"]
+__all__ = ["BatchInputs", "BatchOutputs", "CompiledBatch", "batch_options", "runs_in_process", "run_built", "stage_inputs"]
+
+logger = logging.getLogger(__name__)
 
 # What goes in: the records as lists (``Packed``), the state subset as ``{family: [(shard,
 # Packed({key: state}))]}``, and ``{"watermark": float | None, "processed": {partition: offset}}``.
@@ -53,6 +56,25 @@ class BatchInputs:
 
 # A batch graph: (pipeline, its inputs) -> {output name: PCollection} for the driver to collect.
 BatchGraph = Callable[[beam.Pipeline, BatchInputs], dict[str, PCollection]]
+
+
+@dataclass(frozen=True)
+class BatchOutputs:
+    """What a batch's run gave back: its collected outputs by name, and its Beam metrics
+    (``PipelineResult.metrics()``; None where the runner reports none)."""
+
+    collected: dict[str, list[Any]]
+    metrics: Any = None
+
+
+def _metrics_of(result: Any) -> Any:
+    """The run's metrics: the DoFns' counters reach the driver through Beam's own mechanism (the
+    FnApiRunner's and the portable job service's results both answer ``metrics()``)."""
+    try:
+        return result.metrics()
+    except Exception:  # noqa: BLE001 - a runner without metrics must not fail a batch that succeeded
+        logger.warning("the runner reported no metrics for a micro-batch", exc_info=True)
+        return None
 
 
 def batch_options(beam_args: list[str]) -> PipelineOptions:
@@ -237,8 +259,8 @@ def _short_state_sampling() -> Iterator[None]:
 
 
 def run_built(graph: BatchGraph, values: dict[str, Any], beam_args: list[str], staging_root: Path | None,
-              families: tuple[str, ...]) -> dict[str, list[Any]]:
-    """Build the graph for this batch, run it once and return its collected outputs."""
+              families: tuple[str, ...]) -> BatchOutputs:
+    """Build the graph for this batch, run it once and return its collected outputs and metrics."""
     options = batch_options(beam_args)
     folder = Path(tempfile.mkdtemp(prefix="streamrec-batch-", dir=_existing(staging_root)))
     inputs = folder / "inputs"
@@ -246,7 +268,7 @@ def run_built(graph: BatchGraph, values: dict[str, Any], beam_args: list[str], s
     try:
         with _short_state_sampling(), beam.Pipeline(options=options) as p:
             _collect_all(graph(p, read_inputs(p, inputs, families)), folder)
-        return _read_collected(folder)
+        return BatchOutputs(_read_collected(folder), _metrics_of(p.result))
     finally:
         _unstage(inputs)
         _clear_outputs(folder)
@@ -284,8 +306,9 @@ class CompiledBatch:
         _collect_all(graph(self._pipeline, read_inputs(self._pipeline, self.folder / "inputs", families)), self.folder)
         self._lock = threading.Lock()
 
-    def run(self, values: dict[str, Any]) -> dict[str, list[Any]]:
-        """Run the graph on ``values`` (``INPUT_NAMES``) and return its collected outputs."""
+    def run(self, values: dict[str, Any]) -> BatchOutputs:
+        """Run the graph on ``values`` (``INPUT_NAMES``) and return its collected outputs and metrics
+        (each run's own: the runner starts every run with fresh counters)."""
         inputs = self.folder / "inputs"
         with self._lock:
             self.folder.mkdir(parents=True, exist_ok=True)  # removed with a stale staging folder
@@ -294,10 +317,11 @@ class CompiledBatch:
             try:
                 with _short_state_sampling():
                     if self._runner.proto is None:
-                        self._pipeline.run().wait_until_finish()
+                        result = self._pipeline.run()
                     else:
-                        self._runner.run_via_runner_api(copy.deepcopy(self._runner.proto), self.options).wait_until_finish()
-                return _read_collected(self.folder)
+                        result = self._runner.run_via_runner_api(copy.deepcopy(self._runner.proto), self.options)
+                    result.wait_until_finish()
+                return BatchOutputs(_read_collected(self.folder), _metrics_of(result))
             finally:
                 _unstage(inputs)
                 _clear_outputs(self.folder)

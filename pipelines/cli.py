@@ -50,8 +50,10 @@ def cmd_pipeline_run(args: argparse.Namespace, settings: Any) -> int:
         run_streaming(settings, args.beam_arg)
         return 0
     pipeline = FeaturePipeline(settings)
+    server = None
     totals = {"events": 0, "features": 0, "dlq": 0, "duplicates": 0, "batches": 0}
     try:
+        server = _serve_metrics(pipeline, settings)
         if args.once:
             summary = pipeline.run_once(max_records_per_partition=args.max_records_per_partition)
             print(f"pipeline: 1 batch: {summary.as_text()}", flush=True)
@@ -80,7 +82,19 @@ def cmd_pipeline_run(args: argparse.Namespace, settings: Any) -> int:
         )
         return 0
     finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         pipeline.close()
+
+
+def _serve_metrics(pipeline: Any, settings: Any) -> Any:
+    """The pipeline's Prometheus endpoint when ``pipeline.metrics_port`` is set (else None)."""
+    if settings.pipeline.metrics_port is None:
+        return None
+    from pipelines.metrics import serve_metrics
+
+    return serve_metrics(pipeline.metrics.registry, str(settings.pipeline.metrics_host), settings.pipeline.metrics_port)
 
 
 def cmd_pipeline_backfill(args: argparse.Namespace, settings: Any) -> int:
@@ -183,11 +197,14 @@ def register(subparsers: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from streamrec.config import get_settings
+    from streamrec.logging_config import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m pipelines.cli")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args, get_settings())
+    settings = get_settings()
+    configure_logging(settings.logging)
+    return args.func(args, settings)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from pipelines import kafka_reader
 from pipelines.kafka_reader import KafkaOffsetRange
 from pipelines.kafka_reader import consumer as _consumer
 from pipelines.kafka_reader import take_polled as _take_polled
+from pipelines.metrics import set_consumer_lag
 from pipelines.records import KafkaRecord
 from streamrec.topics import end_offsets
 
@@ -251,6 +252,10 @@ class _ReadPartitionUnboundedFn(beam.DoFn):
             current = watermark_estimator.current_watermark()
             if current is None or ts > current:
                 watermark_estimator.set_watermark(ts)
+        # Lag from the high watermark the fetch response carried (no extra request to the broker).
+        highwater = self.consumer.highwater(tp)
+        if highwater is not None:
+            set_consumer_lag(element.partition, max(0, highwater - (records[-1].offset + 1 if records else start)))
         # Caught up (or read a batch): give the runner a checkpoint and come back later.
         tracker.defer_remainder(Duration.of(self.resume_delay_s if not records else 0))
 

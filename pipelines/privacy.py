@@ -33,9 +33,9 @@ DLQ would copy the deleted user's payload into another topic.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Iterable
@@ -48,6 +48,8 @@ from features.privacy import Tombstone
 from pipelines.lake import LAKE_SCHEMA
 from pipelines.records import KafkaRecord
 from pipelines.state_store import load_state, save_state, state_path
+
+logger = logging.getLogger(__name__)
 
 LEDGER_NAME = "privacy.json"
 
@@ -117,7 +119,8 @@ def read_tombstones(settings: Any, start: dict[int, int] | None = None) -> tuple
         try:
             tombstones.append(Tombstone.from_json(record.value))
         except ValueError as exc:  # only streamrec writes this topic: say so loudly, keep going
-            print(f"privacy: unreadable tombstone at p{record.partition}/{record.offset}: {exc}", file=sys.stderr)
+            logger.error("unreadable tombstone at p%d/%d: %s", record.partition, record.offset, exc,
+                         extra={"partition": record.partition, "offset": record.offset})
     return tombstones, offsets
 
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import logging
 import shutil
 import signal
-import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -39,7 +39,7 @@ import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
 
 from pipelines.accumulators import FeatureSpec
-from pipelines.batch_run import BatchInputs, CompiledBatch, batch_options, run_built, runs_in_process
+from pipelines.batch_run import BatchInputs, BatchOutputs, CompiledBatch, batch_options, run_built, runs_in_process
 from pipelines.kafka_reader import ReadAheadReader
 from pipelines.kafka_source import (
     KafkaOffsetRange,
@@ -48,6 +48,7 @@ from pipelines.kafka_source import (
     read_offset_ranges,
 )
 from pipelines.lake import lake_row, write_event_lake
+from pipelines.metrics import PipelineMetrics, beam_counters
 from pipelines.privacy import apply_new_tombstones, drop_deleted_users
 from pipelines.packed import Packed
 from pipelines.records import DeadLetter, KafkaRecord
@@ -67,6 +68,8 @@ from pipelines.transforms import (
     ParseRecordBatches,
     split_state_by_shard,
 )
+
+logger = logging.getLogger(__name__)
 
 # Feature family -> (view name, state attribute).
 VIEW_OUTPUTS = {
@@ -90,6 +93,8 @@ class BatchResult:
     features: dict[str, list[dict[str, Any]]]
     state: PipelineState
     records: int
+    # The run's Beam counters (``pipelines.metrics``): records per stage, dead letters per reason.
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,6 +116,13 @@ class BatchSummary:
     # their payload), and users purged from every store for tombstones seen at this batch.
     deleted_user_records: int = 0
     users_purged: int = 0
+    # The Beam run's counters (``BatchResult.counters``); empty when nothing ran.
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ran(self) -> bool:
+        """Whether the batch had records to run (an empty poll does not)."""
+        return any(r.size for r in self.ranges)
 
     def as_text(self) -> str:
         wm = datetime.fromtimestamp(self.watermark, tz=timezone.utc).isoformat() if self.watermark else "-"
@@ -249,13 +261,13 @@ def compute_batch(
     }
     if isinstance(read, beam.PTransform) or not in_process:
         graph = _batch_graph(spec, topic, shards, read if isinstance(read, beam.PTransform) else None)
-        collected = run_built(graph, values, beam_args, staging_root, FAMILIES)
+        outputs = run_built(graph, values, beam_args, staging_root, FAMILIES)
     else:
         key = (spec, tuple(beam_args), topic, shards, str(staging_root))
         if key not in _COMPILED:
             _COMPILED[key] = CompiledBatch(_batch_graph(spec, topic, shards), beam_args, staging_root, FAMILIES)
-        collected = _COMPILED[key].run(values)
-    return _batch_result(collected, state)
+        outputs = _COMPILED[key].run(values)
+    return _batch_result(outputs, state)
 
 
 def _batched(records: Iterable[KafkaRecord]) -> Iterator[Packed[list[KafkaRecord]]]:
@@ -270,9 +282,10 @@ def _batched(records: Iterable[KafkaRecord]) -> Iterator[Packed[list[KafkaRecord
         yield Packed(batch)
 
 
-def _batch_result(collected: dict[str, list[Any]], state: PipelineState) -> BatchResult:
-    """The collected outputs of a batch's run as its ``BatchResult``."""
+def _batch_result(outputs: BatchOutputs, state: PipelineState) -> BatchResult:
+    """The collected outputs and metrics of a batch's run as its ``BatchResult``."""
     watermark = state.watermark
+    collected = outputs.collected
 
     def flat(name: str) -> list[Any]:
         return [value for batch in collected.get(name, []) for value in batch.value]
@@ -299,6 +312,7 @@ def _batch_result(collected: dict[str, list[Any]], state: PipelineState) -> Batc
         features={name: flat(name) for name in VIEW_OUTPUTS},
         state=new_state,
         records=sum(collected.get("records", [])),
+        counters=beam_counters(outputs.metrics),
     )
 
 
@@ -344,7 +358,7 @@ class FeaturePipeline:
         >>> print(pipeline.run_once().as_text())
     """
 
-    def __init__(self, settings: Any, store: Any = None, push_online: bool = True):
+    def __init__(self, settings: Any, store: Any = None, push_online: bool = True, metrics: PipelineMetrics | None = None):
         from features.repo import apply_feature_repo
 
         self.settings = settings
@@ -362,6 +376,8 @@ class FeaturePipeline:
         self._state: tuple[tuple[int, int, int], PipelineState] | None = None
         # Test hook: called between sinks with the step's name (the kill test stops here).
         self.on_step: Callable[[str], None] = lambda step: None
+        # Every batch is recorded here; `pipeline run` serves its registry on /metrics when configured.
+        self.metrics = metrics if metrics is not None else PipelineMetrics()
 
     @property
     def _staging_root(self) -> Path:
@@ -454,14 +470,25 @@ class FeaturePipeline:
                 if self._wake.poll(timeout_ms=200, max_records=1):
                     return
         except KafkaError as exc:  # the next batch reports a broker that is away; just wait here
-            print(f"pipeline: waiting for records failed ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
+            logger.warning("waiting for records failed (%s: %s)", type(exc).__name__, exc)
             while not stopping() and time.monotonic() < deadline:
                 time.sleep(0.1)
 
     def run_once(self, start_offsets: dict[int, int] | None = None, max_records_per_partition: int | None = None) -> BatchSummary:
         """One bounded micro-batch from the committed (or given) offsets to the end offsets now."""
-        with _batch_gc_thresholds():
-            return self._run_once(start_offsets, max_records_per_partition)
+        try:
+            with _batch_gc_thresholds():
+                summary = self._run_once(start_offsets, max_records_per_partition)
+        except Exception:
+            self.metrics.observe_failure()
+            raise
+        self.metrics.observe_batch(
+            summary.counters, summary.elapsed_s if summary.ran else None, summary.lag, summary.watermark
+        )
+        if summary.ran:
+            logger.debug("micro-batch done: %s", summary.as_text(),
+                         extra={"records": summary.records, "lag": summary.lag, "elapsed_s": summary.elapsed_s})
+        return summary
 
     def _run_once(self, start_offsets: dict[int, int] | None, max_records_per_partition: int | None) -> BatchSummary:
         started = time.monotonic()
@@ -564,6 +591,7 @@ class FeaturePipeline:
         summary.duplicates = result.duplicates
         summary.reprocessed = result.reprocessed
         summary.dead_letters = Counter(d.reason for d in result.dead_letters)
+        summary.counters = result.counters
         summary.watermark = result.as_of
         self.on_step("lag")
         summary.lag = self.lag()
@@ -609,8 +637,8 @@ class FeaturePipeline:
                     if failures >= max_consecutive_failures:
                         raise
                     backoff = min(60.0, self.settings.pipeline.poll_interval_s * 2**failures)
-                    print(f"pipeline: batch failed ({type(exc).__name__}: {exc}); retrying in {backoff:.0f}s",
-                          file=sys.stderr, flush=True)
+                    logger.warning("batch failed (%s: %s); retrying in %.0fs", type(exc).__name__, exc, backoff,
+                                   extra={"failures": failures})
                     pause(backoff)
                     continue
                 if summary.records:

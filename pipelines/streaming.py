@@ -56,6 +56,7 @@ from pipelines.accumulators import (
 )
 from pipelines.kafka_source import ReadKafkaUnbounded
 from pipelines.lake import append_event_lake, lake_row
+from pipelines.metrics import count_dead_letters, count_records, set_newest_event
 from pipelines.records import KafkaRecord, ParsedRecord
 from pipelines.transforms import ATTRIBUTED_TYPES, ParseEvents, late_dead_letter, session_lines, variant_of
 
@@ -100,8 +101,10 @@ class _TrackHead(beam.DoFn):
         ts = event_seconds(record.event)
         before = head.read()
         if self.policy.is_late(ts, before):
+            count_dead_letters(("late_event",))
             yield TaggedOutput("dead_letters", late_dead_letter(record, self.policy, self.topic))
             return
+        count_records("on_time")
         after = ts if before is None else max(before, ts)
         head.write(after)
         yield TimestampedValue((record, after), ts)
@@ -139,6 +142,7 @@ class _FirstCopy(beam.DoFn):
             yield TaggedOutput("duplicates", event_id)
             return
         seen.write(True)
+        count_records("out")
         # Remembered while a copy could still be on time (the watermark never passes T); +1 s
         # because a copy exactly allowed_lateness_s behind T is still on time.
         forget.set(event_seconds(record.event) + self.allowed_lateness_s + 1)
@@ -406,15 +410,20 @@ class _WriteLake(beam.DoFn):
 
     def start_bundle(self):
         self.rows: list[Any] = []
+        self.newest: float | None = None
 
     def process(self, parsed: ParsedRecord):
         self.rows.append(lake_row(parsed))
+        ts = event_seconds(parsed.event)
+        self.newest = ts if self.newest is None else max(self.newest, ts)
 
     def finish_bundle(self):
         from pathlib import Path
 
         if self.rows:
             append_event_lake(Path(self.root), self.topic, self.rows)
+        if self.newest is not None:  # written: freshness is now minus this (Flink's reporter exports it)
+            set_newest_event(self.newest)
 
 
 class _SendDeadLetters(beam.DoFn):
@@ -489,8 +498,11 @@ def run_streaming(settings: Any, extra_beam_args: list[str] | None = None, stop_
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipelines.streaming [Beam options]``: settings from ``STREAMREC_*`` / ``STREAMREC_CONFIG``."""
     from streamrec.config import get_settings
+    from streamrec.logging_config import configure_logging
 
-    run_streaming(get_settings(), list(sys.argv[1:] if argv is None else argv))
+    settings = get_settings()
+    configure_logging(settings.logging)
+    run_streaming(settings, list(sys.argv[1:] if argv is None else argv))
     return 0
 
 

@@ -11,6 +11,7 @@ shuffle) at every step, which was two thirds of a batch's time (22 s of 84k even
 shard is one element. On a cluster runner the shards are the keyed folds'
 parallelism. The streaming job (``pipelines.streaming``) keeps one element per event with
 per-key state; both fold with the same accumulators, and ``ParseEvents`` (per record) is shared.
+Parse, lateness and de-duplication count their records in Beam counters (``pipelines.metrics``).
 
 Each feature composite takes ``{"events": PCollection[list[Event]], "state": PCollection[(shard,
 {key: State})]}`` and returns ``{"features": PCollection[list[dict]], "state": PCollection[(shard,
@@ -55,6 +56,7 @@ from pipelines.accumulators import (
     item_signals,
     user_update,
 )
+from pipelines.metrics import count_dead_letters, count_records
 from pipelines.packed import Packed
 from pipelines.records import DeadLetter, KafkaRecord, ParsedRecord
 
@@ -187,7 +189,13 @@ def _parsed_or_dead_letter(record: KafkaRecord) -> ParsedRecord | DeadLetter:
 
 def _parse_or_dead_letter(record: KafkaRecord):
     out = _parsed_or_dead_letter(record)
-    yield out if isinstance(out, ParsedRecord) else TaggedOutput("dead_letters", out)
+    count_records("in")
+    if isinstance(out, ParsedRecord):
+        count_records("valid")
+        yield out
+    else:
+        count_dead_letters((out.reason,))
+        yield TaggedOutput("dead_letters", out)
 
 
 class ParseEvents(beam.PTransform):
@@ -232,6 +240,9 @@ class ParseRecordBatches(beam.PTransform):
             for record in records.value:
                 out = _parsed_or_dead_letter(record)
                 (parsed if isinstance(out, ParsedRecord) else dead).append(out)
+            count_records("in", len(records.value))
+            count_records("valid", len(parsed))
+            count_dead_letters(d.reason for d in dead)
             yield from _split_outputs(parsed, "dead_letters", dead)
 
         out = batches | "Validate" >> beam.FlatMap(parse).with_outputs("dead_letters", main="parsed")
@@ -292,6 +303,8 @@ class DropLateEvents(beam.PTransform):
                     late.append(late_dead_letter(record, policy, topic))
                 else:
                     on_time.append(record.event)
+            count_records("on_time", len(on_time))
+            count_dead_letters(d.reason for d in late)
             yield from _split_outputs(on_time, "late", late)
 
         out = parsed | "Split" >> beam.FlatMap(split, _per_batch(self.watermark_s)).with_outputs("late", main="events")
@@ -469,6 +482,7 @@ class DeduplicateEvents(beam.PTransform):
                     ts = event_seconds(event)
                     if ts >= floor:
                         remembered[event_id] = ts
+            count_records("out", len(unique))
             yield from _split_outputs(unique, "duplicates", duplicates)
             yield TaggedOutput("seen", (shard, Packed(remembered)))
 

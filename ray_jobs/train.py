@@ -135,7 +135,11 @@ def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | N
 
 
 def main(argv: list[str] | None = None) -> int:
+    from streamrec.config import get_settings
+    from streamrec.logging_config import configure_logging
+
     args = parse_args(argv)
+    configure_logging(get_settings().logging)
     config = args.config or CONFIG_DIR / DEFAULT_CONFIGS[args.model]
     job = JobConfig.from_yaml(config, _overrides(args))
     if (args.until or args.lake_root) and job.dataset.name not in LAKE_DATASETS:

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from streamrec.config import Settings, get_settings, mask_secrets
+from streamrec.logging_config import configure_logging
 
 
 def _print_table(rows: dict[str, str]) -> None:
@@ -179,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args, get_settings())
+        settings = get_settings()
+        configure_logging(settings.logging)  # once, before any command logs
+        return args.func(args, settings)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a CLI prints a clear line, not a traceback, for expected failures

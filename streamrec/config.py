@@ -522,8 +522,9 @@ class LoggingConfig(BaseModel):
     level: LogLevel = "INFO"
     # "text": a readable line (a terminal); "json": one JSON object per line (clusters' log collectors).
     format: Literal["text", "json"] = "text"
-    # Levels of single loggers: Kafka's client and Beam log every connection and bundle at INFO.
-    loggers: dict[str, LogLevel] = {"kafka": "WARNING", "apache_beam": "WARNING"}
+    # Levels of single loggers: Kafka's client, Beam and Feast log every connection, bundle and
+    # registry refresh at INFO.
+    loggers: dict[str, LogLevel] = {"kafka": "WARNING", "apache_beam": "WARNING", "feast": "WARNING"}
 
 
 class Settings(BaseSettings):
