@@ -28,7 +28,17 @@ from collections.abc import Callable
 
 from streamrec.config import Settings
 
-__all__ = ["AuthRejected", "CredentialGate", "Role", "TokenBucket", "gate_from_settings"]
+__all__ = [
+    "FRONTEND_KEY_SCHEME",
+    "SCHEME_OF_ROLE",
+    "SECURITY_SCHEMES",
+    "AuthRejected",
+    "CredentialGate",
+    "Role",
+    "TokenBucket",
+    "gate_from_settings",
+    "openapi_security",
+]
 
 
 class Role(enum.Enum):
@@ -38,6 +48,38 @@ class Role(enum.Enum):
 
 
 _PRIVILEGED = frozenset({Role.READER, Role.ADMIN})
+
+# The credentials as OpenAPI security schemes, so that generated clients know what to send: one
+# scheme per token (an operation's requirements then name exactly the tokens it takes), and the
+# collector's query-parameter form of the frontend key.
+SCHEME_OF_ROLE = {Role.FRONTEND: "frontendToken", Role.READER: "readerToken", Role.ADMIN: "adminToken"}
+FRONTEND_KEY_SCHEME = "frontendKey"
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    SCHEME_OF_ROLE[Role.FRONTEND]: {
+        "type": "http", "scheme": "bearer",
+        "description": "The publishable frontend key (collector.auth_token): events, bundles, recommendations, feedback.",
+    },
+    SCHEME_OF_ROLE[Role.READER]: {
+        "type": "http", "scheme": "bearer",
+        "description": "The reader token (serving.reader_token): experiment results, for dashboards.",
+    },
+    SCHEME_OF_ROLE[Role.ADMIN]: {
+        "type": "http", "scheme": "bearer",
+        "description": "The admin token (serving.admin_token): experiment definitions, the learner, user deletion.",
+    },
+    FRONTEND_KEY_SCHEME: {
+        "type": "apiKey", "in": "query", "name": "key",
+        "description": "The frontend key as `?key=`, for `navigator.sendBeacon`, which cannot set headers "
+                       "(collector only; the Authorization header wins when both are sent).",
+    },
+}
+
+
+def openapi_security(*roles: Role, query_key: bool = False) -> list[dict[str, list[str]]]:
+    """An operation's OpenAPI ``security``: any one of the roles' tokens (the list is an OR), and
+    with ``query_key`` the frontend key as a query parameter too."""
+    requirements: list[dict[str, list[str]]] = [{SCHEME_OF_ROLE[role]: []} for role in roles]
+    return requirements + ([{FRONTEND_KEY_SCHEME: []}] if query_key else [])
 
 
 class AuthRejected(Exception):

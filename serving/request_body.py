@@ -12,6 +12,10 @@ never a 500 and never a request slot held for as long as the client likes.
 * **nesting**: JSON nested deeper than ``max_json_depth`` is 400 ``json_too_deep``, found by a
   scan of the bytes *before* any parser recurses into them.
 
+FastAPI documents only the bodies it parses itself; these are read raw, so their schemas are
+declared beside the handlers (``request_body_openapi``) and added to the app's OpenAPI components
+(``add_openapi_components``), which costs nothing per request.
+
 Example:
     >>> json_nesting_depth(b'[{"a": [1, "]]]"]}]')
     3
@@ -23,10 +27,13 @@ import asyncio
 import json
 import re
 import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
 from starlette.requests import ClientDisconnect
 
 from features.events import lone_surrogate_at
@@ -204,6 +211,77 @@ def json_nesting_depth(data: bytes) -> int:
         return 0
     steps = np.frombuffer(brackets.translate(_BRACKET_STEP), dtype=np.int8)
     return max(0, int(steps.cumsum(dtype=np.int32).max()))
+
+
+# -- documenting the bodies read here ----------------------------------------------------------
+
+COMPONENTS = "#/components/schemas/"
+
+CONTENT_ENCODING_PARAMETER: dict[str, Any] = {
+    "name": "Content-Encoding", "in": "header", "required": False,
+    "schema": {"type": "string", "enum": ["identity", *GZIP_CODINGS]},
+    "description": "gzip: inflated up to the body limit (past it: 413 body_too_large); any other coding: 415.",
+}
+
+
+def schema_components(
+    named: Mapping[str, Any], *, mode: JsonSchemaMode = "validation", generator: type[GenerateJsonSchema] = GenerateJsonSchema,
+) -> dict[str, Any]:
+    """OpenAPI ``components.schemas`` of ``named`` types (models, dataclasses, unions) and of every
+    model they nest, each referring to the others there.
+
+    Example:
+        >>> from features.events import LineItem
+        >>> components = schema_components({"Lines": list[LineItem]})
+        >>> components["Lines"], sorted(components)
+        ({'type': 'array', 'items': {'$ref': '#/components/schemas/LineItem'}}, ['LineItem', 'Lines'])
+    """
+    keyed, defs = TypeAdapter.json_schemas(
+        [(name, mode, TypeAdapter(t)) for name, t in named.items()],
+        ref_template=COMPONENTS + "{model}", schema_generator=generator,
+    )
+    out: dict[str, Any] = dict(defs.get("$defs", {}))
+    for (name, _), schema in keyed.items():
+        if schema != {"$ref": COMPONENTS + name}:  # a model's own name: its definition is there already
+            out[name] = schema
+    return out
+
+
+def request_body_openapi(content: Mapping[str, Mapping[str, Any]], description: str) -> dict[str, Any]:
+    """A route's ``openapi_extra`` for the body its handler reads itself: ``content`` maps each
+    accepted media type to its schema; gzip is accepted as ``Content-Encoding``."""
+    return {
+        "requestBody": {
+            "required": True, "description": description,
+            "content": {media_type: {"schema": dict(schema)} for media_type, schema in content.items()},
+        },
+        "parameters": [dict(CONTENT_ENCODING_PARAMETER)],
+    }
+
+
+def add_openapi_components(
+    app: Any, schemas: Callable[[], Mapping[str, Any]], security_schemes: Mapping[str, Any]
+) -> None:
+    """Make ``app.openapi()`` (FastAPI) also hold what its routes cannot show it: component
+    ``schemas`` such as those of the bodies read here (built on the first call), and the
+    credentials' ``security_schemes``.
+
+    Call it before ``serve.ingress`` takes its copy of the app.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = generate()  # FastAPI's own, cached on the app: completed in place once
+            components = doc.setdefault("components", {})
+            known = components.setdefault("schemas", {})
+            for name, schema in schemas().items():
+                if known.setdefault(name, schema) != schema:
+                    raise ValueError(f"two different OpenAPI component schemas are named {name!r}")
+            components["securitySchemes"] = {**components.get("securitySchemes", {}), **security_schemes}
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _no_constant(name: str) -> Any:

@@ -24,13 +24,13 @@ import math
 import sys
 import uuid
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
@@ -39,8 +39,6 @@ from features.events import (
     SCHEMA_VERSION,
     EventRejected,
     ImpressionEvent,
-    IsoDatetime,
-    LineItem,
     ShownSlot,
     ValidationContext,
     event_to_json,
@@ -53,23 +51,54 @@ from serving.app.learner import BanditLearner, new_learner_state
 from serving.app.learner_state import CONTEXT_HEADER
 from serving.app.policy_mirror import PolicyMirror
 from serving.app.ranking import BundleCandidates, ItemRanker, ReplicaSources
+from serving.app.schemas import (
+    BundlesQuery,
+    BundlesResponse,
+    ExperimentList,
+    ExperimentResults,
+    FeedbackAccepted,
+    FeedbackBody,
+    Health,
+    LearnerStats,
+    RecommendationsQuery,
+    RecommendationsResponse,
+    UserDeletionAccepted,
+    component_schemas,
+    error_responses,
+    json_body,
+    path_parameter,
+    query_parameters,
+)
 from serving.bandit.impressions import CANDIDATES_HEADER, decision_to_impression, encode_candidates
-from serving.auth import AuthRejected, Role, gate_from_settings
+from serving.auth import SCHEME_OF_ROLE, SECURITY_SCHEMES, AuthRejected, Role, gate_from_settings, openapi_security
 from serving.collector.ingest import dead_letter
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
 from serving.experiments import Experiment, analyze_experiment, assign_variant
 from serving.feedback_tokens import FeedbackClaim, FeedbackRejected, check_claim, signer_from_settings
 from serving import replica_loopback
 from serving.frontend import STOREFRONT_DIR, FrontendCors
-from serving.request_body import BodyLimits, BodyRejected, read_json_object
+from serving.request_body import BodyLimits, BodyRejected, add_openapi_components, read_json_object
 from streamrec.config import ServingConfig
 
 replica_loopback.install()  # before Ray starts this replica's gRPC server (serving/replica_loopback.py)
 
-api = FastAPI(title="streamrec recommender", version="v1", description="Bundles chosen by contextual bandits, item recommendations, A/B experiments.")
+api = FastAPI(
+    title="streamrec recommender", version="v1",
+    description="Bundles chosen by contextual bandits, item recommendations, A/B experiments.",
+    openapi_tags=[
+        {"name": "bundles", "description": "Slates of bundles chosen by the user's variant's bandit (frontend key)."},
+        {"name": "recommendations", "description": "Ranked items (frontend key)."},
+        {"name": "feedback", "description": "Clicks, purchases and dismissals of what was shown (frontend key)."},
+        {"name": "experiments", "description": "A/B experiments: definitions (admin), results (reader or admin)."},
+        {"name": "admin", "description": "The learner's state, user deletion (admin token)."},
+        {"name": "health", "description": "Liveness, without a credential."},
+    ],
+    generate_unique_id_function=lambda route: route.name,  # operationIds: the handlers' names
+)
 api.add_middleware(FrontendCors)  # browsers of the configured origins (frontend.allowed_origins)
+# Before serve.ingress copies the app: the schemas of the bodies read raw, the credentials' schemes.
+add_openapi_components(api, component_schemas, {SCHEME_OF_ROLE[r]: SECURITY_SCHEMES[SCHEME_OF_ROLE[r]] for r in Role})
 
-_ID = r"^[\x21-\x7e]+$"
 HANDLE_TIMEOUT_S = 10.0
 log = logging.getLogger("ray.serve")
 
@@ -78,47 +107,6 @@ class ApiError(Exception):
     def __init__(self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status, self.reason, self.detail, self.headers = status, reason, detail, headers
-
-
-class _Query(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BundlesQuery(_Query):
-    user_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
-    item_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
-    session_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
-    experiment: str | None = Field(default=None, min_length=1, max_length=64)
-    k: int | None = Field(default=None, ge=1)
-
-
-class RecommendationsQuery(_Query):
-    user_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
-    item_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
-    session_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
-    k: int = Field(default=10, ge=1)
-    diversity: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
-    min_cross_category: int | None = Field(default=None, ge=0)
-    exclude: list[str] = Field(default_factory=list)
-    # Items in the cart now: appended to the user's sequence for the ranker, never recommended.
-    cart: list[Annotated[str, Field(min_length=1, max_length=64, pattern=_ID)]] = Field(default_factory=list)
-
-
-class FeedbackBody(_Query):
-    type: Literal["click", "purchase", "dismiss"]
-    request_id: str = Field(min_length=1, max_length=64, pattern=_ID)
-    user_id: str = Field(min_length=1, max_length=64, pattern=_ID)
-    bundle_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
-    item_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
-    session_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
-    event_id: uuid.UUID | None = None
-    position: int | None = Field(default=None, ge=0, le=10_000)
-    items: list[LineItem] | None = None
-    order_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=_ID)
-    currency: str | None = None
-    ts: IsoDatetime | None = None  # ISO-8601 only, as the event contract (an epoch number is a 422)
-    # The token served with the slate; bundle feedback without a valid one is refused (403).
-    feedback_token: str | None = Field(default=None, max_length=4096)
 
 
 class DismissEvent(BaseModel):
@@ -533,7 +521,16 @@ class RecommenderAPI:
 
     # -- HTTP -------------------------------------------------------------------------------
 
-    @api.get("/v1/bundles", summary="Bundles for a user and/or seed item (query parameters)")
+    @api.get(
+        "/v1/bundles", summary="Bundles for a user and/or seed item (query parameters)", tags=["bundles"],
+        response_model=BundlesResponse,
+        responses=error_responses(401, 404, 422, 503, described={
+            422: "invalid_request (a parameter, an unknown parameter, neither user_id nor item_id), k_too_large, repeated_parameter.",
+            503: "broker_unavailable: the slate's impression was not acknowledged by Kafka in time; retry.",
+        }),
+        # The query string is parsed by the handler (BundlesQuery): declared here, not parsed by FastAPI.
+        openapi_extra={"parameters": query_parameters(BundlesQuery), "security": openapi_security(Role.FRONTEND)},
+    )
     async def get_bundles(self, request: Request) -> JSONResponse:
         try:
             self._authorize(request, Role.FRONTEND)
@@ -541,7 +538,16 @@ class RecommenderAPI:
         except ApiError as exc:
             return self._fail(exc)
 
-    @api.post("/v1/bundles", summary="Bundles for a user and/or seed item (JSON body)")
+    @api.post(
+        "/v1/bundles", summary="Bundles for a user and/or seed item (JSON body)", tags=["bundles"],
+        response_model=BundlesResponse,
+        responses=error_responses(400, 401, 404, 408, 413, 415, 422, 503, described={
+            422: "invalid_request (a field, an unknown field, neither user_id nor item_id), k_too_large.",
+            503: "broker_unavailable: the slate's impression was not acknowledged by Kafka in time; retry.",
+        }),
+        openapi_extra={**json_body(BundlesQuery, "As the query parameters of GET /v1/bundles."),
+                       "security": openapi_security(Role.FRONTEND)},
+    )
     async def post_bundles(self, request: Request) -> JSONResponse:
         try:
             self._authorize(request, Role.FRONTEND)
@@ -549,7 +555,17 @@ class RecommenderAPI:
         except ApiError as exc:
             return self._fail(exc)
 
-    @api.post("/v1/feedback", summary="Click / purchase / dismiss of a shown bundle, by request_id")
+    @api.post(
+        "/v1/feedback", summary="Click / purchase / dismiss of a shown bundle, by request_id", tags=["feedback"],
+        response_model=FeedbackAccepted,
+        responses=error_responses(400, 401, 403, 408, 413, 415, 422, 503, described={
+            422: "invalid_request (a field, an unknown field), missing_field (a dismiss without bundle_id, a purchase "
+                 "without items), or an event-contract reason.",
+            503: "broker_unavailable: Kafka did not acknowledge in time; retry with the same event_id.",
+        }),
+        openapi_extra={**json_body(FeedbackBody, "Feedback on a slate (by its request_id and feedback_token) or an item list."),
+                       "security": openapi_security(Role.FRONTEND)},
+    )
     async def post_feedback(self, request: Request) -> JSONResponse:
         try:
             self._authorize(request, Role.FRONTEND)
@@ -559,7 +575,14 @@ class RecommenderAPI:
         except ApiError as exc:
             return self._fail(exc)
 
-    @api.get("/v1/recommendations", summary="Ranked items for a user (query parameters)")
+    @api.get(
+        "/v1/recommendations", summary="Ranked items for a user (query parameters)", tags=["recommendations"],
+        response_model=RecommendationsResponse,
+        responses=error_responses(401, 422, described={
+            422: "invalid_request (a parameter, an unknown parameter), k_too_large, list_too_long, repeated_parameter.",
+        }),
+        openapi_extra={"parameters": query_parameters(RecommendationsQuery), "security": openapi_security(Role.FRONTEND)},
+    )
     async def get_recommendations(self, request: Request) -> JSONResponse:
         try:
             self._authorize(request, Role.FRONTEND)
@@ -568,7 +591,15 @@ class RecommenderAPI:
         except ApiError as exc:
             return self._fail(exc)
 
-    @api.post("/v1/recommendations", summary="Ranked items for a user (JSON body)")
+    @api.post(
+        "/v1/recommendations", summary="Ranked items for a user (JSON body)", tags=["recommendations"],
+        response_model=RecommendationsResponse,
+        responses=error_responses(400, 401, 408, 413, 415, 422, described={
+            422: "invalid_request (a field, an unknown field), k_too_large, list_too_long.",
+        }),
+        openapi_extra={**json_body(RecommendationsQuery, "As the query parameters of GET /v1/recommendations (lists as arrays)."),
+                       "security": openapi_security(Role.FRONTEND)},
+    )
     async def post_recommendations(self, request: Request) -> JSONResponse:
         try:
             self._authorize(request, Role.FRONTEND)
@@ -577,7 +608,11 @@ class RecommenderAPI:
         except ApiError as exc:
             return self._fail(exc)
 
-    @api.get("/v1/experiments", summary="Experiment definitions and traffic splits (admin token)")
+    @api.get(
+        "/v1/experiments", summary="Experiment definitions and traffic splits (admin token)", tags=["experiments"],
+        response_model=ExperimentList, responses=error_responses(401, 429),
+        openapi_extra={"security": openapi_security(Role.ADMIN)},
+    )
     async def list_experiments(self, request: Request) -> JSONResponse:
         try:
             self._authorize(request, Role.ADMIN)
@@ -588,15 +623,29 @@ class RecommenderAPI:
             "experiments": [_experiment_definition(e) for e in self._experiments.values()],
         })
 
-    @api.get("/v1/experiments/{name}", summary="Definition, split and live results per variant (reader or admin token)")
-    async def get_experiment(self, name: str, request: Request) -> JSONResponse:
+    @api.get(
+        "/v1/experiments/{name}", summary="Definition, split and live results per variant (reader or admin token)",
+        tags=["experiments"], response_model=ExperimentResults,
+        responses=error_responses(401, 404, 429, 503, described={503: "learner_unavailable: retry."}),
+        openapi_extra={"parameters": [path_parameter("name", "The experiment's name.")],
+                       "security": openapi_security(Role.READER, Role.ADMIN)},
+    )
+    async def get_experiment(self, request: Request) -> JSONResponse:
+        # Path parameters are read from the request and declared in openapi_extra: as handler
+        # parameters FastAPI would document a 422 that is never answered here, and Serve's copy of
+        # the app would show a Path()'s description with a spurious `example: {}`.
         try:
             self._authorize(request, Role.READER, Role.ADMIN)
-            return JSONResponse(await self.experiment_report(name))
+            return JSONResponse(await self.experiment_report(request.path_params["name"]))
         except ApiError as exc:
             return self._fail(exc)
 
-    @api.get("/v1/learner", summary="The bandit learner's counters, offsets and restore info (admin token)")
+    @api.get(
+        "/v1/learner", summary="The bandit learner's counters, offsets and restore info (admin token)", tags=["admin"],
+        response_model=LearnerStats,
+        responses=error_responses(401, 429, 503, described={503: "learner_unavailable: retry."}),
+        openapi_extra={"security": openapi_security(Role.ADMIN)},
+    )
     async def learner_stats(self, request: Request) -> JSONResponse:
         try:
             self._authorize(request, Role.ADMIN)
@@ -623,16 +672,31 @@ class RecommenderAPI:
             "tombstone_topic": topic, "requested_at": tombstone.requested_at.isoformat(), "learner_removed": forgotten,
         }
 
-    @api.delete("/v1/admin/users/{user_id}", summary="Delete a user everywhere (admin token; 202 + request id)")
-    async def delete_user_http(self, user_id: str, request: Request) -> JSONResponse:
+    @api.delete(
+        "/v1/admin/users/{user_id}", summary="Delete a user everywhere (admin token; 202 + request id)", tags=["admin"],
+        status_code=202, response_model=UserDeletionAccepted, response_description="Accepted: completed downstream.",
+        responses=error_responses(401, 422, 429, 503, described={
+            422: "invalid_request (user_id or reason outside the tombstone contract), repeated_parameter.",
+            503: "broker_unavailable (the tombstone was not acknowledged) or learner_unavailable: retry.",
+        }),
+        openapi_extra={
+            "parameters": [
+                path_parameter("user_id", "The user to delete."),
+                {"name": "reason", "in": "query", "required": False, "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+                 "description": "Why, for the audit trail (default user_request)."},
+            ],
+            "security": openapi_security(Role.ADMIN),
+        },
+    )
+    async def delete_user_http(self, request: Request) -> JSONResponse:
         try:
             self._authorize(request, Role.ADMIN)
             reason = _query_dict(request).get("reason")
-            return JSONResponse(await self.delete_user(user_id, reason), status_code=202)
+            return JSONResponse(await self.delete_user(request.path_params["user_id"], reason), status_code=202)
         except ApiError as exc:
             return self._fail(exc)
 
-    @api.get("/healthz", summary="Liveness: the replica answers")
+    @api.get("/healthz", summary="Liveness: the replica answers", tags=["health"], response_model=Health)
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok", "service": "recommender"}
 

@@ -393,7 +393,8 @@ class _Pool:
 _VERB = {"view": "viewed", "add_to_cart": "added to your cart", "purchase": "bought", "bundle_purchase": "bought",
          "favorite": "saved", "click": "clicked", "remove_from_cart": "removed from your cart"}
 # Serve metric buckets (ms) of the ranker step: one forward pass should sit in the low buckets.
-_RANKER_MS_BOUNDARIES = [0.5, 1, 2, 5, 10, 20, 50, 100, 250]
+# Seconds, as Prometheus names and units want (0.5 ms .. 250 ms).
+_RANKER_SECONDS_BOUNDARIES = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25]
 
 
 class ItemRanker:
@@ -419,9 +420,9 @@ class ItemRanker:
         self._emb = sources.embeddings
         s = self._settings.serving
         self._ranker = sources.ranker
-        self._ranker_ms = metrics.Histogram(
-            "streamrec_ranker_latency_ms", description="Added latency of the sequential ranker step (ms).",
-            boundaries=_RANKER_MS_BOUNDARIES,
+        self._ranker_seconds = metrics.Histogram(
+            "streamrec_ranker_latency_seconds", description="Added latency of the sequential ranker step (seconds).",
+            boundaries=_RANKER_SECONDS_BOUNDARIES,
         )
 
     async def recommend(
@@ -442,8 +443,9 @@ class ItemRanker:
         if ranker is not None:
             started = time.perf_counter()
             ranked, info = await self._rank(ranker, pool, user, seed_item, cart, excluded, k)
-            elapsed_ms = (time.perf_counter() - started) * 1000.0
-            self._ranker_ms.observe(elapsed_ms)
+            elapsed_s = time.perf_counter() - started
+            self._ranker_seconds.observe(elapsed_s)
+            elapsed_ms = elapsed_s * 1000.0
             ranker_info.update(info, applied=ranked is not None, ms=round(elapsed_ms, 3), retrieval=pool.source)
             pool = ranked or pool
         order = diversified_order(np.asarray(pool.scores), pool.vectors, k, diversity)

@@ -17,7 +17,7 @@ from ray.serve import metrics
 
 from features.events import SCHEMA_VERSION, event_json_schema
 from serving import replica_loopback
-from serving.auth import AuthRejected, Role, gate_from_settings
+from serving.auth import FRONTEND_KEY_SCHEME, SCHEME_OF_ROLE, SECURITY_SCHEMES, AuthRejected, Role, gate_from_settings, openapi_security
 from serving.collector.ingest import (
     BodyRejected,
     IngestResult,
@@ -27,8 +27,17 @@ from serving.collector.ingest import (
     validate_elements,
 )
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
+from serving.collector.schemas import (
+    EVENTS_BODY,
+    EVENTS_RESPONSES,
+    EventSchemaDocument,
+    Health,
+    IngestResponse,
+    JavaScriptFile,
+    component_schemas,
+)
 from serving.frontend import TRACKER_JS, FrontendCors
-from serving.request_body import decode_content_encoding, read_body
+from serving.request_body import add_openapi_components, decode_content_encoding, read_body
 from streamrec.config import Settings, get_settings
 
 
@@ -38,6 +47,16 @@ api = FastAPI(
     title="streamrec collector",
     version=f"v{SCHEMA_VERSION}",
     description="Clickstream events from the web frontend into Kafka. Events follow the schema at /v1/events/schema.",
+    openapi_tags=[
+        {"name": "events", "description": "Sending events, and their contract."},
+        {"name": "frontend", "description": "What the browser loads."},
+        {"name": "health", "description": "Liveness, without a credential."},
+    ],
+    generate_unique_id_function=lambda route: route.name,  # operationIds: the handlers' names
+)
+# Before serve.ingress copies the app: the body schemas and the credentials' security schemes.
+add_openapi_components(
+    api, component_schemas, {name: SECURITY_SCHEMES[name] for name in (SCHEME_OF_ROLE[Role.FRONTEND], FRONTEND_KEY_SCHEME)}
 )
 
 
@@ -126,19 +145,19 @@ class Collector:
         self._unavailable = metrics.Counter(
             "streamrec_collector_broker_unavailable", description="Requests answered 503 because Kafka did not ack."
         )
-        self._produce_ms = metrics.Histogram(
-            "streamrec_collector_produce_latency_ms",
-            description="Time from send to the broker's acknowledgement of a request's records.",
-            boundaries=[1, 2, 5, 10, 20, 50, 100, 250, 500, 1000, 5000],
+        self._produce_seconds = metrics.Histogram(
+            "streamrec_collector_produce_latency_seconds",
+            description="Time from send to the broker's acknowledgement of a request's records (seconds).",
+            boundaries=[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0],
         )
 
     async def _publish(self, records: list[OutgoingRecord]) -> float:
         """Publish and return the time until the broker acknowledged, in milliseconds."""
         started = time.perf_counter()
         await self._publisher.publish(records)
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        self._produce_ms.observe(elapsed_ms)
-        return elapsed_ms
+        elapsed_s = time.perf_counter() - started
+        self._produce_seconds.observe(elapsed_s)
+        return elapsed_s * 1000
 
     def _dlq(self, key: str | None, value: bytes) -> OutgoingRecord:
         return OutgoingRecord(self._topics.dlq, key.encode() if key else None, value)
@@ -167,7 +186,12 @@ class Collector:
             may_have_been_written=exc.maybe_written, retry_with_same_event_ids=True,
         )
 
-    @api.post("/", summary="Send one event, a JSON array of events, or NDJSON")
+    @api.post(
+        "/", summary="Send one event, a JSON array of events, or NDJSON", tags=["events"],
+        response_model=IngestResponse, responses=EVENTS_RESPONSES,
+        # The body is read raw (bounds, strict JSON, NDJSON, text/plain): declared, not parsed, here.
+        openapi_extra={**EVENTS_BODY, "security": openapi_security(Role.FRONTEND, query_key=True)},
+    )
     async def post_events(self, request: Request) -> JSONResponse:
         try:
             self._gate.check(_frontend_credential(request), (Role.FRONTEND,))
@@ -220,17 +244,22 @@ class Collector:
         timing = {"server-timing": f"produce;dur={produce_ms:.2f}, total;dur={total_ms:.2f}"}
         return JSONResponse(_response_body(result), status_code=_result_status(result), headers=timing)
 
-    @api.get("/tracker.js", summary="The browser tracker (an ES module; no credential needed to load it)")
+    @api.get(
+        "/tracker.js", summary="The browser tracker (an ES module; no credential needed to load it)", tags=["frontend"],
+        response_class=JavaScriptFile, response_description="The tracker's source.",
+    )
     async def tracker(self) -> FileResponse:
         return FileResponse(
             TRACKER_JS, media_type="text/javascript; charset=utf-8", headers={"cache-control": "public, max-age=300"}
         )
 
-    @api.get("/schema", summary="The JSON Schema of the event contract")
+    @api.get(
+        "/schema", summary="The JSON Schema of the event contract", tags=["events"], response_model=EventSchemaDocument,
+    )
     async def schema(self) -> JSONResponse:
         return JSONResponse(event_json_schema())
 
-    @api.get("/healthz", summary="Liveness: the replica answers")
+    @api.get("/healthz", summary="Liveness: the replica answers", tags=["health"], response_model=Health)
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok", "service": "collector"}
 

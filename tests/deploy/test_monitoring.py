@@ -261,9 +261,6 @@ def test_every_expression_names_only_metrics_and_labels_that_exist(docs, familie
     assert PENDING_SECONDS_RENAME <= used  # the list names what the dashboard uses, nothing else
 
 
-@pytest.mark.xfail(strict=True, reason="serving's histograms still end in _ms: the lead renames "
-                   "streamrec_collector_produce_latency_ms and streamrec_ranker_latency_ms to _seconds "
-                   "(issue 27); then remove this marker")
 def test_renamed_serving_histograms_exist(families):
     missing = [name for name in sorted(PENDING_SECONDS_RENAME) if family_of(name, families) is None]
     assert not missing, f"not in serving/: {missing}"
