@@ -717,6 +717,10 @@ class RecommenderAPI:
             return _error(404, "not_found", "the storefront is off (frontend.storefront)")
         return await self._storefront.get_response(path or "index.html", request.scope)
 
+    def check_health(self) -> None:
+        """Serve's periodic health check: the impression producer this replica owns (EventPublisher.check)."""
+        self._publisher.check()
+
     def __del__(self) -> None:
         decisions = getattr(self, "_decisions", None)
         if decisions is not None:

@@ -263,6 +263,10 @@ class Collector:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok", "service": "collector"}
 
+    def check_health(self) -> None:
+        """Serve's periodic health check: the Kafka producer this replica owns (EventPublisher.check)."""
+        self._publisher.check()
+
     def __del__(self) -> None:
         publisher = getattr(self, "_publisher", None)
         if publisher is not None:

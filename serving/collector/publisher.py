@@ -276,6 +276,23 @@ class EventPublisher:
         producer, futures = await self._hand_over(records, deadline)
         return asyncio.get_running_loop().create_task(self._acknowledged(producer, futures, deadline))
 
+    def check(self) -> None:
+        """For the owning deployment's ``check_health``: a producer whose I/O thread died (it
+        would take records and never send them) is discarded, so the next publish builds a new
+        one; a closed publisher raises, as only a new replica can serve again. An unreachable
+        broker is not a failure here: requests already get a fast 503, and restarting replicas
+        would not bring the broker back. (``_sender`` is kafka-python's I/O thread, not public API.)
+
+        Raises:
+            RuntimeError: the publisher was closed.
+        """
+        if self._executor._shutdown:  # noqa: SLF001 - ThreadPoolExecutor has no public "is shut down"
+            raise RuntimeError("the Kafka publisher is closed")
+        producer = self._producer
+        sender = getattr(producer, "_sender", None)
+        if sender is not None and not sender.is_alive():
+            self._discard_producer(producer)
+
     def close(self) -> None:
         """Flush what is pending for up to 2 s, then close (never raises)."""
         with self._lock:

@@ -100,3 +100,26 @@ def test_every_publish_to_a_frozen_broker_fails_within_the_produce_timeout(tmp_p
     assert took[-1] <= PRODUCE_TIMEOUT_S + MARGIN_S, took
     # "none was written" must be true: records that reached Kafka were all reported as maybe written.
     assert all(o is True for ids, o, _, _ in frozen if set(ids) & in_kafka), written_anyway
+
+
+def test_health_check_replaces_a_producer_whose_io_thread_died_and_refuses_a_closed_publisher(tmp_path: Path) -> None:
+    broker = start_broker(tmp_path)
+    try:
+        kafka = broker.settings.kafka
+        publisher = EventPublisher(kafka, linger_ms=1)
+        record = OutgoingRecord(kafka.topics.events, b"k", b'{"event_id": "health-1"}')
+        asyncio.run(publisher.publish([record]))
+        first = publisher._producer
+        publisher.check()  # alive: kept
+        assert publisher._producer is first
+        first._sender.force_close()  # the I/O thread dies: records handed to it would never be sent
+        first._sender.join(timeout=10)
+        publisher.check()
+        assert publisher._producer is None  # discarded, not restarted-around
+        asyncio.run(publisher.publish([OutgoingRecord(kafka.topics.events, b"k", b'{"event_id": "health-2"}')]))
+        assert publisher._producer is not None and publisher._producer is not first
+        publisher.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            publisher.check()
+    finally:
+        broker.broker.stop()
