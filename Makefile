@@ -8,10 +8,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps demo test test-e2e test-slow test-all bench-ingest bench-bandit lock up down status clean
+.PHONY: help setup system-deps demo test test-e2e test-slow test-multinode test-all bench-ingest bench-bandit lock up down status clean
 
 help:
-	@echo "make demo | test | test-slow | bench-ingest | bench-bandit | bench-pipeline | bench-lake-bundles | bench-serving | load-test | up | down | status | clean"
+	@echo "make demo | test | test-slow | test-multinode | bench-ingest | bench-bandit | bench-pipeline | bench-lake-bundles | bench-serving | load-test | up | down | status | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,7 +58,13 @@ test-e2e: $(STAMP) system-deps
 	$(BIN)/python -m pytest -m e2e tests/e2e $(PYTEST_ARGS)
 
 test-slow: $(STAMP) system-deps
-	$(BIN)/python -m pytest -m "slow and not gpu and not e2e" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "slow and not gpu and not e2e and not multinode" $(PYTEST_ARGS)
+
+# Ray across two nodes on this machine (a head and a second `ray start`, own ports, loopback, token
+# auth): Serve replicas on both, then a 2-worker TorchTrainer job (`ray job submit`) that loses the
+# second node mid-training and finishes from its checkpoint on the head (about 4 minutes on 2 cores).
+test-multinode: $(STAMP)
+	$(BIN)/python -m pytest tests/cluster/test_multinode.py $(PYTEST_ARGS)
 
 test-all: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

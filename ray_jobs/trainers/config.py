@@ -66,9 +66,24 @@ class TrainConfig(_Strict):
 
 
 class ScalingSettings(_Strict):
-    num_workers: PositiveInt = 1
+    # Ray Train workers (DDP ranks): a number, or [min, max] for elastic training (Ray Train v2): a
+    # run starts with as many workers as the cluster fits (at most max) and, after losing a node,
+    # resumes from its latest checkpoint with as many as still fit (at least min).
+    num_workers: PositiveInt | tuple[PositiveInt, PositiveInt] = 1
     use_gpu: bool = False
     max_failures: int = Field(default=0, ge=-1)  # Ray FailureConfig; -1 retries forever
+    # Logical resources each worker holds ("CPU", "GPU", "memory" or a node's custom resource);
+    # None: Ray's default, 1 CPU (and 1 GPU with use_gpu).
+    resources_per_worker: dict[str, float] | None = None
+    # Placement group strategy of the workers: PACK fills one node first, SPREAD puts them on
+    # different nodes where it can; the STRICT_ variants fail to schedule otherwise.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+    @model_validator(mode="after")
+    def _elastic_range(self) -> "ScalingSettings":
+        if isinstance(self.num_workers, tuple) and self.num_workers[0] > self.num_workers[1]:
+            raise ValueError(f"num_workers {list(self.num_workers)}: min is above max")
+        return self
 
 
 class JobConfig(_Strict):

@@ -135,7 +135,11 @@ def run_training(job: JobConfig, keep_dir: Path | None = None) -> TrainingOutcom
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job.model_dump(),
-        scaling_config=ScalingConfig(num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu),  # [Ray]
+        scaling_config=ScalingConfig(  # [Ray] how many workers, what each holds, where they go
+            num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
+            resources_per_worker=job.scaling.resources_per_worker,
+            placement_strategy=job.scaling.placement_strategy,
+        ),
         run_config=RunConfig(
             name=run_name,
             storage_path=job.storage_path,
