@@ -76,6 +76,7 @@ from serving.collector.publisher import BrokerUnavailable, EventPublisher, Outgo
 from serving.experiments import Experiment, analyze_experiment, assign_variant
 from serving.feedback_tokens import FeedbackClaim, FeedbackRejected, check_claim, signer_from_settings
 from serving import replica_loopback
+from serving.errors import error_response as _error
 from serving.frontend import STOREFRONT_DIR, FrontendCors
 from serving.request_body import BodyLimits, BodyRejected, add_openapi_components, read_json_object
 from streamrec.config import ServingConfig
@@ -128,9 +129,6 @@ class DismissEvent(BaseModel):
 
 DLQ_SOURCE = "recommender"
 
-
-def _error(status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"reason": reason, "detail": detail}}, status_code=status, headers=headers)
 
 
 def _validation_detail(exc: ValidationError) -> str:
@@ -223,6 +221,10 @@ async def _call(handle_call: Any, what: str) -> Any:
         raise
     except Exception as exc:  # noqa: BLE001 - a replica restarting: tell the client to retry
         raise ApiError(503, f"{what}_unavailable", f"the {what} is unavailable ({type(exc).__name__}); retry", {"Retry-After": "1"}) from None
+
+
+def _storefront_off() -> JSONResponse:
+    return _error(404, "not_found", "the storefront is off (frontend.storefront)")
 
 
 # Two replicas unless the Serve config says otherwise: a replica's event loop runs on one core
@@ -704,7 +706,7 @@ class RecommenderAPI:
     async def storefront_config(self) -> JSONResponse:
         """What the demo storefront's script needs: where to send events and the publishable key."""
         if self._storefront is None:
-            return _error(404, "not_found", "the storefront is off (frontend.storefront)")
+            return _storefront_off()
         return JSONResponse({
             "key": self._settings.collector.auth_token.get_secret_value(),
             "collector_url": "/v1/events", "experiment": self._default_experiment,
@@ -714,7 +716,7 @@ class RecommenderAPI:
     async def storefront(self, path: str, request: Request) -> Response:
         """The demo storefront's static files (Starlette's StaticFiles: no path escapes its folder)."""
         if self._storefront is None:
-            return _error(404, "not_found", "the storefront is off (frontend.storefront)")
+            return _storefront_off()
         return await self._storefront.get_response(path or "index.html", request.scope)
 
     def check_health(self) -> None:

@@ -19,6 +19,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from features.events import IsoDatetime, LineItem
+from serving.errors import ErrorResponse, StrictAnswer
 from serving.experiments import ExperimentReport, Guardrail, Variant
 from serving.experiments.definitions import Metric
 from serving.feedback_tokens import FEEDBACK_REASONS
@@ -78,28 +79,12 @@ class FeedbackBody(_Query):
 # -- answers -------------------------------------------------------------------------------------
 
 
-class _Answer(BaseModel):
-    # additionalProperties: false, so that a field a handler adds but the docs lack is caught.
-    model_config = ConfigDict(extra="forbid")
-
-
-class ErrorDetail(_Answer):
-    reason: str = Field(description="Machine-readable reason code (see each status).", examples=["invalid_request"])
-    detail: str = Field(description="What was wrong, for a person.")
-
-
-class ErrorResponse(_Answer):
-    """The body of every error answer."""
-
-    error: ErrorDetail
-
-
-class Health(_Answer):
+class Health(StrictAnswer):
     status: Literal["ok"]
     service: Literal["recommender"]
 
 
-class ShownBundle(_Answer):
+class ShownBundle(StrictAnswer):
     bundle_id: str
     position: int = Field(ge=0)
     items: list[str]
@@ -109,7 +94,7 @@ class ShownBundle(_Answer):
     source: str = Field(description="Which candidate source proposed it.")
 
 
-class BundlesResponse(_Answer):
+class BundlesResponse(StrictAnswer):
     request_id: str = Field(description="Named by feedback on this slate.")
     experiment: str
     variant: str
@@ -123,7 +108,7 @@ class BundlesResponse(_Answer):
     )
 
 
-class RecommendedItem(_Answer):
+class RecommendedItem(StrictAnswer):
     item_id: str
     score: float
     reason: str
@@ -131,7 +116,7 @@ class RecommendedItem(_Answer):
     because: str | None = Field(default=None, description="The item of the sequence that led to it (ranked lists only).")
 
 
-class RankerInfo(_Answer):
+class RankerInfo(StrictAnswer):
     """What the sequential ranker did (timings in ms)."""
 
     model: str | None
@@ -145,7 +130,7 @@ class RankerInfo(_Answer):
     retrieval: str | None = None
 
 
-class RecommendationsResponse(_Answer):
+class RecommendationsResponse(StrictAnswer):
     request_id: str = Field(description="Named by clicks on this list.")
     user_id: str | None
     diversity: float
@@ -157,14 +142,14 @@ class RecommendationsResponse(_Answer):
     note: str | None = Field(default=None, description="Why the list is empty (present only then).")
 
 
-class FeedbackAccepted(_Answer):
+class FeedbackAccepted(StrictAnswer):
     accepted: Literal[True]
     event_id: uuid.UUID
     type: Literal["click", "bundle_purchase", "dismiss"]
     topic: str = Field(description="The Kafka topic it was written to (acknowledged).")
 
 
-class ExperimentDefinition(_Answer):
+class ExperimentDefinition(StrictAnswer):
     """An experiment as configured, without its salt (with it, a user could choose their variant)."""
 
     name: str
@@ -176,12 +161,12 @@ class ExperimentDefinition(_Answer):
     split: dict[str, float] = Field(description="Traffic share per variant (live: shares can be reconfigured).")
 
 
-class ExperimentList(_Answer):
+class ExperimentList(StrictAnswer):
     default: str = Field(description="The experiment of a bundles request that names none.")
     experiments: list[ExperimentDefinition]
 
 
-class VariantCounts(_Answer):
+class VariantCounts(StrictAnswer):
     requests: int
     exposures: int
     clicks: int
@@ -191,7 +176,7 @@ class VariantCounts(_Answer):
     reward_sum: float
 
 
-class FeatureWeights(_Answer):
+class FeatureWeights(StrictAnswer):
     """The weight a linear policy learned on each named feature: which signal it trusts."""
 
     arm: dict[str, float]
@@ -203,7 +188,7 @@ class LiveVariant(VariantCounts):
     feature_weights: FeatureWeights | None = Field(description="Linear policies with shared weights only.")
 
 
-class ExperimentResults(_Answer):
+class ExperimentResults(StrictAnswer):
     experiment: ExperimentDefinition
     live: dict[str, LiveVariant] = Field(description="The learner's counts per variant, now.")
     # The analysis is a serving.experiments.ExperimentReport (dataclass), schema'd from it: see component_schemas.
@@ -214,7 +199,7 @@ class ExperimentResults(_Answer):
     analysis_note: str | None
 
 
-class RestoreInfo(_Answer):
+class RestoreInfo(StrictAnswer):
     from_snapshot: bool
     fresh_policies: list[str] = Field(description="Variants whose definition changed: started afresh.")
     records_at_restore: int
@@ -225,7 +210,7 @@ class RestoreInfo(_Answer):
     )
 
 
-class LearnerStats(_Answer):
+class LearnerStats(StrictAnswer):
     feature_weights: dict[str, FeatureWeights] = Field(description="Per 'experiment variant'.")
     counters: dict[str, int]
     variants: dict[str, VariantCounts] = Field(description="Per 'experiment variant'.")
@@ -240,14 +225,14 @@ class LearnerStats(_Answer):
     started_at: float
 
 
-class ForgottenEntries(_Answer):
+class ForgottenEntries(StrictAnswer):
     contexts: int
     pending: int
     outcomes: int
     requests: int
 
 
-class UserDeletionAccepted(_Answer):
+class UserDeletionAccepted(StrictAnswer):
     """The tombstone is in Kafka and the learner forgot the user; the feature pipeline purges the
     lake and Feast when it reads the tombstone (hence 202)."""
 

@@ -36,6 +36,7 @@ from serving.collector.schemas import (
     JavaScriptFile,
     component_schemas,
 )
+from serving.errors import error_response as _error
 from serving.frontend import TRACKER_JS, FrontendCors
 from serving.request_body import add_openapi_components, decode_content_encoding, read_body
 from streamrec.config import Settings, get_settings
@@ -84,11 +85,6 @@ class CollectorArgs(BaseModel):
 
     settings: dict[str, Any] = Field(default_factory=dict)
 
-
-def _error(
-    status: int, reason: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
-) -> JSONResponse:
-    return JSONResponse({"error": {"reason": reason, "detail": detail, **extra}}, status_code=status, headers=headers)
 
 
 def _result_status(result: IngestResult) -> int:

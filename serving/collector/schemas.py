@@ -15,26 +15,11 @@ from starlette.responses import FileResponse
 
 from features.events import Event
 from serving.collector.ingest import JSON_CONTENT_TYPES, NDJSON_CONTENT_TYPES
+from serving.errors import ErrorDetail, ErrorResponse, StrictAnswer
 from serving.request_body import COMPONENTS, request_body_openapi, schema_components
 from streamrec.config import CollectorLimits
 
 _LIMITS = CollectorLimits()  # the defaults, for the descriptions (a deployment may configure others)
-
-
-class _Answer(BaseModel):
-    # additionalProperties: false, so that a field the handler adds but the docs lack is caught.
-    model_config = ConfigDict(extra="forbid")
-
-
-class ErrorDetail(_Answer):
-    reason: str = Field(description="Machine-readable reason code (see each status).", examples=["invalid_json"])
-    detail: str = Field(description="What was wrong, for a person.")
-
-
-class ErrorResponse(_Answer):
-    """The body of every error answer."""
-
-    error: ErrorDetail
 
 
 class BrokerUnavailableDetail(ErrorDetail):
@@ -45,19 +30,19 @@ class BrokerUnavailableDetail(ErrorDetail):
     retry_with_same_event_ids: Literal[True] = Field(description="Retry the same request, with the same event_ids.")
 
 
-class BrokerUnavailableResponse(_Answer):
+class BrokerUnavailableResponse(StrictAnswer):
     """503: Kafka did not acknowledge in time; nothing of the request counts as accepted."""
 
     error: BrokerUnavailableDetail
 
 
-class AcceptedEvent(_Answer):
+class AcceptedEvent(StrictAnswer):
     index: int = Field(ge=0, description="Position of the event in the request (0 for a single event).")
     status: Literal["accepted"]
     event_id: UUID
 
 
-class RejectedEvent(_Answer):
+class RejectedEvent(StrictAnswer):
     index: int = Field(ge=0, description="Position of the event in the request (its line, from 0, in NDJSON).")
     status: Literal["rejected"]
     event_id: str | None = Field(description="The event's event_id where it sent a usable one.")
@@ -65,7 +50,7 @@ class RejectedEvent(_Answer):
     detail: str
 
 
-class IngestResponse(_Answer):
+class IngestResponse(StrictAnswer):
     """Per-event outcomes: every accepted event was acknowledged by Kafka; every rejected one was
     dead-lettered with its reason."""
 
@@ -86,7 +71,7 @@ class EventSchemaDocument(BaseModel):
     title: str
 
 
-class Health(_Answer):
+class Health(StrictAnswer):
     status: Literal["ok"]
     service: Literal["collector"]
 

@@ -338,9 +338,14 @@ def _slow_post(port: int, path: str, body: bytes) -> httpx.Response:
                 chunk = sock.recv(65536)
             except TimeoutError:
                 if not answer and sent < len(body):
-                    sock.sendall(body[sent : sent + 1])
+                    try:
+                        sock.sendall(body[sent : sent + 1])
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # the server answered and closed meanwhile: read what it sent
                     sent += 1
                 continue
+            except ConnectionResetError:  # closed after a byte it did not read: the answer is in
+                break
             if not chunk:  # the 408 closes the connection
                 break
             answer += chunk
