@@ -32,8 +32,11 @@ Counts are at-least-once, as the DLQ: a batch re-run after a crash counts its re
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import math
+import threading
 import time
 from collections import Counter as _Tally
 from functools import lru_cache
@@ -42,7 +45,9 @@ from wsgiref.simple_server import WSGIServer
 
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = [
     "NAMESPACE",
@@ -123,6 +128,11 @@ class PipelineMetrics:
     """The pipeline process's Prometheus metrics, in a registry of their own (two pipelines in one
     process, as in tests, do not collide; ``serve_metrics`` serves one registry).
 
+    The values live in this object and reach Prometheus through a custom collector, not through
+    prometheus_client's Counter/Gauge/Histogram: importing Feast sets ``PROMETHEUS_MULTIPROC_DIR``
+    (feast/metrics.py), which makes those classes keep their values in per-process files shared
+    by every metric of the same name, whatever its registry.
+
     Args:
         registry: where to register (default: a new ``CollectorRegistry``).
         clock: unix time now (freshness is computed against it at scrape time).
@@ -131,35 +141,16 @@ class PipelineMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time):
         self.registry = registry if registry is not None else CollectorRegistry()
         self._clock = clock
+        self._lock = threading.Lock()  # the scrape thread reads while the batch loop writes
         self._newest_event_s: float | None = None
-        self.records = Counter(
-            "streamrec_pipeline_records", "Records through each stage of the feature pipeline.", ["stage"],
-            registry=self.registry,
-        )
-        self.dead_letters = Counter(
-            "streamrec_pipeline_dead_letters", "Records sent to the dead-letter topic, by reason.", ["reason"],
-            registry=self.registry,
-        )
-        self.batch_seconds = Histogram(
-            "streamrec_pipeline_batch_seconds", "Duration of non-empty micro-batches (read, Beam run, sinks, commit).",
-            buckets=BATCH_SECONDS_BUCKETS, registry=self.registry,
-        )
-        self.batch_failures = Counter(
-            "streamrec_pipeline_batch_failures", "Micro-batches that failed (nothing committed; retried).",
-            registry=self.registry,
-        )
-        self.consumer_lag = Gauge(
-            "streamrec_pipeline_consumer_lag_records", "Records in the events topic not yet committed by the pipeline's group.",
-            registry=self.registry,
-        )
-        self.freshness = Gauge(
-            "streamrec_pipeline_freshness_seconds",
-            "Seconds between now and the newest event time the pipeline has written (NaN before the first batch).",
-            registry=self.registry,
-        )
-        self.freshness.set_function(self._freshness)
-        for stage in STAGES:  # every stage exported from the start: rate() needs the first sample
-            self.records.labels(stage=stage)
+        # Every stage exported from the start: rate() needs the first sample.
+        self._records: dict[str, float] = {stage: 0.0 for stage in STAGES}
+        self._dead_letters: dict[str, float] = {}
+        self._batch_counts = [0] * (len(BATCH_SECONDS_BUCKETS) + 1)  # per bucket, the last one +Inf
+        self._batch_sum = 0.0
+        self._batch_failures = 0.0
+        self._lag = 0.0
+        self.registry.register(_PipelineCollector(self))
 
     def _freshness(self) -> float:
         newest = self._newest_event_s
@@ -180,23 +171,66 @@ class PipelineMetrics:
             lag: the consumer lag after it.
             newest_event_s: the newest event time written so far (the watermark), if any.
         """
-        for name, value in counters.items():
-            if name.startswith(RECORDS_PREFIX):
-                self.records.labels(stage=name.removeprefix(RECORDS_PREFIX)).inc(value)
-            elif name.startswith(DEAD_LETTERS_PREFIX):
-                self.dead_letters.labels(reason=name.removeprefix(DEAD_LETTERS_PREFIX)).inc(value)
-        if seconds is not None:
-            self.batch_seconds.observe(seconds)
-        self.consumer_lag.set(lag)
-        if newest_event_s is not None:
-            self._newest_event_s = newest_event_s
+        with self._lock:
+            for name, value in counters.items():
+                if name.startswith(RECORDS_PREFIX):
+                    stage = name.removeprefix(RECORDS_PREFIX)
+                    self._records[stage] = self._records.get(stage, 0.0) + value
+                elif name.startswith(DEAD_LETTERS_PREFIX):
+                    reason = name.removeprefix(DEAD_LETTERS_PREFIX)
+                    self._dead_letters[reason] = self._dead_letters.get(reason, 0.0) + value
+            if seconds is not None:
+                self._batch_counts[bisect.bisect_left(BATCH_SECONDS_BUCKETS, seconds)] += 1
+                self._batch_sum += seconds
+            self._lag = float(lag)
+            if newest_event_s is not None:
+                self._newest_event_s = newest_event_s
 
     def observe_failure(self) -> None:
-        self.batch_failures.inc()
+        with self._lock:
+            self._batch_failures += 1
+
+    def families(self) -> list[Metric]:
+        """The current values as Prometheus metric families (what a scrape reads)."""
+        with self._lock:
+            records = CounterMetricFamily("streamrec_pipeline_records", "Records through each stage of the feature pipeline.",
+                                          labels=["stage"])
+            for stage, value in self._records.items():
+                records.add_metric([stage], value)
+            dead = CounterMetricFamily("streamrec_pipeline_dead_letters", "Records sent to the dead-letter topic, by reason.",
+                                       labels=["reason"])
+            for reason, value in self._dead_letters.items():
+                dead.add_metric([reason], value)
+            cumulative = list(itertools.accumulate(self._batch_counts))
+            batches = HistogramMetricFamily(
+                "streamrec_pipeline_batch_seconds", "Duration of non-empty micro-batches (read, Beam run, sinks, commit).",
+                buckets=[*zip((str(b) for b in BATCH_SECONDS_BUCKETS), cumulative), ("+Inf", cumulative[-1])],
+                sum_value=self._batch_sum,
+            )
+            failures = CounterMetricFamily("streamrec_pipeline_batch_failures",
+                                           "Micro-batches that failed (nothing committed; retried).", value=self._batch_failures)
+            lag = GaugeMetricFamily("streamrec_pipeline_consumer_lag_records",
+                                    "Records in the events topic not yet committed by the pipeline's group.", value=self._lag)
+        freshness = GaugeMetricFamily(
+            "streamrec_pipeline_freshness_seconds",
+            "Seconds between now and the newest event time the pipeline has written (NaN before the first batch).",
+            value=self._freshness(),
+        )
+        return [records, dead, batches, failures, lag, freshness]
 
     def exposition(self) -> str:
         """The registry in the Prometheus text format (what ``/metrics`` answers)."""
         return generate_latest(self.registry).decode("utf-8")
+
+
+class _PipelineCollector(Collector):
+    """prometheus_client's custom-collector interface over a ``PipelineMetrics``."""
+
+    def __init__(self, metrics: PipelineMetrics):
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics.families()
 
 
 def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> WSGIServer:

@@ -4,6 +4,9 @@ and the Prometheus exposition the micro-batch driver serves (``pipelines.metrics
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import apache_beam as beam
 import httpx
@@ -23,6 +26,8 @@ from pipelines.runner import compute_batch
 from pipelines.state_store import PipelineState
 from pipelines.transforms import DeduplicateEvents, DropLateEvents, EventTimeWatermark, ParseEvents, ParseRecordBatches
 from streamrec.config import Settings
+
+REPO = Path(__file__).resolve().parents[2]
 
 BEAM_ARGS = ["--runner=DirectRunner", "--direct_num_workers=1"]
 WATERMARK = T0 + 10_000.0
@@ -200,3 +205,25 @@ def test_the_streaming_job_reports_its_counts_lag_and_newest_event_as_beam_metri
     lags = {name: value for name, value in gauges.items() if name.startswith("consumer_lag_records_partition_")}
     read = {f"consumer_lag_records_partition_{r.partition}" for r in ranges if r.size}
     assert read <= lags.keys() and all(lags[name] == 0 for name in read)  # read up to the end offsets
+
+
+def test_each_pipeline_metrics_starts_from_zero_even_after_feast_switched_prometheus_to_multiprocess():
+    # Importing Feast before prometheus_client sets PROMETHEUS_MULTIPROC_DIR, and prometheus_client's
+    # own metric classes then share values between the registries of one process (in CI a test's
+    # pipeline started at the totals of every earlier one). A fresh interpreter, Feast first:
+    probe = """
+import feast.metrics
+from prometheus_client import values
+from pipelines.metrics import PipelineMetrics
+assert "MultiProcess" in values.ValueClass.__qualname__, values.ValueClass
+first = PipelineMetrics()
+first.observe_batch({"records_in": 5, "dead_letters_invalid_json": 1}, 0.3, 0, None)
+second = PipelineMetrics()
+text = second.exposition()
+assert 'streamrec_pipeline_records_total{stage="in"} 0.0' in text, text
+assert "invalid_json" not in text and "streamrec_pipeline_batch_seconds_count 0.0" in text, text
+assert 'streamrec_pipeline_batch_seconds_bucket{le="0.5"} 1.0' in first.exposition()
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
