@@ -98,6 +98,7 @@ load-test: $(STAMP)
 lock: $(STAMP)
 	( head -2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | sed "s/^torch==2.13.0+cpu$$/torch==2.13.0/" ) > constraints.txt.new
 	mv constraints.txt.new constraints.txt
+	$(BIN)/python deploy/images/lock.py
 
 clean:
 	-$(BIN)/streamrec down

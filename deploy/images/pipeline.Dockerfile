@@ -13,16 +13,12 @@ FROM flink:${FLINK_VERSION}-java17 AS flink
 
 FROM apache/beam_python3.11_sdk:${BEAM_VERSION} AS beam-base
 
-# 1. wheels: the pipeline extra only (no torch, no Ray, no embedded broker), from the exact lock.
+# 1. wheels: the pipeline extra only (no torch, no Ray, no embedded broker), exactly as
+#    deploy/images/pipeline-requirements.txt lists them (lock versions, sha256-checked).
 FROM beam-base AS wheels
 WORKDIR /build
-COPY pyproject.toml constraints.txt README.md ./
-COPY features features
-COPY pipelines pipelines
-COPY ray_jobs ray_jobs
-COPY serving serving
-COPY streamrec streamrec
-RUN pip wheel --no-cache-dir --wheel-dir wheels -c constraints.txt "setuptools>=77" ".[pipeline]"
+COPY deploy/images/pipeline-requirements.txt ./
+RUN pip download --no-cache-dir --no-deps --only-binary :all: --require-hashes -d wheels -r pipeline-requirements.txt
 
 # 2. runtime: Java 17 for Flink, Flink's distribution and entrypoint, a venv at /opt/streamrec/.venv
 #    that sees the image's apache-beam, run as Flink's non-root user.
@@ -41,11 +37,11 @@ COPY --chown=flink:flink pipelines pipelines
 COPY --chown=flink:flink ray_jobs ray_jobs
 COPY --chown=flink:flink serving serving
 COPY --chown=flink:flink streamrec streamrec
+COPY --chown=flink:flink deploy/images/pipeline-requirements.txt deploy/images/pipeline-requirements.txt
 RUN --mount=type=bind,from=wheels,source=/build/wheels,target=/tmp/wheels \
     python -m venv --system-site-packages /opt/streamrec/.venv \
- && /opt/streamrec/.venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels "setuptools>=77" \
- && /opt/streamrec/.venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels --no-build-isolation \
-        -c constraints.txt -e ".[pipeline]" \
+ && /opt/streamrec/.venv/bin/pip install --no-cache-dir --no-index --find-links /tmp/wheels --no-deps --require-hashes \
+        -r deploy/images/pipeline-requirements.txt \
  && chown -R flink:flink /opt/streamrec
 ENV FLINK_HOME=/opt/flink \
     JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \

