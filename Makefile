@@ -11,7 +11,10 @@ PYTEST_ARGS ?=
 .PHONY: help setup system-deps demo test test-e2e test-slow test-multinode test-all bench-ingest bench-bandit lock up down status clean
 
 help:
-	@echo "make demo | test | test-slow | test-multinode | bench-ingest | bench-bandit | bench-pipeline | bench-lake-bundles | bench-serving | load-test | up | down | status | clean"
+	@echo "run:    make demo | up | down | status"
+	@echo "test:   make test | test-e2e | test-slow | test-multinode | test-all"
+	@echo "bench:  make bench-ingest | bench-bandit | bench-pipeline | bench-lake-bundles | bench-serving | bench-training | bench-quality | load-test"
+	@echo "set-up: make setup | system-deps | lock | clean"
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
