@@ -524,7 +524,9 @@ class LoggingConfig(BaseModel):
     format: Literal["text", "json"] = "text"
     # Levels of single loggers: Kafka's client, Beam and Feast log every connection, bundle and
     # registry refresh at INFO.
-    loggers: dict[str, LogLevel] = {"kafka": "WARNING", "apache_beam": "WARNING", "feast": "WARNING"}
+    loggers: dict[str, LogLevel] = {
+        "kafka": "WARNING", "apache_beam": "WARNING", "feast": "WARNING", "httpx": "WARNING", "httpcore": "WARNING",
+    }
 
 
 class Settings(BaseSettings):
