@@ -8,8 +8,9 @@ private ``redis-server``, it measures in one run:
 1. throughput (events/s) over the real Taobao slice, ``--repeats`` interleaved pairs (each
    pipeline on a fresh consumer group, state and Feast project; the median pair is the result,
    every pair is printed: this VM's speed drifts by ~30% between runs): a raw kafka-python
-   consume of the topic (assign every partition, read to the end offsets, ``json.loads`` each
-   value: the least a consumer must do) against one ``FeaturePipeline.run_once`` end to end (read, Beam run on the
+   consume of the topic in as many processes as the pipeline uses (2, each assigned half the
+   partitions, connected before the timer starts as the pipeline's reader is, read to the end
+   offsets, ``json.loads`` each value: the least a consumer must do) against one ``FeaturePipeline.run_once`` end to end (read, Beam run on the
    in-process FnApiRunner, event lake, Feast offline files and online push, state checkpoint,
    offset commit), the ratio (target >= 0.25x) and the pipeline's time per stage; the pipeline
    is started first (Feast apply, the Beam graph built and the Kafka reader process started:
@@ -98,18 +99,23 @@ def user_feature_refs() -> list[str]:
 # --- 1. throughput ------------------------------------------------------------------------------
 
 
-def raw_consume(settings: Settings) -> tuple[int, float]:
-    """Records read and seconds for a plain consume of the whole topic (consumer start included)."""
+RAW_PROCESSES = 2  # as many as the pipeline uses: its driver (Beam run) and its Kafka reader process
+
+
+def _raw_consume_share(settings: Settings, partitions: list[int], ready: Any, start: Any, results: Any) -> None:
+    """One process of the raw consume: its consumer connected and positioned before the start
+    (as the pipeline's reader is, in ``prepare``), then read to the end offsets, ``json.loads`` each."""
     from kafka import KafkaConsumer, TopicPartition
 
-    started = time.perf_counter()
     consumer = KafkaConsumer(**settings.kafka.client_options(), enable_auto_commit=False, group_id=None)
     topic = settings.kafka.topics.events
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
-    ends = consumer.end_offsets(partitions)
-    remaining = {tp for tp in partitions if ends[tp] > 0}
+    assigned = [TopicPartition(topic, p) for p in partitions]
+    consumer.assign(assigned)
+    consumer.seek_to_beginning(*assigned)
+    ends = consumer.end_offsets(assigned)
+    remaining = {tp for tp in assigned if ends[tp] > 0}
+    ready.put(True)
+    start.wait()
     count = 0
     while remaining:
         for tp, records in consumer.poll(timeout_ms=500, max_records=5000).items():
@@ -118,9 +124,35 @@ def raw_consume(settings: Settings) -> tuple[int, float]:
                 count += 1
             if records and records[-1].offset + 1 >= ends[tp]:
                 remaining.discard(tp)
-    elapsed = time.perf_counter() - started
+    results.put((count, time.monotonic()))  # CLOCK_MONOTONIC: one clock for every process here
     consumer.close()
-    return count, elapsed
+
+
+def raw_consume(settings: Settings) -> tuple[int, float]:
+    """Records read and seconds for a plain consume of the whole topic by ``RAW_PROCESSES``
+    processes, each on its share of the partitions: from the start signal (every consumer connected
+    and positioned, as the pipeline's reader is before its timer) until the last one is done."""
+    import multiprocessing
+
+    from kafka import KafkaConsumer
+
+    probe = KafkaConsumer(**settings.kafka.client_options(), enable_auto_commit=False, group_id=None)
+    partitions = sorted(probe.partitions_for_topic(settings.kafka.topics.events))
+    probe.close()
+    context = multiprocessing.get_context("spawn")
+    ready, results, start = context.Queue(), context.Queue(), context.Event()
+    shares = [partitions[i::RAW_PROCESSES] for i in range(RAW_PROCESSES)]
+    workers = [context.Process(target=_raw_consume_share, args=(settings, share, ready, start, results)) for share in shares]
+    for worker in workers:
+        worker.start()
+    for _ in workers:
+        ready.get(timeout=120)
+    started = time.monotonic()
+    start.set()
+    done = [results.get(timeout=600) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    return sum(count for count, _ in done), max(end for _, end in done) - started
 
 
 def pipeline_batch(pipeline: FeaturePipeline) -> tuple[Any, float, dict[str, float]]:
