@@ -143,6 +143,10 @@ class ValidationContext(BaseModel):
     max_id_chars: int = MAX_ID_CHARS
     max_text_chars: int = MAX_TEXT_CHARS
     max_list_items: int = MAX_LIST_ITEMS
+    # False when the caller knows no string can hold a lone surrogate: only JSON's \\uD800-\\uDFFF
+    # escapes make one (strict UTF-8 decoding refuses encoded surrogates), and a body without them
+    # spares every event the walk over its strings.
+    may_hold_surrogates: bool = True
 
 
 def iso_8601_datetime(value: Any) -> Any:
@@ -436,7 +440,7 @@ def parse_event(payload: Any, context: ValidationContext | None = None) -> Event
     """
     if not isinstance(payload, dict):
         raise EventRejected("not_an_object", f"an event is a JSON object, got {type(payload).__name__}")
-    where = lone_surrogate_at(payload)
+    where = lone_surrogate_at(payload) if context is None or context.may_hold_surrogates else None
     if where is not None:
         # Checked first, anywhere (keys, unknown fields, nested lists): such a string cannot be
         # encoded as UTF-8, so it could reach neither Kafka nor a response, nor be named in one.

@@ -24,6 +24,7 @@ from serving.collector.ingest import (
     body_limits,
     dead_letter,
     decode_body,
+    may_hold_surrogates,
     validate_elements,
 )
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
@@ -210,7 +211,7 @@ class Collector:
             elements, is_batch = decode_body(body, request.headers.get("content-type", ""), self._limits)
         except BodyRejected as exc:
             return await self._reject_body(exc, body, len(body), now)
-        result = validate_elements(elements, is_batch, self._limits, now)
+        result = validate_elements(elements, is_batch, self._limits, now, surrogates_possible=may_hold_surrogates(body))
         records = [
             OutgoingRecord(
                 self._topics.events,

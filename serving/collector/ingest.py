@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -157,10 +158,22 @@ def _check_batch_size(count: int, limits: CollectorLimits) -> None:
         raise BodyRejected(413, "batch_too_large", f"batch holds {count} events; the limit is {limits.max_batch_events}")
 
 
-def validate_elements(elements: list[Any], is_batch: bool, limits: CollectorLimits, now: datetime) -> IngestResult:
-    """Validate each decoded element against the event contract; stamp the receive time."""
+# JSON's escape of a UTF-16 surrogate (\uD800-\uDFFF), the only way a decoded string can hold one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def may_hold_surrogates(body: bytes) -> bool:
+    """Whether decoding ``body`` (strict UTF-8, then JSON) can give a string with a lone surrogate."""
+    return _SURROGATE_ESCAPE.search(body) is not None
+
+
+def validate_elements(elements: list[Any], is_batch: bool, limits: CollectorLimits, now: datetime,
+                      surrogates_possible: bool = True) -> IngestResult:
+    """Validate each decoded element against the event contract; stamp the receive time.
+    ``surrogates_possible`` False (``may_hold_surrogates`` of the body) skips the per-event walk."""
     context = ValidationContext(
         now=now,
+        may_hold_surrogates=surrogates_possible,
         max_future_skew=timedelta(seconds=limits.max_future_skew_s),
         max_id_chars=limits.max_id_chars,
         max_text_chars=limits.max_text_chars,
@@ -178,16 +191,18 @@ def validate_elements(elements: list[Any], is_batch: bool, limits: CollectorLimi
 
 
 def _validate_one(index: int, element: Any, context: ValidationContext, now: datetime) -> Accepted | Rejected:
-    raw = _reserialize(element)
     try:
-        # The client may not set the receive time: drop theirs before validating, stamp ours after.
-        payload = {k: v for k, v in element.items() if k != "received_at"} if isinstance(element, dict) else element
-        event = parse_event(payload, context).model_copy(update={"received_at": now})
+        # The client may not set the receive time: ours replaces theirs before validating (validated
+        # with the event rather than copied in after: a model copy per event cost ~20% of this).
+        payload = {**element, "received_at": now} if isinstance(element, dict) else element
+        event = parse_event(payload, context)
         wire = event_to_json(event)
     except EventRejected as exc:
-        return Rejected(index, exc.reason, exc.detail, raw, exc.errors, *_identity(element))
+        # The element as received goes to the dead-letter topic (serialised only for the rejected).
+        return Rejected(index, exc.reason, exc.detail, _reserialize(element), exc.errors, *_identity(element))
     except UnicodeEncodeError as exc:
-        return Rejected(index, "invalid_unicode", f"a string is not valid Unicode: {exc.reason}", raw, [], *_identity(element))
+        return Rejected(index, "invalid_unicode", f"a string is not valid Unicode: {exc.reason}", _reserialize(element), [],
+                        *_identity(element))
     return Accepted(index, event, wire)
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from support import make_event
-from serving.collector.ingest import BodyRejected, dead_letter, decode_body, validate_elements
+from serving.collector.ingest import BodyRejected, dead_letter, decode_body, may_hold_surrogates, validate_elements
 from streamrec.config import CollectorLimits
 
 LIMITS = CollectorLimits(max_body_bytes=4096, max_batch_events=3)
@@ -136,3 +136,21 @@ def test_a_beacon_body_in_text_plain_is_read_as_json() -> None:
     as_json = decode_body(body, "application/json", LIMITS)
     assert decode_body(body, "text/plain;charset=UTF-8", LIMITS) == as_json
     assert as_json[1] is True and len(as_json[0]) == 2
+
+
+def test_the_surrogate_walk_is_skipped_only_for_bodies_that_cannot_hold_one() -> None:
+    # Only JSON's \uD800-\uDFFF escapes make a lone surrogate (strict UTF-8 refuses encoded ones).
+    assert may_hold_surrogates(b'{"a": "\\ud800"}') and may_hold_surrogates(b'{"a": "\\uDFFF"}')
+    assert may_hold_surrogates(b'{"a": "\\ud83d\\ude00"}')  # a valid pair still gets the walk
+    assert not may_hold_surrogates(b'{"a": "\\u00e9"}') and not may_hold_surrogates("{\"a\": \"é😀\"}".encode())
+    now = datetime.now(timezone.utc)
+    good, bad = make_event(), make_event()
+    body = json.dumps([good, bad]).replace(bad["user_id"], bad["user_id"] + "\\ud800").encode()
+    elements, is_batch = decode_body(body, "application/json", LIMITS)
+    result = validate_elements(elements, is_batch, LIMITS, now, surrogates_possible=may_hold_surrogates(body))
+    assert [a.index for a in result.accepted] == [0]
+    assert [(r.index, r.reason) for r in result.rejected] == [(1, "invalid_unicode")]
+    clean = json.dumps([good]).encode()
+    elements, is_batch = decode_body(clean, "application/json", LIMITS)
+    (accepted,) = validate_elements(elements, is_batch, LIMITS, now, surrogates_possible=may_hold_surrogates(clean)).accepted
+    assert accepted.event.received_at == now  # the server's receive time, validated with the event
