@@ -11,7 +11,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
-__all__ = ["ErrorDetail", "ErrorResponse", "StrictAnswer", "error_response"]
+__all__ = [
+    "RETRY_AFTER_HEADER",
+    "WWW_AUTHENTICATE_HEADER",
+    "ErrorDetail",
+    "ErrorResponse",
+    "StrictAnswer",
+    "documented_response",
+    "error_response",
+]
 
 
 class StrictAnswer(BaseModel):
@@ -36,3 +44,18 @@ def error_response(status: int, reason: str, detail: str, headers: dict[str, str
                    **extra: Any) -> JSONResponse:
     """An error answer in the shared shape (``extra``: fields a subclass of ErrorDetail documents)."""
     return JSONResponse({"error": {"reason": reason, "detail": detail, **extra}}, status_code=status, headers=headers)
+
+
+# OpenAPI header objects of the answers that carry them: every 401 (serving.auth) and every 429/503.
+WWW_AUTHENTICATE_HEADER: dict[str, Any] = {
+    "WWW-Authenticate": {"required": True, "schema": {"type": "string", "const": "Bearer"}},
+}
+RETRY_AFTER_HEADER: dict[str, Any] = {
+    "Retry-After": {"description": "Seconds to wait before retrying.", "required": True, "schema": {"type": "integer"}},
+}
+
+
+def documented_response(model: Any, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One entry of a route's ``responses=``: the body model, what it means, its headers if any."""
+    return {"model": model, "description": description, **({"headers": headers} if headers else {})}
+

@@ -19,7 +19,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from features.events import IsoDatetime, LineItem
-from serving.errors import ErrorResponse, StrictAnswer
+from serving.errors import RETRY_AFTER_HEADER, WWW_AUTHENTICATE_HEADER, ErrorResponse, StrictAnswer, documented_response
 from serving.experiments import ExperimentReport, Guardrail, Variant
 from serving.experiments.definitions import Metric
 from serving.feedback_tokens import FEEDBACK_REASONS
@@ -291,13 +291,11 @@ def path_parameter(name: str, description: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
 
 
-_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "required": True, "schema": {"type": "integer"}}}
-
 _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     400: ("The body is not one JSON object: empty_body, invalid_json, not_an_object, invalid_utf8, invalid_unicode, "
           "json_too_deep, invalid_gzip, incomplete_body.", {}),
     401: ("No or a wrong credential for this endpoint (unauthorized).",
-          {"WWW-Authenticate": {"required": True, "schema": {"type": "string", "const": "Bearer"}}}),
+          WWW_AUTHENTICATE_HEADER),
     # (a replay is the learner's to skip: it is answered 200)
     403: (f"Feedback refused and dead-lettered: {', '.join(r for r in FEEDBACK_REASONS if r != 'feedback_replayed')}.", {}),
     404: ("unknown_experiment.", {}),
@@ -306,8 +304,8 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     415: ("unsupported_content_encoding (send the body as is, or gzip).", {}),
     422: ("Invalid request: invalid_request (a field, an unknown field, neither user_id nor item_id), k_too_large, "
           "list_too_long, repeated_parameter, missing_field, or an event-contract reason (feedback).", {}),
-    429: ("Throttled (too_many_requests): too many failed credentials, or the admin request rate.", _RETRY_AFTER),
-    503: ("broker_unavailable (Kafka did not acknowledge in time) or learner_unavailable: retry.", _RETRY_AFTER),
+    429: ("Throttled (too_many_requests): too many failed credentials, or the admin request rate.", RETRY_AFTER_HEADER),
+    503: ("broker_unavailable (Kafka did not acknowledge in time) or learner_unavailable: retry.", RETRY_AFTER_HEADER),
 }
 
 
@@ -317,6 +315,5 @@ def error_responses(*statuses: int, described: Mapping[int, str] | None = None) 
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         description, headers = _ERRORS[status]
-        out[status] = {"model": ErrorResponse, "description": (described or {}).get(status, description),
-                       **({"headers": headers} if headers else {})}
+        out[status] = documented_response(ErrorResponse, (described or {}).get(status, description), headers)
     return out

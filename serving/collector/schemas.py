@@ -15,7 +15,7 @@ from starlette.responses import FileResponse
 
 from features.events import Event
 from serving.collector.ingest import JSON_CONTENT_TYPES, NDJSON_CONTENT_TYPES
-from serving.errors import ErrorDetail, ErrorResponse, StrictAnswer
+from serving.errors import RETRY_AFTER_HEADER, WWW_AUTHENTICATE_HEADER, ErrorDetail, ErrorResponse, StrictAnswer, documented_response
 from serving.request_body import COMPONENTS, request_body_openapi, schema_components
 from streamrec.config import CollectorLimits
 
@@ -101,33 +101,26 @@ EVENTS_BODY = request_body_openapi(
     "is replaced by the server's.",
 )
 
-_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "required": True,
-                                "schema": {"type": "integer"}}}
 _SERVER_TIMING = {"description": "Time spent for Kafka's acknowledgement (produce) and in the collector (total), ms.",
                   "schema": {"type": "string"}}
 
 _ERRORS: dict[int, tuple[Any, str, dict[str, Any]]] = {
     400: (ErrorResponse, "The body as a whole is unusable (dead-lettered): invalid_utf8, empty_body, invalid_json, "
                          "duplicate_key, not_a_finite_number, json_too_deep, invalid_gzip, incomplete_body.", {}),
-    401: (ErrorResponse, "No or a wrong frontend key (unauthorized).",
-          {"WWW-Authenticate": {"required": True, "schema": {"type": "string", "const": "Bearer"}}}),
+    401: (ErrorResponse, "No or a wrong frontend key (unauthorized).", WWW_AUTHENTICATE_HEADER),
     408: (ErrorResponse, "The body did not arrive in time (body_timeout); the connection is closed.", {}),
     413: (ErrorResponse, "Too large: body_too_large (on the wire or inflated), batch_too_large.", {}),
     415: (ErrorResponse, "unsupported_media_type (Content-Type) or unsupported_content_encoding.", {}),
     422: (IngestResponse | ErrorResponse,
           "Every event was rejected (per-event reasons, as for 200), or the batch held none (empty_batch).",
           {"Server-Timing": _SERVER_TIMING}),
-    503: (BrokerUnavailableResponse, "Kafka did not acknowledge in time (broker_unavailable): retry.", _RETRY_AFTER),
+    503: (BrokerUnavailableResponse, "Kafka did not acknowledge in time (broker_unavailable): retry.", RETRY_AFTER_HEADER),
 }
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` of a route for these error statuses, each with its body model and headers."""
-    return {
-        status: {"model": model, "description": description, **({"headers": headers} if headers else {})}
-        for status in statuses
-        for model, description, headers in [_ERRORS[status]]
-    }
+    return {status: documented_response(*_ERRORS[status]) for status in statuses}
 
 
 EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
