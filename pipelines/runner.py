@@ -485,7 +485,7 @@ class FeaturePipeline:
         self.metrics.observe_batch(
             summary.counters, summary.elapsed_s if summary.ran else None, summary.lag, summary.watermark
         )
-        if summary.ran:
+        if summary.ran and logger.isEnabledFor(logging.DEBUG):  # as_text formats every field: only when it is read
             logger.debug("micro-batch done: %s", summary.as_text(),
                          extra={"records": summary.records, "lag": summary.lag, "elapsed_s": summary.elapsed_s})
         return summary
