@@ -119,6 +119,17 @@ async def read_body(request: Any, limits: BodyLimits) -> bytes:
     return b"".join(chunks)
 
 
+# JSON's escape of a UTF-16 surrogate (\uD800-\uDFFF), the only way a decoded string can hold one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def may_hold_surrogates(body: bytes) -> bool:
+    """Whether decoding ``body`` (strict UTF-8, which refuses encoded surrogates, then JSON) can
+    give a string with a lone surrogate: only when it holds such an escape. A body without one
+    spares the walk over every string (``lone_surrogate_at``)."""
+    return _SURROGATE_ESCAPE.search(body) is not None
+
+
 async def read_json_object(request: Any, limits: BodyLimits) -> dict[str, Any]:
     """The body of a request that must be one JSON object (the recommender's POST endpoints):
     read (``read_body``), inflated (``decode_content_encoding``), its depth checked, then parsed
@@ -144,7 +155,7 @@ async def read_json_object(request: Any, limits: BodyLimits) -> dict[str, Any]:
         raise BodyRejected(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise BodyRejected(400, "not_an_object", "the body must be a JSON object")
-    where = lone_surrogate_at(value)
+    where = lone_surrogate_at(value) if may_hold_surrogates(body) else None
     if where is not None:
         raise BodyRejected(400, "invalid_unicode", f"{where}: a lone UTF-16 surrogate (such as \\ud800) is not a Unicode character")
     return value

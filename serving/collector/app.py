@@ -24,7 +24,6 @@ from serving.collector.ingest import (
     body_limits,
     dead_letter,
     decode_body,
-    may_hold_surrogates,
     validate_elements,
 )
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
@@ -39,7 +38,7 @@ from serving.collector.schemas import (
 )
 from serving.errors import error_response as _error
 from serving.frontend import TRACKER_JS, FrontendCors
-from serving.request_body import add_openapi_components, decode_content_encoding, read_body
+from serving.request_body import add_openapi_components, decode_content_encoding, may_hold_surrogates, read_body
 from streamrec.config import Settings, get_settings
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -158,19 +157,10 @@ def _check_batch_size(count: int, limits: CollectorLimits) -> None:
         raise BodyRejected(413, "batch_too_large", f"batch holds {count} events; the limit is {limits.max_batch_events}")
 
 
-# JSON's escape of a UTF-16 surrogate (\uD800-\uDFFF), the only way a decoded string can hold one.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-def may_hold_surrogates(body: bytes) -> bool:
-    """Whether decoding ``body`` (strict UTF-8, then JSON) can give a string with a lone surrogate."""
-    return _SURROGATE_ESCAPE.search(body) is not None
-
-
 def validate_elements(elements: list[Any], is_batch: bool, limits: CollectorLimits, now: datetime,
                       surrogates_possible: bool = True) -> IngestResult:
     """Validate each decoded element against the event contract; stamp the receive time.
-    ``surrogates_possible`` False (``may_hold_surrogates`` of the body) skips the per-event walk."""
+    ``surrogates_possible`` False (``serving.request_body.may_hold_surrogates`` of the body) skips the per-event walk."""
     context = ValidationContext(
         now=now,
         may_hold_surrogates=surrogates_possible,

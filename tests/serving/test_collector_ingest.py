@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 import pytest
 
 from support import make_event
-from serving.collector.ingest import BodyRejected, dead_letter, decode_body, may_hold_surrogates, validate_elements
+from serving.collector.ingest import BodyRejected, dead_letter, decode_body, validate_elements
+from serving.request_body import may_hold_surrogates
 from streamrec.config import CollectorLimits
 
 LIMITS = CollectorLimits(max_body_bytes=4096, max_batch_events=3)
