@@ -439,6 +439,9 @@ def run_ope(settings: Settings, experiment: dict[str, Any], run_dir: Path, count
         estimate = estimates.get("DR", estimates.get("SNIPS"))
         logged = result["on_policy_value"]
         online_diff = online.get(variant, float("nan")) - online.get(control, float("nan"))
+        if estimate is None:  # SNIPS alone, without support in the control's log
+            lines.append(f"OPE {variant} from the {control} log: undefined (the log never shows what it would choose)")
+            continue
         agrees = (estimate - logged) * online_diff > 0
         counts.record("ope", **{variant: {"estimate": estimate, "estimator": "DR" if "DR" in estimates else "SNIPS",
                                           "control_logged_value": logged, "online_ctr_difference": online_diff,

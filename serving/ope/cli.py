@@ -131,14 +131,20 @@ def _read_log(settings: Any, experiment: str, variants: list[str] | None) -> Any
     return parse_records(records, Rewards(s.click_reward, s.purchase_reward, s.dismiss_reward), experiment, variants)
 
 
+def _finite_or_none(value: float) -> float | None:
+    # An undefined estimate (SNIPS without support) is NaN, which strict JSON cannot carry.
+    return value if np.isfinite(value) else None
+
+
 def result_document(target: TargetSpec, logging_policy: str, result: Any) -> dict[str, Any]:
-    """The JSON document (shape read by ``streamrec report``)."""
+    """The JSON document (shape read by ``streamrec report``); undefined values are null."""
     return {
         "target_policy": target.label,
         "logging_policy": logging_policy,
         "n": result.n,
         "estimates": [
-            {"estimator": ESTIMATOR_LABELS[e.estimator], "value": e.value, "ci_low": e.lower, "ci_high": e.upper}
+            {"estimator": ESTIMATOR_LABELS[e.estimator], "value": _finite_or_none(e.value),
+             "ci_low": _finite_or_none(e.lower), "ci_high": _finite_or_none(e.upper)}
             for e in result.estimates
         ],
         "on_policy_value": result.on_policy.value,

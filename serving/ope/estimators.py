@@ -263,10 +263,14 @@ class SelfNormalizedInverseProbabilityWeighting(OffPolicyEstimator):
         self, data: LoggedFeedback, action_dist: np.ndarray, estimated_rewards: np.ndarray | None = None
     ) -> np.ndarray:
         w = _importance_weights(data, action_dist, None)
+        if not w.any():  # the target never chose a logged action: no support, SNIPS is undefined
+            return np.full(w.size, np.nan)
         return w * data.rewards / w.mean()
 
     def _std_error(self, data: LoggedFeedback, dist: np.ndarray, q: np.ndarray | None, value: float) -> float:
         w = _importance_weights(data, dist, None)
+        if not w.any():
+            return float("nan")
         infl = w * (data.rewards - value)
         return float(infl.std(ddof=1) / (np.sqrt(w.size) * w.mean()))
 

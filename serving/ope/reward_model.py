@@ -14,15 +14,23 @@ class RidgeRewardModel:
     """q_hat(x, a) = [x, 1] . w_a, w_a fitted by ridge on the rounds where a was logged.
 
     An action never logged predicts the mean logged reward (its intercept-only prior).
+    Predictions are clipped to the range of the rewards seen at fit time: a linear model
+    extrapolates without bound outside the logged support (a near-deterministic logger leaves most
+    of the feature space unsupported), and a click rate below 0 or above the largest reward ever
+    observed is an artefact of the fit, not an estimate. DR's and DM's values stay in the reward
+    range that way.
 
     Args:
         n_actions: number of actions.
         ridge: L2 penalty (> 0), not applied to the intercept.
+        clip: clip predictions to [min, max] of the fitted rewards.
     """
 
     n_actions: int
     ridge: float = 1.0
+    clip: bool = True
     weights: np.ndarray | None = field(default=None, init=False)
+    reward_range: tuple[float, float] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.n_actions, bool) or not isinstance(self.n_actions, (int, np.integer)) or self.n_actions < 1:
@@ -54,6 +62,7 @@ class RidgeRewardModel:
                 xa = x[rows]
                 weights[a] = np.linalg.solve(xa.T @ xa + penalty, xa.T @ rewards[rows])
         self.weights = weights
+        self.reward_range = (float(rewards.min()), float(rewards.max()))
         return self
 
     def predict(self, contexts: np.ndarray) -> np.ndarray:
@@ -63,7 +72,10 @@ class RidgeRewardModel:
         x = self._design(contexts)
         if x.shape[1] != self.weights.shape[1]:
             raise ValueError("contexts have a different dimension than at fit time")
-        return x @ self.weights.T
+        predicted = x @ self.weights.T
+        if self.clip and self.reward_range is not None:
+            return np.clip(predicted, *self.reward_range)
+        return predicted
 
     def fit_predict(
         self,
@@ -97,7 +109,7 @@ class RidgeRewardModel:
         out = np.empty((n, self.n_actions))
         for f in range(n_folds):
             test = folds == f
-            model = RidgeRewardModel(self.n_actions, self.ridge).fit(raw[~test], actions[~test], rewards[~test])
+            model = RidgeRewardModel(self.n_actions, self.ridge, self.clip).fit(raw[~test], actions[~test], rewards[~test])
             out[test] = model.predict(raw[test])
         self.fit(raw, actions, rewards)
         return out

@@ -183,6 +183,8 @@ def ope_figure(ope: OpeResult) -> bytes:
     fig = Figure(figsize=(10.0, 0.9 + 0.55 * len(ope.estimates)))
     ax = fig.add_subplot()
     for i, e in enumerate(ope.estimates):
+        if e.value is None or e.ci_low is None or e.ci_high is None:  # undefined: its row stays empty
+            continue
         ax.errorbar(e.value, i, xerr=[[e.value - e.ci_low], [e.ci_high - e.value]], fmt="o",
                     color=f"C{i}", capsize=4)
     ax.set_yticks(range(len(ope.estimates)), [e.estimator for e in ope.estimates])

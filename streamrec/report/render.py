@@ -311,7 +311,7 @@ def _ope_section(data: RunData) -> str:
     if not ope.estimates:
         return _missing(f"Off-policy estimates ({OPE_FILE} has no estimates)")
     rows = [[e.estimator, num(e.value, 4), f"[{num(e.ci_low, 4)}, {num(e.ci_high, 4)}]",
-             num(e.value - ope.on_policy_value, 4) if ope.on_policy_value is not None else "n/a"]
+             num(e.value - ope.on_policy_value, 4) if None not in (e.value, ope.on_policy_value) else "n/a"]
             for e in ope.estimates]
     logged = (f"The logging policy's own value (mean logged reward): {num(ope.on_policy_value, 4)}."
               if ope.on_policy_value is not None else "The logging policy's value was not recorded in this run.")

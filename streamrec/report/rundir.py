@@ -145,9 +145,9 @@ class ExperimentRecord:
 @dataclass(frozen=True)
 class OpeEstimate:
     estimator: str
-    value: float
-    ci_low: float
-    ci_high: float
+    value: float | None  # None: undefined (SNIPS when the target never chose a logged action)
+    ci_low: float | None
+    ci_high: float | None
 
 
 @dataclass(frozen=True)

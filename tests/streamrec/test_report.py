@@ -437,3 +437,15 @@ def test_headless_chromium_renders_the_report(run_dir: Path, page: str, tmp_path
     dom = subprocess.run([*base, "--dump-dom", report.as_uri()], check=True, capture_output=True, text=True,
                          timeout=180).stdout
     assert 'id="verdict"' in dom and "Winner: linucb" in dom
+
+
+def test_an_undefined_ope_estimate_renders_as_not_available(run_dir: Path, tmp_path: Path) -> None:
+    # `streamrec ope` writes null for SNIPS when the target never chose an action the log shows.
+    d = tmp_path / "run"
+    shutil.copytree(run_dir, d)
+    undefined = {**OPE, "estimates": [{"estimator": "SNIPS", "value": None, "ci_low": None, "ci_high": None},
+                                      OPE["estimates"][2]]}
+    (d / "ope.json").write_text(json.dumps(undefined))
+    ope = " ".join(section_text(build_report(d).read_text(), 4).split())
+    assert "SNIPS n/a [n/a, n/a] n/a" in ope
+    assert f"DR {num(0.158, 4)}" in ope and "could not be read" not in ope

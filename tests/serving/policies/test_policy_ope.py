@@ -132,3 +132,25 @@ def test_invalid_estimator_and_model_parameters() -> None:
         RidgeRewardModel(0)
     with pytest.raises(ValueError, match="fit the model"):
         RidgeRewardModel(3).predict(np.zeros((1, 2)))
+
+
+def test_reward_model_stays_in_the_observed_reward_range_outside_the_logged_support() -> None:
+    # Logged contexts span [0, 1] with reward = x; a context at 5 would be predicted near 5 by the
+    # line, far above any reward ever seen (and -4 at -4): clipped to the observed [0, 1].
+    x = np.linspace(0.0, 1.0, 50)[:, None]
+    rewards = x[:, 0].copy()
+    model = RidgeRewardModel(1, ridge=1e-6).fit(x, np.zeros(50, dtype=np.int64), rewards)
+    far = np.array([[5.0], [-4.0], [0.5]])
+    np.testing.assert_allclose(model.predict(far)[:, 0], [1.0, 0.0, 0.5], atol=1e-6)
+    unclipped = RidgeRewardModel(1, ridge=1e-6, clip=False).fit(x, np.zeros(50, dtype=np.int64), rewards)
+    np.testing.assert_allclose(unclipped.predict(far)[:, 0], [5.0, -4.0, 0.5], atol=1e-4)
+
+
+def test_snips_without_any_supported_round_is_undefined_not_a_division_warning() -> None:
+    # A deterministic logger always chose action 0; the target never does: no weight anywhere.
+    log = LoggedFeedback(np.zeros(4, dtype=np.int64), np.array([1.0, 0.0, 1.0, 1.0]), np.ones(4), 3)
+    target = np.tile([0.0, 0.5, 0.5], (4, 1))
+    with np.errstate(all="raise"):
+        estimate = SelfNormalizedInverseProbabilityWeighting().estimate_interval(log, target)
+    assert np.isnan(estimate.value) and np.isnan(estimate.std_error)
+    assert InverseProbabilityWeighting().estimate_interval(log, target).value == 0.0
