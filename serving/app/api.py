@@ -48,7 +48,6 @@ from features.privacy import Tombstone
 from serving.app.args import RecommenderArgs
 from serving.app.decision_log import DecisionLog
 from serving.app.learner import BanditLearner, new_learner_state
-from serving.app.learner_state import CONTEXT_HEADER
 from serving.app.policy_mirror import PolicyMirror
 from serving.app.ranking import BundleCandidates, ItemRanker, ReplicaSources
 from serving.app.schemas import (
@@ -69,7 +68,13 @@ from serving.app.schemas import (
     path_parameter,
     query_parameters,
 )
-from serving.bandit.impressions import CANDIDATES_HEADER, decision_to_impression, encode_candidates
+from serving.bandit.impressions import (
+    CANDIDATES_HEADER,
+    CONTEXT_HEADER,
+    DecisionContext,
+    decision_to_impression,
+    encode_candidates,
+)
 from serving.auth import SCHEME_OF_ROLE, SECURITY_SCHEMES, AuthRejected, Role, gate_from_settings, openapi_security
 from serving.collector.ingest import dead_letter
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
@@ -363,18 +368,18 @@ class RecommenderAPI:
             decision, user_id=user_id, session_id=query.session_id or "unknown", request_id=request_id, ts=now,
             experiment=experiment.name, variant=variant,
         ).model_copy(update={"received_at": now})
-        context = {
-            "e": experiment.name, "v": variant,
+        context = DecisionContext(
+            experiment.name, variant,
             # The decision's features (user; each shown bundle's arm features, ARM_FEATURES order):
             # the learner and OPE replay exactly what was decided.
-            "x": [float(v) for v in cands.context],
-            "a": {ids[i]: [float(v) for v in cands.features[i]] for i in decision.indices},
+            context=cands.context,
+            shown_arms={ids[i]: cands.features[i] for i in decision.indices},
             # The shown bundles' items: a purchase's revenue counts only lines of the bought bundle.
-            "i": {ids[i]: list(cands.bundles[i].items) for i in decision.indices},
-        }
+            shown_items={ids[i]: cands.bundles[i].items for i in decision.indices},
+        )
         headers = (
             ("schema_version", str(SCHEMA_VERSION).encode()), ("type", b"impression"),
-            (CONTEXT_HEADER, json.dumps(context).encode()),
+            (CONTEXT_HEADER, context.encode()),
             (CANDIDATES_HEADER, encode_candidates(ids, cands.features)),  # for `streamrec ope`
         )
         await self._publish(

@@ -31,20 +31,20 @@ import json
 import logging
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from features.privacy import Tombstone
 from serving.bandit import Arm, Arms, BanditPolicy, Decision, make_policy
+from serving.bandit.impressions import CONTEXT_HEADER, DecisionContext
 from serving.experiments import Experiment, RequestOutcome
 from serving.recommend.bundle_features import ARM_FEATURES, USER_FEATURES
 from serving.feedback_tokens import FEEDBACK_REASONS, FeedbackRejected, FeedbackSigner, check_claim
 
 log = logging.getLogger(__name__)
 
-CONTEXT_HEADER = "streamrec-bandit"
 FEEDBACK_TYPES = ("click", "bundle_purchase", "dismiss")
 _POPULARITY_WEIGHT = {"view": 1.0, "favorite": 1.0, "add_to_cart": 2.0, "click": 1.0}
 _PURCHASE_WEIGHT = 4.0
@@ -92,6 +92,34 @@ class Rejection:
     raw: bytes
 
 
+@dataclass
+class ShownContext:
+    """A request's decision context as the learner keeps it, with its bookkeeping.
+
+    Attributes:
+        decision: the decision context of the impression (``CONTEXT_HEADER``).
+        t: log time (ms) the impression was folded in at (its TTL counts from there).
+        claims: feedback already credited to the request (``LearnerState._claim``).
+    """
+
+    decision: DecisionContext
+    t: int
+    claims: list[str] = field(default_factory=list)
+
+    def to_snapshot(self) -> dict[str, Any]:
+        # The header's document with the bookkeeping beside it ("t", "c"), as snapshots always held it.
+        return {**self.decision.to_dict(), "t": self.t, "c": self.claims}
+
+    @classmethod
+    def from_snapshot(cls, doc: Any) -> ShownContext:
+        """ValueError if malformed; reads the version-less header dicts of older snapshots too."""
+        decision = DecisionContext.from_dict(doc)
+        t, claims = doc.get("t"), doc.get("c", [])
+        if type(t) is not int or not isinstance(claims, list) or not all(isinstance(c, str) for c in claims):
+            raise ValueError(f"bookkeeping t={t!r} c={claims!r} is not (int, list of strings)")
+        return cls(decision, t, list(claims))
+
+
 def policy_key(experiment: str, variant: str) -> str:
     return f"{experiment} {variant}"
 
@@ -125,7 +153,7 @@ class LearnerState:
                 self.policies[key] = make_policy(v.policy, user_dim, arm_dim, **v.params)
                 self.fingerprints[key] = _variant_fingerprint(v.policy, v.params, user_dim, arm_dim)
         self.offsets: dict[str, int] = {}
-        self.contexts: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.contexts: OrderedDict[str, ShownContext] = OrderedDict()
         self.pending: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
         self.seen: OrderedDict[str, None] = OrderedDict()
         self.outcomes: OrderedDict[str, list[Any]] = OrderedDict()
@@ -212,20 +240,20 @@ class LearnerState:
 
     def _impression(self, event: dict[str, Any], header: bytes) -> list[str]:
         try:
-            ctx = json.loads(header)
-            key = policy_key(ctx["e"], ctx["v"])
+            decision = DecisionContext.decode(header)
             request_id = event["request_id"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError):
             self.counters["bad_records"] += 1
             return []
+        key = policy_key(decision.experiment, decision.variant)
         self.counters["impressions"] += 1
         self._remember_user(request_id, event.get("user_id"))
-        ctx["t"] = self.log_time_ms
+        ctx = ShownContext(decision, self.log_time_ms)
         self.contexts[request_id] = ctx
         self.contexts.move_to_end(request_id)
         if key in self.variant_counts:
             self.variant_counts[key]["requests"] += 1
-        self.outcomes[request_id] = [ctx["e"], ctx["v"], False, False, 0.0]
+        self.outcomes[request_id] = [decision.experiment, decision.variant, False, False, 0.0]
         while len(self.outcomes) > self.limits.max_outcomes:
             self.outcomes.popitem(last=False)
         self._expire()
@@ -235,21 +263,22 @@ class LearnerState:
             updated += self._attribute(feedback, ctx)
         return updated
 
-    def _expose(self, key: str, ctx: dict[str, Any]) -> list[str]:
+    def _expose(self, key: str, ctx: ShownContext) -> list[str]:
         """Every shown bundle is one observation of its variant's policy, reward 0 until its
         feedback credits it: the policy learns from what was shown and ignored, not from clicks alone."""
         policy = self.policies.get(key)
         if policy is None:
             return []
-        context = np.asarray(ctx["x"], dtype=np.float64)
+        shown = ctx.decision.shown_arms
+        context = np.asarray(ctx.decision.context, dtype=np.float64)
         try:
-            for bundle_id, vector in ctx.get("a", {}).items():
+            for bundle_id, vector in shown.items():
                 policy.expose(Arm(bundle_id, np.asarray(vector, dtype=np.float64)), context)
         except ValueError:  # a context of other dimensions (logged before a feature change): not learnable
             self.counters["bad_records"] += 1
             return []
         counts = self.variant_counts[key]
-        counts["exposures"] = counts.get("exposures", 0) + len(ctx.get("a", {}))  # absent in older snapshots
+        counts["exposures"] = counts.get("exposures", 0) + len(shown)  # absent in older snapshots
         return [key]
 
     def _reject(self, exc: FeedbackRejected, event: dict[str, Any], raw: bytes) -> list[str]:
@@ -294,20 +323,19 @@ class LearnerState:
             return []
         return self._attribute(event, ctx)
 
-    def _claim(self, event: dict[str, Any], ctx: dict[str, Any]) -> bool:
+    def _claim(self, event: dict[str, Any], ctx: ShownContext) -> bool:
         """First of its kind for the request (one click and one dismissal per shown bundle, one
-        purchase)? The claims live in the decision context, so snapshots keep them."""
+        purchase)? The claims live beside the decision context, so snapshots keep them."""
         kind = event["type"]
         claim = "bundle_purchase" if kind == "bundle_purchase" else f"{kind}:{event['bundle_id']}"
-        claimed = ctx.setdefault("c", [])
-        if claim in claimed:
+        if claim in ctx.claims:
             return False
-        claimed.append(claim)
+        ctx.claims.append(claim)
         return True
 
-    def _revenue(self, event: dict[str, Any], ctx: dict[str, Any]) -> float:
+    def _revenue(self, event: dict[str, Any], ctx: ShownContext) -> float:
         """Lines of the bought bundle's items only, quantity and unit price bounded."""
-        bundle_items = set(ctx.get("i", {}).get(event["bundle_id"], ()))
+        bundle_items = set(ctx.decision.shown_items.get(event["bundle_id"], ()))
         bounds = self.attribution
         assert bounds is not None  # feedback reaches here only once its token verified
         total = 0.0
@@ -322,10 +350,10 @@ class LearnerState:
             total += price * quantity if math.isfinite(price) else 0.0
         return total
 
-    def _attribute(self, event: dict[str, Any], ctx: dict[str, Any]) -> list[str]:
-        key = policy_key(ctx["e"], ctx["v"])
+    def _attribute(self, event: dict[str, Any], ctx: ShownContext) -> list[str]:
+        key = policy_key(ctx.decision.experiment, ctx.decision.variant)
         policy = self.policies.get(key)
-        embedding = ctx.get("a", {}).get(event["bundle_id"])
+        embedding = ctx.decision.shown_arms.get(event["bundle_id"])
         if policy is None or embedding is None:
             # A variant no longer configured, or a bundle that was not shown in that request.
             self.counters["feedback_unattributed"] += 1
@@ -337,7 +365,8 @@ class LearnerState:
         kind = event["type"]
         reward = self.rewards.of(kind)
         try:
-            policy.credit(Arm(event["bundle_id"], np.asarray(embedding, dtype=np.float64)), np.asarray(ctx["x"]), reward)
+            policy.credit(Arm(event["bundle_id"], np.asarray(embedding, dtype=np.float64)),
+                          np.asarray(ctx.decision.context, dtype=np.float64), reward)
         except ValueError:  # a context of other dimensions (logged before a feature change)
             self.counters["feedback_unattributed"] += 1
             return []
@@ -363,7 +392,7 @@ class LearnerState:
         horizon = self.log_time_ms - self.limits.context_ttl_s * 1000
         while self.contexts:
             request_id, ctx = next(iter(self.contexts.items()))
-            if ctx["t"] >= horizon and len(self.contexts) <= self.limits.max_contexts:
+            if ctx.t >= horizon and len(self.contexts) <= self.limits.max_contexts:
                 break
             self.contexts.popitem(last=False)
             self.counters["contexts_expired"] += 1
@@ -485,7 +514,7 @@ class LearnerState:
         meta = {
             "version": SNAPSHOT_VERSION,
             "offsets": self.offsets,
-            "contexts": list(self.contexts.items()),
+            "contexts": [(r, ctx.to_snapshot()) for r, ctx in self.contexts.items()],
             "pending": list(self.pending.items()),
             "seen": list(self.seen),
             "outcomes": list(self.outcomes.items()),
@@ -526,7 +555,12 @@ class LearnerState:
             else:
                 fresh.append(key)
         self.offsets = {k: int(v) for k, v in meta["offsets"].items()}
-        self.contexts = OrderedDict((k, v) for k, v in meta["contexts"])
+        self.contexts = OrderedDict()
+        for request_id, doc in meta["contexts"]:
+            try:
+                self.contexts[request_id] = ShownContext.from_snapshot(doc)
+            except ValueError as exc:  # e.g. a non-finite feature an older learner took in: not creditable
+                log.warning("snapshot context of request %s dropped: %s", request_id, exc)
         self.pending = OrderedDict((k, v) for k, v in meta["pending"])
         self.seen = OrderedDict((k, None) for k in meta["seen"])
         self.outcomes = OrderedDict((k, v) for k, v in meta["outcomes"])

@@ -1,19 +1,35 @@
-"""Turn a decision into the impression event of the contract (arm + propensity per slot)."""
+"""Turn a decision into the impression event of the contract (arm + propensity per slot), and the
+Kafka headers logged with it: the decision context and the candidate set."""
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from numbers import Real
+from typing import Any
 
 import numpy as np
 
 from features.events import ImpressionEvent, ShownSlot, Surface
 from serving.bandit.base import Decision
 
-__all__ = ["CANDIDATES_HEADER", "decision_to_impression", "decode_candidates", "encode_candidates"]
+__all__ = [
+    "CANDIDATES_HEADER",
+    "CONTEXT_HEADER",
+    "DecisionContext",
+    "decision_to_impression",
+    "decode_candidates",
+    "encode_candidates",
+]
+
+# Kafka header of an impression record with the bandit's decision context (``DecisionContext``):
+# the learner credits feedback with exactly the features the decision was made on, OPE replays them.
+CONTEXT_HEADER = "streamrec-bandit"
 
 # Kafka header of an impression record with every candidate the policy chose from (ids and arm
 # embeddings): off-policy evaluation replays another policy over the same candidate set. The bandit
@@ -92,3 +108,129 @@ def decode_candidates(header: bytes) -> tuple[tuple[str, ...], np.ndarray]:
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"malformed {CANDIDATES_HEADER} header: {exc}") from None
     return ids, matrix
+
+
+# -- the decision context header -------------------------------------------------------------------
+
+# Why the one-letter keys plus "ver" and not readable names: the header is written with every
+# /v1/bundles response (the arms' features make up most of it, the key names little), and a reader
+# of the version-less v1 dicts (a learner or `streamrec ope` not yet upgraded, the learner's own
+# snapshots) reads a v2 header as it is, since v2 is v1 with its version stated and every key required.
+DECISION_CONTEXT_VERSION = 2
+# Keys each version must have. v1 (no "ver"): the headers written before this codec; the oldest lack
+# "i" (the shown bundles' items), and readers always took a missing "a" as no arms shown.
+_REQUIRED_KEYS = {1: ("e", "v", "x"), 2: ("e", "v", "x", "a", "i")}
+
+
+def _floats(values: Any, what: str) -> tuple[float, ...]:
+    """``values`` as a tuple of finite floats; ValueError naming ``what`` otherwise."""
+    if isinstance(values, np.ndarray):  # as served; tolist() widens float32 exactly, like float()
+        if values.ndim != 1 or values.dtype.kind not in "fiu":
+            raise ValueError(f"{what} must be a vector of numbers, got a {values.dtype} array of shape {values.shape}")
+        values = values.tolist()
+    elif isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise ValueError(f"{what} must be a list of numbers, got {type(values).__name__}")
+    out = []
+    for value in values:
+        if type(value) is not float:  # the common case skips the (slow) abstract type checks
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise ValueError(f"{what} must hold numbers, got {type(value).__name__} {value!r}")
+            value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{what} must be finite, got {value}")
+        out.append(value)
+    return tuple(out)
+
+
+def _strings(values: Any, what: str) -> tuple[str, ...]:
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise ValueError(f"{what} must be a list of strings, got {type(values).__name__}")
+    out = tuple(values)
+    for value in out:
+        if not isinstance(value, str):
+            raise ValueError(f"{what} must hold strings, got {type(value).__name__} {value!r}")
+    return out
+
+
+def _per_bundle(mapping: Any, what: str) -> dict[str, Any]:
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"{what} must map bundle ids to lists, got {type(mapping).__name__}")
+    for key in mapping:
+        if not isinstance(key, str):
+            raise ValueError(f"{what} keys must be bundle ids (strings), got {type(key).__name__} {key!r}")
+    return dict(mapping)
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name}")
+
+
+@dataclass(frozen=True)
+class DecisionContext:
+    """What a bandit decision was made on, logged in the ``CONTEXT_HEADER`` of its impression.
+
+    Built from numpy arrays or lists alike: the numbers become tuples of finite floats (ValueError
+    on anything else), so a record compares by value. ``shown_arms`` and ``shown_items`` keep the
+    slot order of the shown bundles.
+
+    Attributes:
+        experiment: the experiment the request was in.
+        variant: the user's variant (its policy decided).
+        context: the user's context features (``USER_FEATURES`` order when served).
+        shown_arms: bundle id -> its arm features (``ARM_FEATURES`` order), for each shown bundle.
+        shown_items: bundle id -> its items, for each shown bundle (a purchase's revenue counts only
+            the bought bundle's items); empty in v1 headers written before it was logged.
+    """
+
+    experiment: str
+    variant: str
+    context: tuple[float, ...]
+    shown_arms: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    shown_items: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, key in (("experiment", "e"), ("variant", "v")):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} ({key!r}) must be a string, got {type(getattr(self, name)).__name__}")
+        arms = _per_bundle(self.shown_arms, 'shown_arms ("a")')
+        items = _per_bundle(self.shown_items, 'shown_items ("i")')
+        object.__setattr__(self, "context", _floats(self.context, "context (\"x\")"))
+        object.__setattr__(self, "shown_arms", {b: _floats(v, f"shown_arms (\"a\") of {b!r}") for b, v in arms.items()})
+        object.__setattr__(self, "shown_items", {b: _strings(v, f"shown_items (\"i\") of {b!r}") for b, v in items.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of the current version (also what the learner snapshots, beside its bookkeeping)."""
+        return {
+            "ver": DECISION_CONTEXT_VERSION, "e": self.experiment, "v": self.variant, "x": list(self.context),
+            "a": {b: list(v) for b, v in self.shown_arms.items()},
+            "i": {b: list(v) for b, v in self.shown_items.items()},
+        }
+
+    def encode(self) -> bytes:
+        """The header bytes: compact JSON; floats are written exactly (shortest round-trip repr)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> DecisionContext:
+        """A record from its JSON document, v2 or version-less v1; keys it does not know are ignored
+        (the learner's snapshots keep their bookkeeping beside them). ValueError if malformed."""
+        if not isinstance(doc, dict):
+            raise ValueError(f"must be a JSON object, got {type(doc).__name__}")
+        version = doc.get("ver", 1)
+        if type(version) is not int or version not in _REQUIRED_KEYS:
+            raise ValueError(f"unsupported version {version!r} (readable: {sorted(_REQUIRED_KEYS)})")
+        missing = [k for k in _REQUIRED_KEYS[version] if k not in doc]
+        if missing:
+            raise ValueError(f"missing key(s) {', '.join(repr(k) for k in missing)} (a v{version} context has "
+                             f"{', '.join(repr(k) for k in _REQUIRED_KEYS[version])})")
+        return cls(experiment=doc["e"], variant=doc["v"], context=doc["x"], shown_arms=doc.get("a", {}),
+                   shown_items=doc.get("i", {}))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> DecisionContext:
+        """Inverse of :meth:`encode`; also reads the version-less v1 headers. ValueError if malformed
+        (not JSON, not an object, a key missing, a wrong type, a non-finite number)."""
+        try:
+            return cls.from_dict(json.loads(raw, parse_constant=_reject_constant))
+        except (ValueError, TypeError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise ValueError(f"malformed {CONTEXT_HEADER} header: {exc}") from None

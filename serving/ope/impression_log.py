@@ -3,11 +3,11 @@ evaluation.
 
 An impression record of ``/v1/bundles`` (``serving/app/api.py``) carries, besides the contract
 event (shown slots with their propensities, policy, experiment, variant), two Kafka headers: the
-decision context (user context ``x`` and the shown arms' embeddings, which the bandit learner
-reads) and the whole candidate set (ids and embeddings) the policy chose from. Feedback is
-attributed by ``request_id`` and ``bundle_id`` the way the learner does it
-(``serving/app/learner_state.py``): clicks and bundle purchases on the ``events`` topic,
-dismissals on the serving feedback topic, de-duplicated by ``event_id``.
+decision context (``serving.bandit.impressions.DecisionContext``: the user context and the shown
+arms' embeddings, which the bandit learner reads) and the whole candidate set (ids and embeddings)
+the policy chose from. Feedback is attributed by ``request_id`` and ``bundle_id`` the way the
+learner does it (``serving/app/learner_state.py``): clicks and bundle purchases on the ``events``
+topic, dismissals on the serving feedback topic, de-duplicated by ``event_id``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from serving.app.learner_state import CONTEXT_HEADER, FEEDBACK_TYPES, Rewards
-from serving.bandit.impressions import CANDIDATES_HEADER, decode_candidates
+from serving.app.learner_state import FEEDBACK_TYPES, Rewards
+from serving.bandit.impressions import CANDIDATES_HEADER, CONTEXT_HEADER, DecisionContext, decode_candidates
 
 __all__ = ["ImpressionLog", "LoggedDecision", "LoggedFeedbackEvent", "parse_records"]
 
@@ -105,16 +105,16 @@ def _decision(record: KafkaRecord, event: dict[str, Any]) -> LoggedDecision | st
     if CANDIDATES_HEADER not in headers:
         return "impression without its candidate set (logged before candidates were recorded)"
     try:
-        ctx = json.loads(headers[CONTEXT_HEADER])
+        ctx = DecisionContext.decode(headers[CONTEXT_HEADER])
         ids, embeddings = decode_candidates(headers[CANDIDATES_HEADER])
         slots = sorted(event["slots"], key=lambda s: s["position"])
         shown = tuple(str(s["id"]) for s in slots)
         propensities = tuple(float(s["propensity"]) for s in slots)
         decision = LoggedDecision(
-            request_id=str(event["request_id"]), experiment=str(ctx["e"]), variant=str(ctx["v"]),
-            policy=str(event.get("policy") or "unknown"), context=np.asarray(ctx["x"], dtype=np.float64),
+            request_id=str(event["request_id"]), experiment=ctx.experiment, variant=ctx.variant,
+            policy=str(event.get("policy") or "unknown"), context=np.asarray(ctx.context, dtype=np.float64),
             candidate_ids=ids, candidate_embeddings=embeddings, shown=shown, propensities=propensities,
-            shown_embeddings={k: np.asarray(v, dtype=np.float64) for k, v in ctx["a"].items()},
+            shown_embeddings={k: np.asarray(v, dtype=np.float64) for k, v in ctx.shown_arms.items()},
             order=_order(record, 0),
         )
     except (ValueError, KeyError, TypeError) as exc:

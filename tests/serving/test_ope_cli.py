@@ -21,9 +21,14 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from features.events import event_to_json, parse_event
-from serving.app.learner_state import CONTEXT_HEADER
 from serving.bandit import Arms, make_policy
-from serving.bandit.impressions import CANDIDATES_HEADER, decision_to_impression, decode_candidates, encode_candidates
+from serving.bandit.impressions import (
+    CANDIDATES_HEADER,
+    CONTEXT_HEADER,
+    decision_to_impression,
+    decode_candidates,
+    encode_candidates,
+)
 from serving.ope.policy_replay import slot_probabilities
 from streamrec.cli import build_parser
 from streamrec.topics import ensure_topics

@@ -8,7 +8,8 @@ import uuid
 
 import numpy as np
 
-from serving.app.learner_state import CONTEXT_HEADER, Attribution, LearnerState
+from serving.app.learner_state import Attribution, LearnerState
+from serving.bandit.impressions import CONTEXT_HEADER
 from serving.experiments import Experiment
 from serving.feedback_tokens import FeedbackClaim, FeedbackSigner
 from serving.recommend.bundle_features import ARM_DIM, ARM_FEATURES, USER_DIM

@@ -7,7 +7,8 @@ import json
 import uuid
 
 from features.privacy import Tombstone
-from serving.app.learner_state import CONTEXT_HEADER, Attribution, LearnerState
+from serving.app.learner_state import Attribution, LearnerState
+from serving.bandit.impressions import CONTEXT_HEADER
 from serving.experiments import Experiment
 from serving.feedback_tokens import FeedbackClaim, FeedbackSigner
 

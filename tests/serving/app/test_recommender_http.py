@@ -10,7 +10,7 @@ import uuid
 import pytest
 from recommender_support import CATALOGUE, EVERY_REPLICA, learner_stats, recommender, wait_for  # noqa: F401 (fixture)
 
-from serving.app.learner_state import CONTEXT_HEADER
+from serving.bandit.impressions import CONTEXT_HEADER
 from support import ADMIN, READER
 from streamrec.topics import read_topic, topic_end_offsets
 
