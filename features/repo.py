@@ -6,7 +6,7 @@ Production (``deploy/production/feast/``): Redis online store, selected by
 ``feast.online_store: redis`` only.
 
 Example:
-    >>> from streamrec.config import get_settings
+    >>> from streamrec.runtime.config import get_settings
     >>> from features.repo import apply_feature_repo
     >>> store = apply_feature_repo(get_settings())  # doctest: +SKIP
 """

@@ -6,7 +6,7 @@
     streamrec pipeline training-set --entities FILE --out FILE [--service ranking_v1]
     streamrec features apply
 
-Every command takes the settings (``streamrec.config``) and returns an exit code. Until it is wired
+Every command takes the settings (``streamrec.runtime.config``) and returns an exit code. Until it is wired
 into ``streamrec``, ``python -m pipelines.cli ...`` runs the same commands.
 """
 
@@ -196,8 +196,8 @@ def register(subparsers: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streamrec.config import get_settings
-    from streamrec.logging_config import configure_logging
+    from streamrec.runtime.config import get_settings
+    from streamrec.runtime.logging_config import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m pipelines.cli")
     register(parser.add_subparsers(dest="command", required=True))

@@ -7,7 +7,6 @@ named by the batch, is atomic and idempotent: a re-run of the same batch replace
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,6 +18,7 @@ from feast.value_type import ValueType
 from features.repo import arrow_schema, offline_dir
 from features.sources import TIMESTAMP_FIELD
 from features.views import ALL_FEATURE_VIEWS, JOIN_KEY_OF_VIEW
+from streamrec.runtime.files import atomic_path
 
 # Value types of the views' columns -> the Value proto field (and, for scalars, the cast Feast
 # applies; lists go in as they are: the rows hold plain Python values).
@@ -71,9 +71,8 @@ def write_offline(settings: Any, view_name: str, frame: pd.DataFrame, batch_tag:
     for old in folder.glob(f"asof-*-{batch_tag}.parquet"):
         old.unlink()  # a re-run of the batch (after a crash) may have a later as-of time
     target = folder / offline_file_name(as_of_s, batch_tag)
-    tmp = folder / f".{batch_tag}.tmp{os.getpid()}"
-    pq.write_table(table, tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp)
 
 
 def push_online(store: Any, view_name: str, frame: pd.DataFrame) -> None:

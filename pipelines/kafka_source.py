@@ -2,7 +2,7 @@
 
 Bounded mode: ``plan_offset_ranges`` fixes, per partition, ``[start, stop)`` where start is the
 consumer group's committed offset (or given offsets, or the beginning) and stop the end offset
-(high watermark, through ``streamrec.topics.end_offsets``) seen when the batch is planned;
+(high watermark, through ``streamrec.runtime.kafka.end_offsets``) seen when the batch is planned;
 ``ReadKafkaOffsetRanges`` reads exactly those records. ``commit_offsets`` stores the stops under
 the group *after* every sink of the batch succeeded (``assign`` + ``commit``: no group join).
 
@@ -36,7 +36,7 @@ from pipelines.kafka_reader import consumer as _consumer
 from pipelines.kafka_reader import take_polled as _take_polled
 from pipelines.metrics import set_consumer_lag
 from pipelines.records import KafkaRecord
-from streamrec.topics import end_offsets
+from streamrec.runtime.kafka import committed_offsets, end_offsets, wait_for_partitions
 
 __all__ = [
     "KafkaOffsetRange",
@@ -50,32 +50,12 @@ __all__ = [
 ]
 
 
-def _partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
-    deadline = time.monotonic() + 10
-    while True:
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return [TopicPartition(topic, p) for p in sorted(parts)]
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"topic {topic!r} has no partitions (does it exist?)")
-        time.sleep(0.2)
-
-
 def beginning_offsets(kafka_config: Any, topic: str) -> dict[int, int]:
     """Partition -> the first offset the topic still holds."""
     consumer = _consumer(kafka_config.client_options())
     try:
-        partitions = _partitions(consumer, topic)
+        partitions = wait_for_partitions(consumer, topic)
         return {tp.partition: offset for tp, offset in consumer.beginning_offsets(partitions).items()}
-    finally:
-        consumer.close()
-
-
-def committed_offsets(kafka_config: Any, topic: str, group_id: str) -> dict[int, int | None]:
-    """Partition -> the group's committed offset (None where nothing was committed)."""
-    consumer = _consumer(kafka_config.client_options(), group_id)
-    try:
-        return {tp.partition: consumer.committed(tp) for tp in _partitions(consumer, topic)}
     finally:
         consumer.close()
 
@@ -90,7 +70,7 @@ def plan_offset_ranges(
     """The next bounded batch: per partition from the committed (or given) offset to the end now.
 
     Args:
-        kafka_config: ``streamrec.config.KafkaConfig``.
+        kafka_config: ``streamrec.runtime.config.KafkaConfig``.
         topic: the events topic.
         group_id: the consumer group whose committed offsets say what was processed.
         start_offsets: partition -> offset, overriding the committed ones.
@@ -101,7 +81,7 @@ def plan_offset_ranges(
     """
     consumer = _consumer(kafka_config.client_options(), group_id)
     try:
-        partitions = _partitions(consumer, topic)
+        partitions = wait_for_partitions(consumer, topic)
         ends = end_offsets(consumer, partitions)
         beginnings = consumer.beginning_offsets(partitions)
         ranges = []

@@ -24,19 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.events import event_to_json
+from features.lake import LAKE_SCHEMA
 
-LAKE_SCHEMA = pa.schema(
-    [
-        pa.field("event_id", pa.string()),
-        pa.field("type", pa.string()),
-        pa.field("user_id", pa.string()),
-        pa.field("session_id", pa.string()),
-        pa.field("ts", pa.timestamp("us", tz="UTC")),
-        pa.field("kafka_partition", pa.int32()),
-        pa.field("kafka_offset", pa.int64()),
-        pa.field("event_json", pa.string()),
-    ]
-)
 _FILE = re.compile(r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<start>\d{20})-(?P<stop>\d{20})\.parquet$")
 
 

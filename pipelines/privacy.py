@@ -13,7 +13,7 @@ What is removed, per store (``purge_users``):
 * pipeline state (``pipelines.state_store``): the user's feature state, the sessions and requests
   only the user's events created, and the user's event ids in the de-duplication memory;
 * model registry: the user's rows of the ``user`` embeddings of each registered model's latest
-  version (``ray_jobs.registry.privacy``), so serving returns no personalised results for them.
+  version (``features.registry.privacy``), so serving returns no personalised results for them.
 
 What is kept: item-level aggregates (item counts, co-occurrence, bundle and experiment-variant
 counters) carry no user id. Windowed counts lose the user's events within the long window as the
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,9 +44,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features.privacy import Tombstone
-from pipelines.lake import LAKE_SCHEMA
+from features.lake import LAKE_SCHEMA
 from pipelines.records import KafkaRecord
 from pipelines.state_store import load_state, save_state, state_path
+from streamrec.runtime.files import atomic_path, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def publish_tombstone(settings: Any, tombstone: Tombstone) -> tuple[int, int]:
 
 def read_tombstones(settings: Any, start: dict[int, int] | None = None) -> tuple[list[Tombstone], dict[int, int]]:
     """Tombstones from ``start`` (partition -> offset) to the end now, and the offsets after them."""
-    from streamrec.topics import read_topic
+    from streamrec.runtime.kafka import read_topic
 
     offsets = dict(start or {})
     tombstones: list[Tombstone] = []
@@ -145,17 +145,7 @@ def load_ledger(path: Path) -> PrivacyLedger:
 
 
 def save_ledger(path: Path, ledger: PrivacyLedger) -> None:
-    _replace_file(path, json.dumps(asdict(ledger), sort_keys=True).encode())
-
-
-def _replace_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(asdict(ledger), sort_keys=True))
 
 
 # -- filtering the pipeline's input ----------------------------------------------------------
@@ -192,10 +182,8 @@ def _user_mask(table: pa.Table, column: str, users: set[str]) -> pa.ChunkedArray
 
 def _rewrite_without(path: Path, table: pa.Table, mask: pa.ChunkedArray) -> None:
     """Replace ``path`` by ``table`` without the masked rows (same schema), atomically."""
-    # Dot-prefixed: the lake's glob and Feast's dataset reader both skip it while it is written.
-    tmp = path.with_name(f".{path.name}.purge{os.getpid()}")
-    pq.write_table(table.filter(pc.invert(mask)), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table.filter(pc.invert(mask)), tmp)
 
 
 def purge_lake(root: Path, users: set[str]) -> LakePurge:
@@ -329,7 +317,7 @@ def purge_registry(settings: Any, users: set[str]) -> dict[str, str]:
     root = Path(settings.serving.registry_root or settings.data.state_dir / "registry")
     if "://" not in str(root) and not root.is_dir():
         return {}
-    from ray_jobs.registry.privacy import drop_user_rows
+    from features.registry.privacy import drop_user_rows
 
     changed: dict[str, str] = {}
     for model_dir in sorted(p for p in root.iterdir() if (p / "LATEST").is_file()):

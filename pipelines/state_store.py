@@ -8,11 +8,12 @@ nothing is counted twice and nothing is lost.
 
 from __future__ import annotations
 
-import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from streamrec.runtime.files import atomic_path
 
 STATE_VERSION = 1
 FAMILIES = ("seen", "users", "items", "sessions", "cooccurrence", "bundles", "requests", "variants")
@@ -56,10 +57,5 @@ def load_state(path: Path) -> PipelineState:
 
 def save_state(path: Path, state: PipelineState) -> None:
     """Replace the saved state atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         pickle.dump(state, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

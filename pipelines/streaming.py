@@ -477,7 +477,7 @@ def run_streaming(settings: Any, extra_beam_args: list[str] | None = None, stop_
     """Submit the job (from the topic's beginning offsets) and wait for it; returns the result.
 
     Args:
-        settings: ``streamrec.config.Settings``; ``pipeline.beam_args`` name the runner.
+        settings: ``streamrec.runtime.config.Settings``; ``pipeline.beam_args`` name the runner.
         extra_beam_args: more Beam options (they win over ``beam_args``).
         stop_offsets: partition -> offset to stop at (a bounded run: tests); None runs forever.
     """
@@ -497,8 +497,8 @@ def run_streaming(settings: Any, extra_beam_args: list[str] | None = None, stop_
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pipelines.streaming [Beam options]``: settings from ``STREAMREC_*`` / ``STREAMREC_CONFIG``."""
-    from streamrec.config import get_settings
-    from streamrec.logging_config import configure_logging
+    from streamrec.runtime.config import get_settings
+    from streamrec.runtime.logging_config import configure_logging
 
     settings = get_settings()
     configure_logging(settings.logging)

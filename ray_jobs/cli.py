@@ -96,7 +96,7 @@ def resolve_ray_address(settings: Any, private: bool = False) -> str | None:
         return None
     if settings.ray.address:
         return settings.ray.address
-    from streamrec.local_stack import ray_head_running
+    from streamrec.runtime.ray_access import ray_head_running
 
     if ray_head_running(settings):
         return f"{settings.ray.host}:{settings.ray.head_port}"
@@ -136,7 +136,7 @@ def cmd_train(args: argparse.Namespace, settings: Any) -> int:
     if address and not settings.ray.address:
         # The embedded head: its token and, on loopback, Ray's single-machine mode for this driver.
         # Before Ray is imported (below): Ray reads the single-machine switch once, at import.
-        from streamrec.local_stack import ray_client_env
+        from streamrec.runtime.ray_access import ray_client_env
 
         os.environ.update(ray_client_env(settings))
     from ray_jobs import train as launcher

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from streamrec.config import RetrainConfig, RetrainJob, Settings
+from streamrec.runtime.config import RetrainConfig, RetrainJob, Settings
+from streamrec.runtime.files import write_atomically
 
 __all__ = ["RetrainDecision", "RetrainRecord", "lake_position", "retrain_due", "run_retrain", "submit_jobs"]
 
@@ -67,7 +68,7 @@ def retrain_due(new_events: int, age_s: float, config: RetrainConfig, force: boo
 
 def lake_position(settings: Settings) -> int:
     """Events the feature pipeline has committed (written to Feast and the lake), all partitions."""
-    from pipelines.kafka_source import committed_offsets
+    from streamrec.runtime.kafka import committed_offsets
 
     committed = committed_offsets(settings.kafka, settings.kafka.topics.events, settings.pipeline.group_id)
     return sum(offset or 0 for offset in committed.values())
@@ -86,11 +87,7 @@ def last_record(settings: Settings) -> RetrainRecord | None:
 
 
 def save_record(settings: Settings, record: RetrainRecord) -> None:
-    path = _record_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(record), indent=2))
-    tmp.replace(path)  # atomic: a crash never leaves half a record
+    write_atomically(_record_path(settings), json.dumps(asdict(record), indent=2))
 
 
 def _entrypoint(job: RetrainJob, epochs: int | None) -> str:
@@ -106,7 +103,7 @@ def _job_client(settings: Settings) -> Any:
     (RAY_AUTH_MODE / RAY_AUTH_TOKEN in the environment)."""
     from ray.job_submission import JobSubmissionClient
 
-    from streamrec.local_stack import dashboard_url, ray_auth_headers
+    from streamrec.runtime.ray_access import dashboard_url, ray_auth_headers
 
     if settings.retrain.jobs_address:
         return JobSubmissionClient(settings.retrain.jobs_address)

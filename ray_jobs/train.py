@@ -135,8 +135,8 @@ def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streamrec.config import get_settings
-    from streamrec.logging_config import configure_logging
+    from streamrec.runtime.config import get_settings
+    from streamrec.runtime.logging_config import configure_logging
 
     args = parse_args(argv)
     configure_logging(get_settings().logging)

@@ -26,7 +26,7 @@ import hmac
 import time
 from collections.abc import Callable
 
-from streamrec.config import Settings
+from streamrec.runtime.config import Settings
 
 __all__ = [
     "FRONTEND_KEY_SCHEME",

@@ -30,7 +30,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamrec.config import Settings
+from streamrec.runtime.config import Settings
 
 __all__ = [
     "FEEDBACK_REASONS",
@@ -166,7 +166,7 @@ def _local_key(path: Path) -> bytes:
 
 def signer_from_settings(settings: Settings) -> FeedbackSigner:
     """``serving.feedback_signing_key``, else a key kept in the state dir (embedded stack only:
-    production configuration requires the setting, see ``streamrec.config``)."""
+    production configuration requires the setting, see ``streamrec.runtime.config``)."""
     configured = settings.serving.feedback_signing_key
     if configured is not None:
         return FeedbackSigner(configured.get_secret_value().encode())

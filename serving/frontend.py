@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.middleware.cors import CORSMiddleware
 
-from streamrec.config import FrontendConfig
+from streamrec.runtime.config import FrontendConfig
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 TRACKER_JS = WEB_DIR / "tracker.js"

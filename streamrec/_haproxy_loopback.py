@@ -30,6 +30,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamrec.runtime.files import write_atomically
+
 PARAMS_FILE = "launcher.json"
 
 _ADMIN_SOCKET = re.compile(r"^(\s*stats\s+socket\s+\S+.*?\bmode\s+)(\d+)", re.MULTILINE)
@@ -110,9 +112,7 @@ def rewrite_file(path: Path, params: LoopbackParams) -> None:
             text = path.read_text()
             new = rewrite(text, params)
             if new != text:
-                tmp = path.with_name(f".{path.name}.{os.getpid()}")
-                tmp.write_text(new)
-                os.replace(tmp, path)
+                write_atomically(path, new)
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 

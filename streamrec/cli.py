@@ -23,8 +23,8 @@ import json
 import sys
 from pathlib import Path
 
-from streamrec.config import Settings, get_settings, mask_secrets
-from streamrec.logging_config import configure_logging
+from streamrec.runtime.config import Settings, get_settings, mask_secrets
+from streamrec.runtime.logging_config import configure_logging
 
 
 def _print_table(rows: dict[str, str]) -> None:
@@ -57,7 +57,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_topics_create(args: argparse.Namespace, settings: Settings) -> int:
-    from streamrec.topics import ensure_topics
+    from streamrec.runtime.kafka import ensure_topics
 
     _print_table({t: f"{n} partitions" for t, n in ensure_topics(settings.kafka).items()})
     return 0

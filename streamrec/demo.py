@@ -40,9 +40,9 @@ import httpx
 from tqdm import tqdm
 
 from streamrec import local_stack
-from streamrec.config import Settings, bearer
+from streamrec.runtime.config import Settings, bearer
 from streamrec.replay import ReplaySummary, read_taobao_rows, replay_events, taobao_events
-from streamrec.topics import read_topic, topic_end_offsets
+from streamrec.runtime.kafka import read_topic, topic_end_offsets
 
 # History / future cut of the Taobao slice: 74% of the events (62,767) are history; 814 users
 # have events after it and become shoppers.
@@ -144,7 +144,7 @@ class PipelineProcess:
         """Until the pipeline's consumer group has committed everything in the topic now (every
         event produced before the call is in Feast and the lake). Fails fast if the process died.
         Returns the number of non-empty micro-batches so far."""
-        from pipelines.kafka_source import committed_offsets
+        from streamrec.runtime.kafka import committed_offsets
 
         topic, group = settings.kafka.topics.events, settings.pipeline.group_id
         targets = topic_end_offsets(settings.kafka, topic)
@@ -198,7 +198,7 @@ def watch_for_retrained_models(settings: Settings, initial: dict[str, str], user
                                found: list[dict[str, Any]], timeout_s: float) -> None:
     """(In a thread) until serving answers with retrained versions of every model in ``initial``
     (name -> version trained before the traffic): appends when, and which versions, to ``found``."""
-    from ray_jobs.registry import ModelRegistry
+    from features.registry import ModelRegistry
 
     registry = ModelRegistry(settings.serving.registry_root or str(settings.data.state_dir / "registry"))
     deadline = time.monotonic() + timeout_s
@@ -270,7 +270,7 @@ def train_model(settings: Settings, model: str, config: Path, serve_as: str, epo
     if done.returncode != 0:
         tail = log.read_text(errors="replace").splitlines()[-8:]
         raise RuntimeError(f"training {model} failed (exit {done.returncode}): " + " | ".join(tail))
-    from ray_jobs.registry import ModelRegistry
+    from features.registry import ModelRegistry
 
     registry = ModelRegistry(settings.serving.registry_root or str(settings.data.state_dir / "registry"))
     name = getattr(settings.serving, {"item": "item_model", "ranker": "ranker_model", "bundle": "bundle_model"}[serve_as])

@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,22 +26,24 @@ import httpx
 import psutil
 import yaml
 
-from streamrec.config import REPO_ROOT, Settings
-from streamrec.topics import ensure_topics
+from streamrec.runtime.config import REPO_ROOT, Settings
+from streamrec.runtime.kafka import ensure_topics
+from streamrec.runtime.ray_access import (
+    dashboard_url,
+    port_open,
+    ray_auth_headers,
+    ray_auth_token_file,
+    ray_client_env,
+    ray_head_running,
+    ray_host,
+    url_host,
+)
 
 SERVE_CONFIG = REPO_ROOT / "deploy" / "local" / "serve.yaml"
 
 
 class StackError(RuntimeError):
     """A local service did not start or answer in time."""
-
-
-def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 def wait_until(check, timeout_s: float, what: str, interval_s: float = 0.2) -> None:  # noqa: ANN001
@@ -213,26 +214,9 @@ def _venv_tool(name: str, *args: str) -> list[str]:
     return [str(Path(sys.executable).parent / name), *args]
 
 
-def _host(settings: Settings) -> str:
-    return str(settings.ray.host)
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def ray_head_running(settings: Settings) -> bool:
-    return port_open(_host(settings), settings.ray.head_port)
-
-
 # Ray starts its workers at nice 15 by default; on a shared laptop that lets any ordinary process
 # (the replay, a local Beam micro-batch) starve the Serve replicas, so the embedded stack uses 0.
 _LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"}
-
-
-def ray_auth_token_file(settings: Settings) -> Path:
-    """The embedded head's Ray auth token (mode 0600, in the stack's run dir, made by `up`)."""
-    return settings.data.run_dir / "ray_auth_token"
 
 
 def _private_dir(path: Path) -> Path:
@@ -257,43 +241,6 @@ def _new_ray_auth_token(settings: Settings) -> Path:
     return path
 
 
-def ray_client_env(settings: Settings) -> dict[str, str]:
-    """Environment that lets a process (CLI, `serve deploy`, a driver, a test) talk to the embedded
-    head: Ray's token authentication with this stack's token file. Add it to a child's environment,
-    or to ``os.environ`` before this process imports Ray (Ray reads the single-machine switch below
-    once, at import).
-
-    The empty ``RAY_AUTH_TOKEN`` keeps a token for some other cluster in the caller's environment
-    from winning over this stack's file (Ray reads that variable first and skips it when empty).
-    On loopback, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is Ray's single-machine mode (its default on
-    macOS and Windows): Ray then takes 127.0.0.1 as this node's address instead of replacing it with
-    the machine's network address, so a driver finds the head (which binds loopback only).
-
-    Example:
-        >>> env = ray_client_env(Settings())
-        >>> env["RAY_AUTH_MODE"], env["RAY_AUTH_TOKEN_PATH"].endswith("ray_auth_token")
-        ('token', True)
-    """
-    env = {
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(ray_auth_token_file(settings)),
-        "RAY_AUTH_TOKEN": "",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    if settings.ray.host.is_loopback:
-        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    return env
-
-
-def ray_auth_headers(settings: Settings) -> dict[str, str]:
-    """HTTP headers for the embedded head's dashboard (REST, job and Serve APIs)."""
-    try:
-        token = ray_auth_token_file(settings).read_text().strip()
-    except OSError:
-        return {}
-    return {"Authorization": f"Bearer {token}"}
-
-
 def haproxy_dir(settings: Settings) -> Path:
     """Where this stack's HAProxy keeps its config, admin socket, state and logs (0700).
 
@@ -315,7 +262,7 @@ def _haproxy_env(settings: Settings) -> dict[str, str]:
     real = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH") or _bundled_haproxy()
     wildcard = (settings.collector.port,) if settings.collector.host in ("0.0.0.0", "::", "") else ()
     LoopbackParams(
-        haproxy=real, host=_host(settings),
+        haproxy=real, host=ray_host(settings),
         ports=(settings.ray.haproxy_stats_port, settings.ray.haproxy_metrics_port),
         http_request_timeout_s=settings.ray.haproxy_timeout_http_request_s, wildcard_ports=wildcard,
     ).write(directory / PARAMS_FILE)
@@ -371,9 +318,9 @@ def _head_argv(settings: Settings) -> list[str]:
     r = settings.ray
     return _venv_tool(
         "ray", "start", "--head", "--block",
-        f"--node-ip-address={_host(settings)}",
+        f"--node-ip-address={ray_host(settings)}",
         f"--port={r.head_port}",
-        f"--dashboard-host={_host(settings)}",
+        f"--dashboard-host={ray_host(settings)}",
         f"--dashboard-port={r.dashboard_port}",
         f"--metrics-export-port={r.metrics_export_port}",
         f"--ray-client-server-port={r.client_server_port}",
@@ -401,7 +348,7 @@ def start_ray_head(settings: Settings, timeout_s: float = 90.0) -> None:
     token authentication is on with a new token in the run dir (``ray_client_env``)."""
     if ray_head_running(settings):
         return
-    host = _host(settings)
+    host = ray_host(settings)
     for what, port in _head_ports(settings).items():
         if port_open(host, port) or (host != "127.0.0.1" and port_open("127.0.0.1", port)):
             # Most often another Ray cluster on this machine: talking to it would fail confusingly.
@@ -428,10 +375,6 @@ def stop_ray_head(settings: Settings) -> bool:
     shutil.rmtree(haproxy_dir(settings), ignore_errors=True)
     ray_auth_token_file(settings).unlink(missing_ok=True)
     return stopped
-
-
-def dashboard_url(settings: Settings) -> str:
-    return f"http://{_url_host(_host(settings))}:{settings.ray.dashboard_port}"
 
 
 def serve_cpu_reservation(serve_config: dict) -> float:
@@ -469,7 +412,7 @@ def deploy_serve_apps(settings: Settings, timeout_s: float = 180.0) -> Path:
     path = settings.data.run_dir / "serve.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(effective_serve_config(settings), sort_keys=False))
-    wait_until(lambda: port_open(_host(settings), settings.ray.dashboard_port), 60, "Ray dashboard")
+    wait_until(lambda: port_open(ray_host(settings), settings.ray.dashboard_port), 60, "Ray dashboard")
     done = subprocess.run(
         _venv_tool("serve", "deploy", str(path), "-a", dashboard_url(settings)),
         capture_output=True, text=True, timeout=120, env={**os.environ, **ray_client_env(settings)},
@@ -524,7 +467,7 @@ def up(settings: Settings, with_serve: bool = True) -> dict[str, str]:
     started["topics"] = ", ".join(f"{t}({n})" for t, n in sorted(topics.items()))
     if with_serve and settings.ray.address is None:
         start_ray_head(settings)
-        started["ray"] = (f"head on {_url_host(_host(settings))}:{settings.ray.head_port} (token auth), "
+        started["ray"] = (f"head on {url_host(ray_host(settings))}:{settings.ray.head_port} (token auth), "
                           f"dashboard {dashboard_url(settings)}")
         deploy_serve_apps(settings)
         base = settings.collector.base_url
@@ -622,7 +565,7 @@ def down(settings: Settings) -> dict[str, str]:
     if leftovers:
         names = sorted({_name(p) for p in leftovers})
         stopped["leftovers"] = f"terminated {_terminate(leftovers)} ({', '.join(names)})"
-    host = _host(settings)
+    host = ray_host(settings)
     hosts = {host, "127.0.0.1", settings.collector.host}
     try:
         wait_until(lambda: not any(port_open(h, p, 0.2) for h in hosts for p in stack_ports(settings)), 15, "")

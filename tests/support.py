@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 
-from streamrec.config import RayConfig, Settings
+from streamrec.runtime.config import RayConfig, Settings
 from streamrec.local_stack import EmbeddedBroker
-from streamrec.topics import ensure_topics
+from streamrec.runtime.kafka import ensure_topics
 
 TEST_TOKEN = "test-token-123"
 # The one browser origin the test stacks allow (frontend.allowed_origins): CORS tests use it.
@@ -156,7 +156,7 @@ def register_trained(root: Path, name: str, model_name: str, model: Any, data: A
     import numpy as np
     import torch
 
-    from ray_jobs.registry import ModelRegistry
+    from features.registry import ModelRegistry
     from ray_jobs.trainers import JobConfig
 
     with torch.no_grad():

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from pipelines.lake import LAKE_SCHEMA
+from features.lake import LAKE_SCHEMA
 from ray_jobs.data.dataset import InteractionData
 from ray_jobs.data.sasrec_games import leave_one_out
 
@@ -113,7 +113,7 @@ def lake_root_of(settings: Any) -> Path:
 
 def default_lake_root() -> Path:
     """The lake root of the process-wide settings (``STREAMREC_*`` environment / ``STREAMREC_CONFIG``)."""
-    from streamrec.config import get_settings  # only the driver resolves the default
+    from streamrec.runtime.config import get_settings  # only the driver resolves the default
 
     return lake_root_of(get_settings())
 

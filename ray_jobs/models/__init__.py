@@ -24,7 +24,7 @@ from ray_jobs.models.sasrec import SASRec, SASRecConfig
 from ray_jobs.models.srgnn import SRGNN, SRGNNConfig
 
 if TYPE_CHECKING:
-    from ray_jobs.registry.model_registry import RegisteredModel
+    from features.registry.model_registry import RegisteredModel
 
 __all__ = [
     "MODELS",

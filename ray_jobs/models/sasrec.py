@@ -45,7 +45,7 @@ from ray_jobs.models._private.config import ModelConfig
 from ray_jobs.models.base import NEG, POS, SEQ, BatchKind, ItemCatalogue
 
 if TYPE_CHECKING:
-    from ray_jobs.registry.model_registry import RegisteredModel
+    from features.registry.model_registry import RegisteredModel
 
 __all__ = ["SASRec", "SASRecConfig", "load_for_inference", "encode_history", "score_candidates"]
 

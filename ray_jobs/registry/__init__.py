@@ -1,11 +1,12 @@
-"""Versioned model registry (local directory or pyarrow filesystem URI) with an atomic ``LATEST``.
+"""Registering trained models: the registry itself is the contract in ``features.registry``; this
+package adds what only training knows, the provenance stamps (code version, data snapshot).
 
 Example:
-    >>> from ray_jobs.registry import ModelRegistry
-    >>> model = ModelRegistry("/tmp/registry").load_latest("lightgcn_gowalla")  # doctest: +SKIP
+    >>> from ray_jobs.registry import ModelRegistry, code_version
+    >>> ModelRegistry("/tmp/registry").load_latest("lightgcn_gowalla")  # doctest: +SKIP
 """
 
-from ray_jobs.registry.model_registry import EMBEDDING_COLUMN, ID_COLUMN, ModelRegistry, RegisteredModel
+from features.registry import EMBEDDING_COLUMN, ID_COLUMN, ModelRegistry, RegisteredModel
 from ray_jobs.registry.provenance import code_version, data_snapshot_id, describe_data
 
 __all__ = [

@@ -84,7 +84,7 @@ from serving import replica_loopback
 from serving.errors import error_response as _error
 from serving.frontend import STOREFRONT_DIR, FrontendCors
 from serving.request_body import BodyLimits, BodyRejected, add_openapi_components, read_json_object
-from streamrec.config import ServingConfig
+from streamrec.runtime.config import ServingConfig
 
 replica_loopback.install()  # before Ray starts this replica's gRPC server (serving/replica_loopback.py)
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.app.candidates import BundleSpec
 from serving.experiments import Experiment
-from streamrec.config import REPO_ROOT, Settings, get_settings
+from streamrec.runtime.config import REPO_ROOT, Settings, get_settings
 
 
 class RecommenderArgs(BaseModel):

@@ -91,7 +91,7 @@ def registered_version(registry_root: str | Path, model_name: str) -> str | None
     if "://" not in root and not (Path(root) / model_name / "LATEST").is_file():
         return None  # checked first: ModelRegistry() would create the root directory
     try:
-        from ray_jobs.registry import ModelRegistry
+        from features.registry import ModelRegistry
 
         return ModelRegistry(root).latest_version(model_name)
     except (FileNotFoundError, OSError, ValueError, ImportError):
@@ -117,7 +117,7 @@ def load_embeddings(registry_root: str | Path, model_name: str, kind: str,
         version = version or registered_version(registry_root, model_name)
         if version is None:
             return None
-        from ray_jobs.registry import ModelRegistry  # optional: absent or changing is a cold start
+        from features.registry import ModelRegistry  # optional: absent or changing is a cold start
 
         model = ModelRegistry(str(registry_root)).load(model_name, version)
         matrix = model.embeddings.get(kind)

@@ -7,7 +7,6 @@ and on shutdown. On start it loads the snapshot and replays the log from the sna
 """
 
 import logging
-import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -26,8 +25,9 @@ from serving.app.learner_state import Attribution, LearnerState, Limits, Rejecti
 from serving.collector.ingest import dead_letter
 from serving.feedback_tokens import signer_from_settings
 from serving.recommend.bundle_features import ARM_DIM, USER_DIM
-from streamrec.config import Settings
-from streamrec.topics import end_offsets
+from streamrec.runtime.config import Settings
+from streamrec.runtime.files import write_atomically
+from streamrec.runtime.kafka import end_offsets
 
 log = logging.getLogger("ray.serve")
 replica_loopback.install()  # before Ray starts this replica's gRPC server (serving/replica_loopback.py)
@@ -66,16 +66,6 @@ def ensure_feedback_topic(settings: Settings) -> None:
                 pass
     finally:
         admin.close()
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @serve.deployment(name="BanditLearner", num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})

@@ -47,7 +47,7 @@ def load_ranker(root: str, name: str, version: str) -> LoadedRanker:
     import numpy as np
 
     from ray_jobs.models import load_next_item_model
-    from ray_jobs.registry import ModelRegistry
+    from features.registry import ModelRegistry
 
     registered = ModelRegistry(root).load(name, version)
     net, row_of = load_next_item_model(registered)

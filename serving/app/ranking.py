@@ -36,7 +36,7 @@ from serving.recommend.bundle_features import (
     arm_feature_matrix,
     user_feature_vector,
 )
-from streamrec.config import Settings
+from streamrec.runtime.config import Settings
 
 
 POPULARITY_CACHE_S = 2.0

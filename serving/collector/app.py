@@ -39,7 +39,7 @@ from serving.collector.schemas import (
 from serving.errors import error_response as _error
 from serving.frontend import TRACKER_JS, FrontendCors
 from serving.request_body import add_openapi_components, decode_content_encoding, may_hold_surrogates, read_body
-from streamrec.config import Settings, get_settings
+from streamrec.runtime.config import Settings, get_settings
 
 
 replica_loopback.install()  # before Ray starts this replica's gRPC server (serving/replica_loopback.py)

@@ -15,7 +15,7 @@ from typing import Any
 
 from features.events import Event, EventRejected, ValidationContext, event_to_json, lone_surrogate_at, parse_event
 from serving.request_body import BodyLimits, BodyRejected, check_json_depth, json_nesting_depth
-from streamrec.config import CollectorLimits
+from streamrec.runtime.config import CollectorLimits
 
 NDJSON_CONTENT_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 # text/plain too: navigator.sendBeacon sends it without a CORS preflight (the tracker's page-hide flush).

@@ -28,7 +28,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from streamrec.config import KafkaConfig
+from streamrec.runtime.config import KafkaConfig
 
 log = logging.getLogger(__name__)
 

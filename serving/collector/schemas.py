@@ -17,7 +17,7 @@ from features.events import Event
 from serving.collector.ingest import JSON_CONTENT_TYPES, NDJSON_CONTENT_TYPES
 from serving.errors import RETRY_AFTER_HEADER, WWW_AUTHENTICATE_HEADER, ErrorDetail, ErrorResponse, StrictAnswer, documented_response
 from serving.request_body import COMPONENTS, request_body_openapi, schema_components
-from streamrec.config import CollectorLimits
+from streamrec.runtime.config import CollectorLimits
 
 _LIMITS = CollectorLimits()  # the defaults, for the descriptions (a deployment may configure others)
 

@@ -11,8 +11,6 @@ import base64
 import html
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +34,7 @@ from streamrec.report.rundir import (
 )
 from streamrec.report.series import by_variant, cumulative_rate, cumulative_sum, distribution, dlq_by_reason
 from streamrec.report.verdict import Comparison, Verdict, decide, metric_label, no_data
+from streamrec.runtime.files import write_atomically
 
 __all__ = ["build_report", "render_html", "REPORT_FILE"]
 
@@ -504,11 +503,6 @@ def build_report(run_dir: Path, out: Path | None = None) -> Path:
     """
     out = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
     page = render_html(load_run(Path(run_dir)))
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename: a reader (browser, CI artefact upload) never sees half a page.
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=out.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(page)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be shared
-    os.replace(tmp, out)
+    write_atomically(out, page, mode=0o644)  # a report is meant to be shared
     return out

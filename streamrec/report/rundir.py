@@ -377,7 +377,7 @@ def _history(run_dir: Path, name: str, manifest: dict[str, Any]) -> tuple[tuple[
 
 
 def _load_models(run_dir: Path, root: str) -> tuple[TrainedModel, ...]:
-    from ray_jobs.registry import ModelRegistry
+    from features.registry import ModelRegistry
 
     if "://" not in root and not Path(root).is_dir():
         raise _Unreadable(f"registry {root} does not exist")

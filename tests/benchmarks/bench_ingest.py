@@ -164,7 +164,7 @@ def raw_batch_throughput(bootstrap: str, topic: str, events: list[dict]) -> floa
 
 def batch_pairs(stack: Stack, pairs: int, per_run: int, batch_size: int, lanes: int) -> list[dict[str, Any]]:
     """Raw producer then the collector's batch path, on fresh Taobao events each run."""
-    from streamrec.config import Settings
+    from streamrec.runtime.config import Settings
     from streamrec.replay import read_taobao_rows, replay_events, taobao_events
 
     events = taobao_events(read_taobao_rows(Settings().data.taobao_csv))

@@ -59,7 +59,7 @@ from support import free_port, start_broker  # noqa: E402  (tests/support.py)
 from features.repo import apply_feature_repo  # noqa: E402
 from pipelines.feast_sink import feature_frame, push_online  # noqa: E402
 from pipelines.runner import FeaturePipeline  # noqa: E402
-from streamrec.config import Settings  # noqa: E402
+from streamrec.runtime.config import Settings  # noqa: E402
 from verdict import Verdict, add_verdict_argument, ratio as safe_ratio  # noqa: E402  (tests/benchmarks/verdict.py)
 
 RATIO_TARGET, FRESH_P95_TARGET_S, READ_P99_TARGET_MS, READ_VS_RAW_TARGET = 0.25, 5.0, 5.0, 2.0

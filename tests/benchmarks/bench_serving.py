@@ -172,7 +172,7 @@ def retrieval_vs_bandwidth(settings: Any, repeats: int) -> dict[str, Any]:
     import numpy as np
     from threadpoolctl import threadpool_info
 
-    from ray_jobs.registry import ModelRegistry
+    from features.registry import ModelRegistry
     from serving.recommend import ExactTopK
 
     model = ModelRegistry(settings.serving.registry_root or settings.data.state_dir / "registry").load_latest(settings.serving.item_model)

@@ -91,7 +91,7 @@ def build_schedule(args: argparse.Namespace, settings: Any, users: list[str]) ->
 
 def events_in_kafka(settings: Any, wanted: set[str]) -> tuple[int, int]:
     """(how many of ``wanted`` event ids the events topic holds, extra copies of them)."""
-    from streamrec.topics import read_topic
+    from streamrec.runtime.kafka import read_topic
 
     seen: dict[str, int] = {}
     for record in read_topic(settings.kafka, settings.kafka.topics.events, timeout_s=600):

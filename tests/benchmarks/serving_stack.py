@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the `
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from support import BrokerHandle, deploy_collector, free_port, private_ray_config, settings_overrides, start_broker  # noqa: E402
-from streamrec.config import REPO_ROOT, Settings  # noqa: E402
+from streamrec.runtime.config import REPO_ROOT, Settings  # noqa: E402
 
 EXPERIMENTS_FILE = "deploy/local/experiments.yaml"
 NOOP_PREFIX = "/noop"
@@ -61,7 +61,7 @@ def train_and_register_lightgcn(settings: Settings, epochs: int, seed: int = 0) 
 
     from ray_jobs.data.taobao import load_taobao
     from ray_jobs.models import build_model
-    from ray_jobs.registry import ModelRegistry
+    from features.registry import ModelRegistry
     from ray_jobs.trainers.batches import pairwise_batches
 
     torch.manual_seed(seed)

@@ -127,7 +127,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 def settings_for(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch):
     """streamrec Settings as this container sees them (config file from the repo, its env)."""
-    from streamrec.config import Settings
+    from streamrec.runtime.config import Settings
 
     for env in container.get("env", []):
         if not env["name"].startswith("STREAMREC_"):
@@ -142,7 +142,7 @@ def settings_for(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch):
 
 
 def cluster_settings(monkeypatch: pytest.MonkeyPatch):
-    from streamrec.config import Settings
+    from streamrec.runtime.config import Settings
 
     monkeypatch.setenv("STREAMREC_CONFIG", str(CLUSTER_CONFIG))
     return Settings()

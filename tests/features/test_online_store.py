@@ -21,7 +21,7 @@ from features.repo import apply_feature_repo
 from features.services import ALL_FEATURE_SERVICES
 from features.views import ALL_FEATURE_VIEWS, JOIN_KEY_OF_VIEW
 from pipelines.feast_sink import feature_frame, feature_frame_at, online_rows
-from streamrec.config import Settings
+from streamrec.runtime.config import Settings
 
 AS_OF = 1511600000.0
 

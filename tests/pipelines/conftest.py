@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pipeline_support import pipeline_settings
 
-from streamrec.config import Settings
+from streamrec.runtime.config import Settings
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipelines import runner
 from pipelines.runner import FeaturePipeline
-from streamrec.config import get_settings
+from streamrec.runtime.config import get_settings
 
 step, marker = sys.argv[1], Path(sys.argv[2])
 pipeline = FeaturePipeline(get_settings(), push_online=True)

@@ -9,9 +9,9 @@ from typing import Any
 from kafka import KafkaProducer
 
 from features.events import event_to_json, parse_event
-from streamrec.config import Settings
+from streamrec.runtime.config import Settings
 from streamrec.replay import read_taobao_rows, taobao_events
-from streamrec.topics import ensure_topics
+from streamrec.runtime.kafka import ensure_topics
 from support import taobao_csv
 
 

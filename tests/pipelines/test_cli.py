@@ -9,7 +9,7 @@ from pipeline_support import assert_frames_match, mixed_events, offline_latest, 
 
 from pipelines.accumulators import FeatureSpec
 from pipelines.cli import main
-from streamrec.config import reload_settings
+from streamrec.runtime.config import reload_settings
 
 pytestmark = pytest.mark.kafka
 

@@ -27,7 +27,7 @@ from pipelines.accumulators import FeatureSpec
 from pipelines.kafka_source import committed_offsets
 from pipelines.lake import read_event_lake
 from pipelines.runner import FeaturePipeline
-from streamrec.topics import topic_end_offsets
+from streamrec.runtime.kafka import topic_end_offsets
 
 pytestmark = pytest.mark.kafka
 HELPER = Path(__file__).with_name("pause_pipeline.py")

@@ -13,7 +13,7 @@ from features.repo import apply_feature_repo, repo_config
 from features.services import ALL_FEATURE_SERVICES
 from features.views import ALL_FEATURE_VIEWS, feature_names, user_features
 from pipelines.feast_sink import feature_frame, push_online
-from streamrec.config import REPO_ROOT, Settings
+from streamrec.runtime.config import REPO_ROOT, Settings
 from support import redis_server
 
 

@@ -14,7 +14,7 @@ from features.repo import get_feature_store
 from pipelines.accumulators import FeatureSpec
 from pipelines.lake import read_event_lake
 from pipelines.runner import FeaturePipeline
-from streamrec.topics import read_topic
+from streamrec.runtime.kafka import read_topic
 
 pytestmark = pytest.mark.kafka
 

@@ -25,7 +25,7 @@ from pipelines.records import KafkaRecord
 from pipelines.runner import compute_batch
 from pipelines.state_store import PipelineState
 from pipelines.transforms import DeduplicateEvents, DropLateEvents, EventTimeWatermark, ParseEvents, ParseRecordBatches
-from streamrec.config import Settings
+from streamrec.runtime.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -171,7 +171,7 @@ def test_the_streaming_graph_builds_under_each_production_fragment(fragment, tmp
     options (nothing is submitted: that needs the cluster)."""
     import apache_beam as beam
 
-    from streamrec.config import Settings
+    from streamrec.runtime.config import Settings
 
     path = Path(__file__).parents[2] / "deploy" / "production" / "beam" / fragment
     for name in [n for n in os.environ if n.startswith("STREAMREC_")]:

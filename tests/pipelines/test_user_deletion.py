@@ -25,9 +25,9 @@ from pipelines.lake import read_event_lake
 from pipelines.privacy import ledger_path, load_ledger, purge_users
 from pipelines.runner import FeaturePipeline
 from pipelines.state_store import load_state, state_path
-from ray_jobs.registry import ModelRegistry
-from streamrec.config import Settings, reload_settings
-from streamrec.topics import ensure_topics, read_topic
+from features.registry import ModelRegistry
+from streamrec.runtime.config import Settings, reload_settings
+from streamrec.runtime.kafka import ensure_topics, read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

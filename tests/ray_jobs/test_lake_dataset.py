@@ -142,7 +142,7 @@ def test_driver_pins_every_worker_to_one_snapshot(taobao_events, write_lake, tmp
 
 def test_default_root_is_the_pipelines(monkeypatch, tmp_path):
     from ray_jobs.data.lake import default_lake_root, lake_root_of
-    from streamrec.config import reload_settings
+    from streamrec.runtime.config import reload_settings
     from support import free_port, make_settings
 
     settings = make_settings(tmp_path / "state", free_port())

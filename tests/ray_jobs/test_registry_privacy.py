@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ray_jobs.registry import ModelRegistry
-from ray_jobs.registry.privacy import drop_user_rows
+from features.registry import ModelRegistry
+from features.registry.privacy import drop_user_rows
 from serving.app.candidates import load_embeddings
 
 USERS = ["u1", "u2", "u3", "u4"]

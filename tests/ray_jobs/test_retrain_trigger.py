@@ -12,7 +12,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from ray_jobs import retrain
-from streamrec.config import RetrainConfig
+from streamrec.runtime.config import RetrainConfig
 from support import make_settings
 
 CONFIG = RetrainConfig(min_new_events=5, max_age_s=3600.0)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from support import BrokerHandle, CollectorHandle, deploy_collector, make_event, start_broker
-from streamrec.topics import ensure_topics, read_topic
+from streamrec.runtime.kafka import ensure_topics, read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from support import TEST_LIMITS, TEST_TOKEN, CollectorHandle, make_event
-from streamrec.topics import read_topic, topic_end_offsets
+from streamrec.runtime.kafka import read_topic, topic_end_offsets
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]
 

@@ -11,7 +11,7 @@ import pytest
 from support import make_event
 from serving.collector.ingest import BodyRejected, dead_letter, decode_body, validate_elements
 from serving.request_body import may_hold_surrogates
-from streamrec.config import CollectorLimits
+from streamrec.runtime.config import CollectorLimits
 
 LIMITS = CollectorLimits(max_body_bytes=4096, max_batch_events=3)
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)

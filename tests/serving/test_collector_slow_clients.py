@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from streamrec.local_stack import EmbeddedBroker
-from streamrec.topics import ensure_topics, read_topic, topic_end_offsets
+from streamrec.runtime.kafka import ensure_topics, read_topic, topic_end_offsets
 from support import TEST_LIMITS, TEST_TOKEN, BrokerHandle, CollectorHandle, free_port, make_event, make_settings, settings_overrides
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]

@@ -31,7 +31,7 @@ from serving.bandit.impressions import (
 )
 from serving.ope.policy_replay import slot_probabilities
 from streamrec.cli import build_parser
-from streamrec.topics import ensure_topics
+from streamrec.runtime.kafka import ensure_topics
 
 from support import make_settings
 

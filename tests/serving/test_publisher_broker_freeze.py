@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord, producer_options
-from streamrec.config import KafkaConfig
-from streamrec.topics import read_topic
+from streamrec.runtime.config import KafkaConfig
+from streamrec.runtime.kafka import read_topic
 from support import start_broker
 
 pytestmark = pytest.mark.kafka

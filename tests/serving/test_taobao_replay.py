@@ -10,7 +10,7 @@ import pytest
 
 from support import TEST_TOKEN, CollectorHandle, taobao_csv
 from streamrec.replay import read_taobao_rows, replay_events, taobao_events
-from streamrec.topics import read_topic, topic_end_offsets
+from streamrec.runtime.kafka import read_topic, topic_end_offsets
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]
 

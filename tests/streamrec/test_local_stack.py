@@ -19,9 +19,9 @@ import psutil
 import pytest
 
 from streamrec import local_stack
-from streamrec.config import Settings
+from streamrec.runtime.config import Settings
 from streamrec.local_stack import port_open
-from streamrec.topics import read_topic, topic_end_offsets
+from streamrec.runtime.kafka import read_topic, topic_end_offsets
 from support import TEST_TOKEN, make_event, private_stack_env, run_streamrec, taobao_csv
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from streamrec.config import LoggingConfig, Settings
-from streamrec.logging_config import configure_logging
+from streamrec.runtime.config import LoggingConfig, Settings
+from streamrec.runtime.logging_config import configure_logging
 
 
 @pytest.fixture
@@ -88,8 +88,8 @@ def test_logging_settings_default_to_text_and_come_from_the_environment(monkeypa
 
 def test_the_cli_configures_logging_from_the_settings_once_per_call(restored_root, monkeypatch, capsys):
     from streamrec.cli import main
-    from streamrec.config import reload_settings
-    from streamrec.logging_config import JsonFormatter
+    from streamrec.runtime.config import reload_settings
+    from streamrec.runtime.logging_config import JsonFormatter
 
     monkeypatch.setenv("STREAMREC_LOGGING__FORMAT", "json")
     reload_settings()

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ray_jobs.registry import ModelRegistry
+from features.registry import ModelRegistry
 from serving.app.api import _experiment_definition, _jsonable
 from serving.experiments import Experiment, RequestOutcome, analyze_experiment
 from streamrec.cli import main as cli_main
@@ -401,7 +401,7 @@ def test_plot_training_curves_writes_a_png(tmp_path: Path) -> None:
 
 def test_cli_report_defaults_to_the_demo_dir(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from streamrec.config import reload_settings
+    from streamrec.runtime.config import reload_settings
 
     shutil.copytree(run_dir, tmp_path / "demo")
     monkeypatch.setenv("STREAMREC_DATA__STATE_DIR", str(tmp_path))

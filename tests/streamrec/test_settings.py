@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from streamrec.config import Settings
+from streamrec.runtime.config import Settings
 
 
 def test_defaults_describe_the_embedded_stack() -> None:
@@ -83,7 +83,7 @@ def test_every_ray_port_is_a_setting_and_loopback_is_the_default() -> None:
 
 
 def test_kafka_tls_settings_reach_every_client() -> None:
-    from streamrec.config import KafkaConfig
+    from streamrec.runtime.config import KafkaConfig
 
     tls = KafkaConfig(bootstrap_servers="kafka-bootstrap:9093", security_protocol="SSL", ssl_cafile="/etc/kafka-ca/ca.crt",
                       ssl_certfile="/etc/kafka-user/user.crt", ssl_keyfile="/etc/kafka-user/user.key")

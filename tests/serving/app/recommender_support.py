@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from streamrec.config import Settings
+from streamrec.runtime.config import Settings
 
 from support import ADMIN, FRONTEND, make_settings, settings_overrides
 

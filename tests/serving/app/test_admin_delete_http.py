@@ -10,7 +10,7 @@ from recommender_support import learner_stats, recommender, wait_for  # noqa: F4
 
 from features.privacy import Tombstone
 from pipelines.privacy import publish_tombstone
-from streamrec.topics import read_topic, topic_end_offsets
+from streamrec.runtime.kafka import read_topic, topic_end_offsets
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]
 

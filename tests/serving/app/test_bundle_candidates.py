@@ -13,7 +13,7 @@ from serving.app.candidates import BundleSpec, EmbeddingTable
 from serving.app.ranker import RankerSlot
 from serving.app.ranking import BundleCandidates, FeastReader, ReplicaSources, _Embeddings, _PopularItems
 from serving.recommend.bundle_features import ARM_DIM, ARM_FEATURES, USER_DIM, BundleSource
-from streamrec.config import Settings
+from streamrec.runtime.config import Settings
 
 
 def _bundle_model(emb: _Embeddings, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ import pytest
 
 from serving.app.decision_log import DecisionLog
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
-from streamrec.topics import read_topic
+from streamrec.runtime.kafka import read_topic
 from support import start_broker
 
 pytestmark = pytest.mark.kafka

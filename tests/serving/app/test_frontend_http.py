@@ -10,8 +10,8 @@ import httpx
 import pytest
 from recommender_support import recommender  # noqa: F401 (fixture)
 
-from streamrec.config import Settings
-from streamrec.topics import read_topic, topic_end_offsets
+from streamrec.runtime.config import Settings
+from streamrec.runtime.kafka import read_topic, topic_end_offsets
 from support import FRONTEND, TEST_ADMIN_TOKEN, TEST_ORIGIN, TEST_TOKEN, make_event
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]

@@ -14,7 +14,7 @@ from recommender_support import EXPERIMENTS, recommender, wait_for  # noqa: F401
 from serving.bandit.impressions import CANDIDATES_HEADER, decode_candidates
 from serving.recommend.bundle_features import ARM_DIM
 from streamrec.cli import build_parser
-from streamrec.topics import read_topic
+from streamrec.runtime.kafka import read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]
 

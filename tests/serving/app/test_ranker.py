@@ -8,7 +8,7 @@ import pytest
 import torch
 from ranker_support import SASREC_PARAMS, offline_sasrec_order, register, taobao, train
 
-from ray_jobs.registry import ModelRegistry
+from features.registry import ModelRegistry
 from serving.app.ranker import RankerSlot, load_ranker
 
 torch.set_num_threads(1)

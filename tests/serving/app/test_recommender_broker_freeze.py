@@ -16,7 +16,7 @@ import pytest
 from recommender_support import learner_stats, recommender_args, wait_for
 
 from streamrec.local_stack import EmbeddedBroker
-from streamrec.topics import ensure_topics
+from streamrec.runtime.kafka import ensure_topics
 from support import FRONTEND, free_port, make_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray, pytest.mark.slow]

@@ -12,7 +12,7 @@ from recommender_support import CATALOGUE, EVERY_REPLICA, learner_stats, recomme
 
 from serving.bandit.impressions import CONTEXT_HEADER
 from support import ADMIN, READER
-from streamrec.topics import read_topic, topic_end_offsets
+from streamrec.runtime.kafka import read_topic, topic_end_offsets
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]
 

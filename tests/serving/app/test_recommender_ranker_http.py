@@ -35,9 +35,9 @@ from recommender_support import EVERY_REPLICA, recommender_args, wait_for
 from support import FRONTEND, settings_overrides
 
 from features.events import event_to_json, parse_event
-from streamrec.config import Settings
+from streamrec.runtime.config import Settings
 from streamrec.replay import read_taobao_rows, taobao_events
-from streamrec.topics import ensure_topics, read_topic, topic_end_offsets
+from streamrec.runtime.kafka import ensure_topics, read_topic, topic_end_offsets
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]
 

@@ -13,7 +13,7 @@ import pytest
 from recommender_support import learner_stats, recommender, wait_for  # noqa: F401 (fixture)
 
 from serving.feedback_tokens import FeedbackClaim, FeedbackSigner
-from streamrec.topics import read_topic, topic_end_offsets
+from streamrec.runtime.kafka import read_topic, topic_end_offsets
 from support import ADMIN, FRONTEND, READER, TEST_TOKEN
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from recommender_support import learner_stats, recommender, wait_for  # noqa: F401 (fixture)
 
-from streamrec.topics import read_topic, topic_end_offsets
+from streamrec.runtime.kafka import read_topic, topic_end_offsets
 from support import FRONTEND
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -6,7 +6,7 @@ import pytest
 
 from serving.auth import AuthRejected, CredentialGate, Role
 from serving.feedback_tokens import FeedbackClaim, FeedbackRejected, FeedbackSigner, check_claim, signer_from_settings
-from streamrec.config import Settings
+from streamrec.runtime.config import Settings
 
 CLAIM = FeedbackClaim("req-1", "user-1", "exp", "linucb", ("b1", "b2", "b3"), 1_700_000_000_000)
 SIGNER = FeedbackSigner(b"k" * 32)
@@ -127,7 +127,7 @@ def test_config_show_masks_every_secret(monkeypatch, capsys) -> None:
     monkeypatch.setenv("STREAMREC_FEAST__REDIS_CONNECTION_STRING", "redis.svc:6379,password=hunter2-redis,ssl=true")
     monkeypatch.setenv("STREAMREC_SERVING__FEEDBACK_SIGNING_KEY", "signing-key-" + "s" * 30)
     monkeypatch.setenv("STREAMREC_KAFKA__SASL_PASSWORD", "kafka-pass-77")
-    from streamrec.config import reload_settings
+    from streamrec.runtime.config import reload_settings
 
     reload_settings()
     try:

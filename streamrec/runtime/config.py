@@ -6,7 +6,7 @@ defaults below, which describe the embedded single-machine stack. A cluster depl
 configuration only (see ``deploy/``).
 
 Example:
-    >>> from streamrec.config import get_settings
+    >>> from streamrec.runtime.config import get_settings
     >>> get_settings().kafka.topics.events
     'events'
 """
@@ -29,7 +29,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_FILE_ENV = "STREAMREC_CONFIG"
 ENV_PREFIX = "STREAMREC_"
 # STREAMREC_* variables that are not settings: the config file path, and the code version that a
@@ -517,7 +517,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class LoggingConfig(BaseModel):
-    """Python logging of every streamrec process (``streamrec.logging_config.configure_logging``)."""
+    """Python logging of every streamrec process (``streamrec.runtime.logging_config.configure_logging``)."""
 
     level: LogLevel = "INFO"
     # "text": a readable line (a terminal); "json": one JSON object per line (clusters' log collectors).

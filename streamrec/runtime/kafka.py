@@ -1,4 +1,5 @@
-"""Creating streamrec's Kafka topics through the admin API (idempotent: existing topics are kept)."""
+"""The ground floor's Kafka: creating streamrec's topics through the admin API (idempotent:
+existing topics are kept), true end offsets, a group's committed offsets, and reading a topic."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import TopicAlreadyExistsError
 
-from streamrec.config import KafkaConfig
+from streamrec.runtime.config import KafkaConfig
 
 
 def ensure_topics(config: KafkaConfig, timeout_s: float = 10.0) -> dict[str, int]:
@@ -72,6 +73,31 @@ def end_offsets(consumer: KafkaConsumer, partitions: list[TopicPartition]) -> di
 
 def _partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
     return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+
+
+def wait_for_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 10.0) -> list[TopicPartition]:
+    """The topic's partitions, waiting while the client's metadata does not know them yet.
+
+    Raises:
+        RuntimeError: the topic has no partitions after ``timeout_s`` (does it exist?).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        partitions = _partitions(consumer, topic)
+        if partitions:
+            return partitions
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {topic!r} has no partitions (does it exist?)")
+        time.sleep(0.2)
+
+
+def committed_offsets(config: KafkaConfig, topic: str, group_id: str) -> dict[int, int | None]:
+    """Partition -> the group's committed offset (None where nothing was committed)."""
+    consumer = KafkaConsumer(**config.client_options(), group_id=group_id, enable_auto_commit=False)
+    try:
+        return {tp.partition: consumer.committed(tp) for tp in wait_for_partitions(consumer, topic)}
+    finally:
+        consumer.close()
 
 
 def topic_end_offsets(config: KafkaConfig, topic: str) -> dict[int, int]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ray_jobs.registry.model_registry import ModelRegistry
+from features.registry.model_registry import ModelRegistry
 
 USER_KIND = "user"
 _RESERVED = {"name", "version", "created_at", "data_snapshot_id", "code_version", "metrics", "embeddings", "files"}

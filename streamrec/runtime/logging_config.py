@@ -6,7 +6,7 @@ Every entry point (``streamrec`` CLI, ``python -m pipelines.cli``, ``python -m p
 json`` (clusters) is one JSON object per line for the log collector.
 
 Example:
-    >>> from streamrec.config import LoggingConfig
+    >>> from streamrec.runtime.config import LoggingConfig
     >>> configure_logging(LoggingConfig(level="DEBUG", format="json"))  # doctest: +SKIP
     >>> logging.getLogger("pipelines.runner").info("batch done", extra={"records": 12})  # doctest: +SKIP
     {"ts": "2026-01-02T03:04:05.678Z", "level": "INFO", "logger": "pipelines.runner", "message": "batch done", "records": 12}
@@ -20,7 +20,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from streamrec.config import LoggingConfig
+from streamrec.runtime.config import LoggingConfig
 
 __all__ = ["JsonFormatter", "TEXT_FORMAT", "configure_logging"]
 
