@@ -38,27 +38,16 @@ import numpy as np
 
 from features.privacy import Tombstone
 from serving.bandit import Arm, Arms, BanditPolicy, Decision, make_policy
-from serving.bandit.impressions import CONTEXT_HEADER, DecisionContext
+from serving.bandit.impressions import CONTEXT_HEADER, FEEDBACK_TYPES, DecisionContext, Rewards
 from serving.experiments import Experiment, RequestOutcome
 from serving.recommend.bundle_features import ARM_FEATURES, USER_FEATURES
 from serving.feedback_tokens import FEEDBACK_REASONS, FeedbackRejected, FeedbackSigner, check_claim
 
 log = logging.getLogger(__name__)
 
-FEEDBACK_TYPES = ("click", "bundle_purchase", "dismiss")
 _POPULARITY_WEIGHT = {"view": 1.0, "favorite": 1.0, "add_to_cart": 2.0, "click": 1.0}
 _PURCHASE_WEIGHT = 4.0
 SNAPSHOT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Rewards:
-    click: float = 1.0
-    bundle_purchase: float = 1.0
-    dismiss: float = 0.0
-
-    def of(self, kind: str) -> float:
-        return {"click": self.click, "bundle_purchase": self.bundle_purchase, "dismiss": self.dismiss}[kind]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ from serving.bandit.base import Decision
 __all__ = [
     "CANDIDATES_HEADER",
     "CONTEXT_HEADER",
+    "FEEDBACK_TYPES",
     "DecisionContext",
+    "Rewards",
     "decision_to_impression",
     "decode_candidates",
     "encode_candidates",
@@ -35,6 +37,22 @@ CONTEXT_HEADER = "streamrec-bandit"
 # embeddings): off-policy evaluation replays another policy over the same candidate set. The bandit
 # learner does not read it (its decision context header holds only the shown arms).
 CANDIDATES_HEADER = "streamrec-candidates"
+
+# The feedback that rewards a shown bundle, and what each is worth: the learner and OPE score the
+# same log the same way.
+FEEDBACK_TYPES = ("click", "bundle_purchase", "dismiss")
+
+
+@dataclass(frozen=True)
+class Rewards:
+    """Reward of each feedback type (``settings.serving.click_reward`` / ``purchase_reward`` / ``dismiss_reward``)."""
+
+    click: float = 1.0
+    bundle_purchase: float = 1.0
+    dismiss: float = 0.0
+
+    def of(self, kind: str) -> float:
+        return {"click": self.click, "bundle_purchase": self.bundle_purchase, "dismiss": self.dismiss}[kind]
 
 
 def decision_to_impression(

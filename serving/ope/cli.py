@@ -119,7 +119,7 @@ def _load_experiment(path: str, name: str | None) -> Any:
 
 
 def _read_log(settings: Any, experiment: str, variants: list[str] | None) -> Any:
-    from serving.app.learner_state import Rewards
+    from serving.bandit.impressions import Rewards
     from serving.ope.impression_log import parse_records
     from streamrec.runtime.kafka import read_topic
 

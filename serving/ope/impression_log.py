@@ -20,8 +20,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from serving.app.learner_state import FEEDBACK_TYPES, Rewards
-from serving.bandit.impressions import CANDIDATES_HEADER, CONTEXT_HEADER, DecisionContext, decode_candidates
+from serving.bandit.impressions import (
+    CANDIDATES_HEADER,
+    CONTEXT_HEADER,
+    FEEDBACK_TYPES,
+    DecisionContext,
+    Rewards,
+    decode_candidates,
+)
 
 __all__ = ["ImpressionLog", "LoggedDecision", "LoggedFeedbackEvent", "parse_records"]
 
