@@ -40,7 +40,7 @@ import pyarrow.fs as pafs
 
 from features.lake import LAKE_SCHEMA
 from ray_jobs.data.dataset import InteractionData
-from ray_jobs.data.sasrec_games import leave_one_out
+from ray_jobs.data.slicing import leave_one_out
 
 __all__ = [
     "load_lake",

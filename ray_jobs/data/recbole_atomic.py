@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ray_jobs.data.dataset import InteractionData
-from ray_jobs.data.sasrec_games import leave_one_out
+from ray_jobs.data.slicing import leave_one_out
 
 __all__ = ["load_recbole_atomic", "read_atomic", "ratio_split"]
 

@@ -21,36 +21,12 @@ import pandas as pd
 
 from ray_jobs.data.dataset import InteractionData
 from ray_jobs.data.paths import resolve_datasets_dir
+from ray_jobs.data.slicing import leave_one_out
 
-__all__ = ["load_sasrec_games", "leave_one_out"]
+__all__ = ["load_sasrec_games"]
 
 SUBDIR = "sasrec_amazon_games"
 FILE = "Video.txt"
-MIN_ACTIONS_FOR_EVAL = 3  # SASRec's data_partition: `if nfeedback < 3` -> train only
-
-
-def leave_one_out(
-    pairs: np.ndarray, min_actions: int = MIN_ACTIONS_FOR_EVAL
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split chronologically ordered ``(user, item)`` rows into train / valid (2nd last) / test (last).
-
-    Args:
-        pairs: ``(n, 2)`` rows; each user's rows must be in time order (users need not be contiguous).
-        min_actions: users with fewer actions go to train only.
-
-    Returns:
-        ``(train, valid, test)``, each sorted by user with the time order kept inside a user.
-    """
-    order = np.argsort(pairs[:, 0], kind="stable")
-    p = pairs[order]
-    _, starts, counts = np.unique(p[:, 0], return_index=True, return_counts=True)
-    from_end = np.repeat(starts + counts, counts) - np.arange(len(p))  # 1 for the last action
-    evaluated = np.repeat(counts >= min_actions, counts)
-    is_test = evaluated & (from_end == 1)
-    is_valid = evaluated & (from_end == 2)
-    return p[~(is_test | is_valid)], p[is_valid], p[is_test]
-
-
 def load_sasrec_games(datasets_dir: str | os.PathLike[str] | None = None) -> InteractionData:
     """Load SASRec's Games data with SASRec's leave-one-out split.
 

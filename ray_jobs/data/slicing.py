@@ -1,4 +1,5 @@
-"""Deterministic small slices of a dataset, for tests and quick runs.
+"""Splits and slices shared by the dataset adapters: SASRec's leave-one-out split, and
+deterministic small slices of a dataset for tests and quick runs.
 
 Example:
     >>> small = subsample_users(load_gowalla(), n_users=2000, seed=0)  # doctest: +SKIP
@@ -12,7 +13,9 @@ import numpy as np
 
 from ray_jobs.data.dataset import InteractionData
 
-__all__ = ["subsample_users"]
+__all__ = ["leave_one_out", "subsample_users"]
+
+MIN_ACTIONS_FOR_EVAL = 3  # SASRec's data_partition: `if nfeedback < 3` -> train only
 
 
 def _remap(values: np.ndarray, kept: np.ndarray, size: int) -> np.ndarray:
@@ -82,3 +85,25 @@ def subsample_users(
         user_ids=None if data.user_ids is None else data.user_ids[kept_users],
         item_ids=item_ids,
     )
+
+
+def leave_one_out(
+    pairs: np.ndarray, min_actions: int = MIN_ACTIONS_FOR_EVAL
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split chronologically ordered ``(user, item)`` rows into train / valid (2nd last) / test (last).
+
+    Args:
+        pairs: ``(n, 2)`` rows; each user's rows must be in time order (users need not be contiguous).
+        min_actions: users with fewer actions go to train only.
+
+    Returns:
+        ``(train, valid, test)``, each sorted by user with the time order kept inside a user.
+    """
+    order = np.argsort(pairs[:, 0], kind="stable")
+    p = pairs[order]
+    _, starts, counts = np.unique(p[:, 0], return_index=True, return_counts=True)
+    from_end = np.repeat(starts + counts, counts) - np.arange(len(p))  # 1 for the last action
+    evaluated = np.repeat(counts >= min_actions, counts)
+    is_test = evaluated & (from_end == 1)
+    is_valid = evaluated & (from_end == 2)
+    return p[~(is_test | is_valid)], p[is_valid], p[is_test]

@@ -27,7 +27,7 @@ import pandas as pd
 
 from ray_jobs.data.dataset import InteractionData
 from ray_jobs.data.paths import resolve_datasets_dir
-from ray_jobs.data.sasrec_games import leave_one_out
+from ray_jobs.data.slicing import leave_one_out
 from ray_jobs.data.sessions import last_days_cut, session_pairs, sessionize, split_sessions
 
 __all__ = ["load_taobao", "load_taobao_sessions", "BEHAVIORS"]
