@@ -27,10 +27,11 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "cmd_train", "MODEL_NAMES", "resolve_ray_address", "registry_name"]
+__all__ = ["MODEL_NAMES", "add_training_arguments", "cmd_train", "register", "registry_name", "resolve_ray_address"]
 
 # Kept literal so that building the CLI parser does not import torch (tested against MODELS).
 MODEL_NAMES = ("bprmf", "crosscbr", "gcegnn", "lightgcn", "popularity", "sasrec", "srgnn")
@@ -42,26 +43,34 @@ _SEQUENTIAL_RANKERS = ("gcegnn", "sasrec", "srgnn")
 _BUNDLE_MODELS = ("crosscbr",)
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``train`` subcommand to the ``streamrec`` sub-parsers."""
-    p = subparsers.add_parser("train", help="train a model with Ray Train and publish it to the registry")
-    p.add_argument("model", choices=MODEL_NAMES)
+def add_training_arguments(p: argparse.ArgumentParser, models: Sequence[str]) -> None:
+    """The flags of a training run, shared by `streamrec train` and ``python -m ray_jobs.train``
+    (one parser: the shell command fills in what the launcher would otherwise need spelled out)."""
+    p.add_argument("model", choices=models)
     p.add_argument("--config", type=Path, help="job YAML (default: the model's config in ray_jobs/configs/)")
     p.add_argument("--num-workers", type=int, help="Ray Train workers (DDP ranks)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL)")
     p.add_argument("--epochs", type=int, help="maximum epochs")
     p.add_argument("--max-users", type=int, help="train on a random slice of this many users")
-    p.add_argument("--registry", help="registry root, path or URI (default: the one serving reads)")
-    p.add_argument("--datasets-dir", help="shared datasets folder (default: settings.data.datasets_dir)")
-    p.add_argument("--storage-path", help="Ray Train checkpoint storage (default: ~/ray_results)")
-    p.add_argument("--name", help="registry name (overrides --serve-as)")
-    p.add_argument("--serve-as", choices=("item", "bundle", "ranker", "none"),
-                   help="publish under the serving model name (settings.serving.item_model / bundle_model / "
-                        "ranker_model)")
+    p.add_argument("--max-failures", type=int, help="worker-group restarts allowed (Ray FailureConfig)")
+    p.add_argument("--registry", help="registry root, path or URI, to publish to (`streamrec train`: default "
+                                      "the one serving reads)")
+    p.add_argument("--datasets-dir", help="shared datasets folder (`streamrec train`: default settings.data.datasets_dir)")
+    p.add_argument("--storage-path", help="Ray Train checkpoint storage, path or URI (default: ~/ray_results)")
+    p.add_argument("--name", help="run / registry name (default: from the config; `streamrec train`: see --serve-as)")
     p.add_argument("--until", help="lake datasets: train on events with event time <= this ISO 8601 time "
                                    "(UTC without an offset; default: everything in the lake at launch)")
     p.add_argument("--lake-root", help="lake datasets: lake root, path or URI (default: the feature "
                                        "pipeline's, under settings.data.state_dir)")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train`` subcommand to the ``streamrec`` sub-parsers."""
+    p = subparsers.add_parser("train", help="train a model with Ray Train and publish it to the registry")
+    add_training_arguments(p, MODEL_NAMES)
+    p.add_argument("--serve-as", choices=("item", "bundle", "ranker", "none"),
+                   help="publish under the serving model name (settings.serving.item_model / bundle_model / "
+                        "ranker_model)")
     p.add_argument("--private-ray", action="store_true", help="do not join a running local head")
     p.set_defaults(func=cmd_train)
     r = subparsers.add_parser("retrain", help="retrain the served models on the lake when enough new events arrived "
@@ -148,21 +157,15 @@ def cmd_train(args: argparse.Namespace, settings: Any) -> int:
     dataset = raw.get("dataset", {})
     name = registry_name(args.model, dataset.get("name", ""), raw.get("name", args.model),
                          settings, args.name, args.serve_as)
-    argv = [args.model, "--config", str(config), "--registry", registry, "--name", name,
-            "--datasets-dir", str(args.datasets_dir or settings.data.datasets_dir)]
     lake_root = args.lake_root
     if dataset.get("name") in _LAKE_DATASETS and lake_root is None and not dataset.get("options", {}).get("root"):
         lake_root = str(lake_root_of(settings))  # these settings' lake, not the process-wide default
-    for flag, value in (("--num-workers", args.num_workers), ("--epochs", args.epochs),
-                        ("--max-users", args.max_users), ("--storage-path", args.storage_path),
-                        ("--address", address), ("--until", args.until), ("--lake-root", lake_root)):
-        if value is not None:
-            argv += [flag, str(value)]
-    if args.use_gpu:
-        argv.append("--use-gpu")
+    run = argparse.Namespace(**{**vars(args), "config": Path(config), "registry": registry, "name": name,
+                                "datasets_dir": str(args.datasets_dir or settings.data.datasets_dir),
+                                "address": address, "lake_root": lake_root})
     print(f"training {args.model} ({config}) on {'Ray at ' + address if address else 'a private Ray instance'}; "
           f"registry {registry} as {name!r}", flush=True)
-    rc = launcher.main(argv)
+    rc = launcher.run(run)
     served = {settings.serving.item_model: "item_model", settings.serving.bundle_model: "bundle_model",
               settings.serving.ranker_model: "ranker_model"}
     if name in served:

@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import ray
 
+from ray_jobs.cli import add_training_arguments
 from ray_jobs.data.catalog import LAKE_DATASETS
 from ray_jobs.models import MODELS, model_config
 from ray_jobs.registry import ModelRegistry, code_version, describe_data
 from ray_jobs.trainers import JobConfig, TrainingOutcome, load_job_data, run_training
 from ray_jobs.trainers.launch import ensure_ray
 
-__all__ = ["main", "parse_args", "register_outcome"]
+__all__ = ["main", "parse_args", "register_outcome", "run"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIGS = {
@@ -42,24 +43,9 @@ DEFAULT_CONFIGS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ray_jobs.train", description=__doc__.split("\n")[0])
-    p.add_argument("model", choices=sorted(MODELS))
-    p.add_argument("--config", type=Path, help="job YAML (default: the model's config in ray_jobs/configs/)")
-    p.add_argument("--num-workers", type=int, help="Ray Train workers (DDP ranks)")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker, NCCL backend")
-    p.add_argument("--epochs", type=int, help="maximum epochs")
-    p.add_argument("--max-users", type=int, help="train on a random slice of this many users")
-    p.add_argument("--datasets-dir", help="folder with the shared datasets")
-    p.add_argument("--max-failures", type=int, help="worker-group restarts allowed (Ray FailureConfig)")
-    p.add_argument("--storage-path", help="Ray Train checkpoint storage (path or URI)")
-    p.add_argument("--registry", help="model registry root (path or pyarrow URI) to publish to")
-    p.add_argument("--name", help="run / registry name (default: from the config)")
+    add_training_arguments(p, sorted(MODELS))
     p.add_argument("--address", help="Ray cluster to join, e.g. 127.0.0.1:6380 (default: $RAY_ADDRESS, "
                                      "else a private local instance)")
-    p.add_argument("--until", help="datasets lake, lake_bundles: train on events with event time <= this "
-                                   "ISO 8601 time (UTC without an offset; default: everything in the lake "
-                                   "at launch)")
-    p.add_argument("--lake-root", help="datasets lake, lake_bundles: lake root, path or URI (default: the one "
-                                       "the feature pipeline writes under settings.data.state_dir)")
     return p.parse_args(argv)
 
 
@@ -140,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     configure_logging(get_settings().logging)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train as ``args`` (the flags of :func:`ray_jobs.cli.add_training_arguments` plus ``address``)
+    say, register the outcome when a registry is given, and print the JSON summary."""
     config = args.config or CONFIG_DIR / DEFAULT_CONFIGS[args.model]
     job = JobConfig.from_yaml(config, _overrides(args))
     if (args.until or args.lake_root) and job.dataset.name not in LAKE_DATASETS:

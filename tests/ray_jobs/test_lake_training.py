@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import dataclasses
 
 import numpy as np
@@ -100,15 +102,18 @@ def test_cmd_train_passes_the_settings_lake(tmp_path, monkeypatch):
     import ray_jobs.train as launcher
 
     settings = make_settings(tmp_path / "state", free_port())
-    seen: list[list[str]] = []
-    monkeypatch.setattr(launcher, "main", lambda argv: seen.append(argv) or 0)
+    seen: list[argparse.Namespace] = []
+    monkeypatch.setattr(launcher, "run", lambda args: seen.append(args) or 0)
     cmd_train(build_parser().parse_args(["train", "lightgcn", "--config", "ray_jobs/configs/lightgcn_lake.yaml",
-                                         "--until", "2017-12-01T00:00:00Z"]), settings)
-    opt = dict(zip(seen[0][1::2], seen[0][2::2]))
-    assert opt["--lake-root"] == str(settings.data.state_dir / "lake" / "events")
-    assert opt["--until"] == "2017-12-01T00:00:00Z" and opt["--name"] == settings.serving.item_model
+                                         "--until", "2017-12-01T00:00:00Z", "--epochs", "2"]), settings)
+    assert seen[0].lake_root == str(settings.data.state_dir / "lake" / "events")
+    assert seen[0].until == "2017-12-01T00:00:00Z" and seen[0].name == settings.serving.item_model
+    assert seen[0].epochs == 2 and seen[0].datasets_dir == str(settings.data.datasets_dir)
+    # What the launcher's own parser makes of the same flags is what the shell command hands it.
+    own = launcher.parse_args(["lightgcn", "--epochs", "2"])
+    assert set(vars(own)) <= set(vars(seen[0]))
     cmd_train(build_parser().parse_args(["train", "bprmf", "--registry", str(tmp_path / "r")]), settings)
-    assert "--lake-root" not in seen[1]  # only lake jobs get a lake root
+    assert seen[1].lake_root is None  # only lake jobs get a lake root
     monkeypatch.undo()  # the real launcher refuses lake options for another dataset, before starting Ray
     with pytest.raises(SystemExit, match="lake"):
         launcher.main(["bprmf", "--until", "2017-12-01"])

@@ -70,27 +70,25 @@ def test_cmd_train_wiring(settings, monkeypatch, capsys):
     a private Ray (no head runs on head_port); options pass through to the launcher."""
     import ray_jobs.train as launcher
 
-    seen: list[list[str]] = []
-    monkeypatch.setattr(launcher, "main", lambda argv: seen.append(argv) or 0)
+    seen: list = []
+    monkeypatch.setattr(launcher, "run", lambda run: seen.append(run) or 0)
     args = build_parser().parse_args(["train", "lightgcn", "--config", "ray_jobs/configs/lightgcn_taobao.yaml",
                                       "--num-workers", "2", "--use-gpu", "--epochs", "3"])
     assert cmd_train(args, settings) == 0
-    argv = seen[0]
-    opt = dict(zip(argv[1::2], argv[2::2]))
-    assert argv[0] == "lightgcn" and argv[-1] == "--use-gpu" and "--address" not in argv
-    assert opt["--registry"] == str(settings.data.state_dir / "registry")
-    assert opt["--name"] == settings.serving.item_model
-    assert opt["--datasets-dir"] == str(settings.data.datasets_dir)
-    assert (opt["--num-workers"], opt["--epochs"]) == ("2", "3")
+    run = seen[0]
+    assert run.model == "lightgcn" and run.use_gpu and run.address is None
+    assert run.registry == str(settings.data.state_dir / "registry")
+    assert run.name == settings.serving.item_model
+    assert run.datasets_dir == str(settings.data.datasets_dir)
+    assert (run.num_workers, run.epochs) == (2, 3)
     assert "serving.item_model" in capsys.readouterr().out
     custom = settings.model_copy(update={"serving": settings.serving.model_copy(update={"registry_root": "/r"})})
     args = build_parser().parse_args(["train", "crosscbr", "--registry", "/x"])
     cmd_train(args, custom)
-    opt = dict(zip(seen[1][1::2], seen[1][2::2]))
-    assert opt["--registry"] == "/x" and opt["--name"] == "crosscbr_youshu"
+    assert seen[1].registry == "/x" and seen[1].name == "crosscbr_youshu"
     assert "not 'crosscbr_youshu'" in capsys.readouterr().out  # says serving will not load it
     cmd_train(build_parser().parse_args(["train", "bprmf"]), custom)
-    assert dict(zip(seen[2][1::2], seen[2][2::2]))["--registry"] == "/r"  # serving.registry_root
+    assert seen[2].registry == "/r"  # serving.registry_root
 
 
 def test_registered_raw_ids_reach_serving(tmp_path):
