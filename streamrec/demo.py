@@ -375,7 +375,7 @@ def wait_learner_applied(settings: Settings, timeout_s: float = 180.0) -> dict[s
     """Until the bandit learner has folded in every record now in the topics it reads."""
     targets = {
         f"{topic}:{p}": end
-        for topic in (settings.kafka.topics.events, settings.serving.feedback_topic)
+        for topic in (settings.kafka.topics.events, settings.kafka.topics.feedback)
         for p, end in topic_end_offsets(settings.kafka, topic).items()
     }
     deadline = time.monotonic() + timeout_s

@@ -438,7 +438,7 @@ class RecommenderAPI:
                 event_id=event_id, user_id=body.user_id, session_id=common["session_id"], ts=body.ts or now,
                 received_at=now, request_id=body.request_id, bundle_id=body.bundle_id, feedback_token=body.feedback_token or "",
             )
-            topic, wire = self._s.feedback_topic, record.model_dump_json().encode()
+            topic, wire = self._settings.kafka.topics.feedback, record.model_dump_json().encode()
         else:
             payload = dict(common)
             if body.type == "click":

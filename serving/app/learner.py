@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
 from ray import serve
 from ray.serve import metrics
 
@@ -27,7 +25,7 @@ from serving.feedback_tokens import signer_from_settings
 from serving.recommend.bundle_features import ARM_DIM, USER_DIM
 from streamrec.runtime.config import Settings
 from streamrec.runtime.files import write_atomically
-from streamrec.runtime.kafka import end_offsets
+from streamrec.runtime.kafka import end_offsets, ensure_topics
 
 log = logging.getLogger("ray.serve")
 replica_loopback.install()  # before Ray starts this replica's gRPC server (serving/replica_loopback.py)
@@ -50,22 +48,6 @@ def new_learner_state(args: RecommenderArgs, settings: Settings) -> LearnerState
         Limits(s.context_ttl_s, s.max_contexts, s.max_seen_event_ids, s.max_outcomes, s.max_popular_items),
         Attribution(signer_from_settings(settings), s.attribution_window_s, s.max_line_quantity, s.max_item_price),
     )
-
-
-def ensure_feedback_topic(settings: Settings) -> None:
-    """Create the serving feedback topic (dismissals) if missing; idempotent."""
-    admin = KafkaAdminClient(**settings.kafka.client_options(), request_timeout_ms=10_000)
-    try:
-        if settings.serving.feedback_topic not in set(admin.list_topics()):
-            try:
-                admin.create_topics(
-                    [NewTopic(settings.serving.feedback_topic, settings.kafka.partitions, settings.kafka.replication_factor)],
-                    timeout_ms=10_000,
-                )
-            except TopicAlreadyExistsError:
-                pass
-    finally:
-        admin.close()
 
 
 @serve.deployment(name="BanditLearner", num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
@@ -141,15 +123,15 @@ class BanditLearner:
 
     def _partitions(self, consumer: KafkaConsumer) -> list[TopicPartition]:
         topics = (
-            self._settings.kafka.topics.events, self._settings.serving.feedback_topic, self._settings.kafka.topics.tombstones,
+            self._settings.kafka.topics.events, self._settings.kafka.topics.feedback, self._settings.kafka.topics.tombstones,
         )
         return [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
 
     def _connect(self) -> tuple[KafkaConsumer, list[TopicPartition]]:
         try:
-            ensure_feedback_topic(self._settings)
+            ensure_topics(self._settings.kafka)  # the feedback topic may be new to this cluster
         except Exception as exc:  # noqa: BLE001 - the events topic alone still works
-            log.warning("cannot create %s: %s", self._settings.serving.feedback_topic, exc)
+            log.warning("cannot create %s: %s", self._settings.kafka.topics.feedback, exc)
         consumer = KafkaConsumer(
             **self._settings.kafka.client_options(), enable_auto_commit=False, group_id=None,
             client_id="streamrec-bandit-learner", max_poll_records=2000,

@@ -126,7 +126,7 @@ def _read_log(settings: Any, experiment: str, variants: list[str] | None) -> Any
     s = settings.serving
     records = [
         *read_topic(settings.kafka, settings.kafka.topics.events),
-        *read_topic(settings.kafka, s.feedback_topic),
+        *read_topic(settings.kafka, settings.kafka.topics.feedback),
     ]
     return parse_records(records, Rewards(s.click_reward, s.purchase_reward, s.dismiss_reward), experiment, variants)
 

@@ -51,6 +51,9 @@ class TopicsConfig(BaseModel):
     # User deletion requests (key = user_id; value: features.privacy.Tombstone). Every stage that
     # keeps user data reads it and drops the user (Kafka cannot delete records from `events`).
     tombstones: str = "privacy.tombstones"
+    # Feedback the recommender receives itself (dismissals; `POST /v1/feedback`), read by the bandit
+    # learner and OPE beside the clicks and purchases on `events`.
+    feedback: str = "events.feedback"
 
 
 class KafkaConfig(BaseModel):
@@ -450,8 +453,6 @@ class ServingConfig(BaseModel):
     bundle_model: str = "crosscbr"
     # Sequential ranker (SASRec) that re-ranks retrieved items over the user's live sequence.
     ranker_model: str = "sasrec"
-    # Dismissals are not part of the event contract: they go to this serving-owned topic.
-    feedback_topic: str = "events.feedback"
     click_reward: float = 1.0
     purchase_reward: float = 1.0
     dismiss_reward: float = 0.0

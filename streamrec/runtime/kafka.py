@@ -14,7 +14,7 @@ from streamrec.runtime.config import KafkaConfig
 
 
 def ensure_topics(config: KafkaConfig, timeout_s: float = 10.0) -> dict[str, int]:
-    """Create the `events`, dead-letter and privacy tombstone topics if missing.
+    """Create the `events`, dead-letter, privacy tombstone and serving feedback topics if missing.
 
     Returns:
         topic name -> partition count, as the broker reports it after the call.
@@ -25,6 +25,7 @@ def ensure_topics(config: KafkaConfig, timeout_s: float = 10.0) -> dict[str, int
             config.topics.events: config.partitions,
             config.topics.dlq: config.partitions,
             config.topics.tombstones: config.partitions,
+            config.topics.feedback: config.partitions,
         }
         existing = set(admin.list_topics())
         missing = [

@@ -395,7 +395,7 @@ def test_topics_partitions_and_replication_agree_with_settings(overlay: str, cle
     for label, container in streamrec_containers(docs):
         with pytest.MonkeyPatch.context() as mp:
             s = settings_for(container, mp)
-        assert set(topics) == {s.kafka.topics.events, s.kafka.topics.dlq, s.kafka.topics.tombstones, s.serving.feedback_topic}, label
+        assert set(topics) == {s.kafka.topics.events, s.kafka.topics.dlq, s.kafka.topics.tombstones, s.kafka.topics.feedback}, label
         for name, spec in topics.items():
             assert spec["partitions"] == s.kafka.partitions, f"{label}: {name} partitions"
             assert spec["replicas"] == s.kafka.replication_factor, f"{label}: {name} replicas"
@@ -519,7 +519,7 @@ def test_kafka_user_acls_are_the_apps_topics_and_consumer_group(overlay: str, cl
         assert acl["resource"].get("patternType") == "literal" and acl.get("type", "allow") == "allow", acl
     topics = {a["resource"]["name"]: set(a["operations"]) for a in acls if a["resource"]["type"] == "topic"}
     groups = {a["resource"]["name"]: set(a["operations"]) for a in acls if a["resource"]["type"] == "group"}
-    assert set(topics) == {s.kafka.topics.events, s.kafka.topics.dlq, s.kafka.topics.tombstones, s.serving.feedback_topic}
+    assert set(topics) == {s.kafka.topics.events, s.kafka.topics.dlq, s.kafka.topics.tombstones, s.kafka.topics.feedback}
     assert set(topics) == {t["spec"]["topicName"] for t in all_of(docs, "KafkaTopic")}
     assert all(ops == {"Describe", "Read", "Write"} for ops in topics.values()), topics
     assert groups == {s.pipeline.group_id: {"Describe", "Read"}}

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import yaml
 from kafka import KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
 
 from features.events import event_to_json, parse_event
 from serving.bandit import Arms, make_policy
@@ -92,7 +91,7 @@ def _produce_log(settings: Any, seed: int) -> float:
             elif r % 40 == 0:  # dismissals go to the serving feedback topic (reward 0)
                 dismiss = {"schema_version": 1, "event_id": str(uuid.uuid4()), "type": "dismiss", "user_id": "u",
                            "session_id": "s", "ts": ts.isoformat(), "request_id": request_id, "bundle_id": ids[i]}
-                send(settings.serving.feedback_topic, dismiss, [("type", b"dismiss")])
+                send(settings.kafka.topics.feedback, dismiss, [("type", b"dismiss")])
     producer.flush()
     producer.close()
     return float(np.mean(truth))
@@ -102,12 +101,9 @@ def _produce_log(settings: Any, seed: int) -> float:
 def logged(kafka_broker, tmp_path_factory) -> dict[str, Any]:
     suffix = uuid.uuid4().hex[:8]
     port = int(kafka_broker.settings.kafka.bootstrap_servers.rsplit(":", 1)[1])
-    settings = make_settings(tmp_path_factory.mktemp("ope"), port, kafka={"topics": {"events": f"ope-{suffix}", "dlq": f"ope-dlq-{suffix}"}},
-                             serving={"feedback_topic": f"ope-feedback-{suffix}"})
-    ensure_topics(settings.kafka)
-    admin = KafkaAdminClient(**settings.kafka.client_options())
-    admin.create_topics([NewTopic(settings.serving.feedback_topic, num_partitions=2, replication_factor=1)])
-    admin.close()
+    settings = make_settings(tmp_path_factory.mktemp("ope"), port, kafka={"topics": {"events": f"ope-{suffix}", "dlq": f"ope-dlq-{suffix}",
+                                                                   "feedback": f"ope-feedback-{suffix}"}})
+    ensure_topics(settings.kafka)  # the feedback topic with the others
     experiments_file = tmp_path_factory.mktemp("ope-exp") / "experiments.yaml"
     experiments_file.write_text(yaml.safe_dump(EXPERIMENTS))
     return {"settings": settings, "truth": _produce_log(settings, seed=11), "file": str(experiments_file)}

@@ -148,7 +148,7 @@ def test_learner_killed_under_traffic_restores_exactly_once(recommender) -> None
         base = wait_for(lambda: (s := learner_stats(c)) and s["counters"]["feedback_pending"] == 0 and s, what="no pending")
         applied0 = base["counters"]["feedback_applied"]
         start = {t: {int(k.split(":")[1]): v for k, v in base["offsets"].items() if k.split(":")[0] == t}
-                 for t in (recommender.settings.kafka.topics.events, recommender.settings.serving.feedback_topic)}
+                 for t in (recommender.settings.kafka.topics.events, recommender.settings.kafka.topics.feedback)}
         dups0 = base["counters"]["feedback_duplicates"]
         started0 = base["started_at"]
         sent: set[str] = set()
@@ -198,7 +198,7 @@ def test_learner_killed_under_traffic_restores_exactly_once(recommender) -> None
         assert final["counters"]["feedback_applied"] == applied0 + len(sent)
         # every feedback record in Kafka since the baseline: distinct ones applied once, copies skipped
         settings = recommender.settings
-        log = [json.loads(r.value) for topic in (settings.kafka.topics.events, settings.serving.feedback_topic)
+        log = [json.loads(r.value) for topic in (settings.kafka.topics.events, settings.kafka.topics.feedback)
                for r in read_topic(settings.kafka, topic, start=start.get(topic), timeout_s=20)]
         ids = [e["event_id"] for e in log if e.get("type") in ("click", "bundle_purchase", "dismiss")]
         assert set(ids) == sent
