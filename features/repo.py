@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,19 +24,22 @@ from features.services import ALL_FEATURE_SERVICES
 from features.sources import OFFLINE_DIR, TIMESTAMP_FIELD
 from features.views import ALL_FEATURE_VIEWS, JOIN_KEY_OF_VIEW
 
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
+
 __all__ = ["apply_feature_repo", "feast_repo_dir", "get_feature_store", "offline_dir", "repo_config"]
 
 
-def feast_repo_dir(settings: Any) -> Path:
+def feast_repo_dir(settings: Settings) -> Path:
     return Path(settings.feast.repo_dir or settings.data.state_dir / "feast").expanduser().resolve()
 
 
-def offline_dir(settings: Any, view_name: str) -> Path:
+def offline_dir(settings: Settings, view_name: str) -> Path:
     """The folder of Parquet files that backs one feature view offline."""
     return feast_repo_dir(settings) / OFFLINE_DIR / view_name
 
 
-def repo_config(settings: Any):
+def repo_config(settings: Settings):
     """The Feast ``RepoConfig`` for these settings (what a ``feature_store.yaml`` would say)."""
     from feast.repo_config import RepoConfig
 
@@ -59,14 +62,14 @@ def repo_config(settings: Any):
     )
 
 
-def get_feature_store(settings: Any):
+def get_feature_store(settings: Settings):
     """A ``FeatureStore`` on the applied repository (call ``apply_feature_repo`` once before)."""
     from feast import FeatureStore
 
     return FeatureStore(config=repo_config(settings))
 
 
-def apply_feature_repo(settings: Any):
+def apply_feature_repo(settings: Settings):
     """Register entities, views and services (idempotent) and create the offline folders.
 
     Returns:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from datetime import date, datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 
 from pipelines.accumulators import FeatureSpec
 from pipelines.feast_sink import feature_frame, offline_file_as_of, write_offline
@@ -20,9 +20,12 @@ from pipelines.runner import compute_batch, records_from_lake
 from pipelines.state_store import PipelineState
 from pipelines.state_subset import merge_state, relevant_state
 
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
+
 
 def backfill(
-    settings: Any,
+    settings: Settings,
     from_date: date,
     step_s: int = 6 * 3600,
     on_step: Callable[[int, int, dict[str, int]], None] = lambda i, n, written: None,

@@ -16,9 +16,12 @@ import argparse
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
 
 
 def batch_record(summary: Any) -> dict[str, Any]:
@@ -41,7 +44,7 @@ def _append_jsonl(path: Path | None, record: dict[str, Any]) -> None:
             fh.write(json.dumps(record) + "\n")
 
 
-def cmd_pipeline_run(args: argparse.Namespace, settings: Any) -> int:
+def cmd_pipeline_run(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.runner import FeaturePipeline
 
     if args.streaming:
@@ -88,7 +91,7 @@ def cmd_pipeline_run(args: argparse.Namespace, settings: Any) -> int:
         pipeline.close()
 
 
-def _serve_metrics(pipeline: Any, settings: Any) -> Any:
+def _serve_metrics(pipeline: Any, settings: Settings) -> Any:
     """The pipeline's Prometheus endpoint when ``pipeline.metrics_port`` is set (else None)."""
     if settings.pipeline.metrics_port is None:
         return None
@@ -97,7 +100,7 @@ def _serve_metrics(pipeline: Any, settings: Any) -> Any:
     return serve_metrics(pipeline.metrics.registry, str(settings.pipeline.metrics_host), settings.pipeline.metrics_port)
 
 
-def cmd_pipeline_backfill(args: argparse.Namespace, settings: Any) -> int:
+def cmd_pipeline_backfill(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.backfill import backfill
 
     with tqdm(desc="backfill", unit="step", file=sys.stderr, dynamic_ncols=True) as bar:
@@ -117,7 +120,7 @@ def cmd_pipeline_backfill(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-def cmd_pipeline_training_set(args: argparse.Namespace, settings: Any) -> int:
+def cmd_pipeline_training_set(args: argparse.Namespace, settings: Settings) -> int:
     import pandas as pd
 
     from pipelines.training import build_training_set, label_rows_from_lake
@@ -136,7 +139,7 @@ def cmd_pipeline_training_set(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
-def cmd_features_apply(args: argparse.Namespace, settings: Any) -> int:
+def cmd_features_apply(args: argparse.Namespace, settings: Settings) -> int:
     from features.repo import apply_feature_repo, feast_repo_dir
 
     store = apply_feature_repo(settings)

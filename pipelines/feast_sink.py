@@ -8,7 +8,7 @@ named by the batch, is atomic and idempotent: a re-run of the same batch replace
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
@@ -19,6 +19,9 @@ from features.repo import arrow_schema, offline_dir
 from features.sources import TIMESTAMP_FIELD
 from features.views import ALL_FEATURE_VIEWS, JOIN_KEY_OF_VIEW
 from streamrec.runtime.files import atomic_path
+
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
 
 # Value types of the views' columns -> the Value proto field (and, for scalars, the cast Feast
 # applies; lists go in as they are: the rows hold plain Python values).
@@ -63,7 +66,7 @@ def offline_file_as_of(name: str) -> int | None:
     return int(parts[1]) if len(parts) > 2 and parts[0] == "asof" and parts[1].isdigit() else None
 
 
-def write_offline(settings: Any, view_name: str, frame: pd.DataFrame, batch_tag: str, as_of_s: float) -> None:
+def write_offline(settings: Settings, view_name: str, frame: pd.DataFrame, batch_tag: str, as_of_s: float) -> None:
     """Atomically write (or replace) the batch's offline file of one view."""
     folder = offline_dir(settings, view_name)
     folder.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TYPE_CHECKING
 
 import apache_beam as beam
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
@@ -38,6 +38,9 @@ from pipelines.metrics import set_consumer_lag
 from pipelines.records import KafkaRecord
 from streamrec.runtime.kafka import committed_offsets, end_offsets, wait_for_partitions
 
+if TYPE_CHECKING:
+    from streamrec.runtime.config import KafkaConfig
+
 __all__ = [
     "KafkaOffsetRange",
     "ReadKafkaOffsetRanges",
@@ -50,7 +53,7 @@ __all__ = [
 ]
 
 
-def beginning_offsets(kafka_config: Any, topic: str) -> dict[int, int]:
+def beginning_offsets(kafka_config: KafkaConfig, topic: str) -> dict[int, int]:
     """Partition -> the first offset the topic still holds."""
     consumer = _consumer(kafka_config.client_options())
     try:
@@ -61,7 +64,7 @@ def beginning_offsets(kafka_config: Any, topic: str) -> dict[int, int]:
 
 
 def plan_offset_ranges(
-    kafka_config: Any,
+    kafka_config: KafkaConfig,
     topic: str,
     group_id: str,
     start_offsets: dict[int, int] | None = None,
@@ -100,7 +103,7 @@ def plan_offset_ranges(
         consumer.close()
 
 
-def commit_offsets(kafka_config: Any, group_id: str, ranges: list[KafkaOffsetRange]) -> None:
+def commit_offsets(kafka_config: KafkaConfig, group_id: str, ranges: list[KafkaOffsetRange]) -> None:
     """Store each range's stop as the group's committed offset (after the batch's sinks succeeded)."""
     consumer = _consumer(kafka_config.client_options(), group_id)
     try:
@@ -111,7 +114,7 @@ def commit_offsets(kafka_config: Any, group_id: str, ranges: list[KafkaOffsetRan
         consumer.close()
 
 
-def read_offset_ranges(kafka_config: Any, ranges: list[KafkaOffsetRange], timeout_s: float = 60.0) -> list[KafkaRecord]:
+def read_offset_ranges(kafka_config: KafkaConfig, ranges: list[KafkaOffsetRange], timeout_s: float = 60.0) -> list[KafkaRecord]:
     """All records of ``ranges``, read by the caller (the micro-batch driver), partition by
     partition in offset order (``pipelines.kafka_reader``)."""
     return kafka_reader.read_offset_ranges(kafka_config.client_options(), ranges, timeout_s)

@@ -37,7 +37,7 @@ import logging
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Iterable
+from typing import Any, Collection, Iterable, TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -48,6 +48,9 @@ from features.lake import LAKE_SCHEMA
 from pipelines.records import KafkaRecord
 from pipelines.state_store import load_state, save_state, state_path
 from streamrec.runtime.files import atomic_path, write_atomically
+
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ class PurgeSummary:
 # -- the tombstone topic --------------------------------------------------------------------
 
 
-def publish_tombstone(settings: Any, tombstone: Tombstone) -> tuple[int, int]:
+def publish_tombstone(settings: Settings, tombstone: Tombstone) -> tuple[int, int]:
     """Produce the tombstone (``acks=all``, keyed by user id); returns (partition, offset)."""
     from kafka import KafkaProducer
 
@@ -108,7 +111,7 @@ def publish_tombstone(settings: Any, tombstone: Tombstone) -> tuple[int, int]:
         producer.close()
 
 
-def read_tombstones(settings: Any, start: dict[int, int] | None = None) -> tuple[list[Tombstone], dict[int, int]]:
+def read_tombstones(settings: Settings, start: dict[int, int] | None = None) -> tuple[list[Tombstone], dict[int, int]]:
     """Tombstones from ``start`` (partition -> offset) to the end now, and the offsets after them."""
     from streamrec.runtime.kafka import read_topic
 
@@ -133,7 +136,7 @@ class PrivacyLedger:
     deleted: dict[str, str] = field(default_factory=dict)
 
 
-def ledger_path(settings: Any) -> Path:
+def ledger_path(settings: Settings) -> Path:
     return state_path(settings).parent / LEDGER_NAME
 
 
@@ -219,7 +222,7 @@ def user_keyed_views() -> list[Any]:
     return [v for v in ALL_FEATURE_VIEWS if JOIN_KEY_OF_VIEW[v.name] == user.join_key]
 
 
-def purge_offline(settings: Any, users: set[str]) -> tuple[int, int]:
+def purge_offline(settings: Settings, users: set[str]) -> tuple[int, int]:
     """Rewrite the offline Parquet files of user-keyed views without ``users``; (rows, files)."""
     from features.repo import offline_dir
     from features.views import JOIN_KEY_OF_VIEW
@@ -246,7 +249,7 @@ def _entity_keys(users: set[str]) -> list[Any]:
     return [EntityKey(join_keys=[user.join_key], entity_values=[Value(string_val=u)]) for u in sorted(users)]
 
 
-def purge_online(settings: Any, users: set[str]) -> int:
+def purge_online(settings: Settings, users: set[str]) -> int:
     """Delete the online rows of ``users`` (SQLite: feature rows; Redis: entity hashes)."""
     from features.repo import repo_config
 
@@ -312,7 +315,7 @@ def _drop_keys(family: dict[str, Any], keys: set[str]) -> int:
     return len(present)
 
 
-def purge_registry(settings: Any, users: set[str]) -> dict[str, str]:
+def purge_registry(settings: Settings, users: set[str]) -> dict[str, str]:
     """Drop the users' rows from the latest ``user`` embeddings of every registered model."""
     root = Path(settings.serving.registry_root or settings.data.state_dir / "registry")
     if "://" not in str(root) and not root.is_dir():
@@ -327,7 +330,7 @@ def purge_registry(settings: Any, users: set[str]) -> dict[str, str]:
     return changed
 
 
-def purge_users(settings: Any, users: set[str], registry: bool = True) -> PurgeSummary:
+def purge_users(settings: Settings, users: set[str], registry: bool = True) -> PurgeSummary:
     """Remove ``users`` from the lake, Feast offline and online, the pipeline state and (optionally)
     the model registry. Idempotent: a second call finds nothing and removes nothing."""
     summary = PurgeSummary(sorted(users))
@@ -343,7 +346,7 @@ def purge_users(settings: Any, users: set[str], registry: bool = True) -> PurgeS
     return summary
 
 
-def delete_user(settings: Any, user_id: str, reason: str, source: str = "cli") -> tuple[Tombstone, PurgeSummary]:
+def delete_user(settings: Settings, user_id: str, reason: str, source: str = "cli") -> tuple[Tombstone, PurgeSummary]:
     """What ``streamrec users delete`` does: publish the tombstone first (so every stage that runs
     concurrently drops the user from then on), then purge every store now."""
     tombstone = Tombstone.for_user(user_id, reason=reason, source=source)
@@ -351,7 +354,7 @@ def delete_user(settings: Any, user_id: str, reason: str, source: str = "cli") -
     return tombstone, purge_users(settings, {user_id})
 
 
-def apply_new_tombstones(settings: Any) -> tuple[PrivacyLedger, PurgeSummary | None]:
+def apply_new_tombstones(settings: Settings) -> tuple[PrivacyLedger, PurgeSummary | None]:
     """The pipeline's step at each micro-batch: read tombstones since the last batch, purge their
     users (again: a batch in flight during ``users delete`` may have written them back), and
     record them in the ledger. A crash before the ledger is saved re-reads and re-purges."""

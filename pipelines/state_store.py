@@ -11,9 +11,12 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from streamrec.runtime.files import atomic_path
+
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
 
 STATE_VERSION = 1
 FAMILIES = ("seen", "users", "items", "sessions", "cooccurrence", "bundles", "requests", "variants")
@@ -40,7 +43,7 @@ class PipelineState:
         return {name: len(getattr(self, name)) for name in FAMILIES}
 
 
-def state_path(settings: Any) -> Path:
+def state_path(settings: Settings) -> Path:
     return Path(settings.data.state_dir) / settings.pipeline.state_subdir / "state.pkl"
 
 

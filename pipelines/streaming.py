@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import sys
 import uuid
-from typing import Any, Callable, Iterable, Tuple
+from typing import Any, Callable, Iterable, TYPE_CHECKING, Tuple
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -59,6 +59,9 @@ from pipelines.lake import append_event_lake, lake_row
 from pipelines.metrics import count_dead_letters, count_records, set_newest_event
 from pipelines.records import KafkaRecord, ParsedRecord
 from pipelines.transforms import ATTRIBUTED_TYPES, ParseEvents, late_dead_letter, session_lines, variant_of
+
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
 
 __all__ = [
     "ComputeFeaturesStreaming",
@@ -374,7 +377,7 @@ class ComputeFeaturesStreaming(beam.PTransform):
 class _WriteFeatures(beam.DoFn):
     """Per bundle: one offline Parquet file per view, and an online push of each key's latest row."""
 
-    def __init__(self, settings: Any, push_online: bool = True):
+    def __init__(self, settings: Settings, push_online: bool = True):
         self.settings, self.push = settings, push_online
 
     def setup(self):
@@ -427,7 +430,7 @@ class _WriteLake(beam.DoFn):
 
 
 class _SendDeadLetters(beam.DoFn):
-    def __init__(self, settings: Any):
+    def __init__(self, settings: Settings):
         self.settings = settings
 
     def setup(self):
@@ -448,7 +451,7 @@ class _SendDeadLetters(beam.DoFn):
 
 def build_streaming_pipeline(
     p: beam.Pipeline,
-    settings: Any,
+    settings: Settings,
     start_offsets: dict[int, int],
     stop_offsets: dict[int, int] | None = None,
     push_online: bool = True,
@@ -473,7 +476,7 @@ def build_streaming_pipeline(
     )
 
 
-def run_streaming(settings: Any, extra_beam_args: list[str] | None = None, stop_offsets: dict[int, int] | None = None) -> Any:
+def run_streaming(settings: Settings, extra_beam_args: list[str] | None = None, stop_offsets: dict[int, int] | None = None) -> Any:
     """Submit the job (from the topic's beginning offsets) and wait for it; returns the result.
 
     Args:

@@ -14,14 +14,17 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import pandas as pd
 
 from features.sources import TIMESTAMP_FIELD
 
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
 
-def build_training_set(settings: Any, entity_rows: pd.DataFrame, feature_service: str = "ranking_v1", store: Any = None) -> pd.DataFrame:
+
+def build_training_set(settings: Settings, entity_rows: pd.DataFrame, feature_service: str = "ranking_v1", store: Any = None) -> pd.DataFrame:
     """Join the features of ``feature_service`` to ``entity_rows`` as of each row's timestamp.
 
     Args:
@@ -47,7 +50,7 @@ def build_training_set(settings: Any, entity_rows: pd.DataFrame, feature_service
     return out.sort_values("_row").drop(columns="_row").reset_index(drop=True)
 
 
-def label_rows_from_lake(settings: Any, event_types: tuple[str, ...] = ("purchase", "add_to_cart"), epsilon_s: float = 1e-3) -> pd.DataFrame:
+def label_rows_from_lake(settings: Settings, event_types: tuple[str, ...] = ("purchase", "add_to_cart"), epsilon_s: float = 1e-3) -> pd.DataFrame:
     """Training rows from the event lake: one per (user, item) interaction of ``event_types``, stamped
     ``epsilon_s`` before the event so its own features exclude it."""
     import json

@@ -9,10 +9,13 @@ rows removed per store. Stages that run elsewhere (the bandit learner in Serve, 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
 
 
-def cmd_users_delete(args: argparse.Namespace, settings: Any) -> int:
+def cmd_users_delete(args: argparse.Namespace, settings: Settings) -> int:
     from pipelines.privacy import delete_user
 
     tombstone, summary = delete_user(settings, args.user_id, reason=args.reason, source="cli")

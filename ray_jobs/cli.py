@@ -29,7 +29,10 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
 
 __all__ = ["MODEL_NAMES", "add_training_arguments", "cmd_train", "register", "registry_name", "resolve_ray_address"]
 
@@ -81,7 +84,7 @@ def register(subparsers: Any) -> None:
     r.set_defaults(func=cmd_retrain)
 
 
-def cmd_retrain(args: argparse.Namespace, settings: Any) -> int:
+def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     """One check of the retrain trigger (``ray_jobs.retrain``), or a watch loop of them."""
     from ray_jobs.retrain import run_retrain
 
@@ -99,7 +102,7 @@ def cmd_retrain(args: argparse.Namespace, settings: Any) -> int:
         time.sleep(settings.retrain.check_interval_s)
 
 
-def resolve_ray_address(settings: Any, private: bool = False) -> str | None:
+def resolve_ray_address(settings: Settings, private: bool = False) -> str | None:
     """The cluster to join: configured address, else the running local head, else None (private)."""
     if private:
         return None
@@ -112,7 +115,7 @@ def resolve_ray_address(settings: Any, private: bool = False) -> str | None:
     return None
 
 
-def registry_name(model: str, dataset: str, job_name: str, settings: Any,
+def registry_name(model: str, dataset: str, job_name: str, settings: Settings,
                   name: str | None = None, serve_as: str | None = None) -> str:
     """The name a run is registered under (see the module docstring)."""
     if name:
@@ -138,7 +141,7 @@ def _default_serve_as(model: str, dataset: str) -> str:
     return "item" if model in _ITEM_EMBEDDING_MODELS else "none"
 
 
-def cmd_train(args: argparse.Namespace, settings: Any) -> int:
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     import yaml
 
     address = resolve_ray_address(settings, args.private_ray)

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,9 @@ import pyarrow.fs as pafs
 from features.lake import LAKE_SCHEMA
 from ray_jobs.data.dataset import InteractionData
 from ray_jobs.data.slicing import leave_one_out
+
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
 
 __all__ = [
     "load_lake",
@@ -106,7 +109,7 @@ class LakeSnapshot:
                 "partitions": list(self.partitions)}
 
 
-def lake_root_of(settings: Any) -> Path:
+def lake_root_of(settings: Settings) -> Path:
     """The lake root the feature pipeline writes for ``settings`` (``DataConfig.lake_dir``)."""
     return settings.data.lake_dir
 

@@ -12,12 +12,15 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from features import entities
+
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +144,7 @@ def load_embeddings(registry_root: str | Path, model_name: str, kind: str,
 class FeastReader:
     """Online feature reads through Feast when a store was applied; None / {} otherwise."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._store: Any = None
         self._readers: dict[tuple[str, ...], Any] = {}  # one OnlineReader per refs: its set-up is per refs

@@ -50,7 +50,7 @@ RECENT_ITEMS_PER_REQUEST = 8  # the user's latest distinct items that bundles ar
 class _Embeddings:
     """Item / bundle / user embeddings of the registered models, re-read every ``refresh_s``."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
         s = settings.serving
         self.root = s.registry_root or str(settings.data.state_dir / "registry")

@@ -26,12 +26,15 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from serving.recommend.bundle_features import ARM_DIM, USER_DIM
+
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
 
 __all__ = ["TargetSpec", "cmd_ope", "register", "resolve_target"]
 
@@ -118,7 +121,7 @@ def _load_experiment(path: str, name: str | None) -> Any:
     raise ValueError(f"no experiment {wanted!r} in {path}; known: {[e.name for e in parsed.experiments]}")
 
 
-def _read_log(settings: Any, experiment: str, variants: list[str] | None) -> Any:
+def _read_log(settings: Settings, experiment: str, variants: list[str] | None) -> Any:
     from serving.bandit.impressions import Rewards
     from serving.ope.impression_log import parse_records
     from streamrec.runtime.kafka import read_topic
@@ -165,7 +168,7 @@ def _print_result(doc: dict[str, Any], result: Any, log: Any, slot: int, learn: 
         print(f"  {label:<10} {e.value:>9.4f}  [{e.lower:>9.4f}, {e.upper:>9.4f}]  {e.std_error:>8.4f}")
 
 
-def cmd_ope(args: argparse.Namespace, settings: Any) -> int:
+def cmd_ope(args: argparse.Namespace, settings: Settings) -> int:
     from serving.ope.policy_replay import estimate_policy_value, target_probabilities
 
     if args.slot < 0:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
 
 __all__ = ["cmd_report", "register"]
 
 
-def cmd_report(args: argparse.Namespace, settings: Any) -> int:
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     from streamrec.report import build_report  # matplotlib is imported only when a report is built
 
     run_dir = Path(args.run_dir) if args.run_dir else settings.data.demo_dir
