@@ -1,4 +1,5 @@
-"""One entity's online features, read the way serving reads them on every request.
+"""The online store's face: one entity's features read the way serving reads them on every
+request (``OnlineReader``), and a user's rows deleted (``delete_online_rows``).
 
 ``OnlineReader(store, refs).read(value)`` returns ``{feature name: Python value}`` for one entity key,
 the values ``store.get_online_features(features=refs, entity_rows=[{key: value}]).to_dict()`` gives
@@ -12,12 +13,17 @@ reader's refs are fixed, so that work is done once, in ``__init__``. The online 
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from features.views import JOIN_KEY_OF_VIEW
+from features.views import JOIN_KEY_OF_VIEW, USER_KEYED_VIEWS
 
-__all__ = ["OnlineReader"]
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
+
+__all__ = ["OnlineReader", "delete_online_rows"]
 
 # The value kinds our views hold, converted directly: Feast's converter walks a chain of special
 # cases (JSON, maps, timestamps) first, a sixth of a Redis read. Any other kind goes to Feast's.
@@ -78,3 +84,60 @@ class OnlineReader:
                 if value is not None:
                     out[name] = value
         return out
+
+
+def _entity_keys(users: set[str]) -> list[Any]:
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from features.entities import user
+
+    return [EntityKey(join_keys=[user.join_key], entity_values=[Value(string_val=u)]) for u in sorted(users)]
+
+
+def delete_online_rows(settings: Settings, users: set[str]) -> int:
+    """Delete the online rows of ``users`` (SQLite: feature rows; Redis: entity hashes); how many.
+
+    Feast has no public call that deletes one entity's rows, so this is where streamrec reaches
+    into its online stores' key layout (the SQLite table ids, Redis's hash names): in the
+    contract, next to the reads, so that no other room depends on Feast's internals.
+    """
+    from features.repo import repo_config
+
+    config = repo_config(settings)
+    keys = _entity_keys(users)
+    if settings.feast.online_store == "redis":
+        return _purge_redis(config, keys)
+    return _purge_sqlite(config, keys)
+
+
+def _purge_sqlite(config: Any, keys: list[Any]) -> int:
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.infra.online_stores.helpers import compute_table_id
+
+    path = Path(config.online_store.path)
+    if not path.exists():
+        return 0
+    blobs = [(serialize_entity_key(k, entity_key_serialization_version=config.entity_key_serialization_version),) for k in keys]
+    versioning = config.registry.enable_online_feature_view_versioning
+    removed = 0
+    # timeout: the pipeline's own Feast connection may be writing at the same moment.
+    with sqlite3.connect(path, timeout=30) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for view in USER_KEYED_VIEWS:
+            table = compute_table_id(config.project, view, versioning)
+            if table in tables:
+                removed += conn.executemany(f'DELETE FROM "{table}" WHERE entity_key = ?', blobs).rowcount
+    return removed
+
+
+def _purge_redis(config: Any, keys: list[Any]) -> int:
+    from feast.infra.online_stores.helpers import _redis_key
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    # Feast keeps all views of one entity in one hash named by the serialized entity key + project;
+    # the user entity has only user-keyed views, so the whole hash is the user's. Feast's client
+    # factory parses the same connection string the feature store uses.
+    client = RedisOnlineStore()._get_client(config.online_store)
+    names = [_redis_key(config.project, k, config.entity_key_serialization_version) for k in keys]
+    return int(client.delete(*names)) if names else 0

@@ -119,6 +119,8 @@ JOIN_KEY_OF_VIEW = {
     bundle_features.name: bundle.join_key,
     experiment_variant_features.name: experiment_variant.join_key,
 }
+# The views whose entity is the user: their rows are the user's (deleted with the user).
+USER_KEYED_VIEWS = [v for v in ALL_FEATURE_VIEWS if JOIN_KEY_OF_VIEW[v.name] == user.join_key]
 
 
 def feature_names(view: FeatureView) -> list[str]:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Iterable, TYPE_CHECKING
@@ -43,8 +42,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features.privacy import Tombstone
 from features.lake import LAKE_SCHEMA
+from features.online import delete_online_rows
+from features.privacy import Tombstone
+from features.views import USER_KEYED_VIEWS
 from pipelines.records import KafkaRecord
 from pipelines.state_store import load_state, save_state, state_path
 from streamrec.runtime.files import atomic_path, write_atomically
@@ -214,21 +215,13 @@ def purge_lake(root: Path, users: set[str]) -> LakePurge:
     return result
 
 
-def user_keyed_views() -> list[Any]:
-    """The feature views whose entity is the user (their rows are the user's)."""
-    from features.entities import user
-    from features.views import ALL_FEATURE_VIEWS, JOIN_KEY_OF_VIEW
-
-    return [v for v in ALL_FEATURE_VIEWS if JOIN_KEY_OF_VIEW[v.name] == user.join_key]
-
-
 def purge_offline(settings: Settings, users: set[str]) -> tuple[int, int]:
     """Rewrite the offline Parquet files of user-keyed views without ``users``; (rows, files)."""
     from features.repo import offline_dir
     from features.views import JOIN_KEY_OF_VIEW
 
     rows = files = 0
-    for view in user_keyed_views():
+    for view in USER_KEYED_VIEWS:
         for path in sorted(offline_dir(settings, view.name).glob("*.parquet")):
             table = pq.read_table(path)
             mask = _user_mask(table, JOIN_KEY_OF_VIEW[view.name], users)
@@ -238,58 +231,6 @@ def purge_offline(settings: Settings, users: set[str]) -> tuple[int, int]:
                 rows += removed
                 files += 1
     return rows, files
-
-
-def _entity_keys(users: set[str]) -> list[Any]:
-    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    from features.entities import user
-
-    return [EntityKey(join_keys=[user.join_key], entity_values=[Value(string_val=u)]) for u in sorted(users)]
-
-
-def purge_online(settings: Settings, users: set[str]) -> int:
-    """Delete the online rows of ``users`` (SQLite: feature rows; Redis: entity hashes)."""
-    from features.repo import repo_config
-
-    config = repo_config(settings)
-    keys = _entity_keys(users)
-    if settings.feast.online_store == "redis":
-        return _purge_redis(config, keys)
-    return _purge_sqlite(config, keys)
-
-
-def _purge_sqlite(config: Any, keys: list[Any]) -> int:
-    from feast.infra.key_encoding_utils import serialize_entity_key
-    from feast.infra.online_stores.helpers import compute_table_id
-
-    path = Path(config.online_store.path)
-    if not path.exists():
-        return 0
-    blobs = [(serialize_entity_key(k, entity_key_serialization_version=config.entity_key_serialization_version),) for k in keys]
-    versioning = config.registry.enable_online_feature_view_versioning
-    removed = 0
-    # timeout: the pipeline's own Feast connection may be writing at the same moment.
-    with sqlite3.connect(path, timeout=30) as conn:
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        for view in user_keyed_views():
-            table = compute_table_id(config.project, view, versioning)
-            if table in tables:
-                removed += conn.executemany(f'DELETE FROM "{table}" WHERE entity_key = ?', blobs).rowcount
-    return removed
-
-
-def _purge_redis(config: Any, keys: list[Any]) -> int:
-    from feast.infra.online_stores.helpers import _redis_key
-    from feast.infra.online_stores.redis import RedisOnlineStore
-
-    # Feast keeps all views of one entity in one hash named by the serialized entity key + project;
-    # the user entity has only user-keyed views, so the whole hash is the user's. Feast's client
-    # factory parses the same connection string the feature store uses.
-    client = RedisOnlineStore()._get_client(config.online_store)
-    names = [_redis_key(config.project, k, config.entity_key_serialization_version) for k in keys]
-    return int(client.delete(*names)) if names else 0
 
 
 def purge_state(path: Path, users: set[str], lake: LakePurge) -> dict[str, int]:
@@ -339,7 +280,7 @@ def purge_users(settings: Settings, users: set[str], registry: bool = True) -> P
     lake = purge_lake(settings.data.lake_dir, users)
     summary.lake_rows, summary.lake_files = lake.rows, lake.files
     summary.offline_rows, summary.offline_files = purge_offline(settings, users)
-    summary.online_rows = purge_online(settings, users)
+    summary.online_rows = delete_online_rows(settings, users)
     summary.state_removed = purge_state(state_path(settings), users, lake)
     if registry:
         summary.registry_versions = purge_registry(settings, users)

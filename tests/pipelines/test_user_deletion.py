@@ -200,7 +200,7 @@ def test_redis_online_rows_of_one_user_are_deleted(tmp_path) -> None:
     """Production's online store: the user's Redis hash goes, another user's stays."""
     from features.repo import apply_feature_repo
     from pipelines.feast_sink import feature_frame, push_online
-    from pipelines.privacy import purge_online
+    from features.online import delete_online_rows
     from support import redis_server
 
     with redis_server() as port:
@@ -211,9 +211,9 @@ def test_redis_online_rows_of_one_user_are_deleted(tmp_path) -> None:
         push_online(store, "user_features", feature_frame("user_features", rows, 1511600000))
         assert _online_sdk(store, ["gone", "kept"])["last_seen_unix"] == [1511600000, 1511600000]
 
-        assert purge_online(settings, {"gone", "never-seen"}) == 1
+        assert delete_online_rows(settings, {"gone", "never-seen"}) == 1
         assert _online_sdk(store, ["gone", "kept"])["last_seen_unix"] == [None, 1511600000]
-        assert purge_online(settings, {"gone"}) == 0
+        assert delete_online_rows(settings, {"gone"}) == 0
 
 
 def _user_row(user_id: str) -> dict[str, Any]:
