@@ -100,9 +100,9 @@ class PurgeSummary:
 
 def publish_tombstone(settings: Settings, tombstone: Tombstone) -> tuple[int, int]:
     """Produce the tombstone (``acks=all``, keyed by user id); returns (partition, offset)."""
-    from kafka import KafkaProducer
+    from streamrec.runtime.kafka import new_producer
 
-    producer = KafkaProducer(**settings.kafka.client_options(), acks="all")
+    producer = new_producer(settings.kafka, acks="all")
     try:
         meta = producer.send(settings.kafka.topics.tombstones, key=tombstone.key, value=tombstone.to_json()).get(
             timeout=settings.kafka.produce_timeout_s

@@ -434,9 +434,9 @@ class _SendDeadLetters(beam.DoFn):
         self.settings = settings
 
     def setup(self):
-        from kafka import KafkaProducer
+        from streamrec.runtime.kafka import new_producer
 
-        self.producer = KafkaProducer(**self.settings.kafka.client_options(), acks="all", linger_ms=5)
+        self.producer = new_producer(self.settings.kafka, acks="all", linger_ms=5)
 
     def process(self, dead):
         limit = self.settings.collector.limits.dlq_max_raw_bytes

@@ -25,7 +25,7 @@ from serving.feedback_tokens import signer_from_settings
 from serving.recommend.bundle_features import ARM_DIM, USER_DIM
 from streamrec.runtime.config import Settings
 from streamrec.runtime.files import write_atomically
-from streamrec.runtime.kafka import end_offsets, ensure_topics
+from streamrec.runtime.kafka import end_offsets, ensure_topics, new_consumer, new_producer
 
 log = logging.getLogger("ray.serve")
 replica_loopback.install()  # before Ray starts this replica's gRPC server (serving/replica_loopback.py)
@@ -132,10 +132,8 @@ class BanditLearner:
             ensure_topics(self._settings.kafka)  # the feedback topic may be new to this cluster
         except Exception as exc:  # noqa: BLE001 - the events topic alone still works
             log.warning("cannot create %s: %s", self._settings.kafka.topics.feedback, exc)
-        consumer = KafkaConsumer(
-            **self._settings.kafka.client_options(), enable_auto_commit=False, group_id=None,
-            client_id="streamrec-bandit-learner", max_poll_records=2000,
-        )
+        consumer = new_consumer(self._settings.kafka, group_id=None, client_id="streamrec-bandit-learner",
+                                max_poll_records=2000)
         partitions = self._partitions(consumer)
         self._seek(consumer, partitions)
         return consumer, partitions
@@ -238,8 +236,7 @@ class BanditLearner:
             self._rejected.inc(tags={"reason": r.reason})
         try:
             if self._dlq is None:
-                self._dlq = KafkaProducer(**self._settings.kafka.client_options(), acks="all",
-                                          client_id="streamrec-bandit-learner-dlq")
+                self._dlq = new_producer(self._settings.kafka, acks="all", client_id="streamrec-bandit-learner-dlq")
             for r in rejections:
                 value = dead_letter(r.reason, r.detail, r.raw, now, limits, event_id=r.event_id, source=DLQ_SOURCE)
                 self._dlq.send(self._settings.kafka.topics.dlq, value=value,

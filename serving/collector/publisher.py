@@ -29,6 +29,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from streamrec.runtime.config import KafkaConfig
+from streamrec.runtime.kafka import new_producer
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,8 @@ class EventPublisher:
 
     def _new_producer(self) -> KafkaProducer:
         try:
-            return KafkaProducer(
-                **self._config.client_options(),
+            return new_producer(
+                self._config,
                 **producer_options(self._config, self._linger_ms),
                 client_id=self._client_id,
                 acks="all",

@@ -5,12 +5,30 @@ from __future__ import annotations
 
 import time
 
-from kafka import KafkaConsumer, TopicPartition
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import TopicAlreadyExistsError
 
 from streamrec.runtime.config import KafkaConfig
+
+
+def new_producer(config: KafkaConfig, **options: Any) -> KafkaProducer:
+    """A kafka-python producer with this cluster's connection and security settings plus ``options``."""
+    return KafkaProducer(**config.client_options(), **options)
+
+
+def new_consumer(config: KafkaConfig, **options: Any) -> KafkaConsumer:
+    """A kafka-python consumer (no topics subscribed) with this cluster's connection settings plus
+    ``options``; offsets are never committed automatically unless ``options`` say so."""
+    return KafkaConsumer(**config.client_options(), **{"enable_auto_commit": False, **options})
+
+
+def new_admin(config: KafkaConfig, **options: Any) -> KafkaAdminClient:
+    """A kafka-python admin client with this cluster's connection settings plus ``options``."""
+    return KafkaAdminClient(**config.client_options(), **options)
 
 
 def ensure_topics(config: KafkaConfig, timeout_s: float = 10.0) -> dict[str, int]:
@@ -19,7 +37,7 @@ def ensure_topics(config: KafkaConfig, timeout_s: float = 10.0) -> dict[str, int
     Returns:
         topic name -> partition count, as the broker reports it after the call.
     """
-    admin = KafkaAdminClient(**config.client_options(), request_timeout_ms=int(timeout_s * 1000))
+    admin = new_admin(config, request_timeout_ms=int(timeout_s * 1000))
     try:
         wanted = {
             config.topics.events: config.partitions,
@@ -94,7 +112,7 @@ def wait_for_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 
 
 def committed_offsets(config: KafkaConfig, topic: str, group_id: str) -> dict[int, int | None]:
     """Partition -> the group's committed offset (None where nothing was committed)."""
-    consumer = KafkaConsumer(**config.client_options(), group_id=group_id, enable_auto_commit=False)
+    consumer = new_consumer(config, group_id=group_id)
     try:
         return {tp.partition: consumer.committed(tp) for tp in wait_for_partitions(consumer, topic)}
     finally:
@@ -103,7 +121,7 @@ def committed_offsets(config: KafkaConfig, topic: str, group_id: str) -> dict[in
 
 def topic_end_offsets(config: KafkaConfig, topic: str) -> dict[int, int]:
     """Partition -> end offset of `topic` now (to read only what arrives later)."""
-    consumer = KafkaConsumer(**config.client_options(), enable_auto_commit=False)
+    consumer = new_consumer(config)
     try:
         partitions = _partitions(consumer, topic)
         return {tp.partition: end for tp, end in end_offsets(consumer, partitions).items()}
@@ -116,7 +134,7 @@ def read_topic(
 ) -> list[ConsumerRecord]:
     """The records currently in `topic` (from `start` offsets per partition, else from the
     beginning), partition by partition in offset order. Reads without a consumer group."""
-    consumer = KafkaConsumer(**config.client_options(), enable_auto_commit=False)
+    consumer = new_consumer(config)
     try:
         partitions = _partitions(consumer, topic)
         ends = end_offsets(consumer, partitions)
