@@ -331,7 +331,7 @@ def fault_plan(settings: Settings, pipeline: PipelineProcess) -> list[tuple[str,
 async def run_shopper_phase(settings: Settings, shoppers: list[Any], category_of: dict[str, str], opts: DemoOptions,
                             experiment: str, online: OnlineFeatures, probe_item: str, pipeline: PipelineProcess,
                             ) -> tuple[Any, list[float], list[str]]:
-    from serving.simulation.shoppers import run_shoppers
+    from streamrec.simulation.shoppers import run_shoppers
 
     total = sum(min(opts.steps_per_shopper, len(s.future_events)) for s in shoppers)
     freshness: list[float] = []
@@ -525,7 +525,7 @@ def run_demo(settings: Settings, opts: DemoOptions | None = None) -> int:
         for name, state in local_stack.up(settings).items():
             detail(f"{name}: {state}")
 
-        from serving.simulation.shoppers import ShopperModel, add_oracle_rewards, split_shoppers, write_jsonl
+        from streamrec.simulation.shoppers import ShopperModel, add_oracle_rewards, split_shoppers, write_jsonl
 
         rows = read_taobao_rows(settings.data.taobao_csv)
         category_of = {r.item_id: r.category_id for r in rows}

@@ -57,7 +57,7 @@ def make_shoppers(rng: np.random.Generator, ctr: dict[str, float], n: int = N_SH
         base = {"t": T0 + i * 0.4 + float(rng.random()), "user_id": f"u{int(rng.integers(0, 800))}", "step": i,
                 "request_id": f"r{i}"}
         if rng.random() < 0.2:
-            # /v1/recommendations, outside the A/B test, as serving/simulation/shoppers.py logs it
+            # /v1/recommendations, outside the A/B test, as streamrec/simulation/shoppers.py logs it
             shown = [f"i{int(x)}" for x in rng.choice(5000, size=5, replace=False)]
             clicked = shown[:1] if rng.random() < 0.05 else []
             rows.append({**base, "experiment": None, "variant": "lightgcn", "policy": None,

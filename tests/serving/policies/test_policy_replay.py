@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from serving.bandit import EpsilonGreedy, Greedy, LinearThompsonSampling, LinUCBShared, RandomPolicy
-from serving.simulation import ReplayData, compare_policies, hindsight_linear_policy, load_taobao_replay, load_youshu_replay, run_replay
-from serving.simulation.data import datasets_dir
+from streamrec.simulation import ReplayData, compare_policies, hindsight_linear_policy, load_taobao_replay, load_youshu_replay, run_replay
+from streamrec.simulation.data import datasets_dir
 
 try:
     datasets_dir()

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 
-from serving.simulation.shoppers import Shopper, ShopperModel, ShopperRun, _Visit, split_shoppers
+from streamrec.simulation.shoppers import Shopper, ShopperModel, ShopperRun, _Visit, split_shoppers
 
 REPO = Path(__file__).resolve().parents[2]
 # The only module outside the simulator that may import it: the demo's orchestration.
@@ -34,8 +34,8 @@ def _imports_simulation(path: Path) -> list[str]:
     for node in ast.walk(tree):
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
         if isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module] + ([f"{node.module}.{a.name}" for a in node.names] if node.module == "serving" else [])
-        found += [n for n in names if n == "serving.simulation" or n.startswith("serving.simulation.")]
+            names = [node.module] + ([f"{node.module}.{a.name}" for a in node.names] if node.module == "streamrec" else [])
+        found += [n for n in names if n == "streamrec.simulation" or n.startswith("streamrec.simulation.")]
     return found
 
 
@@ -44,7 +44,7 @@ def test_no_serving_training_or_pipeline_code_imports_the_simulator() -> None:
     offenders = {}
     for room in rooms:
         for path in (REPO / room).rglob("*.py"):
-            if path.is_relative_to(REPO / "serving" / "simulation") or path in ORCHESTRATION:
+            if path.is_relative_to(REPO / "streamrec" / "simulation") or path in ORCHESTRATION:
                 continue
             if found := _imports_simulation(path):
                 offenders[str(path.relative_to(REPO))] = found

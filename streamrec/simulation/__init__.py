@@ -1,7 +1,7 @@
 """Replay simulation of bandit policies on real held-out interactions (Youshu, Taobao)."""
 
-from serving.simulation.data import ReplayData, load_taobao_replay, load_youshu_replay
-from serving.simulation.replay import ReplayResult, compare_policies, hindsight_linear_policy, run_replay, staggered_arrivals
+from streamrec.simulation.data import ReplayData, load_taobao_replay, load_youshu_replay
+from streamrec.simulation.replay import ReplayResult, compare_policies, hindsight_linear_policy, run_replay, staggered_arrivals
 
 __all__ = [
     "ReplayData",

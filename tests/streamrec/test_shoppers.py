@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from serving.simulation.shoppers import (
+from streamrec.simulation.shoppers import (
     ShopperModel,
     add_oracle_rewards,
     bundle_click_probability,

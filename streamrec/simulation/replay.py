@@ -20,7 +20,7 @@ import numpy as np
 from serving.bandit import Greedy
 from serving.bandit.base import Arm, Arms, BanditPolicy, FeatureKind, featurize
 from threadpoolctl import threadpool_limits
-from serving.simulation.data import ReplayData
+from streamrec.simulation.data import ReplayData
 
 __all__ = ["ReplayResult", "compare_policies", "hindsight_linear_policy", "run_replay", "staggered_arrivals"]
 

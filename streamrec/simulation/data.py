@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from serving.simulation.factors import SparseMatrix, randomized_svd, row_normalize
+from streamrec.simulation.factors import SparseMatrix, randomized_svd, row_normalize
 
 __all__ = ["ReplayData", "datasets_dir", "load_taobao_replay", "load_youshu_replay"]
 
