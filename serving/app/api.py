@@ -46,10 +46,12 @@ from features.events import (
 )
 from features.privacy import Tombstone
 from serving.app.args import RecommenderArgs
+from serving.app.bundle_candidates import BundleCandidates
 from serving.app.decision_log import DecisionLog
+from serving.app.item_ranking import ItemRanker
 from serving.app.learner import BanditLearner, new_learner_state
 from serving.app.policy_mirror import PolicyMirror
-from serving.app.ranking import BundleCandidates, ItemRanker, ReplicaSources
+from serving.app.replica_sources import ReplicaSources
 from serving.app.schemas import (
     BundlesQuery,
     BundlesResponse,

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serving.app.candidates import BundleSpec
+from serving.app.catalogue import BundleSpec
 from serving.experiments import Experiment
 from streamrec.runtime.config import REPO_ROOT, Settings, get_settings
 

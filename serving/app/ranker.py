@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from serving.app.candidates import registered_version
+from serving.app.embeddings import registered_version
 from serving.recommend.sequential import SequenceRanker
 
 log = logging.getLogger(__name__)

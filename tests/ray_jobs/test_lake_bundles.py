@@ -25,7 +25,8 @@ from ray_jobs.trainers.checkpointing import BEST_FILE, save_final
 from ray_jobs.trainers.config import JobConfig, TrainConfig
 from ray_jobs.trainers.evaluate import evaluate
 from ray_jobs.trainers.launch import TrainingOutcome, pin_lake
-from serving.app.candidates import bundle_id_for, load_embeddings
+from serving.app.bundle_candidates import bundle_id_for
+from serving.app.embeddings import load_embeddings
 from streamrec.cli import build_parser
 from support import free_port, make_settings
 

@@ -8,7 +8,7 @@ import torch
 
 from features.registry import ModelRegistry
 from features.registry.privacy import drop_user_rows
-from serving.app.candidates import load_embeddings
+from serving.app.embeddings import load_embeddings
 
 USERS = ["u1", "u2", "u3", "u4"]
 

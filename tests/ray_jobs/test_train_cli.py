@@ -92,7 +92,7 @@ def test_cmd_train_wiring(settings, monkeypatch, capsys):
 
 
 def test_registered_raw_ids_reach_serving(tmp_path):
-    candidates = pytest.importorskip("serving.app.candidates")
+    candidates = pytest.importorskip("serving.app.embeddings")
     emb = np.arange(12, dtype=np.float32).reshape(3, 4)
     ModelRegistry(tmp_path).register("lightgcn", embeddings={"item": emb}, metrics={}, config={},
                                      data_snapshot_id="sha256:x", extra={"ids": {"item": ["a", "b", "c"]}})
@@ -118,6 +118,6 @@ def test_streamrec_train_publishes_where_serving_reads(ray_local, datasets_dir, 
     ids = model.manifest["ids"]
     assert len(ids["item"]) == model.embeddings["item"].shape[0] and len(ids["user"]) == 150
     assert model.manifest["model"] == "lightgcn" and model.manifest["dataset"] == "taobao"
-    candidates = pytest.importorskip("serving.app.candidates")
+    candidates = pytest.importorskip("serving.app.embeddings")
     table = candidates.load_embeddings(root, settings.serving.item_model, "item")
     assert table is not None and table.ids == ids["item"] and "2268318" in table.row_of  # raw Taobao id

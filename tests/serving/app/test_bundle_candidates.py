@@ -9,14 +9,17 @@ import asyncio
 
 import numpy as np
 
-from serving.app.candidates import BundleSpec, EmbeddingTable
+from serving.app.bundle_candidates import BundleCandidates
+from serving.app.catalogue import BundleSpec
+from serving.app.embeddings import EmbeddingTable, ReplicaEmbeddings
+from serving.app.feature_reads import FeastReader, PopularItems
 from serving.app.ranker import RankerSlot
-from serving.app.ranking import BundleCandidates, FeastReader, ReplicaSources, _Embeddings, _PopularItems
+from serving.app.replica_sources import ReplicaSources
 from serving.recommend.bundle_features import ARM_DIM, ARM_FEATURES, USER_DIM, BundleSource
 from streamrec.runtime.config import Settings
 
 
-def _bundle_model(emb: _Embeddings, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _bundle_model(emb: ReplicaEmbeddings, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     users = rng.normal(size=(3, 8)).astype(np.float32)
     bundles = rng.normal(size=(6, 8)).astype(np.float32)
     items = [("a", "b"), ("b", "c"), ("c", "d"), ("a", "d", "e"), ("x", "y"), ("b", "y")]
@@ -26,7 +29,7 @@ def _bundle_model(emb: _Embeddings, rng: np.random.Generator) -> tuple[np.ndarra
 
 
 def test_bundle_model_candidates_are_the_models_top_bundles_for_a_known_user(tmp_path) -> None:
-    emb = _Embeddings(Settings(data={"state_dir": tmp_path}))
+    emb = ReplicaEmbeddings(Settings(data={"state_dir": tmp_path}))
     users, bundles = _bundle_model(emb, np.random.default_rng(3))
     rows, why = emb.bundle_rows_for("u1", "a", 4)
     expected = list(np.argsort(-(bundles @ users[1]), kind="stable")[:4])
@@ -44,16 +47,16 @@ class _Learner:  # the learner's popular items, as the deployment handle returns
             return [("p1", 5.0, "c1"), ("p2", 4.0, "c2"), ("p3", 3.0, "c3")]
 
 
-def _candidates(tmp_path, emb: _Embeddings, catalogue: list[BundleSpec], feast: FeastReader | None = None) -> BundleCandidates:
+def _candidates(tmp_path, emb: ReplicaEmbeddings, catalogue: list[BundleSpec], feast: FeastReader | None = None) -> BundleCandidates:
     settings = emb._settings
     emb.refresh = lambda: None  # the tables stand in for a registry
-    sources = ReplicaSources(settings, feast or FeastReader(settings), emb, _PopularItems(_Learner()),
+    sources = ReplicaSources(settings, feast or FeastReader(settings), emb, PopularItems(_Learner()),
                              RankerSlot(str(tmp_path / "no-registry"), "sasrec", 30.0))
     return BundleCandidates(sources, catalogue)
 
 
 def test_bundle_candidates_put_the_personalised_bundles_first(tmp_path) -> None:
-    emb = _Embeddings(Settings(data={"state_dir": tmp_path}))
+    emb = ReplicaEmbeddings(Settings(data={"state_dir": tmp_path}))
     users, bundles = _bundle_model(emb, np.random.default_rng(3))
     got = asyncio.run(_candidates(tmp_path, emb, [BundleSpec(id="starter-kit", items=("a", "x"))]).bundle_candidates("u2", None))
     top = [f"mb-{r}" for r in np.argsort(-(bundles @ users[2]), kind="stable")]
@@ -84,7 +87,7 @@ class _Feast(FeastReader):
 
 def test_candidates_around_the_users_latest_items_and_one_per_item_set(tmp_path) -> None:
     settings = Settings(data={"state_dir": tmp_path})
-    emb = _Embeddings(settings)
+    emb = ReplicaEmbeddings(settings)
     candidates = _candidates(tmp_path, emb, [BundleSpec(id="same-as-recent", items=("seed", "h2", "h3"))], _Feast(settings))
     got = asyncio.run(candidates.bundle_candidates("shopper", "seed"))
     recent = [b for b in got.bundles if b.source == BundleSource.RECENT]
