@@ -370,6 +370,25 @@ class BundlePurchaseEvent(_HasLines):
     feedback_token: FeedbackToken | None = None
 
 
+class DismissEvent(BaseModel):
+    """A dismissed bundle (``POST /v1/feedback``), the wire record of the serving feedback topic
+    (``kafka.topics.feedback``) that the bandit learner and OPE read. Not part of the v1 event
+    contract (not in ``Event``): the collector never accepts it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    event_id: UUID
+    type: Literal["dismiss"] = "dismiss"
+    user_id: str
+    session_id: str
+    ts: datetime
+    received_at: datetime
+    request_id: str
+    bundle_id: str
+    feedback_token: str
+
+
 Event = Annotated[
     Union[
         ViewEvent,

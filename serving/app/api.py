@@ -24,19 +24,20 @@ import math
 import sys
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve import metrics
 from ray.serve.handle import DeploymentHandle
 
 from features.events import (
     SCHEMA_VERSION,
+    DismissEvent,
     EventRejected,
     ImpressionEvent,
     ShownSlot,
@@ -115,23 +116,6 @@ class ApiError(Exception):
     def __init__(self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status, self.reason, self.detail, self.headers = status, reason, detail, headers
-
-
-class DismissEvent(BaseModel):
-    """A dismissed bundle. Not part of the v1 event contract: it goes to the serving feedback topic."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    schema_version: Literal[1] = 1
-    event_id: uuid.UUID
-    type: Literal["dismiss"] = "dismiss"
-    user_id: str
-    session_id: str
-    ts: datetime
-    received_at: datetime
-    request_id: str
-    bundle_id: str
-    feedback_token: str
 
 
 DLQ_SOURCE = "recommender"
