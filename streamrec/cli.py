@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     from serving.ope.cli import register as register_ope  # ope: off-policy evaluation of a bandit policy
 
     register_ope(sub)
-    from pipelines.users_cli import register as register_users  # users delete
+    from streamrec.users_cli import register as register_users  # users delete
 
     register_users(sub)
     from streamrec.report.cli import register as register_report  # report [--run-dir] [--out]

@@ -1,4 +1,5 @@
-"""``streamrec users delete <user_id> [--reason ...]``; ``register(subparsers)`` adds it to ``streamrec``.
+"""``streamrec users delete <user_id> [--reason ...]``: user deletion across every store, which is
+why it is the shell's; ``register(subparsers)`` adds it to ``streamrec``.
 
 Publishes the user's tombstone (``acks=all``), then purges the event lake, Feast offline and online,
 the feature pipeline's state and the model registry's user embeddings in this process, and prints
