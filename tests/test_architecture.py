@@ -119,7 +119,7 @@ def test_rooms(module: str, room: str | None) -> None:
     assert room_of(module) == room
 
 
-def test_the_scanner_sees_function_level_and_relative_imports(tmp_path: Path) -> None:
+def test_the_scanner_sees_function_level_and_relative_imports() -> None:
     tree = ast.parse("def f():\n    from serving.app import api\nfrom .sibling import x\nimport ray_jobs.models\n")
     assert sorted(_imported(tree, "pipelines.sub"), key=lambda found: found[1]) == [
         ("serving.app", 2), ("pipelines.sub.sibling", 3), ("ray_jobs.models", 4)]

@@ -19,7 +19,8 @@ from ray.serve import metrics
 
 from serving import replica_loopback
 from serving.app.args import RecommenderArgs
-from serving.app.learner_state import Attribution, LearnerState, Limits, Rejection, Rewards
+from serving.app.learner_state import Attribution, LearnerState, Limits, Rejection
+from serving.bandit.impressions import Rewards
 from serving.collector.ingest import dead_letter
 from serving.feedback_tokens import signer_from_settings
 from serving.recommend.bundle_features import ARM_DIM, USER_DIM

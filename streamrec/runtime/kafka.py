@@ -4,7 +4,6 @@ existing topics are kept), true end offsets, a group's committed offsets, and re
 from __future__ import annotations
 
 import time
-
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition

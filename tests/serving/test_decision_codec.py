@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from serving.app.learner_state import Attribution, LearnerState, Rewards
-from serving.bandit.impressions import CANDIDATES_HEADER, CONTEXT_HEADER, DecisionContext, encode_candidates
+from serving.app.learner_state import Attribution, LearnerState
+from serving.bandit.impressions import CANDIDATES_HEADER, CONTEXT_HEADER, DecisionContext, Rewards, encode_candidates
 from serving.experiments import Experiment
 from serving.feedback_tokens import FeedbackClaim, FeedbackSigner
 from serving.ope.impression_log import parse_records
