@@ -209,6 +209,54 @@ class UserState:
         if len(self.sequence) > spec.sequence_length:
             self.sequence = sorted(self.sequence)[-spec.sequence_length :]
 
+    def add_updates(self, updates: Iterable[UserUpdate], spec: FeatureSpec) -> None:
+        """``add_update`` of each of ``updates`` in turn, to the same state bit for bit (tested),
+        with less work: a user's batch folds ~100 events (the Taobao slice), and these two parts
+        of ``add_update`` were half of its cost.
+
+        * The decay of the affinities: each category is multiplied by the same factors in the same
+          order, but when the category is next added to (or at the end), not every category at
+          every event that moves last-seen on.
+        * The cut of the sequence to its last ``sequence_length``: once, at the end (when an event
+          was folded in). The cut keeps the largest entries, and the largest of a cut list and
+          further entries are the largest of all of them; once the sequence is longer than the
+          limit, each ``add_update`` cuts it (sorted), so after it, it is the sorted tail of all
+          its entries, as here.
+        """
+        decay = spec.affinity_decay_s
+        affinity, recent, sequence = self.affinity, self.recent, self.sequence
+        last_seen = self.last_seen
+        factors: list[float] = []  # the decay factors of this call, in order
+        applied: dict[str, int] = {}  # category -> how many of them its affinity has (absent: none)
+        added = False
+        for ts, event_id, event_type, lines in updates:
+            added = True
+            if last_seen is None or ts > last_seen:
+                if last_seen is not None:
+                    factors.append(math.exp(-(ts - last_seen) / decay))
+                last_seen = ts
+            recent.append((ts, event_type))
+            for index, (item_id, category_id, kind, _qty) in enumerate(lines):
+                sequence.append((ts, event_id, index, item_id, kind))
+                weight = AFFINITY_WEIGHTS.get(kind, 0.0)
+                if category_id is not None and weight > 0:
+                    a = affinity.get(category_id)
+                    if a is None:
+                        a = 0.0
+                    else:
+                        for factor in factors[applied.get(category_id, 0):]:
+                            a = a * factor
+                    affinity[category_id] = a + weight * math.exp(-(last_seen - ts) / decay)
+                    applied[category_id] = len(factors)
+        if factors:
+            for category, a in affinity.items():
+                for factor in factors[applied.get(category, 0):]:
+                    a = a * factor
+                affinity[category] = a
+        self.last_seen = last_seen
+        if added and len(sequence) > spec.sequence_length:
+            self.sequence = sorted(sequence)[-spec.sequence_length :]
+
     def window_changed(self, previous: float | None, as_of: float, spec: FeatureSpec) -> bool:
         """Whether the windowed counts changed only because time moved on (no new event)."""
         return _window_changed((ts for ts, _ in self.recent), previous, as_of, spec)
@@ -263,18 +311,28 @@ class ItemState:
         self.recent = [r for r in self.recent if r[0] > as_of - spec.window_long_s]
 
     def features(self, item_id: str, as_of: float, spec: FeatureSpec) -> dict[str, Any]:
-        kinds = (("view", "views"), ("cart", "carts"), ("purchase", "purchases"))
-        short, long = _window_totals(self.recent, as_of, spec, [k for k, _ in kinds])
-        row: dict[str, Any] = {"item_id": item_id}
-        for kind, name in kinds:
-            row[f"{name}_1h"] = short[kind]
-            row[f"{name}_24h"] = long[kind]
-        row["rec_impressions"] = self.rec_impressions
-        row["rec_clicks"] = self.rec_clicks
-        row["rec_ctr"] = spec.ctr(self.rec_clicks, self.rec_impressions)
+        # One dict literal (no formatted names): a batch builds a row for each item it touched
+        # (54k of the Taobao slice).
+        short, long = _window_totals(self.recent, as_of, spec, _ITEM_KINDS)
+        views_1h, views_24h = short["view"], long["view"]
         hours = spec.window_long_s / spec.window_short_s
-        row["trending_score"] = (row["views_1h"] + 1) / (row["views_24h"] / hours + 1)
-        return row
+        return {
+            "item_id": item_id,
+            "views_1h": views_1h,
+            "views_24h": views_24h,
+            "carts_1h": short["cart"],
+            "carts_24h": long["cart"],
+            "purchases_1h": short["purchase"],
+            "purchases_24h": long["purchase"],
+            "rec_impressions": self.rec_impressions,
+            "rec_clicks": self.rec_clicks,
+            "rec_ctr": spec.ctr(self.rec_clicks, self.rec_impressions),
+            "trending_score": (views_1h + 1) / (views_24h / hours + 1),
+        }
+
+
+# The windowed kinds of ``ItemState.recent`` (their features: views, carts, purchases).
+_ITEM_KINDS = ("view", "cart", "purchase")
 
 
 def item_signals(event: Any) -> list[tuple[str, str, int]]:

@@ -15,7 +15,7 @@ import re
 from datetime import date
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,12 +57,49 @@ def lake_row(parsed: Any) -> LakeRow:
     )
 
 
+def lake_table(parsed: Sequence[Any]) -> pa.Table:
+    """``lake_row`` of each ``ParsedRecord``, as one table (``LAKE_SCHEMA``) made by columns.
+
+    The micro-batch's lake output (one table per batch element): the sink concatenates the tables
+    instead of turning 84k row tuples into columns (0.35 s of the Taobao batch, against 0.01 s;
+    the same rows, tested). Times are rounded to microseconds as ``lake_row`` does: ``np.rint``
+    and ``round`` both round half to even, over the same product.
+    """
+    ids, types, users, sessions, seconds, partitions, offsets, jsons = [], [], [], [], [], [], [], []
+    for record in parsed:
+        event = record.event
+        ids.append(str(event.event_id))
+        types.append(event.type)
+        users.append(event.user_id)
+        sessions.append(event.session_id)
+        seconds.append(event.ts.timestamp())
+        partitions.append(record.partition)
+        offsets.append(record.offset)
+        jsons.append(record.wire if record.wire is not None else event_to_json(event))
+    micros = np.rint(np.array(seconds, dtype=np.float64) * 1_000_000).astype(np.int64)
+    return pa.table(
+        {
+            "event_id": pa.array(ids, pa.string()),
+            "type": pa.array(types, pa.string()),
+            "user_id": pa.array(users, pa.string()),
+            "session_id": pa.array(sessions, pa.string()),
+            "ts": pa.array(micros, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+            "kafka_partition": pa.array(partitions, pa.int32()),
+            "kafka_offset": pa.array(offsets, pa.int64()),
+            # The values' bytes as they are; the cast checks they are UTF-8 as decoding them would.
+            "event_json": pa.array(jsons, pa.binary()).cast(pa.string()),
+        },
+        schema=LAKE_SCHEMA,
+    )
+
+
 def _file_name(topic: str, partition: int, start: int, stop: int) -> str:
     return f"{topic}-p{partition}-{start:020d}-{stop:020d}.parquet"
 
 
-def write_event_lake(root: Path, ranges: Iterable[Any], rows: Iterable[LakeRow]) -> int:
-    """Write the valid events of ``ranges`` (``KafkaOffsetRange``s), replacing earlier runs.
+def write_event_lake(root: Path, ranges: Iterable[Any], rows: Iterable[LakeRow] | Iterable[pa.Table]) -> int:
+    """Write the valid events of ``ranges`` (``KafkaOffsetRange``s), replacing earlier runs; the
+    events as ``LakeRow``s or as ``lake_table``s.
 
     Returns:
         The number of rows written.
@@ -101,17 +138,42 @@ def append_event_lake(root: Path, topic: str, rows: Iterable[LakeRow]) -> int:
     return written
 
 
-def _by_day_and_partition(rows: Iterable[LakeRow]) -> Iterator[tuple[str, int, pa.Table]]:
-    """The rows as tables per (UTC date of the event, partition), each in offset order.
+def _by_day_and_partition(rows: Iterable[LakeRow] | Iterable[pa.Table]) -> Iterator[tuple[str, int, pa.Table]]:
+    """The rows (``LakeRow``s or ``lake_table``s) as tables per (UTC date of the event,
+    partition), each in offset order.
 
     Columnar (one Arrow table sorted once) rather than a Python pass over the rows: 0.25 s less
     for an 84k-event batch.
     """
     rows = rows if isinstance(rows, list) else list(rows)
-    if not rows:
+    table = _concat_tables(rows) if rows and isinstance(rows[0], pa.Table) else _rows_table(rows)
+    if table is None:
         return
+    # Days since the epoch (UTC) of each event time: floor division, negative times included.
+    micros = table["ts"].cast(pa.int64()).to_numpy()
+    days = np.floor_divide(micros, 86_400_000_000).astype(np.int32)
+    table = table.append_column("_day", pa.array(days)).sort_by([("_day", "ascending"), ("kafka_partition", "ascending"),
+                                                       ("kafka_offset", "ascending")])
+    day = table["_day"].to_numpy()
+    partition = table["kafka_partition"].to_numpy()
+    starts = [0, *(np.flatnonzero((day[1:] != day[:-1]) | (partition[1:] != partition[:-1])) + 1), len(table)]
+    table = table.drop_columns(["_day"])
+    for start, stop in zip(starts[:-1], starts[1:]):
+        yield (date.fromordinal(_EPOCH_ORDINAL + int(day[start])).isoformat(), int(partition[start]),
+               table.slice(start, stop - start))
+
+
+def _concat_tables(tables: list[pa.Table]) -> pa.Table | None:
+    table = pa.concat_tables(tables)
+    return table if table.num_rows else None
+
+
+def _rows_table(rows: list[LakeRow]) -> pa.Table | None:
+    """``LakeRow``s as one table (``LAKE_SCHEMA``); None for no rows."""
+    if not rows:
+        return None
     columns = [list(map(itemgetter(i), rows)) for i in range(len(LakeRow._fields))]
-    table = pa.table(
+    return pa.table(
         {
             "event_id": pa.array(columns[0], pa.string()),
             "type": pa.array(columns[1], pa.string()),
@@ -124,17 +186,6 @@ def _by_day_and_partition(rows: Iterable[LakeRow]) -> Iterator[tuple[str, int, p
         },
         schema=LAKE_SCHEMA,
     )
-    # Days since the epoch (UTC) of each event time: floor division, negative times included.
-    days = np.floor_divide(np.asarray(columns[4], dtype=np.int64), 86_400_000_000).astype(np.int32)
-    table = table.append_column("_day", pa.array(days)).sort_by([("_day", "ascending"), ("kafka_partition", "ascending"),
-                                                       ("kafka_offset", "ascending")])
-    day = table["_day"].to_numpy()
-    partition = table["kafka_partition"].to_numpy()
-    starts = [0, *(np.flatnonzero((day[1:] != day[:-1]) | (partition[1:] != partition[:-1])) + 1), len(table)]
-    table = table.drop_columns(["_day"])
-    for start, stop in zip(starts[:-1], starts[1:]):
-        yield (date.fromordinal(_EPOCH_ORDINAL + int(day[start])).isoformat(), int(partition[start]),
-               table.slice(start, stop - start))
 
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()

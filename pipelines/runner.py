@@ -47,7 +47,7 @@ from pipelines.kafka_source import (
     plan_offset_ranges,
     read_offset_ranges,
 )
-from pipelines.lake import lake_row, write_event_lake
+from pipelines.lake import lake_table, write_event_lake
 from pipelines.metrics import PipelineMetrics, beam_counters
 from pipelines.privacy import apply_new_tombstones, drop_deleted_users
 from pipelines.packed import Packed
@@ -86,7 +86,8 @@ class BatchResult:
     """What one Beam run produced (before any sink)."""
 
     as_of: float | None
-    lake_rows: list[Any]
+    # The valid events as lake tables (``lake_table``: one per batch element).
+    lake: list[Any]
     dead_letters: list[DeadLetter]
     duplicates: int
     reprocessed: int
@@ -165,7 +166,7 @@ def _batch_graph(spec: FeatureSpec, topic: str, shards: int, read: beam.PTransfo
         parsed = records | "Parse" >> ParseRecordBatches()
         fresh = parsed["parsed"] | "SkipProcessed" >> DropProcessedRecords(processed)
         fresh_dead = parsed["dead_letters"] | "SkipProcessedDeadLetters" >> DropProcessedRecords(processed)
-        on_time = fresh | "Lateness" >> DropLateEvents(watermark, spec.allowed_lateness_s, topic)
+        on_time = fresh | "Lateness" >> DropLateEvents(watermark, spec.allowed_lateness_s, topic, as_rows=True)
         as_of = on_time["events"] | "AsOf" >> EventTimeWatermark(watermark)
 
         unique = {"events": on_time["events"], "seen": carried["seen"]} | "Dedupe" >> DeduplicateEvents(
@@ -190,7 +191,8 @@ def _batch_graph(spec: FeatureSpec, topic: str, shards: int, read: beam.PTransfo
 
         return {
             "records": records | "Count" >> beam.Map(lambda batch: len(batch.value)),
-            "lake": parsed["parsed"] | "LakeRows" >> beam.Map(lambda batch: Packed([lake_row(r) for r in batch.value])),
+            # By columns, one table per element (``lake_table``); Packed: not encoded for Beam's size sampling.
+            "lake": parsed["parsed"] | "LakeRows" >> beam.Map(lambda batch: Packed(lake_table(batch.value))),
             "dead_letters": (fresh_dead, on_time["dead_letters"]) | "AllDeadLetters" >> beam.Flatten(),
             "reprocessed": records | "Reprocessed" >> beam.Map(_reprocessed, AsSingleton(processed)),
             "duplicates": unique["duplicates"] | "CountDuplicates" >> beam.Map(lambda batch: len(batch.value)),
@@ -305,7 +307,7 @@ def _batch_result(outputs: BatchOutputs, state: PipelineState) -> BatchResult:
     )
     return BatchResult(
         as_of=new_state.watermark,
-        lake_rows=flat("lake"),
+        lake=[batch.value for batch in collected.get("lake", [])],
         dead_letters=flat("dead_letters"),
         duplicates=sum(collected.get("duplicates", [])),
         reprocessed=sum(collected.get("reprocessed", [])),
@@ -554,7 +556,7 @@ class FeaturePipeline:
         from pipelines.feast_sink import feature_frame, push_online, write_offline
 
         self.on_step("lake")
-        write_event_lake(self.lake_root, ranges, result.lake_rows)
+        write_event_lake(self.lake_root, ranges, result.lake)
         self.on_step("dlq")
         if result.dead_letters:
             producer = self._dlq_producer()
@@ -587,7 +589,7 @@ class FeaturePipeline:
         self.on_step("commit")
         commit_offsets(self.settings.kafka, self.group_id, ranges)
         summary.records = result.records
-        summary.valid = len(result.lake_rows)
+        summary.valid = sum(table.num_rows for table in result.lake)
         summary.duplicates = result.duplicates
         summary.reprocessed = result.reprocessed
         summary.dead_letters = Counter(d.reason for d in result.dead_letters)

@@ -13,13 +13,14 @@ parallelism. The streaming job (``pipelines.streaming``) keeps one element per e
 per-key state; both fold with the same accumulators, and ``ParseEvents`` (per record) is shared.
 Parse, lateness and de-duplication count their records in Beam counters (``pipelines.metrics``).
 
-Each feature composite takes ``{"events": PCollection[list[Event]], "state": PCollection[(shard,
-{key: State})]}`` and returns ``{"features": PCollection[list[dict]], "state": PCollection[(shard,
-{key: State})]}``; the state carries what later micro-batches need (see ``pipelines.accumulators``
-for the exact feature definitions). A feature row is emitted for every key the batch touched and
-for every key one of whose events left the short or long window while the as-of time advanced
-(its counts changed); so the latest row of every key always equals its features as of the latest
-as-of time.
+Each feature composite takes ``{"events": PCollection[list[EventRow]], "state":
+PCollection[(shard, {key: State})]}`` (``EventRow``: an event's values as the folds read them,
+made once per event; lists of events are taken too) and returns ``{"features":
+PCollection[list[dict]], "state": PCollection[(shard, {key: State})]}``; the state carries what
+later micro-batches need (see ``pipelines.accumulators`` for the exact feature definitions). A
+feature row is emitted for every key the batch touched and for every key one of whose events left
+the short or long window while the as-of time advanced (its counts changed); so the latest row of
+every key always equals its features as of the latest as-of time.
 
 Example:
     >>> import apache_beam as beam
@@ -50,11 +51,11 @@ from pipelines.accumulators import (
     RequestState,
     SessionState,
     UserState,
+    UserUpdate,
     bundle_signals,
     event_seconds,
     interactions,
     item_signals,
-    user_update,
 )
 from pipelines.metrics import count_dead_letters, count_records
 from pipelines.packed import Packed
@@ -71,6 +72,7 @@ __all__ = [
     "DropLateEvents",
     "DropProcessedRecords",
     "EventTimeWatermark",
+    "event_row",
     "ParseEvents",
     "ParseRecordBatches",
     "shard_of",
@@ -129,6 +131,66 @@ def _per_batch(value: Any) -> Any:
     is, a singleton PCollection as a side input. The micro-batch runner passes PCollections, so
     that one built graph serves every batch (``pipelines.batch_run``)."""
     return AsSingleton(value) if isinstance(value, PCollection) else value
+
+
+# --- event rows -------------------------------------------------------------------------------
+
+# An event as the keyed folds read it, as plain values: made once per event where the lateness
+# check reads it (``DropLateEvents(as_rows=True)``), then carried through the de-duplication
+# shuffle and read by every family's keying. Why not the event model: it crosses that shuffle
+# pickled and rebuilt by a Python call of its own each way (~9 us a round trip: 0.8 s of the
+# 84k-event Taobao batch, measured), and each family read it again (type dispatch, ``str`` of its
+# UUID); a tuple of strings, floats and tuples is pickled in C (~3.5 us with its JSON). A plain
+# tuple, not a NamedTuple: that pickles through a Python call per row again (3x slower, measured).
+ROW_ID, ROW_TS, ROW_TYPE, ROW_USER, ROW_SESSION, ROW_LINES, ROW_ITEMS, ROW_BUNDLES, ROW_EVENT, ROW_WIRE, ROW_JSON = range(11)
+# (event_id, ts seconds, type, user_id, session_id, ``interactions``, ``item_signals``,
+#  ``bundle_signals`` (as tuples), the event model where request attribution reads it
+#  (``ATTRIBUTED_TYPES``) else None, the record's value where the strict parse took it else None,
+#  the event's canonical JSON where asked for and there is no such value else None)
+EventRow = tuple[str, float, str, str, str, tuple[Any, ...], tuple[Any, ...], tuple[Any, ...], Any, "bytes | None", "bytes | None"]
+
+
+def event_row(event: Any, wire: bytes | None = None, canonical: bool = False) -> EventRow:
+    """The ``EventRow`` of a contract event; ``wire``: the value the strict parse took it from;
+    ``canonical``: keep its canonical JSON when there is no ``wire`` (de-duplication's tie-break)."""
+    kind = event.type
+    return (
+        str(event.event_id), event_seconds(event), kind, event.user_id, event.session_id,
+        tuple(interactions(event)), tuple(item_signals(event)), tuple(bundle_signals(event)),
+        event if kind in ATTRIBUTED_TYPES else None,
+        wire, _canonical(event) if canonical and wire is None else None,
+    )
+
+
+def _rows(values: list[Any]) -> list[EventRow]:
+    """A batch as ``EventRow``s: rows as they are, events (a composite used on its own) converted."""
+    if not values or type(values[0]) is tuple:
+        return values
+    return [event_row(e) for e in values]
+
+
+def _row_json(row: EventRow) -> bytes:
+    """The canonical JSON of a row's event (computed from its wire form only when a tie needs it)."""
+    if row[ROW_JSON] is not None:
+        return row[ROW_JSON]
+    if row[ROW_WIRE] is None:
+        raise ValueError(f"event row {row[ROW_ID]} carries no JSON to break a tie with")
+    return _canonical(valid_event_from_json(row[ROW_WIRE]))
+
+
+def _time_of(value: Any) -> float:
+    """Event time (unix seconds) of an ``EventRow`` or an event."""
+    return value[ROW_TS] if type(value) is tuple else event_seconds(value)
+
+
+def _id_of(value: Any) -> str:
+    """Event id of an ``EventRow`` or an event."""
+    return value[ROW_ID] if type(value) is tuple else str(value.event_id)
+
+
+def _json_of(value: Any) -> bytes:
+    """Canonical JSON of an ``EventRow``'s or an event's event."""
+    return _row_json(value) if type(value) is tuple else _canonical(value)
 
 
 # --- parse, lateness, de-duplication ----------------------------------------------------------
@@ -282,27 +344,32 @@ class DropLateEvents(beam.PTransform):
         watermark_s: the watermark before this batch (None: nothing is late), or a singleton
             PCollection of it.
         allowed_lateness_s: how far behind it an event may be.
+        as_rows: on-time events as ``EventRow``s (what the micro-batch graph folds), not models.
 
     Returns:
         ``{"events": lists of on-time events, "dead_letters": lists of DeadLetter(reason="late_event")}``.
     """
 
-    def __init__(self, watermark_s: float | None | PCollection, allowed_lateness_s: int, topic: str = ""):
+    def __init__(self, watermark_s: float | None | PCollection, allowed_lateness_s: int, topic: str = "",
+                 as_rows: bool = False):
         super().__init__()
         self.policy = LatenessPolicy(allowed_lateness_s)
         self.watermark_s = watermark_s
         self.topic = topic
+        self.as_rows = as_rows
 
     def expand(self, parsed):
-        policy, topic = self.policy, self.topic
+        policy, topic, as_rows = self.policy, self.topic, self.as_rows
 
         def split(batch: Packed[list[ParsedRecord]], watermark: float | None):
             on_time, late = [], []
             for record in batch.value:
-                if policy.is_late(event_seconds(record.event), watermark):
+                # A row here, where the record's wire form is at hand (de-duplication's tie-break).
+                event = event_row(record.event, record.wire, canonical=True) if as_rows else record.event
+                if policy.is_late(_time_of(event), watermark):
                     late.append(late_dead_letter(record, policy, topic))
                 else:
-                    on_time.append(record.event)
+                    on_time.append(event)
             count_records("on_time", len(on_time))
             count_dead_letters(d.reason for d in late)
             yield from _split_outputs(on_time, "late", late)
@@ -345,7 +412,7 @@ class EventTimeWatermark(beam.PTransform):
         # The floor is applied after the combine: the FnApiRunner runs no CombineFn with a side input.
         return (
             events
-            | "EventTime" >> beam.Map(lambda batch: max(event_seconds(e) for e in batch.value))
+            | "EventTime" >> beam.Map(lambda batch: max(_time_of(e) for e in batch.value))
             | "Max" >> beam.CombineGlobally(_largest)
             | "Floor" >> beam.Map(_largest_pair, _per_batch(self.floor_s))
         )
@@ -439,19 +506,45 @@ class _KeyedFold(beam.PTransform):
 def _first_copy(copies: list[Any]) -> Any:
     """The copy of an event id that wins: the one with the smallest canonical JSON, so the choice
     does not depend on arrival order."""
-    return copies[0] if len(copies) == 1 else min(copies, key=_canonical)
+    return copies[0] if len(copies) == 1 else min(copies, key=_json_of)
+
+
+def _split_copies_by_shard(events: list[Any], shards: int) -> list[tuple[int, Packed[list[Any]]]]:
+    """Each event (or row) in its id's shard, one list per shard present. Not ``split_by_shard``'s
+    ``{id: [copy, ...]}``: ids are nearly all distinct, and a list per event made the shuffle
+    slower to pickle and rebuild (0.1 s of the 84k-event Taobao batch, measured)."""
+    groups: list[list[Any]] = [[] for _ in range(shards)]
+    for event in events:
+        groups[shard_of(_id_of(event), shards)].append(event)
+    return [(shard, Packed(group)) for shard, group in enumerate(groups) if group]
+
+
+def _copies_by_id(parts: Iterable[Packed[list[Any]]]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """A shard's events by id: the first copy of each id, in arrival order, and every copy (in
+    arrival order) of the ids that came more than once."""
+    first: dict[str, Any] = {}
+    more: dict[str, list[Any]] = {}
+    for part in parts:
+        for event in part.value:
+            event_id = _id_of(event)
+            known = first.get(event_id)
+            if known is None:
+                first[event_id] = event
+            else:
+                more.setdefault(event_id, [known]).append(event)
+    return first, more
 
 
 class DeduplicateEvents(beam.PTransform):
     """Keeps the first copy of each ``event_id`` across this and earlier batches.
 
-    Input ``{"events": lists of Event, "seen": (shard, {event_id: ts})}``; ids are remembered while
-    their event time is within ``allowed_lateness_s`` of the as-of time (older copies are late
-    anyway). An id's copies and its memory meet in the id's shard.
+    Input ``{"events": lists of ``EventRow`` (or of events), "seen": (shard, {event_id: ts})}``;
+    ids are remembered while their event time is within ``allowed_lateness_s`` of the as-of time
+    (older copies are late anyway). An id's copies and its memory meet in the id's shard.
 
     Returns:
-        ``{"events": lists of new unique events, "seen": (shard, {event_id: ts}), "duplicates":
-        lists of the event ids dropped}``.
+        ``{"events": lists of new unique events (rows where rows came in), "seen": (shard,
+        {event_id: ts}), "duplicates": lists of the event ids dropped}``.
     """
 
     def __init__(self, as_of, allowed_lateness_s: int, shards: int = DEFAULT_SHARDS):
@@ -465,21 +558,25 @@ class DeduplicateEvents(beam.PTransform):
 
         def pick(kv, as_of):
             shard, groups = kv
-            copies, seen = _values_and_states(groups)
+            first, more = _copies_by_id(groups["events"])
+            seen: dict[str, float] = {}
+            for part in groups["state"]:
+                seen.update(part.value)
             unique, duplicates = [], []
             # Ids are remembered while their event time is within the lateness of the as-of time.
             floor = None if as_of is None else as_of - lateness
             remembered = {} if floor is None else {k: ts for k, ts in seen.items() if ts >= floor}
-            for event_id, events in copies.items():
+            for event_id, event in first.items():
+                copies = more.get(event_id)
                 if event_id in seen:  # processed in an earlier batch: every copy is a duplicate
-                    duplicates.extend([event_id] * len(events))
+                    duplicates.extend([event_id] * (len(copies) if copies else 1))
                     continue
-                if len(events) > 1:
-                    duplicates.extend([event_id] * (len(events) - 1))
-                event = _first_copy(events)
+                if copies:
+                    duplicates.extend([event_id] * (len(copies) - 1))
+                    event = _first_copy(copies)
                 unique.append(event)
                 if floor is not None:
-                    ts = event_seconds(event)
+                    ts = _time_of(event)
                     if ts >= floor:
                         remembered[event_id] = ts
             count_records("out", len(unique))
@@ -488,8 +585,7 @@ class DeduplicateEvents(beam.PTransform):
 
         out = (
             {
-                "events": inputs["events"]
-                | "ByShard" >> beam.FlatMap(lambda batch: split_by_shard(((str(e.event_id), e) for e in batch.value), shards)),
+                "events": inputs["events"] | "ByShard" >> beam.FlatMap(lambda batch: _split_copies_by_shard(batch.value, shards)),
                 "state": inputs["seen"],
             }
             | "Group" >> beam.CoGroupByKey()
@@ -507,13 +603,18 @@ def _user_fold(spec: FeatureSpec) -> KeyFold:
             return [], state
         state = state or UserState()
         emit = bool(updates) or state.window_changed(watermark_s, as_of, spec)
-        for update in sorted(updates):
-            state.add_update(update, spec)
+        state.add_updates(sorted(updates), spec)
         rows = [state.features(user_id, as_of, spec)] if emit else []
         state.prune(as_of, spec)
         return rows, state
 
     return fold
+
+
+def _user_update_values(batch: list[Any]) -> Iterator[tuple[str, UserUpdate]]:
+    """``(user_id, user_update)`` of each event of a batch (``user_update``'s form, from its row)."""
+    for row in _rows(batch):
+        yield row[ROW_USER], (row[ROW_TS], row[ROW_ID], row[ROW_TYPE], row[ROW_LINES])
 
 
 class ComputeUserFeatures(beam.PTransform):
@@ -532,10 +633,8 @@ class ComputeUserFeatures(beam.PTransform):
         self.as_of, self.spec, self.watermark_s, self.shards = as_of, spec, watermark_s, shards
 
     def expand(self, inputs):
-        out = inputs | "Fold" >> _KeyedFold(
-            lambda batch: ((e.user_id, user_update(e)) for e in batch),
-            _user_fold(self.spec), self.shards, self.as_of, self.watermark_s,
-        )
+        out = inputs | "Fold" >> _KeyedFold(_user_update_values, _user_fold(self.spec), self.shards, self.as_of,
+                                            self.watermark_s)
         return {"features": out["outputs"], "state": out["state"]}
 
 
@@ -556,9 +655,9 @@ def _item_fold(spec: FeatureSpec) -> KeyFold:
 
 
 def _item_signal_values(batch: list[Any]) -> Iterator[tuple[str, tuple[float, str, int]]]:
-    for event in batch:
-        ts = event_seconds(event)
-        for item, kind, quantity in item_signals(event):
+    for row in _rows(batch):
+        ts = row[ROW_TS]
+        for item, kind, quantity in row[ROW_ITEMS]:
             yield item, (ts, kind, quantity)
 
 
@@ -586,6 +685,15 @@ def session_lines(event: Any) -> list[tuple[str, tuple[float, str, int, str, str
         (event.session_id, (ts, event_id, index, item_id, category_id))
         for index, (item_id, category_id, _kind, _qty) in enumerate(interactions(event))
     ]
+
+
+def _session_line_values(batch: list[Any]) -> Iterator[tuple[str, tuple[float, str, int, str, str | None]]]:
+    """``session_lines`` of each event of a batch, from its row."""
+    for row in _rows(batch):
+        if row[ROW_TYPE] in COOCCURRENCE_TYPES:
+            ts, event_id, session_id = row[ROW_TS], row[ROW_ID], row[ROW_SESSION]
+            for index, (item_id, category_id, _kind, _qty) in enumerate(row[ROW_LINES]):
+                yield session_id, (ts, event_id, index, item_id, category_id)
 
 
 def _session_fold(retention_s: int) -> KeyFold:
@@ -624,7 +732,7 @@ class ComputeItemCooccurrence(beam.PTransform):
 
     def expand(self, inputs):
         sessions = {"events": inputs["events"], "state": inputs["sessions"]} | "Sessions" >> _KeyedFold(
-            lambda batch: (line for e in batch for line in session_lines(e)),
+            _session_line_values,
             _session_fold(self.spec.state_retention_s), self.shards, self.as_of,
         )
         items = {"events": sessions["outputs"], "state": inputs["state"]} | "Items" >> _KeyedFold(
@@ -652,7 +760,7 @@ class ComputeBundleFeatures(beam.PTransform):
 
     def expand(self, inputs):
         out = inputs | "Fold" >> _KeyedFold(
-            lambda batch: (signal for e in batch for signal in bundle_signals(e)),
+            lambda batch: (signal for row in _rows(batch) for signal in row[ROW_BUNDLES]),
             _counter_fold("bundle_id", self.spec), self.shards,
         )
         return {"features": out["outputs"], "state": out["state"]}
@@ -696,7 +804,8 @@ class ComputeExperimentFeatures(beam.PTransform):
 
     def expand(self, inputs):
         requests = {"events": inputs["events"], "state": inputs["requests"]} | "Requests" >> _KeyedFold(
-            lambda batch: ((e.request_id, e) for e in batch if e.type in ATTRIBUTED_TYPES),
+            # The row keeps the event model of exactly the ATTRIBUTED_TYPES.
+            lambda batch: ((row[ROW_EVENT].request_id, row[ROW_EVENT]) for row in _rows(batch) if row[ROW_EVENT] is not None),
             _request_fold(self.spec.state_retention_s), self.shards, self.as_of,
         )
         variants = {"events": requests["outputs"], "state": inputs["state"]} | "Variants" >> _KeyedFold(
