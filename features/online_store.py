@@ -34,19 +34,46 @@ import struct
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
+import numpy as np
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig, _quote_id, _table_id
 from feast.protos.feast.types.Value_pb2 import Map, ValueType
 from feast.utils import to_naive_utc
 
-__all__ = ["STORE_TYPE", "BulkSqliteOnlineStore", "BulkSqliteOnlineStoreConfig"]
+__all__ = ["STORE_TYPE", "BulkSqliteOnlineStore", "BulkSqliteOnlineStoreConfig", "CodedColumn"]
 
 STORE_TYPE = "features.online_store.BulkSqliteOnlineStore"
 
 # (entity key, {feature name: Value}, event time, created time): what Feast hands a store.
 OnlineRow = tuple[Any, dict[str, Any], datetime, datetime | None]
+
+
+
+class CodedColumn(NamedTuple):
+    """One feature's values, dictionary-coded: its distinct ``Value`` protos, and per row the
+    index of the row's one.
+
+    Why: a batch's 54k items hold few distinct counts, so each distinct value is encoded once and
+    the rows pick theirs by index in numpy (C), not by a Python step per row and feature: 0.75 s
+    of the Taobao batch's online write in Python, against ~0.1 s (measured).
+    """
+
+    protos: Sequence[Any]
+    codes: np.ndarray  # int, one per row, indexes ``protos``
+
+    def values(self) -> list[Any]:
+        """The row-wise protos (a row's proto is shared with every row of the same value)."""
+        return _pick(self.protos, self.codes)
+
+
+def _pick(distinct: Sequence[Any], codes: np.ndarray) -> list[Any]:
+    """``[distinct[c] for c in codes]``, the indexing done by numpy on an object array."""
+    table = np.empty(len(distinct), dtype=object)
+    table[:] = distinct  # element-wise: numpy would otherwise try to unpack bytes or protos
+    return table[codes].tolist()
+
 
 # The table of one view: ``features`` is a serialized ``Value.Map`` of feature name -> Value.
 _COLUMNS = ("entity_key", "features", "event_ts", "created_ts")
@@ -110,19 +137,19 @@ class BulkSqliteOnlineStore(SqliteOnlineStore):
         table: Any,
         join_key: str,
         entity_ids: Sequence[str],
-        columns: dict[str, Sequence[Any]],
+        columns: dict[str, CodedColumn],
         event_ts: Sequence[datetime],
     ) -> None:
         """``online_write_batch`` of a view keyed by one string, given by columns: ``entity_ids``,
-        each feature's ``Value`` protos (``columns``, in the view's order), an event time per row.
-        The same rows as ``online_write_batch`` writes for the same values (test).
+        each feature's values (``columns``, in the view's order), an event time per row. The same
+        rows as ``online_write_batch`` writes for the same values (test).
 
         Why: without an ``EntityKey`` proto and a dict per entity, and with each distinct value's
-        map entry encoded once per column, a 54k-item batch writes in ~0.5 s instead of ~1.5 s.
+        map entry encoded once per column, a 54k-item batch writes in ~0.3 s instead of ~1.5 s.
         """
         _refuse_unsupported(config.online_store)
         keys = _string_entity_keys(join_key, entity_ids, config.entity_key_serialization_version)
-        entries = [_entry_column(name, values) for name, values in columns.items()]
+        entries = [_entry_column(name, column) for name, column in columns.items()]
         maps = [b"".join(parts) for parts in zip(*entries)] if entries else [b""] * len(keys)
         timestamps: dict[tuple[datetime, int], Any] = {}
         rows = [(key, blob, _sql_timestamp(ts, timestamps), None) for key, blob, ts in zip(keys, maps, event_ts)]
@@ -258,17 +285,9 @@ def _entity_keys_through_feast(join_key: str, entity_ids: Sequence[str], key_ver
     return out
 
 
-def _entry_column(name: str, values: Sequence[Any]) -> list[bytes]:
-    """The ``Value.Map`` entry of each value of one feature; encoded once per distinct proto (the
-    pipelines share one proto per distinct scalar; ``values`` holds them, so ids stay unique)."""
-    encoded: dict[int, bytes] = {}
-    out = []
-    for value in values:
-        entry = encoded.get(id(value))
-        if entry is None:
-            entry = encoded[id(value)] = _map_entry(name, value.SerializeToString())
-        out.append(entry)
-    return out
+def _entry_column(name: str, column: CodedColumn) -> list[bytes]:
+    """The ``Value.Map`` entry of each row of one feature, each distinct value encoded once."""
+    return _pick([_map_entry(name, proto.SerializeToString()) for proto in column.protos], column.codes)
 
 
 def _map_entry(name: str, value: bytes) -> bytes:

@@ -10,11 +10,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from feast.value_type import ValueType
 
+from features.online_store import CodedColumn
 from features.repo import arrow_schema, offline_dir
 from features.sources import TIMESTAMP_FIELD
 from features.views import ALL_FEATURE_VIEWS, JOIN_KEY_OF_VIEW
@@ -97,7 +99,7 @@ def push_online(store: Any, view_name: str, frame: pd.DataFrame) -> None:
     if isinstance(online_store, BulkSqliteOnlineStore):
         join_key = JOIN_KEY_OF_VIEW[view.name]
         online_store.online_write_columns(store.config, view, join_key, [str(k) for k in frame[join_key].tolist()],
-                                          _feature_columns(view, frame), _event_times(frame))
+                                          feature_columns(view, frame), _event_times(frame))
         return
     store.provider.online_write_batch(store.config, view, online_rows(view, frame), progress=None)
 
@@ -107,16 +109,17 @@ def online_rows(view: Any, frame: pd.DataFrame) -> list[tuple[Any, dict[str, Any
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 
     join_key = JOIN_KEY_OF_VIEW[view.name]
-    keys = [EntityKey(join_keys=[join_key], entity_values=[v]) for v in _proto_column(frame[join_key].tolist(), ValueType.STRING)]
-    columns = _feature_columns(view, frame)
+    key_values = coded_column(frame[join_key], ValueType.STRING).values()
+    keys = [EntityKey(join_keys=[join_key], entity_values=[v]) for v in key_values]
+    columns = {name: column.values() for name, column in feature_columns(view, frame).items()}
     names = list(columns)
     features = [dict(zip(names, values)) for values in zip(*columns.values())] if names else [{} for _ in keys]
     return list(zip(keys, features, _event_times(frame), [None] * len(keys)))
 
 
-def _feature_columns(view: Any, frame: pd.DataFrame) -> dict[str, list[Any]]:
-    """Each feature of the view as a column of ``Value`` protos, in the view's order."""
-    return {f.name: _proto_column(frame[f.name].tolist(), f.dtype.to_value_type()) for f in view.features}
+def feature_columns(view: Any, frame: pd.DataFrame) -> dict[str, CodedColumn]:
+    """Each feature of the view as a ``CodedColumn`` of ``Value`` protos, in the view's order."""
+    return {f.name: coded_column(frame[f.name], f.dtype.to_value_type()) for f in view.features}
 
 
 def _event_times(frame: pd.DataFrame) -> list[datetime]:
@@ -124,26 +127,24 @@ def _event_times(frame: pd.DataFrame) -> list[datetime]:
     return pd.DatetimeIndex(frame[TIMESTAMP_FIELD]).tz_convert(None).to_pydatetime().tolist()
 
 
-def _proto_column(values: list[Any], value_type: Any) -> list[Any]:
-    """One column as ``Value`` protos; types other than the views' fall back to Feast's conversion."""
+def coded_column(series: pd.Series, value_type: Any) -> CodedColumn:
+    """One column as ``Value`` protos, one per distinct value (counts repeat a lot, and the stores
+    only serialize them); types other than the views' fall back to Feast's conversion, a proto per row."""
     from feast.protos.feast.types import Value_pb2
     from feast.type_map import python_values_to_proto_values
 
     Value = Value_pb2.Value
     if value_type in _SCALAR_FIELDS:
         field_name, cast = _SCALAR_FIELDS[value_type]
-        # Counts repeat a lot: one proto per distinct value (the stores only serialize them).
-        protos: dict[Any, Any] = {}
-        out = []
-        for v in values:
-            proto = protos.get(v)
-            if proto is None:
-                # None and NaN (an int column with a null reads back as float): Feast's empty Value.
-                proto = protos[v] = Value() if v is None or v != v else Value(**{field_name: cast(v)})
-            out.append(proto)
-        return out
+        # None and NaN (an int column with a null reads back as float) get code -1: Feast's empty Value.
+        codes, distinct = pd.factorize(series, use_na_sentinel=True)
+        protos = [Value(**{field_name: cast(v)}) for v in distinct.tolist()]
+        protos.append(Value())
+        return CodedColumn(protos, np.where(codes < 0, len(protos) - 1, codes))
+    values = series.tolist()
+    every_row = np.arange(len(values))
     if value_type in _LIST_FIELDS and all(v is None or (isinstance(v, list) and None not in v) for v in values):
         field_name, message = _LIST_FIELDS[value_type]
         list_type = getattr(Value_pb2, message)
-        return [Value() if v is None else Value(**{field_name: list_type(val=v)}) for v in values]
-    return python_values_to_proto_values(values, value_type)
+        return CodedColumn([Value() if v is None else Value(**{field_name: list_type(val=v)}) for v in values], every_row)
+    return CodedColumn(python_values_to_proto_values(values, value_type), every_row)

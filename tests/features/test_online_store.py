@@ -126,7 +126,7 @@ def test_reads_what_feasts_store_reads(tmp_path):
 def test_column_wise_writes_store_what_row_writes_store(tmp_path):
     """``online_write_columns`` (what the pipeline's push uses on this store) leaves the same table
     and reads as ``online_write_batch`` of the same rows: upserts, a key twice, nulls, a time per row."""
-    from pipelines.feast_sink import _event_times, _feature_columns
+    from pipelines.feast_sink import _event_times, feature_columns
 
     rows_store = _open(tmp_path / "rows", STORE_TYPE, {})
     columns_store = _open(tmp_path / "columns", STORE_TYPE, {})
@@ -138,7 +138,7 @@ def test_column_wise_writes_store_what_row_writes_store(tmp_path):
         for frame in frames:
             rows_store.provider.online_write_batch(rows_store.config, view, online_rows(view, frame), progress=None)
             columns_store.provider.online_store.online_write_columns(
-                columns_store.config, view, key, frame[key].tolist(), _feature_columns(view, frame), _event_times(frame))
+                columns_store.config, view, key, frame[key].tolist(), feature_columns(view, frame), _event_times(frame))
             assert _reads(columns_store, view) == _reads(rows_store, view), view.name
             assert _table_rows(columns_store, view) == _table_rows(rows_store, view), view.name
 
@@ -219,3 +219,23 @@ def test_entity_keys_are_feasts(version):
         expected = [serialize_entity_key(EntityKey(join_keys=["item_id"], entity_values=[Value(string_val=i)]),
                                          entity_key_serialization_version=version) for i in ids]
         assert _string_entity_keys("item_id", ids, version) == expected
+
+
+def test_coded_columns_hold_the_protos_feast_converts_each_row_to():
+    """``feature_columns`` (one proto per distinct value) hold, row by row, the ``Value`` Feast's
+    own conversion makes of the same frame's values: nulls and NaNs (an int column with a null
+    reads back as float) an empty ``Value``, ints as ints, repeated values equal."""
+    from feast.protos.feast.types.Value_pb2 import Value
+    from feast.type_map import python_values_to_proto_values
+
+    from pipelines.feast_sink import feature_columns
+
+    for view in ALL_FEATURE_VIEWS:
+        frame = feature_frame(view.name, _rows(view, range(40), 1), AS_OF)
+        for feature in view.features:
+            value_type = feature.dtype.to_value_type()
+            coded = feature_columns(view, frame)[feature.name].values()
+            values = [None if v is None or v != v else v for v in frame[feature.name].tolist()]
+            expected = [Value() if v is None else python_values_to_proto_values([v], value_type)[0] for v in values]
+            assert coded == expected, (view.name, feature.name)
+            assert any(v is None for v in values) and len({p.SerializeToString() for p in coded}) > 1
