@@ -203,6 +203,10 @@ def check_json_depth(data: bytes, max_depth: int) -> None:
     Raises:
         BodyRejected: 400 ``json_too_deep``.
     """
+    # No deeper than its opening brackets (counted in C, strings included): one event has one or
+    # two, so the walk below is skipped; it was ~2% of a single-event request's CPU (py-spy).
+    if data.count(b"{") + data.count(b"[") <= max_depth:
+        return
     depth = json_nesting_depth(data)
     if depth > max_depth:
         raise BodyRejected(400, "json_too_deep", f"JSON is nested {depth} levels deep; the limit is {max_depth}")

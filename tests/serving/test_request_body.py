@@ -215,3 +215,15 @@ def test_json_object_bodies_are_refused_with_a_reason(body: bytes, headers: dict
 def test_a_gzip_json_object_is_read() -> None:
     body = gzip.compress(b'{"user_id": "u1", "k": 3}')
     assert asyncio.run(read_json_object(_request([body], {"content-encoding": "gzip"}), LIMITS)) == {"user_id": "u1", "k": 3}
+
+
+def test_depth_check_counts_brackets_first_and_walks_only_when_they_could_exceed_the_limit():
+    """``check_json_depth``'s shortcut (no more opening brackets than the limit) never passes a
+    body that is too deep, and brackets inside strings still do not count once it walks."""
+    from serving.request_body import BodyRejected, check_json_depth
+
+    check_json_depth(b'{"a": [1, {"b": 2}]}', 3)  # three opening brackets, depth 3: shortcut
+    check_json_depth(b'{"a": "[[[[{{{{"}', 2)  # nine openers counted, depth 1: walked, passes
+    with pytest.raises(BodyRejected) as refused:
+        check_json_depth(b'{"a": [1, {"b": 2}]}', 2)
+    assert refused.value.reason == "json_too_deep"
