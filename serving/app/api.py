@@ -81,6 +81,7 @@ from serving.bandit.impressions import (
 from serving.auth import SCHEME_OF_ROLE, SECURITY_SCHEMES, AuthRejected, Role, gate_from_settings, openapi_security
 from serving.collector.ingest import dead_letter
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
+from serving.counter_buffer import BufferedCounter
 from serving.experiments import Experiment, analyze_experiment, assign_variant
 from serving.feedback_tokens import FeedbackClaim, FeedbackRejected, check_claim, signer_from_settings
 from serving import replica_loopback
@@ -251,16 +252,18 @@ class RecommenderAPI:
             count=lambda what, n: self._errors.inc(n, tags={"reason": f"impression_{what}"}),
         )
         self._background: set[asyncio.Task[None]] = set()
-        self._served = metrics.Counter(
+        # The per-request counters are summed in the replica, recorded once a second and at each
+        # health check (serving/counter_buffer.py); errors and refusals are recorded at once.
+        self._served = BufferedCounter(metrics.Counter(
             "streamrec_bundles_served", description="Bundle slates served (and logged as impressions), per variant.",
             tag_keys=("experiment", "variant"),
-        )
-        self._feedback = metrics.Counter(
+        ))
+        self._feedback = BufferedCounter(metrics.Counter(
             "streamrec_feedback_received", description="Feedback accepted by POST /v1/feedback, by type.", tag_keys=("type",),
-        )
-        self._recommended = metrics.Counter(
+        ))
+        self._recommended = BufferedCounter(metrics.Counter(
             "streamrec_recommendations_served", description="Item recommendation lists served, by source.", tag_keys=("source",),
-        )
+        ))
         self._errors = metrics.Counter(
             "streamrec_recommender_errors", description="Requests answered with an error, by reason.", tag_keys=("reason",),
         )
@@ -711,7 +714,10 @@ class RecommenderAPI:
         return await self._storefront.get_response(path or "index.html", request.scope)
 
     def check_health(self) -> None:
-        """Serve's periodic health check: the impression producer this replica owns (EventPublisher.check)."""
+        """Serve's periodic health check: the impression producer this replica owns (EventPublisher.check);
+        and the buffered counters' pending sums are recorded."""
+        for counter in (self._served, self._feedback, self._recommended):
+            counter.flush()
         self._publisher.check()
 
     def __del__(self) -> None:
