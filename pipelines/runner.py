@@ -47,7 +47,7 @@ from pipelines.kafka_source import (
     plan_offset_ranges,
     read_offset_ranges,
 )
-from pipelines.lake import lake_table, write_event_lake
+from pipelines.lake import lake_table, use_arrow_memory_pool, write_event_lake
 from pipelines.metrics import PipelineMetrics, beam_counters
 from pipelines.privacy import apply_new_tombstones, drop_deleted_users
 from pipelines.packed import Packed
@@ -363,6 +363,7 @@ class FeaturePipeline:
     def __init__(self, settings: Any, store: Any = None, push_online: bool = True, metrics: PipelineMetrics | None = None):
         from features.repo import apply_feature_repo
 
+        use_arrow_memory_pool()
         self.settings = settings
         self.spec = FeatureSpec.from_config(settings.pipeline)
         self.topic = settings.kafka.topics.events

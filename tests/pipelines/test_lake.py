@@ -49,3 +49,21 @@ def test_appended_files_are_named_by_their_own_offsets(tmp_path):
         "date=1970-01-02/events-p2-00000000000000000005-00000000000000000008.parquet": [5, 7],
         "date=1970-01-04/events-p2-00000000000000000009-00000000000000000010.parquet": [9],
     }
+
+
+def test_the_pipeline_process_uses_jemalloc_or_the_system_allocator_unless_told(monkeypatch):
+    """``use_arrow_memory_pool``: not the wheels' mimalloc (slow first large allocations), and an
+    explicit ``ARROW_DEFAULT_MEMORY_POOL`` is left as it is."""
+    import pyarrow as pa
+
+    from pipelines.lake import use_arrow_memory_pool
+
+    before = pa.default_memory_pool()
+    try:
+        monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+        assert use_arrow_memory_pool() in ("jemalloc", "system")
+        pa.set_memory_pool(pa.system_memory_pool())
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "system")
+        assert use_arrow_memory_pool() == "system"
+    finally:
+        pa.set_memory_pool(before)
