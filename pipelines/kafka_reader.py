@@ -40,6 +40,9 @@ class KafkaOffsetRange(NamedTuple):
 
 
 def consumer(client_options: dict[str, Any], group_id: str | None = None) -> KafkaConsumer:
+    """A reading consumer from plain client options: Beam's workers and the reader process get
+    the options (a picklable dict), not the settings, so the client factory
+    (``streamrec.runtime.kafka``), which takes a ``KafkaConfig``, is not used here."""
     return KafkaConsumer(
         **client_options,
         group_id=group_id,

@@ -36,7 +36,7 @@ from pipelines.kafka_reader import consumer as _consumer
 from pipelines.kafka_reader import take_polled as _take_polled
 from pipelines.metrics import set_consumer_lag
 from pipelines.records import KafkaRecord
-from streamrec.runtime.kafka import committed_offsets, end_offsets, wait_for_partitions
+from streamrec.runtime.kafka import committed_offsets, end_offsets, new_consumer, wait_for_partitions
 
 if TYPE_CHECKING:
     from streamrec.runtime.config import KafkaConfig
@@ -53,9 +53,14 @@ __all__ = [
 ]
 
 
+def _planning_consumer(kafka_config: KafkaConfig, group_id: str | None = None) -> KafkaConsumer:
+    """The driver's consumer for offsets and commits, from the one client factory."""
+    return new_consumer(kafka_config, group_id=group_id, auto_offset_reset="earliest", consumer_timeout_ms=1000)
+
+
 def beginning_offsets(kafka_config: KafkaConfig, topic: str) -> dict[int, int]:
     """Partition -> the first offset the topic still holds."""
-    consumer = _consumer(kafka_config.client_options())
+    consumer = _planning_consumer(kafka_config)
     try:
         partitions = wait_for_partitions(consumer, topic)
         return {tp.partition: offset for tp, offset in consumer.beginning_offsets(partitions).items()}
@@ -82,7 +87,7 @@ def plan_offset_ranges(
     Returns:
         One range per partition (possibly empty).
     """
-    consumer = _consumer(kafka_config.client_options(), group_id)
+    consumer = _planning_consumer(kafka_config, group_id)
     try:
         partitions = wait_for_partitions(consumer, topic)
         ends = end_offsets(consumer, partitions)
@@ -105,7 +110,7 @@ def plan_offset_ranges(
 
 def commit_offsets(kafka_config: KafkaConfig, group_id: str, ranges: list[KafkaOffsetRange]) -> None:
     """Store each range's stop as the group's committed offset (after the batch's sinks succeeded)."""
-    consumer = _consumer(kafka_config.client_options(), group_id)
+    consumer = _planning_consumer(kafka_config, group_id)
     try:
         partitions = [TopicPartition(r.topic, r.partition) for r in ranges]
         consumer.assign(partitions)

@@ -68,6 +68,7 @@ from pipelines.transforms import (
     ParseRecordBatches,
     split_state_by_shard,
 )
+from streamrec.runtime.kafka import new_consumer, new_producer
 
 logger = logging.getLogger(__name__)
 
@@ -432,9 +433,7 @@ class FeaturePipeline:
 
     def _dlq_producer(self):
         if self._producer is None:
-            from kafka import KafkaProducer
-
-            self._producer = KafkaProducer(**self.settings.kafka.client_options(), acks="all", linger_ms=5)
+            self._producer = new_producer(self.settings.kafka, acks="all", linger_ms=5)
         return self._producer
 
     def close(self) -> None:
@@ -455,15 +454,14 @@ class FeaturePipeline:
         batch as soon as an event arrives, instead of up to a whole poll interval later (the
         largest part of the produce-to-online time after the batch itself).
         """
-        from kafka import KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
         from kafka.errors import KafkaError
 
         deadline = time.monotonic() + timeout_s
         try:
             if self._wake is None:
                 # fetch_max_wait_ms: the longest a fetch may sit at the broker (caps the wake-up delay).
-                self._wake = KafkaConsumer(**self.settings.kafka.client_options(), group_id=None,
-                                           enable_auto_commit=False, fetch_max_wait_ms=100)
+                self._wake = new_consumer(self.settings.kafka, group_id=None, fetch_max_wait_ms=100)
             partitions = {TopicPartition(r.topic, r.partition): r.stop for r in ranges}
             if set(self._wake.assignment()) != set(partitions):
                 self._wake.assign(list(partitions))
