@@ -50,7 +50,6 @@ STORE_TYPE = "features.online_store.BulkSqliteOnlineStore"
 OnlineRow = tuple[Any, dict[str, Any], datetime, datetime | None]
 
 
-
 class CodedColumn(NamedTuple):
     """One feature's values, dictionary-coded: its distinct ``Value`` protos, and per row the
     index of the row's one.

@@ -53,14 +53,9 @@ __all__ = [
 ]
 
 
-def _planning_consumer(kafka_config: KafkaConfig, group_id: str | None = None) -> KafkaConsumer:
-    """The driver's consumer for offsets and commits, from the one client factory."""
-    return new_consumer(kafka_config, group_id=group_id, auto_offset_reset="earliest", consumer_timeout_ms=1000)
-
-
 def beginning_offsets(kafka_config: KafkaConfig, topic: str) -> dict[int, int]:
     """Partition -> the first offset the topic still holds."""
-    consumer = _planning_consumer(kafka_config)
+    consumer = new_consumer(kafka_config)  # offsets only: nothing is fetched
     try:
         partitions = wait_for_partitions(consumer, topic)
         return {tp.partition: offset for tp, offset in consumer.beginning_offsets(partitions).items()}
@@ -87,7 +82,7 @@ def plan_offset_ranges(
     Returns:
         One range per partition (possibly empty).
     """
-    consumer = _planning_consumer(kafka_config, group_id)
+    consumer = new_consumer(kafka_config, group_id=group_id)  # offsets only: nothing is fetched
     try:
         partitions = wait_for_partitions(consumer, topic)
         ends = end_offsets(consumer, partitions)
@@ -110,7 +105,7 @@ def plan_offset_ranges(
 
 def commit_offsets(kafka_config: KafkaConfig, group_id: str, ranges: list[KafkaOffsetRange]) -> None:
     """Store each range's stop as the group's committed offset (after the batch's sinks succeeded)."""
-    consumer = _planning_consumer(kafka_config, group_id)
+    consumer = new_consumer(kafka_config, group_id=group_id)  # offsets only: nothing is fetched
     try:
         partitions = [TopicPartition(r.topic, r.partition) for r in ranges]
         consumer.assign(partitions)

@@ -160,7 +160,8 @@ def _by_day_and_partition(rows: Iterable[LakeRow] | Iterable[pa.Table]) -> Itera
     if table is None:
         return
     # One chunk first: ``take`` over the per-element tables' chunks copies the JSON column ~50x
-    # slower than over one (0.41 s against 0.01 s for the Taobao batch, measured; pyarrow 25).
+    # slower than over one (an 84k-row table in 21 chunks: 0.52 s against 0.01 s, measured in
+    # isolation; pyarrow 25).
     table = table.combine_chunks()
     # Days since the epoch (UTC) of each event time: floor division, negative times included.
     micros = table["ts"].cast(pa.int64()).to_numpy()

@@ -27,7 +27,6 @@ from serving.collector.ingest import (
     validate_elements,
 )
 from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
-from serving.counter_buffer import BufferedCounter
 from serving.collector.schemas import (
     EVENTS_BODY,
     EVENTS_RESPONSES,
@@ -37,6 +36,7 @@ from serving.collector.schemas import (
     JavaScriptFile,
     component_schemas,
 )
+from serving.counter_buffer import BufferedCounter
 from serving.errors import error_response as _error
 from serving.frontend import TRACKER_JS, FrontendCors
 from serving.request_body import add_openapi_components, decode_content_encoding, may_hold_surrogates, read_body
