@@ -414,6 +414,16 @@ def read_experiment(settings: Settings, name: str) -> dict[str, Any]:
     return reply.json()
 
 
+def logged_candidates(settings: Settings, experiment: str) -> dict[str, list[tuple[str, ...]]]:
+    """Request id -> the items of every candidate bundle its policy chose from, as the impression
+    logged them (its candidates header): the oracle then knows what each request could have shown."""
+    from serving.ope.impression_log import read_impression_log
+
+    log = read_impression_log(settings, experiment)
+    return {d.request_id: [d.candidate_items[i] for i in d.candidate_ids if i in d.candidate_items]
+            for d in log.decisions if d.candidate_items}
+
+
 def run_ope(settings: Settings, experiment: dict[str, Any], run_dir: Path, counts: StageCounts) -> str:
     """`streamrec ope` of each bandit variant from the control's log alone, and whether the estimated
     difference with the control has the sign of the online difference (``ope.json``: the first
@@ -603,7 +613,10 @@ def run_demo(settings: Settings, opts: DemoOptions | None = None) -> int:
         accepted_ids |= shopper_run.accepted_event_ids
         bundle_items = {b: items for r in shopper_run.records if r["endpoint"] == "bundles"
                         for b, items in zip(r["shown"], r.get("shown_items", []))}
-        add_oracle_rewards(shopper_run.records, {s.user_id: s for s in shoppers}, bundle_items, category_of, ShopperModel())
+        candidates = logged_candidates(settings, experiment_name)
+        add_oracle_rewards(shopper_run.records, {s.user_id: s for s in shoppers}, bundle_items, category_of, ShopperModel(),
+                           candidates)
+        detail(f"oracle rewards: {len(candidates):,} logged candidate sets read back from the impressions")
         write_jsonl(run_dir / "shoppers.jsonl", shopper_run.records)
         write_json(run_dir / "freshness.json", {"samples_s": freshness})
         latency: dict[str, list[float]] = {}

@@ -369,7 +369,8 @@ class RecommenderAPI:
         headers = (
             ("schema_version", str(SCHEMA_VERSION).encode()), ("type", b"impression"),
             (CONTEXT_HEADER, context.encode()),
-            (CANDIDATES_HEADER, encode_candidates(ids, cands.features)),  # for `streamrec ope`
+            # For `streamrec ope`, and the items for analyses that score every candidate.
+            (CANDIDATES_HEADER, encode_candidates(ids, cands.features, [b.items for b in cands.bundles])),
         )
         await self._publish(
             [OutgoingRecord(self._settings.kafka.topics.events, user_id.encode(), event_to_json(impression), headers)], decision=True

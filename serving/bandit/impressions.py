@@ -25,6 +25,7 @@ __all__ = [
     "DecisionContext",
     "Rewards",
     "decision_to_impression",
+    "decode_candidate_items",
     "decode_candidates",
     "encode_candidates",
 ]
@@ -103,16 +104,24 @@ def decision_to_impression(
     )
 
 
-def encode_candidates(ids: Sequence[str], embeddings: np.ndarray) -> bytes:
-    """The candidate set as header bytes: ids in JSON, embeddings as base64 float32 (row-major).
+def encode_candidates(ids: Sequence[str], embeddings: np.ndarray,
+                      items: Sequence[Sequence[str]] | None = None) -> bytes:
+    """The candidate set as header bytes: ids and (optionally) each candidate's items in JSON,
+    embeddings as base64 float32 (row-major).
 
     Why base64 float32 and not JSON numbers: a 200 x 16 candidate matrix is ~17 kB this way and is
     encoded in microseconds on the request path; as JSON floats it is ~4x larger and far slower.
+    The items let an analysis score every candidate, not only the shown ones (the demo splits the
+    shoppers' regret into what the candidates missed and what the policy's choice missed).
     """
     matrix = np.ascontiguousarray(embeddings, dtype=np.float32)
     if matrix.ndim != 2 or matrix.shape[0] != len(ids):
         raise ValueError(f"embeddings must be (len(ids)={len(ids)}, dim), got {matrix.shape}")
-    doc = {"ids": list(ids), "dim": int(matrix.shape[1]), "emb": base64.b64encode(matrix.tobytes()).decode("ascii")}
+    doc: dict[str, Any] = {"ids": list(ids), "dim": int(matrix.shape[1]), "emb": base64.b64encode(matrix.tobytes()).decode("ascii")}
+    if items is not None:
+        if len(items) != len(ids):
+            raise ValueError(f"items must have one list per candidate ({len(ids)}), got {len(items)}")
+        doc["items"] = [list(i) for i in items]
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -126,6 +135,21 @@ def decode_candidates(header: bytes) -> tuple[tuple[str, ...], np.ndarray]:
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"malformed {CANDIDATES_HEADER} header: {exc}") from None
     return ids, matrix
+
+
+def decode_candidate_items(header: bytes) -> dict[str, tuple[str, ...]]:
+    """Candidate id -> its items, from a :func:`encode_candidates` header; empty for a header
+    written without them (before they were logged). ValueError if malformed."""
+    try:
+        doc = json.loads(header)
+        ids, items = doc["ids"], doc.get("items")
+        if items is None:
+            return {}
+        if not isinstance(items, list) or len(items) != len(ids):
+            raise ValueError(f"{len(ids)} ids but items is not a list of as many lists")
+        return {str(i): _strings(row, f"items of {i!r}") for i, row in zip(ids, items)}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"malformed {CANDIDATES_HEADER} header: {exc}") from None
 
 
 # -- the decision context header -------------------------------------------------------------------

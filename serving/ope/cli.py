@@ -121,19 +121,6 @@ def _load_experiment(path: str, name: str | None) -> Any:
     raise ValueError(f"no experiment {wanted!r} in {path}; known: {[e.name for e in parsed.experiments]}")
 
 
-def _read_log(settings: Settings, experiment: str, variants: list[str] | None) -> Any:
-    from serving.bandit.impressions import Rewards
-    from serving.ope.impression_log import parse_records
-    from streamrec.runtime.kafka import read_topic
-
-    s = settings.serving
-    records = [
-        *read_topic(settings.kafka, settings.kafka.topics.events),
-        *read_topic(settings.kafka, settings.kafka.topics.feedback),
-    ]
-    return parse_records(records, Rewards(s.click_reward, s.purchase_reward, s.dismiss_reward), experiment, variants)
-
-
 def _finite_or_none(value: float) -> float | None:
     # An undefined estimate (SNIPS without support) is NaN, which strict JSON cannot carry.
     return value if np.isfinite(value) else None
@@ -169,6 +156,7 @@ def _print_result(doc: dict[str, Any], result: Any, log: Any, slot: int, learn: 
 
 
 def cmd_ope(args: argparse.Namespace, settings: Settings) -> int:
+    from serving.ope.impression_log import read_impression_log
     from serving.ope.policy_replay import estimate_policy_value, target_probabilities
 
     if args.slot < 0:
@@ -176,7 +164,7 @@ def cmd_ope(args: argparse.Namespace, settings: Settings) -> int:
     experiment = _load_experiment(args.experiments_file, args.experiment)
     target = resolve_target(args.policy, experiment)
     target.build(USER_DIM, ARM_DIM)  # bad parameters fail before reading
-    log = _read_log(settings, experiment.name, args.logging_variants)
+    log = read_impression_log(settings, experiment.name, args.logging_variants)
     too_short = [d for d in log.decisions if len(d.shown) <= args.slot]
     if too_short:
         log.skipped[f"slate shorter than slot {args.slot}"] += len(too_short)

@@ -16,7 +16,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -26,10 +26,14 @@ from serving.bandit.impressions import (
     FEEDBACK_TYPES,
     DecisionContext,
     Rewards,
+    decode_candidate_items,
     decode_candidates,
 )
 
-__all__ = ["ImpressionLog", "LoggedDecision", "LoggedFeedbackEvent", "parse_records"]
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
+
+__all__ = ["ImpressionLog", "LoggedDecision", "LoggedFeedbackEvent", "parse_records", "read_impression_log"]
 
 # Sort key of a record in log time: (timestamp ms, impressions before feedback, topic, partition, offset).
 LogOrder = tuple[int, int, str, int, int]
@@ -61,6 +65,8 @@ class LoggedDecision:
     propensities: tuple[float, ...]  # logging policy's P(arm at slot), per slot
     shown_embeddings: dict[str, np.ndarray]  # as the learner saw them (decision context header)
     order: LogOrder
+    # Candidate id -> its items (empty for impressions logged before the items were).
+    candidate_items: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def candidate_index(self, slot: int) -> int:
         """Row of the arm shown at ``slot`` in the candidate set."""
@@ -113,6 +119,7 @@ def _decision(record: KafkaRecord, event: dict[str, Any]) -> LoggedDecision | st
     try:
         ctx = DecisionContext.decode(headers[CONTEXT_HEADER])
         ids, embeddings = decode_candidates(headers[CANDIDATES_HEADER])
+        items = decode_candidate_items(headers[CANDIDATES_HEADER])
         slots = sorted(event["slots"], key=lambda s: s["position"])
         shown = tuple(str(s["id"]) for s in slots)
         propensities = tuple(float(s["propensity"]) for s in slots)
@@ -121,7 +128,7 @@ def _decision(record: KafkaRecord, event: dict[str, Any]) -> LoggedDecision | st
             policy=str(event.get("policy") or "unknown"), context=np.asarray(ctx.context, dtype=np.float64),
             candidate_ids=ids, candidate_embeddings=embeddings, shown=shown, propensities=propensities,
             shown_embeddings={k: np.asarray(v, dtype=np.float64) for k, v in ctx.shown_arms.items()},
-            order=_order(record, 0),
+            order=_order(record, 0), candidate_items=items,
         )
     except (ValueError, KeyError, TypeError) as exc:
         return f"malformed impression ({type(exc).__name__})"
@@ -183,3 +190,16 @@ def parse_records(
         else:
             log.skipped["feedback on a decision not evaluated"] += 1
     return log
+
+
+def read_impression_log(settings: Settings, experiment: str | None, variants: Iterable[str] | None = None) -> ImpressionLog:
+    """:func:`parse_records` over the whole ``events`` topic and the serving feedback topic, with
+    the learner's rewards (``settings.serving``)."""
+    from streamrec.runtime.kafka import read_topic
+
+    s = settings.serving
+    records = [
+        *read_topic(settings.kafka, settings.kafka.topics.events),
+        *read_topic(settings.kafka, settings.kafka.topics.feedback),
+    ]
+    return parse_records(records, Rewards(s.click_reward, s.purchase_reward, s.dismiss_reward), experiment, variants)

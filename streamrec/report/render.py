@@ -282,8 +282,41 @@ def _regret_section(data: RunData) -> str:
             + _note("Regret = oracle_reward - reward: the best reward achievable with that shopper's real future, "
                     "minus the reward of the slate served; requests without an oracle reward are left out of it. "
                     "A variant that learns from its feedback ends with less regret per request than it started "
-                    "with (last / first < 1); a fixed one stays near 1.")
+                    "with (last / first < 1); a fixed one stays near 1. The oracle chooses among every bundle shown "
+                    "during the run and the request's own logged candidates.")
+            + _regret_split_table(data)
             + _weights_table(data))
+
+
+def _regret_split_table(data: RunData) -> str:
+    """Regret split into what the request's candidates missed and what the policy's choice among
+    them missed, per third: only the second is the policy's to learn away."""
+    rows = []
+    for name, group in by_variant(data.experiment_requests(), _variant_order(data)).items():
+        split = [s for s in group if s.selection_regret is not None]
+        if not split:
+            continue
+        total_first, _ = third_means([s.regret or 0.0 for s in split])
+        choice_first, choice_last = third_means([s.selection_regret or 0.0 for s in split])
+        missed_first, missed_last = third_means([s.candidate_regret or 0.0 for s in split])
+        rows.append([name, f"{len(split):,}", num(choice_first, 4), num(choice_last, 4), _ratio(choice_last, choice_first),
+                     num(missed_first, 4), num(missed_last, 4), _ratio(missed_last, total_first)])
+    if not rows:
+        return _note("The impressions did not log their candidates' items: no split of the regret.")
+    return ("<h3>Where the regret is: the candidates or the choice</h3>"
+            + _table(["variant", "requests with logged candidates", "choice regret / request, first third", "last third",
+                      "last / first", "candidate regret / request, first third", "last third",
+                      "regret last / first with a perfect choice in the last third"], rows)
+            + _note("Choice regret = the best slate among the request's own candidates (logged with its impression) "
+                    "minus the slate served: what the policy can learn away. Candidate regret = oracle minus that best "
+                    "slate: what no choice among those candidates could win (mostly the shopper's next items, which no "
+                    "candidate held). The last column is the regret ratio of the table above that a policy choosing "
+                    "perfectly in the last third would reach: the last third's candidate regret over the first third's "
+                    "whole regret."))
+
+
+def _ratio(numerator: float, denominator: float) -> str:
+    return num(numerator / denominator, 2) if _finite(numerator) and _finite(denominator) and denominator > 0 else "n/a"
 
 
 def _weights_table(data: RunData) -> str:

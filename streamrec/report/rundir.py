@@ -92,7 +92,9 @@ class ShopperRequest:
 
     ``experiment`` is ``None`` for requests outside the A/B test (``/v1/recommendations``, where
     ``variant`` names the item source instead), and ``oracle_reward`` is ``None`` where the simulator
-    could not compute one (recommendations, shoppers without a known future).
+    could not compute one (recommendations, shoppers without a known future); ``candidate_reward``
+    (the best slate among the request's own candidates) is ``None`` also where the impression did
+    not log its candidates' items.
     """
 
     t: float
@@ -108,11 +110,23 @@ class ShopperRequest:
     revenue: float = 0.0
     reward: float = 0.0
     oracle_reward: float | None = None
+    candidate_reward: float | None = None
 
     @property
     def regret(self) -> float | None:
         """Reward left on the table: the best reward this shopper's real future allowed, minus ours."""
         return None if self.oracle_reward is None else self.oracle_reward - self.reward
+
+    @property
+    def selection_regret(self) -> float | None:
+        """The part of the regret the policy's choice left: the best slate among this request's own
+        candidates minus the slate served (``None`` where the candidates were not logged)."""
+        return None if self.candidate_reward is None or self.oracle_reward is None else self.candidate_reward - self.reward
+
+    @property
+    def candidate_regret(self) -> float | None:
+        """The part no choice among the request's candidates could win: oracle minus their best slate."""
+        return None if self.candidate_reward is None or self.oracle_reward is None else self.oracle_reward - self.candidate_reward
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -147,16 +147,31 @@ class ShopperRun:
 
 
 def add_oracle_rewards(records: list[dict[str, Any]], shoppers: dict[str, Shopper], bundle_items: dict[str, list[str]],
-                       category_of: dict[str, str], model: ShopperModel) -> None:
+                       category_of: dict[str, str], model: ShopperModel,
+                       candidates: Mapping[str, Iterable[Sequence[str]]] | None = None) -> None:
     """Set ``oracle_reward`` of each bundle request: the best slate of the same size for that
-    shopper among every bundle shown during the run (known only afterwards)."""
+    shopper among every bundle shown during the run and the request's own candidates (known only
+    afterwards). Where ``candidates`` (request id -> the items of each candidate bundle the policy
+    chose from) has the request, also set ``candidate_reward``: the best slate among those alone,
+    so that regret splits into what the candidates missed (oracle - candidate) and what the
+    policy's choice missed (candidate - reward)."""
     for r in records:
         if r["endpoint"] != "bundles" or r["user_id"] not in shoppers:
             continue
         interests = shoppers[r["user_id"]].interests_after(r["step"])
-        best = sorted((bundle_click_probability(interests, items, category_of, model) for items in bundle_items.values()),
-                      reverse=True)
-        r["oracle_reward"] = max(slate_click_probability(best[: len(r["shown"])]), r["reward"])
+        k = len(r["shown"])
+
+        def best_slate(bundles: Iterable[Sequence[str]]) -> float:
+            probabilities = sorted((bundle_click_probability(interests, items, category_of, model) for items in bundles),
+                                   reverse=True)
+            return slate_click_probability(probabilities[:k])
+
+        own = candidates.get(r["request_id"]) if candidates is not None else None
+        own_bundles = list(own) if own else []
+        oracle = best_slate([*bundle_items.values(), *own_bundles])
+        if own_bundles:
+            r["candidate_reward"] = max(best_slate(own_bundles), r["reward"])
+        r["oracle_reward"] = max(oracle, r["reward"], r.get("candidate_reward", 0.0))
 
 
 def _live_event(template: dict[str, Any], now: datetime, tag: str) -> dict[str, Any]:

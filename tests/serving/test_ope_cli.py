@@ -25,6 +25,7 @@ from serving.bandit.impressions import (
     CANDIDATES_HEADER,
     CONTEXT_HEADER,
     decision_to_impression,
+    decode_candidate_items,
     decode_candidates,
     encode_candidates,
 )
@@ -180,3 +181,19 @@ def test_candidate_header_round_trip() -> None:
     assert ids == tuple(f"b{i}" for i in range(7)) and np.allclose(decoded, emb, atol=1e-6)
     with pytest.raises(ValueError, match="malformed"):
         decode_candidates(b'{"ids": ["a"], "dim": 2, "emb": "AAAA"}')
+
+
+def test_candidate_header_carries_each_candidates_items() -> None:
+    emb = np.zeros((2, 3))
+    header = encode_candidates(["b0", "b1"], emb, [("i1", "i2"), ("i3",)])
+    assert decode_candidate_items(header) == {"b0": ("i1", "i2"), "b1": ("i3",)}
+    ids, decoded = decode_candidates(header)
+    assert ids == ("b0", "b1") and decoded.shape == (2, 3)
+    # a header written before the items were logged still decodes, without them
+    assert decode_candidate_items(encode_candidates(["b0", "b1"], emb)) == {}
+    with pytest.raises(ValueError, match="one list per candidate"):
+        encode_candidates(["b0", "b1"], emb, [("i1",)])
+    with pytest.raises(ValueError, match="malformed"):
+        decode_candidate_items(b'{"ids": ["a", "b"], "dim": 1, "emb": "", "items": [["x"]]}')
+    with pytest.raises(ValueError, match="malformed"):
+        decode_candidate_items(b'{"ids": ["a"], "dim": 1, "emb": "", "items": [[1]]}')

@@ -79,6 +79,9 @@ def make_shoppers(rng: np.random.Generator, ctr: dict[str, float], n: int = N_SH
             # the simulator has no oracle for a few shoppers
             "oracle_reward": None if rng.random() < 0.05 else reward + float(rng.random() < 0.5),
         })
+        oracle = rows[-1]["oracle_reward"]
+        if oracle is not None and i % 10:  # a few impressions logged no candidate items
+            rows[-1]["candidate_reward"] = reward + (oracle - reward) * (0.25 if i < n // 2 else 0.75)
     return rows
 
 
@@ -252,6 +255,19 @@ def test_rates_and_regret_sections_match_the_shopper_log(run_dir: Path, page: st
         third = len(regrets) // 3
         assert num(float(np.mean(regrets[:third])), 4) in regret and num(float(np.mean(regrets[-third:])), 4) in regret
     assert "lightgcn" not in rates and "lightgcn" not in regret
+    # the regret split into what the candidates missed and what the choice missed
+    assert "Where the regret is" in regret
+    for variant in POLICY:
+        split = sorted((s for s in in_experiment(shoppers) if s["variant"] == variant and s.get("candidate_reward") is not None),
+                       key=lambda s: s["t"])
+        assert 0 < len(split) and f"{len(split):,}" in regret
+        third = len(split) // 3
+        choice = [s["candidate_reward"] - s["reward"] for s in split]
+        missed = [s["oracle_reward"] - s["candidate_reward"] for s in split]
+        total_first = float(np.mean([s["oracle_reward"] - s["reward"] for s in split[:third]]))
+        for values in (choice, missed):
+            assert num(float(np.mean(values[:third])), 4) in regret and num(float(np.mean(values[-third:])), 4) in regret
+        assert num(float(np.mean(missed[-third:])) / total_first, 2) in regret
     # what each bandit learned to trust, by name
     assert "What each bandit learned to trust" in regret and "in_history" in regret and num(0.6821, 3) in regret
 

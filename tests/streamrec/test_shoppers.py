@@ -85,3 +85,31 @@ def test_the_real_taobao_cut_gives_shoppers_with_future_events() -> None:
     assert len(history) == 62_767
     assert len(shoppers) == 814
     assert all(e["ts"] >= "2017-12-02" for s in shoppers for e in s.future_events)
+
+
+def test_logged_candidates_split_the_regret_and_join_the_oracle() -> None:
+    events = [
+        _event("u1", "a", "c1", "2017-12-01T10:00:00Z"),
+        _event("u1", "b", "c2", "2017-12-02T10:00:00Z"),
+        _event("u1", "hit", "c9", "2017-12-02T11:00:00Z"),
+        _event("u1", "later", "c8", "2017-12-02T12:00:00Z"),
+    ]
+    _, [shopper] = split_shoppers(events, CUT)
+    category_of = {"hit": "c9", "later": "c8", "x": "c5", "y": "c6"}
+    model = ShopperModel()
+    interests = shopper.interests_after(0)
+    shown = {"bad": ["x", "y"]}
+    reward = bundle_click_probability(interests, shown["bad"], category_of, model)
+    records = [
+        {"endpoint": "bundles", "user_id": "u1", "step": 0, "shown": ["bad"], "reward": reward, "request_id": "r1"},
+        {"endpoint": "bundles", "user_id": "u1", "step": 0, "shown": ["bad"], "reward": reward, "request_id": "r2"},
+    ]
+    # r1 could have shown a bundle with "hit"; nobody showed the one with "later" and "hit" together,
+    # but r1's own candidates had it: the oracle takes it into account.
+    add_oracle_rewards(records, {"u1": shopper}, shown, category_of, model,
+                       {"r1": [("x", "y"), ("hit", "x"), ("hit", "later")]})
+    both = bundle_click_probability(interests, ["hit", "later"], category_of, model)
+    assert records[0]["candidate_reward"] == pytest.approx(both) and both > reward
+    assert records[0]["oracle_reward"] == pytest.approx(both)
+    # r2's candidates were not logged: no split, the oracle is the shown bundles' alone
+    assert "candidate_reward" not in records[1] and records[1]["oracle_reward"] == pytest.approx(reward)
