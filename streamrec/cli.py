@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="kill the pipeline, a recommender replica and the bandit learner once each during the traffic")
     demo.add_argument("--run-dir", type=Path, default=None, help="where the run's files and report go (default: .streamrec/demo)")
     demo.add_argument("--keep-running", action="store_true", help="leave the stack up afterwards")
-    demo.add_argument("--visits-per-s", type=float, default=8.0,
+    demo.add_argument("--visits-per-s", type=float, default=6.0,  # DemoOptions.visits_per_s (why it is 6)
                       help="the shoppers' visits per second, all together (0: as fast as served)")
     demo.add_argument("--retrain-after", type=float, default=0.1,
                       help="retrain mid-traffic once this share of the shoppers' expected events reached the lake "
