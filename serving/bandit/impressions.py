@@ -34,9 +34,10 @@ __all__ = [
 # the learner credits feedback with exactly the features the decision was made on, OPE replays them.
 CONTEXT_HEADER = "streamrec-bandit"
 
-# Kafka header of an impression record with every candidate the policy chose from (ids and arm
-# embeddings): off-policy evaluation replays another policy over the same candidate set. The bandit
-# learner does not read it (its decision context header holds only the shown arms).
+# Kafka header of an impression record with every candidate the policy chose from (ids, arm
+# embeddings and items): off-policy evaluation replays another policy over the same candidate set,
+# and the demo scores every candidate against a shopper's future. The bandit learner does not read
+# it (its decision context header holds only the shown arms).
 CANDIDATES_HEADER = "streamrec-candidates"
 
 # The feedback that rewards a shown bundle, and what each is worth: the learner and OPE score the

@@ -4,8 +4,8 @@ evaluation.
 An impression record of ``/v1/bundles`` (``serving/app/api.py``) carries, besides the contract
 event (shown slots with their propensities, policy, experiment, variant), two Kafka headers: the
 decision context (``serving.bandit.impressions.DecisionContext``: the user context and the shown
-arms' embeddings, which the bandit learner reads) and the whole candidate set (ids and embeddings)
-the policy chose from. Feedback is attributed by ``request_id`` and ``bundle_id`` the way the
+arms' embeddings, which the bandit learner reads) and the whole candidate set (ids, embeddings and
+items) the policy chose from. Feedback is attributed by ``request_id`` and ``bundle_id`` the way the
 learner does it (``serving/app/learner_state.py``): clicks and bundle purchases on the ``events``
 topic, dismissals on the serving feedback topic, de-duplicated by ``event_id``.
 """
