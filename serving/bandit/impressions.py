@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from numbers import Real
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,7 +25,7 @@ __all__ = [
     "DecisionContext",
     "Rewards",
     "decision_to_impression",
-    "decode_candidate_items",
+    "LoggedCandidates",
     "decode_candidates",
     "encode_candidates",
 ]
@@ -126,31 +126,29 @@ def encode_candidates(ids: Sequence[str], embeddings: np.ndarray,
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def decode_candidates(header: bytes) -> tuple[tuple[str, ...], np.ndarray]:
-    """Inverse of :func:`encode_candidates`: (ids, (n, dim) float64 embeddings); ValueError if malformed."""
+class LoggedCandidates(NamedTuple):
+    """A decoded candidates header: ids, (n, dim) float64 embeddings, and candidate id -> its items
+    (empty for a header written before the items were logged)."""
+
+    ids: tuple[str, ...]
+    embeddings: np.ndarray
+    items: dict[str, tuple[str, ...]]
+
+
+def decode_candidates(header: bytes) -> LoggedCandidates:
+    """Inverse of :func:`encode_candidates`; ValueError if malformed."""
     try:
         doc = json.loads(header)
         ids = tuple(str(i) for i in doc["ids"])
         flat = np.frombuffer(base64.b64decode(doc["emb"], validate=True), dtype=np.float32)
         matrix = flat.reshape(len(ids), int(doc["dim"])).astype(np.float64)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"malformed {CANDIDATES_HEADER} header: {exc}") from None
-    return ids, matrix
-
-
-def decode_candidate_items(header: bytes) -> dict[str, tuple[str, ...]]:
-    """Candidate id -> its items, from a :func:`encode_candidates` header; empty for a header
-    written without them (before they were logged). ValueError if malformed."""
-    try:
-        doc = json.loads(header)
-        ids, items = doc["ids"], doc.get("items")
-        if items is None:
-            return {}
-        if not isinstance(items, list) or len(items) != len(ids):
+        rows = doc.get("items")
+        if rows is not None and (not isinstance(rows, list) or len(rows) != len(ids)):
             raise ValueError(f"{len(ids)} ids but items is not a list of as many lists")
-        return {str(i): _strings(row, f"items of {i!r}") for i, row in zip(ids, items)}
+        items = {} if rows is None else {i: _strings(row, f"items of {i!r}") for i, row in zip(ids, rows)}
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"malformed {CANDIDATES_HEADER} header: {exc}") from None
+    return LoggedCandidates(ids, matrix, items)
 
 
 # -- the decision context header -------------------------------------------------------------------

@@ -26,7 +26,6 @@ from serving.bandit.impressions import (
     FEEDBACK_TYPES,
     DecisionContext,
     Rewards,
-    decode_candidate_items,
     decode_candidates,
 )
 
@@ -118,8 +117,7 @@ def _decision(record: KafkaRecord, event: dict[str, Any]) -> LoggedDecision | st
         return "impression without its candidate set (logged before candidates were recorded)"
     try:
         ctx = DecisionContext.decode(headers[CONTEXT_HEADER])
-        ids, embeddings = decode_candidates(headers[CANDIDATES_HEADER])
-        items = decode_candidate_items(headers[CANDIDATES_HEADER])
+        ids, embeddings, items = decode_candidates(headers[CANDIDATES_HEADER])
         slots = sorted(event["slots"], key=lambda s: s["position"])
         shown = tuple(str(s["id"]) for s in slots)
         propensities = tuple(float(s["propensity"]) for s in slots)

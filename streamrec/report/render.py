@@ -273,7 +273,7 @@ def _regret_section(data: RunData) -> str:
         rows.append([name, ", ".join(sorted({s.policy or "?" for s in group})), f"{len(group):,}", num(reward),
                      num(reward / len(group), 4), f"{len(regrets):,}", num(regret) if regrets else "n/a",
                      num(regret / len(regrets), 4) if regrets else "n/a", num(first, 4), num(last, 4),
-                     num(last / first, 2) if _finite(first) and _finite(last) and first > 0 else "n/a"])
+                     _ratio(last, first)])
     return (_img(plots.regret_figure(requests, _variant_order(data), data.retrains), "cumulative regret and reward")
             + _img(plots.learning_figure(requests, _variant_order(data), data.retrains), "reward per request over time")
             + _table(["variant", "policy", "requests", "cumulative reward", "reward / request",

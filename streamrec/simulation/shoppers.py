@@ -161,16 +161,15 @@ def add_oracle_rewards(records: list[dict[str, Any]], shoppers: dict[str, Shoppe
         interests = shoppers[r["user_id"]].interests_after(r["step"])
         k = len(r["shown"])
 
-        def best_slate(bundles: Iterable[Sequence[str]]) -> float:
-            probabilities = sorted((bundle_click_probability(interests, items, category_of, model) for items in bundles),
-                                   reverse=True)
-            return slate_click_probability(probabilities[:k])
+        def best_first(bundles: Iterable[Sequence[str]]) -> list[float]:
+            return sorted((bundle_click_probability(interests, items, category_of, model) for items in bundles), reverse=True)
 
-        own = candidates.get(r["request_id"]) if candidates is not None else None
-        own_bundles = list(own) if own else []
-        oracle = best_slate([*bundle_items.values(), *own_bundles])
-        if own_bundles:
-            r["candidate_reward"] = max(best_slate(own_bundles), r["reward"])
+        shown = best_first(bundle_items.values())
+        own = best_first(candidates.get(r["request_id"], ()) if candidates is not None else ())
+        if own:
+            r["candidate_reward"] = max(slate_click_probability(own[:k]), r["reward"])
+        # The best k of both lists are among the first k of each.
+        oracle = slate_click_probability(sorted(shown[:k] + own[:k], reverse=True)[:k])
         r["oracle_reward"] = max(oracle, r["reward"], r.get("candidate_reward", 0.0))
 
 

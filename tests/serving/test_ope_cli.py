@@ -25,7 +25,6 @@ from serving.bandit.impressions import (
     CANDIDATES_HEADER,
     CONTEXT_HEADER,
     decision_to_impression,
-    decode_candidate_items,
     decode_candidates,
     encode_candidates,
 )
@@ -177,7 +176,7 @@ def test_slot_probabilities_match_the_policy_own_choices(spec, slot) -> None:
 
 def test_candidate_header_round_trip() -> None:
     emb = np.random.default_rng(0).normal(size=(7, 16))
-    ids, decoded = decode_candidates(encode_candidates([f"b{i}" for i in range(7)], emb))
+    ids, decoded, _ = decode_candidates(encode_candidates([f"b{i}" for i in range(7)], emb))
     assert ids == tuple(f"b{i}" for i in range(7)) and np.allclose(decoded, emb, atol=1e-6)
     with pytest.raises(ValueError, match="malformed"):
         decode_candidates(b'{"ids": ["a"], "dim": 2, "emb": "AAAA"}')
@@ -186,14 +185,15 @@ def test_candidate_header_round_trip() -> None:
 def test_candidate_header_carries_each_candidates_items() -> None:
     emb = np.zeros((2, 3))
     header = encode_candidates(["b0", "b1"], emb, [("i1", "i2"), ("i3",)])
-    assert decode_candidate_items(header) == {"b0": ("i1", "i2"), "b1": ("i3",)}
-    ids, decoded = decode_candidates(header)
+    ids, decoded, items = decode_candidates(header)
+    assert items == {"b0": ("i1", "i2"), "b1": ("i3",)}
     assert ids == ("b0", "b1") and decoded.shape == (2, 3)
     # a header written before the items were logged still decodes, without them
-    assert decode_candidate_items(encode_candidates(["b0", "b1"], emb)) == {}
+    assert decode_candidates(encode_candidates(["b0", "b1"], emb)).items == {}
     with pytest.raises(ValueError, match="one list per candidate"):
         encode_candidates(["b0", "b1"], emb, [("i1",)])
-    with pytest.raises(ValueError, match="malformed"):
-        decode_candidate_items(b'{"ids": ["a", "b"], "dim": 1, "emb": "", "items": [["x"]]}')
-    with pytest.raises(ValueError, match="malformed"):
-        decode_candidate_items(b'{"ids": ["a"], "dim": 1, "emb": "", "items": [[1]]}')
+    # valid ids and embeddings (2 x 1 and 1 x 1 float32 zeros), malformed items
+    with pytest.raises(ValueError, match="malformed.*items"):
+        decode_candidates(b'{"ids": ["a", "b"], "dim": 1, "emb": "AAAAAAAAAAA=", "items": [["x"]]}')
+    with pytest.raises(ValueError, match="malformed.*items"):
+        decode_candidates(b'{"ids": ["a"], "dim": 1, "emb": "AAAAAA==", "items": [[1]]}')

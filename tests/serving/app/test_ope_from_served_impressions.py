@@ -11,7 +11,7 @@ import pytest
 import yaml
 from recommender_support import EXPERIMENTS, recommender, wait_for  # noqa: F401 (fixture)
 
-from serving.bandit.impressions import CANDIDATES_HEADER, decode_candidate_items, decode_candidates
+from serving.bandit.impressions import CANDIDATES_HEADER, decode_candidates
 from serving.recommend.bundle_features import ARM_DIM
 from streamrec.cli import build_parser
 from streamrec.runtime.kafka import read_topic
@@ -39,12 +39,11 @@ def test_served_impressions_replay_through_streamrec_ope(recommender, tmp_path) 
                        timeout_s=30, what="the impressions")
     for record in records:
         event = json.loads(record.value)
-        ids, embeddings = decode_candidates(dict(record.headers)[CANDIDATES_HEADER])
+        ids, embeddings, items = decode_candidates(dict(record.headers)[CANDIDATES_HEADER])
         assert embeddings.shape == (len(ids), ARM_DIM) and np.all(np.isfinite(embeddings))
         assert [s["id"] for s in event["slots"]] == [b["bundle_id"] for b in served[event["request_id"]]["bundles"]]
         assert {s["id"] for s in event["slots"]} <= set(ids)
         # every candidate's items are logged, the shown ones as the response gave them
-        items = decode_candidate_items(dict(record.headers)[CANDIDATES_HEADER])
         assert set(items) == set(ids) and all(items[i] for i in ids)
         assert all(list(items[b["bundle_id"]]) == b["items"] for b in served[event["request_id"]]["bundles"])
     experiments_file = tmp_path / "experiments.yaml"
