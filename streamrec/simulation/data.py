@@ -12,6 +12,12 @@ the *held-out* part: showing arm a to user u pays 1 iff u really interacted with
   of the log-count user x category matrix. Reward: the user has an event of one of
   ``reward_behaviors`` in that category at or after the cutoff.
 
+Arms are seen either as their embeddings (joined with the user's factors by the policy) or, with
+``pair_features=True``, as what the served bandit sees: a small vector of *named* features per
+(user, arm), computed from the training part only (the factor model's score of the arm for the
+user, z-scored within the request like the served model scores; the user's history with the arm;
+its popularity), for the ``concat`` featurisation the experiments ship with.
+
 The datasets are read in place (never copied): ``$STREAMREC_DATA__DATASETS_DIR`` or
 ``<repo>/../shared/datasets``.
 """
@@ -25,10 +31,13 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from streamrec.simulation.factors import SparseMatrix, randomized_svd, row_normalize
 
-__all__ = ["ReplayData", "datasets_dir", "load_taobao_replay", "load_youshu_replay"]
+__all__ = [
+    "TAOBAO_PAIR_FEATURES", "YOUSHU_PAIR_FEATURES", "ReplayData", "datasets_dir", "load_taobao_replay", "load_youshu_replay",
+]
 
 DATASETS_DIR_ENV = "STREAMREC_DATA__DATASETS_DIR"
 # 2017-12-02 00:00 Beijing time: the last two days of the slice are held out.
@@ -47,6 +56,9 @@ class ReplayData:
         arm_embeddings: (n_arms, arm_dim).
         rewards: (n_users, n_arms) held-out reward of showing the arm to the user.
         available: (n_users, n_arms) False where the arm is not a candidate for the user.
+        pair_features: optional (n_users, n_arms, n_pair_features) named features of each
+            (user, arm), which then replace ``arm_embeddings`` as what the policies see of an arm.
+        pair_feature_names: the name of each of their columns.
     """
 
     name: str
@@ -56,6 +68,17 @@ class ReplayData:
     arm_embeddings: np.ndarray
     rewards: np.ndarray
     available: np.ndarray
+    pair_features: np.ndarray | None = None
+    pair_feature_names: tuple[str, ...] = ()
+
+    @property
+    def arm_dim(self) -> int:
+        """Length of what a policy sees of one arm."""
+        return self.arm_embeddings.shape[1] if self.pair_features is None else self.pair_features.shape[2]
+
+    def arm_matrix(self, user: int, arms: np.ndarray) -> np.ndarray:
+        """(len(arms), arm_dim): what a policy sees of ``arms`` when offered to ``user`` (row index)."""
+        return self.arm_embeddings[arms] if self.pair_features is None else self.pair_features[user, arms]
 
     @property
     def n_users(self) -> int:
@@ -107,6 +130,7 @@ def load_youshu_replay(
     root: str | os.PathLike[str] | None = None,
     seed: int = 0,
     popularity_feature: bool = True,
+    pair_features: bool = False,
 ) -> ReplayData:
     """Youshu bundle replay.
 
@@ -117,6 +141,7 @@ def load_youshu_replay(
         root: datasets folder.
         seed: seeds the randomized SVD.
         popularity_feature: append the arm's scaled log train popularity to its embedding.
+        pair_features: also build the named per-(user, bundle) features (``YOUSHU_PAIR_FEATURES``).
 
     Returns:
         The replay data; users with no held-out positive among the arms are dropped.
@@ -154,6 +179,12 @@ def load_youshu_replay(
     seen = ub_train[arm_pos[ub_train[:, 1]] >= 0]
     available[seen[:, 0], arm_pos[seen[:, 1]]] = False
     eligible = np.flatnonzero((rewards * available).sum(axis=1) > 0)
+    pairs = None
+    if pair_features:
+        bundle_columns = (vt.T * np.sqrt(s))[n_items:]
+        graphs = _YoushuGraphs.build(ui, ub_train, bi, (n_users, n_bundles, n_items))
+        pairs = _youshu_pair_features(graphs, eligible, arms, user_f[eligible] @ bundle_f[arms].T,
+                                      user_f[eligible] @ bundle_columns[arms].T, popularity[arms], available[eligible])
     return ReplayData(
         name=f"youshu-{split}",
         user_ids=eligible,
@@ -162,6 +193,8 @@ def load_youshu_replay(
         arm_embeddings=_arm_embeddings(bundle_f[arms], popularity[arms], popularity_feature),
         rewards=rewards[eligible],
         available=available[eligible],
+        pair_features=pairs,
+        pair_feature_names=YOUSHU_PAIR_FEATURES if pair_features else (),
     )
 
 
@@ -173,6 +206,7 @@ def load_taobao_replay(
     root: str | os.PathLike[str] | None = None,
     seed: int = 0,
     popularity_feature: bool = True,
+    pair_features: bool = False,
 ) -> ReplayData:
     """Taobao category replay.
 
@@ -184,6 +218,7 @@ def load_taobao_replay(
         root: datasets folder.
         seed: seeds the randomized SVD.
         popularity_feature: append the arm's scaled log train popularity to its embedding.
+        pair_features: also build the named per-(user, category) features (``TAOBAO_PAIR_FEATURES``).
 
     Returns:
         The replay data; users with no later positive among the arms are dropped.
@@ -212,6 +247,11 @@ def load_taobao_replay(
     rewards = np.zeros((users.size, arms.size))
     rewards[user_idx[later], arm_pos[cat_idx[later]]] = 1.0
     eligible = np.flatnonzero(rewards.sum(axis=1) > 0)
+    pairs = None
+    if pair_features:
+        history = _TaobaoHistory.build(df, user_idx, arm_pos[cat_idx], train & (arm_pos[cat_idx] >= 0),
+                                       (users.size, arms.size), cutoff_ts)
+        pairs = _taobao_pair_features(history, eligible, user_f[eligible] @ cat_f[arms].T, cat_pop[arms])
     return ReplayData(
         name="taobao-" + "+".join(reward_behaviors),
         user_ids=users[eligible],
@@ -220,6 +260,8 @@ def load_taobao_replay(
         arm_embeddings=_arm_embeddings(cat_f[arms], cat_pop[arms], popularity_feature),
         rewards=rewards[eligible],
         available=np.ones((eligible.size, arms.size), dtype=bool),
+        pair_features=pairs,
+        pair_feature_names=TAOBAO_PAIR_FEATURES if pair_features else (),
     )
 
 
@@ -234,3 +276,117 @@ def _arm_embeddings(factors: np.ndarray, train_counts: np.ndarray, popularity_fe
         return emb
     logpop = np.log1p(train_counts.astype(np.float64))
     return np.hstack([emb, (logpop / max(logpop.max(), 1e-12))[:, None]])
+
+
+# What the served bandit sees of a candidate (serving/recommend/bundle_features.py), rebuilt from
+# each data set's training part: the factor model's score (z within the request, as the served
+# model scores), the user's own history with the arm, and its popularity.
+TAOBAO_PAIR_FEATURES: tuple[str, ...] = (
+    "factor_score",  # user . category factors of the log-count factorisation, z over the request's arms
+    "events",  # log1p(the user's training events in the category) / 5
+    "category_share",  # share of the user's training events in the category (its category affinity)
+    "recency",  # 1 / (1 + days from the user's last event in the category to the cutoff); 0 if none
+    "seen",  # 1 when the user has a training event in the category
+    "intent",  # log1p(the user's carts, favourites and purchases in the category) / 3
+    "popularity",  # log1p(the category's training events) over the most popular's
+)
+YOUSHU_PAIR_FEATURES: tuple[str, ...] = (
+    "factor_score",  # user . mean factors of the bundle's items, z over the request's arms
+    "bundle_factor_score",  # user . the bundle's own factor column (train bundles), z over the request's arms
+    "item_overlap",  # share of the bundle's items the user interacted with (user_item)
+    "bundle_item_overlap",  # share of the bundle's items found in the user's training bundles
+    "related_bundles",  # share of the user's training bundles that share an item with it
+    "popularity",  # log1p(the bundle's training users) over the most popular arm's
+)
+PAIR_Z_CLIP = 3.0  # as the served features' Z_CLIP
+
+
+def _z_within_rows(scores: np.ndarray, offered: np.ndarray) -> np.ndarray:
+    """Each row's scores as z-scores over its offered columns (clipped; 0 where a row is constant)."""
+    weights = offered.astype(np.float64)
+    count = np.maximum(weights.sum(axis=1, keepdims=True), 1.0)
+    mean = (scores * weights).sum(axis=1, keepdims=True) / count
+    std = np.sqrt((((scores - mean) ** 2) * weights).sum(axis=1, keepdims=True) / count)
+    z = np.divide(scores - mean, std, out=np.zeros_like(scores), where=std > 0)
+    return np.clip(z, -PAIR_Z_CLIP, PAIR_Z_CLIP)
+
+
+def _log_share(counts: np.ndarray) -> np.ndarray:
+    """log1p(counts) over the largest (in [0, 1])."""
+    logged = np.log1p(counts.astype(np.float64))
+    return logged / max(float(logged.max()), 1e-12)
+
+
+@dataclass(frozen=True)
+class _TaobaoHistory:
+    """(n_users, n_arms) training history of each user with each category arm."""
+
+    events: np.ndarray
+    intent: np.ndarray
+    days_since: np.ndarray  # inf where the user never touched the category
+
+    @classmethod
+    def build(cls, df: pd.DataFrame, user_idx: np.ndarray, arm_of_event: np.ndarray, in_train: np.ndarray,
+              shape: tuple[int, int], cutoff_ts: int) -> "_TaobaoHistory":
+        users, arms = user_idx[in_train], arm_of_event[in_train]
+        events, intent = np.zeros(shape), np.zeros(shape)
+        np.add.at(events, (users, arms), 1.0)
+        np.add.at(intent, (users, arms), (df["behavior"].to_numpy()[in_train] != "pv").astype(np.float64))
+        last = np.full(shape, -np.inf)
+        np.maximum.at(last, (users, arms), df["ts"].to_numpy()[in_train].astype(np.float64))
+        return cls(events, intent, np.maximum(cutoff_ts - last, 0.0) / 86_400.0)
+
+
+def _taobao_pair_features(history: _TaobaoHistory, eligible: np.ndarray, factor_scores: np.ndarray,
+                          arm_counts: np.ndarray) -> np.ndarray:
+    events = history.events[eligible]
+    days = history.days_since[eligible]
+    columns = {
+        "factor_score": _z_within_rows(factor_scores, np.ones_like(factor_scores, dtype=bool)),
+        "events": np.log1p(events) / 5.0,
+        "category_share": events / np.maximum(events.sum(axis=1, keepdims=True), 1.0),
+        "recency": np.where(np.isfinite(days), 1.0 / (1.0 + days), 0.0),
+        "seen": (events > 0).astype(np.float64),
+        "intent": np.log1p(history.intent[eligible]) / 3.0,
+        "popularity": np.broadcast_to(_log_share(arm_counts), events.shape),
+    }
+    return np.stack([columns[name] for name in TAOBAO_PAIR_FEATURES], axis=-1)
+
+
+@dataclass(frozen=True)
+class _YoushuGraphs:
+    """The training graphs as sparse 0/1 matrices."""
+
+    user_item: sparse.csr_matrix
+    user_bundle: sparse.csr_matrix
+    bundle_item: sparse.csr_matrix
+
+    @classmethod
+    def build(cls, ui: np.ndarray, ub_train: np.ndarray, bi: np.ndarray, sizes: tuple[int, int, int]) -> "_YoushuGraphs":
+        n_users, n_bundles, n_items = sizes
+
+        def binary(pairs: np.ndarray, shape: tuple[int, int]) -> sparse.csr_matrix:
+            matrix = sparse.csr_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=shape)
+            matrix.data[:] = 1.0  # duplicates summed: back to 0/1
+            return matrix
+
+        return cls(binary(ui, (n_users, n_items)), binary(ub_train, (n_users, n_bundles)), binary(bi, (n_bundles, n_items)))
+
+
+def _youshu_pair_features(graphs: _YoushuGraphs, eligible: np.ndarray, arms: np.ndarray, item_scores: np.ndarray,
+                          bundle_scores: np.ndarray, arm_counts: np.ndarray, available: np.ndarray) -> np.ndarray:
+    arm_items = graphs.bundle_item[arms]
+    sizes = np.maximum(np.asarray(arm_items.sum(axis=1)).ravel(), 1.0)[None, :]
+    users_bundles = graphs.user_bundle[eligible]
+    items_via_bundles = (users_bundles @ graphs.bundle_item).sign()
+    shares_item = ((graphs.bundle_item @ arm_items.T) > 0).astype(np.float64)  # (n_bundles, n_arms)
+    related = (users_bundles @ shares_item).toarray() / np.maximum(np.asarray(users_bundles.sum(axis=1)), 1.0)
+    columns = {
+        "factor_score": _z_within_rows(item_scores, available),
+        "bundle_factor_score": _z_within_rows(bundle_scores, available),
+        "item_overlap": (graphs.user_item[eligible] @ arm_items.T).toarray() / sizes,
+        "bundle_item_overlap": (items_via_bundles @ arm_items.T).toarray() / sizes,
+        "related_bundles": related,
+        "popularity": np.broadcast_to(_log_share(arm_counts), available.shape),
+    }
+    return np.stack([columns[name] for name in YOUSHU_PAIR_FEATURES], axis=-1)

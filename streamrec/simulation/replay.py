@@ -84,12 +84,12 @@ def hindsight_linear_policy(data: ReplayData, ridge: float = 1.0, features: Feat
     Returns:
         A policy that never changes during a run, so one fit serves every seed.
     """
-    policy = _FrozenGreedy(data.user_features.shape[1], data.arm_embeddings.shape[1], ridge=ridge, features=features)
+    policy = _FrozenGreedy(data.user_features.shape[1], data.arm_dim, ridge=ridge, features=features)
     gram = np.eye(policy.dim) * ridge
     moment = np.zeros(policy.dim)
     for u in range(data.n_users):  # per user: the full (users x arms x dim) design does not fit in memory
         offered = np.flatnonzero(data.available[u])
-        x = featurize(features, data.user_features[u], data.arm_embeddings[offered])
+        x = featurize(features, data.user_features[u], data.arm_matrix(u, offered))
         gram += x.T @ x
         moment += x.T @ data.rewards[u, offered]
     policy._load_model_state({"a_inv": np.linalg.inv(gram), "b": moment})
@@ -154,7 +154,7 @@ def run_replay(
         offered = np.flatnonzero(mask)
         if offered.size < k:
             continue  # not enough arms yet; nothing shown
-        arms = Arms(tuple(ids[offered]), data.arm_embeddings[offered])
+        arms = Arms(tuple(ids[offered]), data.arm_matrix(u, offered))
         context = data.user_features[u]
         decision = policy.select(context, arms, k, policy_rng)
         held = data.rewards[u, offered]

@@ -122,3 +122,80 @@ def test_hindsight_linear_policy_is_the_floor_of_the_learning_policies(taobao: R
         floor_regret = results["floor"][seed_index].cumulative_regret
         for label in ("linucb", "linear_ts", "eps_greedy"):
             assert floor_regret < results[label][seed_index].cumulative_regret, (label, seed_index)
+
+
+# --- named per-(user, arm) features: what the served bandit sees of a candidate -------------------
+
+
+def test_z_within_rows_uses_only_the_offered_arms() -> None:
+    from streamrec.simulation.data import _z_within_rows
+
+    scores = np.array([[1.0, 2.0, 3.0, 100.0], [5.0, 5.0, 5.0, 5.0]])
+    offered = np.array([[True, True, True, False], [True, True, True, True]])
+    z = _z_within_rows(scores, offered)
+    # Row 0 over (1, 2, 3): mean 2, population std sqrt(2/3); the unoffered 100 is clipped at 3.
+    np.testing.assert_allclose(z[0, :3], [-1 / np.sqrt(2 / 3), 0.0, 1 / np.sqrt(2 / 3)])
+    assert z[0, 3] == 3.0
+    np.testing.assert_array_equal(z[1], 0.0)  # a constant row carries no ranking signal
+
+
+@pytest.fixture(scope="module")
+def taobao_pairs() -> ReplayData:
+    return load_taobao_replay(n_arms=150, rank=8, pair_features=True)
+
+
+def test_taobao_pair_features_match_a_hand_count(taobao_pairs: ReplayData) -> None:
+    import pandas as pd
+
+    from streamrec.simulation.data import TAOBAO_DEFAULT_CUTOFF, TAOBAO_PAIR_FEATURES
+
+    data = taobao_pairs
+    assert data.pair_features.shape == (data.n_users, data.n_arms, len(TAOBAO_PAIR_FEATURES))
+    assert data.arm_dim == len(TAOBAO_PAIR_FEATURES) == len(data.pair_feature_names)
+    df = pd.read_csv(datasets_dir() / "taobao_userbehavior_subset" / "UserBehavior_head.csv", header=None,
+                     names=["user", "item", "category", "behavior", "ts"])
+    train = df[df["ts"] < TAOBAO_DEFAULT_CUTOFF]
+    column = {name: i for i, name in enumerate(TAOBAO_PAIR_FEATURES)}
+    row = 0
+    user = data.user_ids[row]
+    mine = train[train["user"] == user]
+    top_category = mine["category"].value_counts().index[0]
+    arm = data.arm_ids.index(f"c{top_category}")
+    got = data.pair_features[row, arm]
+    in_category = mine[mine["category"] == top_category]
+    assert got[column["events"]] == pytest.approx(np.log1p(len(in_category)) / 5)
+    arm_categories = {int(a[1:]) for a in data.arm_ids}
+    assert got[column["category_share"]] == pytest.approx(len(in_category) / mine["category"].isin(arm_categories).sum())
+    assert got[column["seen"]] == 1.0
+    assert got[column["intent"]] == pytest.approx(np.log1p((in_category["behavior"] != "pv").sum()) / 3)
+    days = (TAOBAO_DEFAULT_CUTOFF - in_category["ts"].max()) / 86_400
+    assert got[column["recency"]] == pytest.approx(1 / (1 + days))
+    untouched = [i for i, a in enumerate(data.arm_ids) if int(a[1:]) not in set(mine["category"])]
+    assert (data.pair_features[row, untouched, column["seen"]] == 0).all()
+    assert (data.pair_features[row, untouched, column["recency"]] == 0).all()
+
+
+def test_policies_see_the_pair_features_and_the_floor_is_theirs(taobao_pairs: ReplayData) -> None:
+    data = taobao_pairs
+    seen: list[np.ndarray] = []
+
+    class Recording(Greedy):
+        def select(self, context, arms, k, rng):  # type: ignore[override]
+            seen.append(arms.embeddings.copy())
+            return super().select(context, arms, k, rng)
+
+    du = data.user_features.shape[1]
+    run_replay(data, Recording(du, data.arm_dim, features="concat"), 5, seed=0)
+    users = np.random.default_rng([0, 0]).integers(data.n_users, size=5)  # run_replay's user stream
+    for user, embeddings in zip(users, seen):
+        np.testing.assert_array_equal(embeddings, data.pair_features[user])
+    floor = hindsight_linear_policy(data, features="concat")
+    results = compare_policies(data, {"floor": lambda: floor,
+                                      "linucb": lambda: LinUCBShared(du, data.arm_dim, alpha=0.3, features="concat")},
+                               SEEDS, 1500)
+    # Over these features LinUCB learns about all that a linear model can: its mean regret is within
+    # a few percent of the fit on every answer (measured 1.004x at 3000 rounds over 10 seeds), and on
+    # a single seed it can even end below it (the ridge fit is not the best classifier of its class).
+    floor_mean = np.mean([r.cumulative_regret for r in results["floor"]])
+    linucb_mean = np.mean([r.cumulative_regret for r in results["linucb"]])
+    assert 0.97 * floor_mean <= linucb_mean <= 1.05 * floor_mean, (floor_mean, linucb_mean)
