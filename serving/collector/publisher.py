@@ -230,10 +230,9 @@ class EventPublisher:
             ) from None
 
     async def _acknowledged(self, producer: KafkaProducer, kafka_futures: list[Any], deadline: float) -> list[Delivered]:
-        loop = asyncio.get_running_loop()
-        waiting = [_bridge(f, loop) for f in kafka_futures]
+        acknowledged = _AllAcknowledged(kafka_futures, asyncio.get_running_loop()).future
         try:
-            metadata = await asyncio.wait_for(asyncio.gather(*waiting), timeout=max(0.0, deadline - time.monotonic()))
+            metadata = await asyncio.wait_for(acknowledged, timeout=max(0.0, deadline - time.monotonic()))
         except Exception as exc:  # noqa: BLE001 - a KafkaError from the I/O thread, or the deadline
             self._discard_producer(producer)
             raise BrokerUnavailable(self._unacknowledged(f"{type(exc).__name__} {exc}".strip()), maybe_written=True) from exc
@@ -322,24 +321,51 @@ def _close_quietly(producer: KafkaProducer, flush_s: float) -> None:
         log.warning("a stale Kafka producer did not close cleanly: %s: %s", type(exc).__name__, exc)
 
 
-def _bridge(kafka_future: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
-    """An asyncio future that settles when kafka-python's future does (from its I/O thread)."""
-    result: asyncio.Future[Any] = loop.create_future()
+class _AllAcknowledged:
+    """An asyncio future that settles when every one of kafka-python's futures has (from its I/O
+    thread): with their results in order, or with the first error.
 
-    def settle_ok(value: Any) -> None:
-        if not result.done():
-            result.set_result(value)
+    One hop to the event loop per publish, not one per record: each `call_soon_threadsafe` writes
+    to the loop's wake-up pipe, and a 500-event batch made 500 of them (and 500 futures to gather).
+    """
 
-    def settle_error(exc: BaseException) -> None:
-        if not result.done():
-            result.set_exception(exc)
+    def __init__(self, kafka_futures: list[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.future: asyncio.Future[list[Any]] = loop.create_future()
+        self._loop = loop
+        self._results: list[Any] = [None] * len(kafka_futures)
+        self._left = len(kafka_futures)
+        self._failed = False
+        self._lock = threading.Lock()  # callbacks run on kafka-python's I/O thread, or here if already done
+        if not kafka_futures:
+            self.future.set_result([])
+        for index, kafka_future in enumerate(kafka_futures):
+            kafka_future.add_callback(self._acknowledged, index)
+            kafka_future.add_errback(self._failed_with)
 
-    def call_soon(callback: Any, value: Any) -> None:
+    def _acknowledged(self, index: int, metadata: Any) -> None:
+        with self._lock:
+            self._results[index] = metadata
+            self._left -= 1
+            last = self._left == 0 and not self._failed
+        if last:
+            self._settle(self._set_result, self._results)
+
+    def _failed_with(self, exc: BaseException) -> None:
+        with self._lock:
+            first, self._failed = not self._failed, True
+        if first:
+            self._settle(self._set_exception, exc)
+
+    def _settle(self, callback: Any, value: Any) -> None:
         try:
-            loop.call_soon_threadsafe(callback, value)
+            self._loop.call_soon_threadsafe(callback, value)
         except RuntimeError:  # the loop is closed (shutdown): nobody waits any more
             pass
 
-    kafka_future.add_callback(lambda md: call_soon(settle_ok, md))
-    kafka_future.add_errback(lambda exc: call_soon(settle_error, exc))
-    return result
+    def _set_result(self, results: list[Any]) -> None:
+        if not self.future.done():  # not given up on (the deadline cancels it)
+            self.future.set_result(results)
+
+    def _set_exception(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)

@@ -1,0 +1,64 @@
+"""The publisher's bridge from kafka-python's futures (settled on its I/O thread) to one asyncio
+future per publish: results in record order, the first error, and nothing set after a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from kafka.future import Future as KafkaFuture
+
+from serving.collector.publisher import _AllAcknowledged
+
+
+def _settle_from_thread(actions: list) -> None:
+    thread = threading.Thread(target=lambda: [action() for action in actions])
+    thread.start()
+    thread.join()
+
+
+def test_results_come_in_record_order_once_all_are_acknowledged() -> None:
+    async def main() -> list:
+        futures = [KafkaFuture() for _ in range(3)]
+        futures[1].success("already")  # acknowledged before the bridge was made: called back at once
+        bridge = _AllAcknowledged(futures, asyncio.get_running_loop())
+        _settle_from_thread([lambda: futures[2].success("third")])
+        await asyncio.sleep(0.01)
+        assert not bridge.future.done()  # one is still pending
+        _settle_from_thread([lambda: futures[0].success("first")])
+        return await asyncio.wait_for(bridge.future, timeout=5)
+
+    assert asyncio.run(main()) == ["first", "already", "third"]
+
+
+def test_the_first_error_settles_it_and_later_ones_are_ignored() -> None:
+    async def main() -> None:
+        futures = [KafkaFuture() for _ in range(3)]
+        bridge = _AllAcknowledged(futures, asyncio.get_running_loop())
+        _settle_from_thread([lambda: futures[0].success("ok"), lambda: futures[1].failure(ValueError("first")),
+                             lambda: futures[2].failure(KeyError("second"))])
+        with pytest.raises(ValueError, match="first"):
+            await asyncio.wait_for(bridge.future, timeout=5)
+
+    asyncio.run(main())
+
+
+def test_acknowledgements_after_the_deadline_are_dropped() -> None:
+    async def main() -> None:
+        futures = [KafkaFuture()]
+        bridge = _AllAcknowledged(futures, asyncio.get_running_loop())
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(bridge.future, timeout=0.01)  # cancels the bridge's future
+        _settle_from_thread([lambda: futures[0].success("late")])
+        await asyncio.sleep(0.01)  # the late settle runs on the loop without raising InvalidStateError
+        assert bridge.future.cancelled()
+
+    asyncio.run(main())
+
+
+def test_no_records_is_acknowledged_at_once() -> None:
+    async def main() -> list:
+        return await _AllAcknowledged([], asyncio.get_running_loop()).future
+
+    assert asyncio.run(main()) == []
