@@ -62,3 +62,39 @@ def test_no_records_is_acknowledged_at_once() -> None:
         return await _AllAcknowledged([], asyncio.get_running_loop()).future
 
     assert asyncio.run(main()) == []
+
+
+class _Cluster:
+    """The part of kafka-python's ClusterMetadata a partitioner reads."""
+
+    def __init__(self, partitions: dict[str, set[int]]) -> None:
+        self._partitions = partitions
+
+    def topics(self) -> set[str]:
+        return set(self._partitions)
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return self._partitions.get(topic)
+
+    def available_partitions_for_topic(self, topic: str) -> set[int]:
+        return self._partitions.get(topic, set())
+
+
+def test_cached_partitioner_puts_every_key_where_the_default_does() -> None:
+    import random
+
+    from kafka.partitioner.default import DefaultPartitioner
+
+    from serving.collector.publisher import CachedKeyPartitioner
+
+    rng = random.Random(7)
+    cluster = _Cluster({"three": {0, 1, 2}, "gappy": {2, 5, 9, 11}, "one": {0}})
+    ours, default = CachedKeyPartitioner(), DefaultPartitioner()
+    keys = [f"user-{rng.randrange(10**9)}".encode() for _ in range(2000)] + [b"", "é-ü".encode()]
+    for topic in ("three", "gappy", "one"):
+        for key in keys + keys[:50]:  # the second time from the cache
+            assert ours.partition(topic, None, key, None, None, cluster) == default.partition(topic, None, key, None, None, cluster)
+    # Keyless records and unknown topics: the default's own answer.
+    assert ours.partition("three", None, None, None, None, cluster) in {0, 1, 2}
+    with pytest.raises(ValueError):
+        ours.partition("missing", None, b"k", None, None, cluster)
