@@ -73,8 +73,8 @@ class _MountRootAsSlash:
     post to the bare URL: treat it as "/" (pure ASGI, so the request body still streams).
 
     `POST /v1/events`, the one hot route, is then handed straight to its handler on the replica
-    (:func:`_events_route`): Starlette's routing and FastAPI's request handling took ~0.35 ms of
-    the ~1.1 ms of replica CPU a single event cost (BENCHMARKS.md), and this handler takes the raw
+    (:func:`_events_route`): Starlette's routing and FastAPI's request handling took ~0.13 ms of
+    the ~0.84 ms of replica CPU a single event cost (BENCHMARKS.md), and this handler takes the raw
     Request and returns a Response, so they add nothing to it. The route stays declared on the app
     (the OpenAPI document, and the path taken if the handler cannot be found).
     """
