@@ -153,8 +153,7 @@ def arm_feature_matrix(bundles: Sequence[CandidateBundle], signals: RequestSigna
         out[:, _COLUMN["novelty"]] = per_bundle_sum((~items.popular).astype(np.float64)) / n
         out[:, _COLUMN["in_history"]] = seen / n
         out[:, _COLUMN["history_recency"]] = np.where(seen > 0, 1.0 / (len(signals.history) - latest), 0.0)
-        if signals.seed is not None and signals.seed in slots.code_of:
-            out[:, _COLUMN["has_seed"]] = per_bundle_sum((slots.distinct_index == slots.code_of[signals.seed]).astype(np.float64)) > 0
+        out[:, _COLUMN["has_seed"]] = per_bundle_sum(items.is_seed.astype(np.float64)) > 0
         if seed_category is not None:
             out[:, _COLUMN["seed_category"]] = per_bundle_sum((items.category == seed_category).astype(np.float64)) / n
         out[:, _COLUMN["category_affinity"]] = per_bundle_sum(items.category_affinity) / n
@@ -171,21 +170,16 @@ class _ItemSlots:
     """The candidates' items as flat slots: which distinct item and which candidate each slot is."""
 
     distinct: list[str]  # the distinct items, in order of first appearance
-    code_of: dict[str, int]  # item -> its index in ``distinct``
     codes: np.ndarray  # (slots,) distinct-item index of each slot
     bundle_of_slot: np.ndarray  # (slots,) candidate index of each slot
     sizes: np.ndarray  # (candidates,) items per candidate
-
-    @property
-    def distinct_index(self) -> np.ndarray:
-        return np.arange(len(self.distinct))
 
     @classmethod
     def of(cls, bundles: Sequence[CandidateBundle]) -> "_ItemSlots":
         code_of: dict[str, int] = {}
         codes = [code_of.setdefault(item, len(code_of)) for b in bundles for item in b.items]
         sizes = np.fromiter((len(b.items) for b in bundles), dtype=np.int64, count=len(bundles))
-        return cls(list(code_of), code_of, np.asarray(codes, dtype=np.int64),
+        return cls(list(code_of), np.asarray(codes, dtype=np.int64),
                    np.repeat(np.arange(len(bundles)), sizes), sizes)
 
 
@@ -196,6 +190,7 @@ class _ItemSignals:
     next_score: np.ndarray
     affinity: np.ndarray
     is_anchor: np.ndarray
+    is_seed: np.ndarray
     cooccurrence: np.ndarray
     popular: np.ndarray
     log_popularity: np.ndarray
@@ -213,6 +208,7 @@ class _ItemSignals:
             next_score=np.array([signals.next_item_score.get(item, nan) for item in items], dtype=np.float64),
             affinity=np.array([signals.graph_affinity.get(item, nan) for item in items], dtype=np.float64),
             is_anchor=np.array([item == signals.anchor for item in items], dtype=bool),
+            is_seed=np.array([signals.seed is not None and item == signals.seed for item in items], dtype=bool),
             cooccurrence=np.array([signals.cooccurrence.get(item, 0.0) for item in items], dtype=np.float64),
             popular=np.array([c is not None for c in counts], dtype=bool),
             log_popularity=np.array([0.0 if c is None else math.log1p(c) for c in counts], dtype=np.float64),
