@@ -23,7 +23,7 @@ import numpy as np
 
 __all__ = [
     "ARM_DIM", "ARM_FEATURES", "BundleSource", "CandidateBundle", "RequestSignals", "USER_DIM", "USER_FEATURES",
-    "arm_feature_matrix", "user_feature_vector",
+    "arm_feature_matrix", "standardised_scores", "user_feature_vector",
 ]
 
 ARM_FEATURES: tuple[str, ...] = (
@@ -161,7 +161,7 @@ def arm_feature_matrix(bundles: Sequence[CandidateBundle], signals: RequestSigna
     out[:, _COLUMN["from_next_items"]] = [b.source == BundleSource.NEXT_ITEMS for b in bundles]
     out[:, _COLUMN["from_catalogue"]] = [b.source == BundleSource.CATALOGUE for b in bundles]
     for name in ("bundle_model_score", "next_item_max", "next_item_mean", "graph_affinity"):
-        out[:, _COLUMN[name]] = _standardised(out[:, _COLUMN[name]])  # raw scores (NaN: none) until here
+        out[:, _COLUMN[name]] = standardised_scores(out[:, _COLUMN[name]])  # raw scores (NaN: none) until here
     return out
 
 
@@ -230,8 +230,9 @@ def _distinct_categories(slots: _ItemSlots, items: _ItemSignals) -> np.ndarray:
     return np.bincount(pairs // (len(category_code) + 1), minlength=len(slots.sizes)).astype(np.float64)
 
 
-def _standardised(scores: np.ndarray) -> np.ndarray:
-    """z-scores over the finite entries, clipped; 0 where there is no score (or no spread)."""
+def standardised_scores(scores: np.ndarray) -> np.ndarray:
+    """z-scores over the finite entries, clipped; 0 where there is no score (or no spread). How a
+    request's model scores become features (also for the replay benchmarks' pair features)."""
     out = np.zeros_like(scores)
     known = np.isfinite(scores)
     if known.sum() < 2:

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from serving.recommend.bundle_features import standardised_scores
 from streamrec.simulation.factors import SparseMatrix, randomized_svd, row_normalize
 
 __all__ = [
@@ -274,8 +275,7 @@ def _arm_embeddings(factors: np.ndarray, train_counts: np.ndarray, popularity_fe
     emb = row_normalize(factors)
     if not popularity_feature:
         return emb
-    logpop = np.log1p(train_counts.astype(np.float64))
-    return np.hstack([emb, (logpop / max(logpop.max(), 1e-12))[:, None]])
+    return np.hstack([emb, _log_share(train_counts)[:, None]])
 
 
 # What the served bandit sees of a candidate (serving/recommend/bundle_features.py), rebuilt from
@@ -298,17 +298,12 @@ YOUSHU_PAIR_FEATURES: tuple[str, ...] = (
     "related_bundles",  # share of the user's training bundles that share an item with it
     "popularity",  # log1p(the bundle's training users) over the most popular arm's
 )
-PAIR_Z_CLIP = 3.0  # as the served features' Z_CLIP
 
 
 def _z_within_rows(scores: np.ndarray, offered: np.ndarray) -> np.ndarray:
-    """Each row's scores as z-scores over its offered columns (clipped; 0 where a row is constant)."""
-    weights = offered.astype(np.float64)
-    count = np.maximum(weights.sum(axis=1, keepdims=True), 1.0)
-    mean = (scores * weights).sum(axis=1, keepdims=True) / count
-    std = np.sqrt((((scores - mean) ** 2) * weights).sum(axis=1, keepdims=True) / count)
-    z = np.divide(scores - mean, std, out=np.zeros_like(scores), where=std > 0)
-    return np.clip(z, -PAIR_Z_CLIP, PAIR_Z_CLIP)
+    """Each row's scores standardised over its offered columns as the served features standardise a
+    request's model scores (``standardised_scores``); 0 where a column is not offered."""
+    return np.stack([standardised_scores(np.where(mask, row, np.nan)) for row, mask in zip(scores, offered)])
 
 
 def _log_share(counts: np.ndarray) -> np.ndarray:

@@ -133,9 +133,10 @@ def test_z_within_rows_uses_only_the_offered_arms() -> None:
     scores = np.array([[1.0, 2.0, 3.0, 100.0], [5.0, 5.0, 5.0, 5.0]])
     offered = np.array([[True, True, True, False], [True, True, True, True]])
     z = _z_within_rows(scores, offered)
-    # Row 0 over (1, 2, 3): mean 2, population std sqrt(2/3); the unoffered 100 is clipped at 3.
+    # Row 0 over (1, 2, 3): mean 2, population std sqrt(2/3); the unoffered 100 gets no score (0), as
+    # a candidate without a model score does in the served features.
     np.testing.assert_allclose(z[0, :3], [-1 / np.sqrt(2 / 3), 0.0, 1 / np.sqrt(2 / 3)])
-    assert z[0, 3] == 3.0
+    assert z[0, 3] == 0.0
     np.testing.assert_array_equal(z[1], 0.0)  # a constant row carries no ranking signal
 
 

@@ -12,8 +12,8 @@ from serving.recommend.bundle_features import (
     BundleSource,
     CandidateBundle,
     RequestSignals,
-    _standardised,
     arm_feature_matrix,
+    standardised_scores,
     user_feature_vector,
 )
 
@@ -114,7 +114,7 @@ def _row_by_row(bundles: list[CandidateBundle], signals: RequestSignals) -> np.n
     rows = [_arm_row(bundle, signals, last_seen, top_popularity, seed_category) for bundle in bundles]
     out = np.array(rows, dtype=np.float64)
     for name in ("bundle_model_score", "next_item_max", "next_item_mean", "graph_affinity"):
-        out[:, ARM_FEATURES.index(name)] = _standardised(out[:, ARM_FEATURES.index(name)])  # raw scores (NaN: none) until here
+        out[:, ARM_FEATURES.index(name)] = standardised_scores(out[:, ARM_FEATURES.index(name)])  # raw scores (NaN: none) until here
     return out
 
 
