@@ -39,7 +39,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from serving.app.args import RecommenderArgs  # noqa: E402
-from serving.bandit import EpsilonGreedy, Greedy, LinearThompsonSampling, LinUCBShared, RandomPolicy, make_policy  # noqa: E402
+from serving.bandit import EpsilonGreedy, Greedy, RandomPolicy, make_policy  # noqa: E402
 from serving.bandit.base import FeatureKind  # noqa: E402
 from streamrec.simulation import ReplayData, compare_policies, hindsight_linear_policy, load_taobao_replay, load_youshu_replay  # noqa: E402
 from verdict import Verdict, add_verdict_argument, ratio  # noqa: E402  (tests/benchmarks/verdict.py)
