@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
@@ -69,6 +69,11 @@ from pipelines.transforms import (
     split_state_by_shard,
 )
 from streamrec.runtime.kafka import new_consumer, new_producer
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+    from streamrec.runtime.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -361,7 +366,8 @@ class FeaturePipeline:
         >>> print(pipeline.run_once().as_text())
     """
 
-    def __init__(self, settings: Any, store: Any = None, push_online: bool = True, metrics: PipelineMetrics | None = None):
+    def __init__(self, settings: Settings, store: FeatureStore | None = None, push_online: bool = True,
+                 metrics: PipelineMetrics | None = None):
         from features.repo import apply_feature_repo
 
         use_arrow_memory_pool()
@@ -532,7 +538,7 @@ class FeaturePipeline:
         summary.elapsed_s = time.monotonic() - started
         return summary
 
-    def _read_ahead(self, ranges: list[KafkaOffsetRange], deleted: Any, summary: BatchSummary) -> Iterator[KafkaRecord]:
+    def _read_ahead(self, ranges: list[KafkaOffsetRange], deleted: Collection[str], summary: BatchSummary) -> Iterator[KafkaRecord]:
         """The batch's records from the reader process as they come, less those of deleted users.
         The process is started here, before the Beam run and its threads, if ``prepare`` did not."""
         reader = self._start_reader()

@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 import ray
+import torch
 
 from ray_jobs.cli import add_training_arguments
 from ray_jobs.data.catalog import LAKE_DATASETS
-from ray_jobs.models import MODELS, model_config
+from ray_jobs.models import MODELS, is_next_item_model, model_config, rebuild_next_item_model, user_encoder_artefacts
 from ray_jobs.registry import ModelRegistry, code_version, describe_data
 from ray_jobs.trainers import JobConfig, TrainingOutcome, load_job_data, run_training
 from ray_jobs.trainers.launch import ensure_ray
@@ -108,6 +109,13 @@ def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | N
         extra["bundle_items"] = bundle_items  # serving's BundleCandidates shows these items per bundle row
     if outcome.history:  # per-epoch loss / validation metrics: the training curves of `streamrec report`
         extra["history"] = list(outcome.history)
+    artefacts: dict[str, bytes] = {}
+    if is_next_item_model(job.model) and weights.exists() and "item" in ids:
+        # What serving runs: the exported user encoder (serving does not import this package).
+        network = rebuild_next_item_model(job.model, extra["model_config"], len(ids["item"]),
+                                          torch.load(weights, map_location="cpu"))
+        artefacts, entries = user_encoder_artefacts(network)
+        extra.update(entries)
     return ModelRegistry(registry_root).register(
         name or job.name,
         embeddings=embeddings,
@@ -117,6 +125,7 @@ def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | N
         code_version=code_version(),
         weights_file=weights if weights.exists() else None,
         extra=extra,
+        artefacts=artefacts,
     )
 
 

@@ -152,13 +152,16 @@ def make_event(event_type: str = "view", user_id: str | None = None, **fields: A
 def register_trained(root: Path, name: str, model_name: str, model: Any, data: Any, params: dict[str, Any], tmp: Path,
                      data_snapshot_id: str = "sha256:test") -> str:
     """Register a model trained in-process like ``ray_jobs.train.register_outcome``: job config,
-    resolved model config, state dict, embeddings and the raw ids of their rows (serving loads it)."""
+    resolved model config, state dict, embeddings, the raw ids of their rows and, for a next-item
+    model, its exported user encoder (serving loads it)."""
     import numpy as np
     import torch
 
     from features.registry import ModelRegistry
+    from ray_jobs.models import is_next_item_model, user_encoder_artefacts
     from ray_jobs.trainers import JobConfig
 
+    artefacts, entries = user_encoder_artefacts(model) if is_next_item_model(model_name) else ({}, {})
     with torch.no_grad():
         embeddings = {k: np.asarray(v) for k, v in model.export_embeddings().items()}
     weights = tmp / f"{name}-{model_name}-weights.pt"
@@ -170,7 +173,8 @@ def register_trained(root: Path, name: str, model_name: str, model: Any, data: A
         name, embeddings=embeddings, metrics={}, config=job.model_dump(mode="json"),
         data_snapshot_id=data_snapshot_id, weights_file=weights,
         extra={"model": model_name, "dataset": "taobao", "ids": ids,
-               "model_config": model.config.model_dump(mode="json")},
+               "model_config": model.config.model_dump(mode="json"), **entries},
+        artefacts=artefacts,
     )
 
 

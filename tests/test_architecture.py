@@ -33,14 +33,7 @@ MAY_IMPORT = {
 }
 
 # (importing module, imported module) -> why it is still there. Remove an entry when its arrow goes.
-_REBUILDS_THE_NETWORK = (
-    "serving rebuilds a registered next-item network (SASRec, SR-GNN) from its training class to run it; "
-    "the way out is a self-contained artefact written at registration (TorchScript / torch.export) that "
-    "serving loads without the training code")
-KNOWN_UPSTREAM: dict[tuple[str, str], str] = {
-    ("serving.app.ranker", "ray_jobs.models"): _REBUILDS_THE_NETWORK,
-    ("serving.recommend.sequential", "ray_jobs.models.sasrec"): _REBUILDS_THE_NETWORK,
-}
+KNOWN_UPSTREAM: dict[tuple[str, str], str] = {}
 
 
 def room_of(module: str) -> str | None:

@@ -8,6 +8,9 @@ Layout under the root::
     <name>/versions/<version>/model.pt           best weights (state dict)
     <name>/versions/<version>/embeddings/<kind>.npy      float32 (n, d), row = id, for retrieval
     <name>/versions/<version>/embeddings/<kind>.parquet  columns ``id`` and ``embedding`` (same data)
+    <name>/versions/<version>/artefacts/<file>   self-contained files serving loads without the
+                                                 training code (a next-item model's exported user
+                                                 encoder: ``features.registry.next_item``)
     <name>/LATEST                                the current version id
 
 A version is written into a temporary directory and renamed into place, and ``LATEST`` is replaced by
@@ -29,7 +32,7 @@ import json
 import os
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,7 @@ LATEST = "LATEST"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.pt"
 CONFIG = "config.yaml"
+ARTEFACTS = "artefacts"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -61,6 +65,7 @@ class RegisteredModel:
         config: the job config stored with the version.
         embeddings: ``kind -> (n, d) float32`` arrays.
         weights: the raw bytes of ``model.pt`` (``None`` when registered without weights).
+        artefacts: ``file name -> bytes`` of the version's ``artefacts/`` files.
     """
 
     name: str
@@ -69,6 +74,7 @@ class RegisteredModel:
     config: dict[str, Any]
     embeddings: dict[str, np.ndarray]
     weights: bytes | None
+    artefacts: dict[str, bytes] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
         """The weights as a torch state dict."""
@@ -134,6 +140,7 @@ class ModelRegistry:
         weights_file: str | os.PathLike[str] | None = None,
         set_latest: bool = True,
         extra: dict[str, Any] | None = None,
+        artefacts: dict[str, bytes] | None = None,
     ) -> str:
         """Write a new version of ``name`` and (by default) point ``LATEST`` at it.
 
@@ -148,6 +155,7 @@ class ModelRegistry:
             set_latest: move the ``LATEST`` pointer to the new version.
             extra: more manifest keys (e.g. ``ids``: ``kind -> raw ids of the rows``, which serving
                 uses to map its string ids to embedding rows); cannot replace the keys above.
+            artefacts: ``file name -> bytes`` stored under ``artefacts/`` (plain file names).
 
         Returns:
             The new version id (UTC timestamp plus a random suffix, sortable).
@@ -167,6 +175,13 @@ class ModelRegistry:
         if weights_file is not None:
             self._write_bytes(f"{staging}/{WEIGHTS}", Path(weights_file).read_bytes())
             files.append(WEIGHTS)
+        if artefacts:
+            self.fs.create_dir(f"{staging}/{ARTEFACTS}", recursive=True)
+        for file_name, data in (artefacts or {}).items():
+            if not _NAME_RE.match(file_name):
+                raise ValueError(f"invalid artefact name {file_name!r}")
+            self._write_bytes(f"{staging}/{ARTEFACTS}/{file_name}", data)
+            files.append(f"{ARTEFACTS}/{file_name}")
         self._write_bytes(f"{staging}/{CONFIG}", yaml.safe_dump(config, sort_keys=True).encode())
         files.append(CONFIG)
         manifest = {
@@ -226,7 +241,9 @@ class ModelRegistry:
             for kind in manifest["embeddings"]
         }
         weights = self._read_bytes(f"{vdir}/{WEIGHTS}") if WEIGHTS in manifest["files"] else None
-        return RegisteredModel(name, version, manifest, config, embeddings, weights)
+        artefacts = {Path(f).name: self._read_bytes(f"{vdir}/{f}") for f in manifest["files"]
+                     if Path(f).parts[0] == ARTEFACTS}
+        return RegisteredModel(name, version, manifest, config, embeddings, weights, artefacts)
 
     def load_latest(self, name: str) -> RegisteredModel:
         """Load the version ``LATEST`` points at."""

@@ -8,7 +8,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
@@ -21,15 +21,14 @@ from ray_jobs.models.gcegnn import GCEGNN, GCEGNNConfig
 from ray_jobs.models.lightgcn import LightGCN, LightGCNConfig
 from ray_jobs.models.popularity import Popularity, PopularityConfig
 from ray_jobs.models.sasrec import SASRec, SASRecConfig
-from ray_jobs.models.srgnn import SRGNN, SRGNNConfig
-
-if TYPE_CHECKING:
-    from features.registry.model_registry import RegisteredModel
+from ray_jobs.models.srgnn import SRGNN, SRGNNConfig, SessionGraphModel
 
 __all__ = [
     "MODELS",
     "build_model",
-    "load_next_item_model",
+    "is_next_item_model",
+    "rebuild_next_item_model",
+    "user_encoder_artefacts",
     "model_config",
     "Recommender",
     "BatchKind",
@@ -82,28 +81,34 @@ class _Catalogue:
     n_items: int
 
 
-def load_next_item_model(registered: "RegisteredModel", expect: str | None = None) -> tuple[nn.Module, dict[str, int]]:
-    """Rebuild a registered next-item model (SASRec, SR-GNN: ``batch_kind`` "sequence") for scoring
-    on CPU in eval mode, with its raw item id -> row map.
+def is_next_item_model(name: str) -> bool:
+    """SASRec and the session GNNs: what serving's ranker runs (``batch_kind`` "sequence")."""
+    return name in MODELS and MODELS[name][0].batch_kind == "sequence"
 
-    Both take left-padded windows of ``item + 1`` and give ``user_vectors(seq)`` whose inner product
-    with ``item_emb`` rows scores the next item, so serving's ranker uses either unchanged.
 
-    Raises:
-        ValueError: not a sequence model (or not ``expect``), or registered without its model
-            config or raw item ids (trained on a dataset without raw ids: retrain on a served one).
-    """
-    manifest = registered.manifest
-    where = f"{registered.name}:{registered.version}"
-    name = manifest.get("model")
-    if name not in MODELS or MODELS[name][0].batch_kind != "sequence" or (expect and name != expect):
-        raise ValueError(f"{where} is a {name!r} model, not {expect or 'a next-item (sequence) model'}")
-    item_ids = manifest.get("ids", {}).get("item")
-    if "model_config" not in manifest or item_ids is None:
-        raise ValueError(f"{where} lacks model_config or raw item ids: train it on a served catalogue "
-                         "(taobao or lake) with this version of ray_jobs")
+def rebuild_next_item_model(name: str, config: dict[str, Any], n_items: int, state_dict: dict[str, Any]) -> nn.Module:
+    """A trained next-item network from its registered config and weights (CPU, eval mode)."""
+    if not is_next_item_model(name):
+        raise ValueError(f"{name!r} is not a next-item (sequence) model")
     model_class, config_class = MODELS[name]
-    model = model_class(config_class(**manifest["model_config"]), _Catalogue(n_items=len(item_ids)))
-    model.load_state_dict(registered.state_dict())
-    model.eval()
-    return model, {raw: row for row, raw in enumerate(item_ids)}
+    model = model_class(config_class(**config), _Catalogue(n_items=n_items))
+    model.load_state_dict(state_dict)
+    return model.eval()
+
+
+def user_encoder_artefacts(network: nn.Module) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """What a next-item network is registered with so that serving runs it without this package:
+    ``({file: bytes}, {manifest key: entry})`` (``features.registry.next_item``)."""
+    from features.registry.next_item import MANIFEST_KEY, export_user_encoder
+
+    was_training, graph_nodes = network.training, getattr(network, "graph_nodes", None)
+    max_len = network.config.max_len
+    if isinstance(network, SessionGraphModel):
+        network.graph_nodes = max_len  # graphs of a fixed size: the program must not branch on the data
+    try:
+        data, spec = export_user_encoder(network, max_len)  # type: ignore[arg-type]
+    finally:
+        network.train(was_training)
+        if isinstance(network, SessionGraphModel):
+            network.graph_nodes = graph_nodes
+    return {spec.file: data}, {MANIFEST_KEY: spec.to_manifest()}

@@ -88,11 +88,9 @@ def relation_types(a_out: torch.Tensor) -> torch.Tensor:
     diagonal of real nodes, out (i -> j), in (j -> i), both, 0 for none."""
     edge = a_out > 0
     reverse = edge.transpose(1, 2)
-    kinds = torch.zeros(edge.shape, dtype=torch.long, device=a_out.device)
-    kinds[edge & ~reverse] = OUT
-    kinds[reverse & ~edge] = IN
-    kinds[edge & reverse] = BOTH
-    return kinds
+    none = torch.zeros(edge.shape, dtype=torch.long, device=a_out.device)
+    # where, not masked assignment: the exported user encoder needs ops without data-dependent shapes
+    return torch.where(edge & reverse, BOTH, torch.where(edge, OUT, torch.where(reverse, IN, none)))
 
 
 class _SessionAggregator(nn.Module):
@@ -157,7 +155,7 @@ class GCEGNN(SessionGraphModel):
 
     def user_vectors(self, seq: torch.Tensor) -> torch.Tensor:
         """``(B, d)`` session vectors of left-padded windows (Eq. 11-13)."""
-        graphs = session_graphs(seq)
+        graphs = session_graphs(seq, self.graph_nodes)
         nodes = self.item_emb(graphs.nodes)
         local = self.session_agg(nodes, _with_self_loops(relation_types(graphs.a_out), graphs.nodes))
         mask = graphs.mask.unsqueeze(-1).float()

@@ -19,9 +19,8 @@ ones published re-evaluations train with instead:
 Ids: inputs use SASRec ids ``item + 1`` with 0 as padding; ``score`` returns scores for items
 ``0..n_items-1`` in dataset ids.
 
-Inference from the registry (what serving's ranker calls): :func:`load_for_inference` rebuilds the
-network from a registered version and returns it with the raw item id -> row map;
-:func:`score_candidates` scores raw candidate ids after a raw-id history.
+Serving does not run this class: registration exports its ``user_vectors`` with the item table
+(``features.registry.next_item``), which serving loads.
 
 Example:
     >>> model = SASRec(SASRecConfig.with_overrides({"n_blocks": 1}), data)  # doctest: +SKIP
@@ -32,8 +31,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -44,10 +42,7 @@ from torch import nn
 from ray_jobs.models._private.config import ModelConfig
 from ray_jobs.models.base import NEG, POS, SEQ, BatchKind, ItemCatalogue
 
-if TYPE_CHECKING:
-    from features.registry.model_registry import RegisteredModel
-
-__all__ = ["SASRec", "SASRecConfig", "load_for_inference", "encode_history", "score_candidates"]
+__all__ = ["SASRec", "SASRecConfig"]
 
 
 class SASRecConfig(ModelConfig):
@@ -173,62 +168,3 @@ class SASRec(nn.Module):
 
     def on_epoch_start(self, epoch: int) -> None:
         pass
-
-
-def load_for_inference(registered: "RegisteredModel") -> tuple[SASRec, dict[str, int]]:
-    """Rebuild a registered SASRec version for scoring (CPU, eval mode).
-
-    A SASRec registry version holds ``model.pt`` (the best state dict), ``manifest.json`` with
-    ``model_config`` (max_len, hidden_dim, n_blocks, n_heads, ...) and ``ids.item`` (raw item id of
-    each row), and ``embeddings/item.npy`` (the output item embeddings, row = item).
-
-    Args:
-        registered: ``ModelRegistry(root).load_latest(settings.serving.ranker_model)``.
-
-    Returns:
-        ``(model, item_row_of)``: the network, and raw item id -> row of ``model.score`` output
-        (the SASRec input id of a row is ``row + 1``; 0 is padding).
-
-    Raises:
-        ValueError: not a SASRec version, or registered without the model config or raw item ids
-            (trained on a dataset without raw ids, or before they were stored: retrain).
-
-    Example:
-        >>> model, row_of = load_for_inference(ModelRegistry(root).load_latest("sasrec"))  # doctest: +SKIP
-        >>> scores = score_candidates(model, row_of, ["2268318", "2333346"], ["3830808", "nope"])  # doctest: +SKIP
-    """
-    from ray_jobs.models import load_next_item_model
-
-    model, item_row_of = load_next_item_model(registered, expect="sasrec")
-    return model, item_row_of  # type: ignore[return-value]
-
-
-def encode_history(history: Sequence[str], item_row_of: Mapping[str, int], max_len: int) -> torch.Tensor:
-    """``(1, max_len)`` left-padded SASRec ids of the last ``max_len`` known items of ``history``
-    (raw ids, oldest first); items the model never saw are skipped."""
-    rows = [item_row_of[i] + 1 for i in history if i in item_row_of][-max_len:]
-    seq = torch.zeros((1, max_len), dtype=torch.long)
-    if rows:
-        seq[0, max_len - len(rows):] = torch.tensor(rows, dtype=torch.long)
-    return seq
-
-
-@torch.inference_mode()
-def score_candidates(model: SASRec, item_row_of: Mapping[str, int], history: Sequence[str],
-                     candidates: Sequence[str]) -> np.ndarray:
-    """Next-item scores of raw ``candidates`` after the raw-id ``history`` (oldest first).
-
-    Returns:
-        ``(len(candidates),)`` float32; NaN for a candidate the model does not know, and all NaN
-        when no item of ``history`` is known (no sequence signal: keep the retrieval order).
-    """
-    out = np.full(len(candidates), np.nan, dtype=np.float32)
-    seq = encode_history(history, item_row_of, model.config.max_len)
-    if not seq.any():
-        return out
-    known = [(k, item_row_of[c]) for k, c in enumerate(candidates) if c in item_row_of]
-    if known:
-        slots, rows = zip(*known)
-        user = model.user_vectors(seq)[0]
-        out[list(slots)] = (model.item_emb.weight[torch.tensor(rows) + 1] @ user).numpy()
-    return out

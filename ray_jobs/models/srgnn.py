@@ -70,30 +70,45 @@ class SessionGraphs:
     mask: torch.Tensor
 
 
-def session_graphs(seq: torch.Tensor) -> SessionGraphs:
+def session_graphs(seq: torch.Tensor, n_nodes: int | None = None) -> SessionGraphs:
     """Graphs of left-padded windows ``(B, L)``: a node per distinct item, an edge per consecutive
-    pair (counted once, as the paper's code does), degree-normalised in and out adjacency."""
-    windows = seq.cpu().numpy()
-    batch, length = windows.shape
-    per_row = [np.unique(row[row > 0]) for row in windows]
-    n_nodes = max(1, max(len(u) for u in per_row))
-    nodes = np.zeros((batch, n_nodes), dtype=np.int64)
-    alias = np.zeros((batch, length), dtype=np.int64)
-    edges = np.zeros((batch, n_nodes, n_nodes), dtype=np.float32)
-    for b, (row, unique) in enumerate(zip(windows, per_row)):
-        nodes[b, : len(unique)] = unique
-        items = row > 0
-        alias[b, items] = np.searchsorted(unique, row[items])
-        path = alias[b, items]
-        edges[b, path[:-1], path[1:]] = 1.0
-    out_degree = edges.sum(2, keepdims=True)
-    in_degree = edges.sum(1, keepdims=True)
-    a_out = np.divide(edges, out_degree, out=np.zeros_like(edges), where=out_degree > 0)
-    a_in = np.divide(edges, in_degree, out=np.zeros_like(edges), where=in_degree > 0).transpose(0, 2, 1)
-    device = seq.device
-    return SessionGraphs(torch.from_numpy(nodes).to(device), torch.from_numpy(alias).to(device),
-                         torch.from_numpy(np.ascontiguousarray(a_in)).to(device), torch.from_numpy(a_out).to(device),
-                         seq > 0)
+    pair (counted once, as the paper's code does), degree-normalised in and out adjacency.
+
+    Tensor operations only (no numpy, no per-row loop), so that a model exported with
+    ``torch.export`` builds its graphs inside the exported program.
+
+    Args:
+        n_nodes: node slots per graph. None: as many as the batch's most distinct items (training:
+            the official code's padding). An int >= that count (``L``, when exporting): the shape is
+            then independent of the data; the extra slots are empty nodes no edge touches.
+    """
+    batch, length = seq.shape
+    ordered = torch.sort(seq, dim=1).values  # padding (0) first, then the ids ascending
+    first = ordered > 0
+    first[:, 1:] &= ordered[:, 1:] != ordered[:, :-1]  # the first copy of each distinct id
+    distinct = first.sum(1, keepdim=True)
+    if n_nodes is None:
+        n_nodes = max(1, int(distinct.max()))
+    slot = first.long().cumsum(1) - 1  # node of each distinct id: ascending, as np.unique
+    spill = max(n_nodes, length)  # repeats and padding are written to this column, then dropped
+    nodes = torch.zeros((batch, spill + 1), dtype=seq.dtype, device=seq.device)
+    nodes.scatter_(1, torch.where(first, slot, spill), ordered)
+    nodes = nodes[:, :n_nodes]
+    filled = torch.arange(n_nodes, device=seq.device) < distinct
+    keys = torch.where(filled, nodes, torch.iinfo(nodes.dtype).max)  # sorted rows for searchsorted
+    items = seq > 0
+    alias = torch.where(items, torch.searchsorted(keys, seq), 0)
+    # The path skips padding wherever it is: move the items to the end, keeping their order.
+    order = torch.argsort(items.to(torch.int8), dim=1, stable=True)
+    path, on_path = torch.gather(alias, 1, order), torch.gather(items, 1, order)
+    step = on_path[:, :-1] & on_path[:, 1:]
+    edges = torch.zeros((batch, n_nodes * n_nodes), dtype=torch.float32, device=seq.device)
+    edges.scatter_reduce_(1, path[:, :-1] * n_nodes + path[:, 1:], step.float(), reduce="amax")
+    edges = edges.view(batch, n_nodes, n_nodes)
+    # Degrees are whole counts: clamping the zeros to 1 divides only rows that have no edge.
+    a_out = edges / edges.sum(2, keepdim=True).clamp(min=1.0)
+    a_in = (edges / edges.sum(1, keepdim=True).clamp(min=1.0)).transpose(1, 2).contiguous()
+    return SessionGraphs(nodes, alias, a_in, a_out, items)
 
 
 class _GatedGraphStep(nn.Module):
@@ -122,6 +137,9 @@ class SessionGraphModel(nn.Module):
 
     batch_kind: BatchKind = "sequence"
     item_emb: nn.Embedding
+    # Node slots of each session graph: None sizes them by the batch; the exported user encoder
+    # sets the window length, so its graph shapes do not depend on the data (``session_graphs``).
+    graph_nodes: int | None = None
 
     def _init_uniform(self, dim: int) -> None:
         """The papers' code: every parameter uniform in (-1/sqrt(d), 1/sqrt(d)), padding row zero."""
@@ -165,7 +183,7 @@ class SRGNN(SessionGraphModel):
 
     def user_vectors(self, seq: torch.Tensor) -> torch.Tensor:
         """``(B, d)`` session representation of each left-padded window (Eq. 6-7)."""
-        graphs = session_graphs(seq)
+        graphs = session_graphs(seq, self.graph_nodes)
         hidden = self.item_emb(graphs.nodes)
         for step in self.steps:
             hidden = step(graphs, hidden)

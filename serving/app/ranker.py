@@ -1,10 +1,10 @@
-"""The registered sequential ranker (SASRec, or the session GNN SR-GNN) for serving: loaded from
-the model registry with ``ray_jobs.models.load_next_item_model`` and reloaded when a new version
-becomes ``LATEST``. Which one serves is configuration: the model registered under
+"""The registered sequential ranker (SASRec, or a session GNN) for serving: its exported user
+encoder and item table, loaded from the model registry with ``features.registry.next_item`` (no
+training code) and reloaded when a new version becomes ``LATEST``. Which one serves is configuration: the model registered under
 ``serving.ranker_model``.
 
-A version that cannot be served (not a next-item model, no ``model_config`` or raw item ids in its manifest,
-weights that disagree with its registered item embeddings) is refused and logged; serving keeps
+A version that cannot be served (no exported user encoder, as a model that is not a next-item one,
+no raw item ids, an encoder that disagrees with its registered item embeddings) is refused and logged; serving keeps
 the version it had, or the retrieval order without one.
 """
 
@@ -38,23 +38,17 @@ class LoadedRanker:
 
 
 def load_ranker(root: str, name: str, version: str) -> LoadedRanker:
-    """Rebuild the registered next-item model ``name:version`` on CPU in eval mode.
+    """Load the registered next-item model ``name:version`` (CPU).
 
     Raises:
-        ValueError: not a next-item model, no model config or raw item ids, or weights that do not
-            match the registered item embeddings (a mixed-up version).
+        ValueError: no exported user encoder (not a next-item model, or registered before encoders
+            were), no raw item ids, or an encoder whose item table is not the registered item
+            embeddings (a mixed-up version).
     """
-    import numpy as np
-
-    from ray_jobs.models import load_next_item_model
     from features.registry import ModelRegistry
+    from features.registry.next_item import load_next_item_model
 
-    registered = ModelRegistry(root).load(name, version)
-    net, row_of = load_next_item_model(registered)
-    items = registered.embeddings.get("item")
-    if items is None or not np.allclose(net.export_embeddings()["item"], items, atol=1e-6):
-        raise ValueError(f"{name}:{version}: weights and registered item embeddings disagree")
-    return LoadedRanker(name, version, SequenceRanker(net, row_of))
+    return LoadedRanker(name, version, SequenceRanker(load_next_item_model(ModelRegistry(root).load(name, version))))
 
 
 class RankerSlot:

@@ -1,14 +1,14 @@
-"""Re-ranking candidate items with a next-item model (SASRec, or the session GNN SR-GNN) over a
-user's live sequence.
+"""Re-ranking candidate items with a next-item model (SASRec, or a session GNN) over a user's live
+sequence.
 
 The model encodes the user's recent items (oldest first, the request's context appended) into one
 vector; a candidate's score is its inner product with the candidate's item embedding, as SASRec
 predicts the next item (Kang & McAuley, ICDM 2018, Eq. 5) and SR-GNN scores it from its session
-vector (Wu et al., AAAI 2019, Eq. 8). One forward pass per request.
+vector (Wu et al., AAAI 2019, Eq. 8). One forward pass of the registered, exported user encoder
+per request (``features.registry.next_item``).
 
 Example:
-    >>> model, row_of = load_for_inference(ModelRegistry(root).load_latest("sasrec"))  # doctest: +SKIP
-    >>> ranker = SequenceRanker(model, row_of)  # doctest: +SKIP
+    >>> ranker = SequenceRanker(load_next_item_model(ModelRegistry(root).load_latest("sasrec")))  # doctest: +SKIP
     >>> ranked = ranker.rank(["12", "7", "12"], ["3", "9", "44"])  # doctest: +SKIP
     >>> ranked.items, ranked.because  # doctest: +SKIP
 """
@@ -19,9 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from ray_jobs.models.sasrec import SASRec, encode_history, score_candidates
+from features.registry.next_item import NextItemModel
 
 __all__ = ["NextItems", "SequenceRanker", "RankedItems"]
 
@@ -74,24 +73,21 @@ class RankedItems:
 class SequenceRanker:
     """Scores candidate items for a sequence of raw item ids with a trained next-item model.
 
-    Scores come from ``ray_jobs.models.sasrec.score_candidates`` (the training code's own input
-    layout: the last ``max_len`` known items, left-padded); this class adds the order, the item
-    vectors for diversity and the history item that explains each candidate.
+    Scores come from ``NextItemModel.score_candidates`` (training's input layout: the last
+    ``max_len`` known items, left-padded); this class adds the order, the item vectors for
+    diversity and the history item that explains each candidate.
 
     Args:
-        model: the network in eval mode (``ray_jobs.models.load_next_item_model``): SASRec or SR-GNN,
-            both with ``user_vectors`` and ``item_emb``.
-        item_row_of: raw item id -> catalogue row, as registered with the model.
+        model: the registered model (``features.registry.next_item.load_next_item_model``).
     """
 
-    def __init__(self, model: SASRec, item_row_of: Mapping[str, int]) -> None:
+    def __init__(self, model: NextItemModel) -> None:
         self.model = model
-        self.max_len = model.config.max_len
-        self.row_of = dict(item_row_of)
-        with torch.inference_mode():
-            # float32 as trained: next_items multiplies the whole catalogue per request; the rows
-            # rank() returns are widened to float64 (exactly) for the diversity re-ranking.
-            self._items = model.item_emb.weight[1:].detach().to(torch.float32).cpu().numpy()
+        self.max_len = model.max_len
+        self.row_of = dict(model.row_of)
+        # float32 as trained: next_items multiplies the whole catalogue per request; the rows
+        # rank() returns are widened to float64 (exactly) for the diversity re-ranking.
+        self._items = model.item_vectors
         self._ids = [""] * len(self.row_of)  # raw id of each row
         for item, row in self.row_of.items():
             self._ids[row] = item
@@ -102,11 +98,9 @@ class SequenceRanker:
     def next_items(self, sequence: Sequence[str]) -> NextItems | None:
         """Scores of every catalogue item as the next one after ``sequence`` (one forward pass);
         None when no item of the sequence is known."""
-        seq = encode_history(list(sequence), self.row_of, self.max_len)
-        if not seq.any():
+        user = self.model.user_vector(sequence)
+        if user is None:
             return None
-        with torch.inference_mode():
-            user = self.model.user_vectors(seq)[0].cpu().numpy().astype(np.float32)
         return NextItems(self._ids, self.row_of, self._items @ user)
 
     def rank(self, sequence: Sequence[str], candidates: Sequence[str]) -> RankedItems | None:
@@ -122,7 +116,7 @@ class SequenceRanker:
         if not known or not cands:
             return None
         history = [i for _, i in known]
-        scores = score_candidates(self.model, self.row_of, history, cands).astype(np.float64)
+        scores = self.model.score_candidates(history, cands).astype(np.float64)
         order = np.argsort(-scores, kind="stable")
         vectors = self._items[[self.row_of[cands[i]] for i in order]].astype(np.float64)
         because = _most_similar(vectors, self._items[[self.row_of[i] for i in history]].astype(np.float64))

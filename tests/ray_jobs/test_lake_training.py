@@ -1,8 +1,9 @@
 """Training on the event lake, and the SASRec ranker that serving loads from the registry.
 
 * A lake-trained LightGCN beats popularity on the held-out split (in-process, the worker loop's batches).
-* What a SASRec run registers (weights, model config, raw item ids, lake snapshot) is enough to
-  rebuild it with ``load_for_inference`` and score a raw-id sequence exactly as the trained model does;
+* What a SASRec run registers (weights, model config, raw item ids, lake snapshot, the exported user
+  encoder) is enough for serving's loader (``features.registry.next_item``, no training code) to
+  score a raw-id sequence exactly as the trained model does;
   unit-level through the checkpoint writer + ``register_outcome``, and end to end through
   ``streamrec train sasrec --config ray_jobs/configs/sasrec_lake.yaml`` on Ray.
 """
@@ -20,7 +21,7 @@ import torch
 from ray_jobs.cli import cmd_train, registry_name
 from ray_jobs.data import load_dataset
 from ray_jobs.models import SEQ, build_model
-from ray_jobs.models.sasrec import encode_history, load_for_inference, score_candidates
+from features.registry.next_item import encode_history, load_next_item_model
 from ray_jobs.registry import ModelRegistry, describe_data
 from ray_jobs.train import register_outcome
 from ray_jobs.trainers.checkpointing import BEST_FILE, save_final
@@ -69,11 +70,13 @@ def test_sasrec_registration_loads_for_inference(lake_data, fit_local, tmp_path)
     assert manifest["data_snapshot_id"] == lake_data.source_snapshot["id"] == manifest["data_snapshot"]["id"]
     assert registered.embeddings["item"].shape == (lake_data.n_items, 16)
 
-    loaded, item_row_of = load_for_inference(registered)
+    loaded = load_next_item_model(registered)
+    item_row_of = loaded.row_of
+    assert manifest["user_encoder"] == {"file": "user_encoder.pt2", "max_len": 20, "dim": 16, "format": "torch.export"}
     user = 0
     history = [str(lake_data.item_ids[i]) for i in lake_data.train[lake_data.train[:, 0] == user, 1]]
     candidates = [str(i) for i in lake_data.item_ids[:50]] + ["not-an-item"]
-    scores = score_candidates(loaded, item_row_of, history, candidates)
+    scores = loaded.score_candidates(history, candidates)
     with torch.no_grad():
         seq = encode_history(history, item_row_of, 20)
         expected = model.score({SEQ: seq})[0, :50].numpy()
@@ -81,9 +84,12 @@ def test_sasrec_registration_loads_for_inference(lake_data, fit_local, tmp_path)
     assert np.isnan(scores[50])  # an unknown candidate has no score
     # the sequence is the user's last 20 items, as SASRec ids (row + 1), left-aligned to the end
     assert seq[0, -1].item() == item_row_of[history[-1]] + 1 and seq.shape == (1, 20)
-    assert np.isnan(score_candidates(loaded, item_row_of, ["unknown"], candidates)).all()
-    with pytest.raises(ValueError, match="not sasrec"):
-        load_for_inference(dataclasses.replace(registered, manifest={**manifest, "model": "lightgcn"}))
+    assert np.isnan(loaded.score_candidates(["unknown"], candidates)).all()
+    with pytest.raises(ValueError, match="no exported user encoder"):
+        load_next_item_model(dataclasses.replace(registered, artefacts={}))
+    shuffled = registered.embeddings["item"][::-1].copy()
+    with pytest.raises(ValueError, match="disagree"):
+        load_next_item_model(dataclasses.replace(registered, embeddings={**registered.embeddings, "item": shuffled}))
 
 
 def test_serve_as_ranker_names(tmp_path):
@@ -136,9 +142,9 @@ def test_streamrec_train_sasrec_on_the_lake_publishes_the_ranker(ray_local, taob
     snapshot = registered.manifest["data_snapshot"]
     assert snapshot["until"] == "2017-12-02T00:00:00Z" and snapshot["max_event_time"] <= "2017-12-02T00:00:00Z"
     assert registered.config["dataset"]["options"]["expect_snapshot"] == registered.manifest["data_snapshot_id"]
-    model, item_row_of = load_for_inference(registered)
-    history = list(item_row_of)[:5]
-    scores = score_candidates(model, item_row_of, history, list(item_row_of)[:100])
+    model = load_next_item_model(registered)
+    history = list(model.row_of)[:5]
+    scores = model.score_candidates(history, list(model.row_of)[:100])
     assert scores.shape == (100,) and np.isfinite(scores).all()
 
 

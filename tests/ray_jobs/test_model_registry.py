@@ -103,3 +103,18 @@ def test_provenance(tmp_path):
     assert data_snapshot_id([a, b]) != sid
     assert isinstance(code_version(tmp_path), str)  # "unknown" outside a git checkout
     assert code_version(tmp_path) == "unknown"
+
+
+def test_artefacts_round_trip_and_names_are_checked(tmp_path):
+    reg = ModelRegistry(tmp_path / "reg")
+    version = reg.register("sasrec", embeddings={"item": np.ones((2, 3), np.float32)}, metrics={}, config={},
+                           data_snapshot_id="s", artefacts={"user_encoder.pt2": b"\x00program"})
+    loaded = reg.load("sasrec", version)
+    assert loaded.artefacts == {"user_encoder.pt2": b"\x00program"}
+    assert "artefacts/user_encoder.pt2" in loaded.manifest["files"]
+    assert (tmp_path / "reg" / "sasrec" / "versions" / version / "artefacts" / "user_encoder.pt2").read_bytes() == b"\x00program"
+    assert _register(reg, "bprmf", tmp_path)[0] and reg.load_latest("bprmf").artefacts == {}
+    for bad in ("../escape.pt2", "a/b", ""):
+        with pytest.raises(ValueError, match="invalid artefact name"):
+            reg.register("sasrec", embeddings={}, metrics={}, config={}, data_snapshot_id="s", artefacts={bad: b"x"})
+    assert reg.latest_version("sasrec") == version  # a refused registration moves nothing

@@ -28,6 +28,44 @@ def test_graph_of_a_session_with_a_revisit_is_the_papers() -> None:
     assert graphs.a_in[0].tolist() == [[0, 1, 0], [1, 0, 0], [1, 0, 0]]
 
 
+def _reference_graph(row: list[int]) -> tuple[list[int], list[int], set[tuple[int, int]]]:
+    """One window's distinct items (sorted), each position's node (0 for padding) and its edges,
+    counted by hand: the path skips padding wherever it is."""
+    nodes = sorted({i for i in row if i > 0})
+    alias = [nodes.index(i) if i > 0 else 0 for i in row]
+    path = [nodes.index(i) for i in row if i > 0]
+    return nodes, alias, set(zip(path, path[1:]))
+
+
+def test_batched_graphs_match_a_per_window_count_with_or_without_fixed_slots() -> None:
+    """The tensor-only builder (what the exported encoder runs) against a count per window, on
+    random batches with padding at the start and, some, in the middle; with ``n_nodes`` = L the
+    extra slots stay empty and the real ones are unchanged."""
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        batch, length = (int(torch.randint(1, 7, (1,), generator=generator)) for _ in range(2))
+        seq = torch.randint(1, 6, (batch, length), generator=generator)
+        for b in range(batch):
+            seq[b, : int(torch.randint(0, length + 1, (1,), generator=generator))] = 0
+        if trial % 4 == 0 and length > 2:
+            seq[:, 1] = 0
+        expected = [_reference_graph(row) for row in seq.tolist()]
+        n = max(1, max(len(nodes) for nodes, _, _ in expected))
+        for slots in (None, length):
+            graphs = session_graphs(seq, slots)
+            width = n if slots is None else max(n, length)
+            assert graphs.nodes.shape == (batch, width) and graphs.a_out.shape == (batch, width, width)
+            for b, (nodes, alias, edges) in enumerate(expected):
+                assert graphs.nodes[b].tolist() == nodes + [0] * (width - len(nodes))
+                assert graphs.alias[b].tolist() == alias
+                assert {tuple(e) for e in torch.nonzero(graphs.a_out[b]).tolist()} == edges
+                out_degree = torch.tensor([sum(1 for s, _ in edges if s == k) for k in range(width)]).clamp(min=1)
+                in_degree = torch.tensor([sum(1 for _, d in edges if d == k) for k in range(width)]).clamp(min=1)
+                edge_matrix = graphs.a_out[b] * out_degree[:, None]
+                torch.testing.assert_close(graphs.a_in[b], (edge_matrix / in_degree[None, :]).T)
+            assert torch.equal(graphs.mask, seq > 0)
+
+
 def test_a_repeated_transition_is_one_edge() -> None:
     graphs = session_graphs(torch.tensor([[2, 3, 2, 3]]))
     assert graphs.a_out[0].tolist() == [[0, 1], [1, 0]]  # 2->3 twice, 3->2 once: each counted once
