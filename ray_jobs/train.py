@@ -24,8 +24,10 @@ from ray_jobs.cli import add_training_arguments
 from ray_jobs.data.catalog import LAKE_DATASETS
 from ray_jobs.models import MODELS, model_config
 from ray_jobs.registry import ModelRegistry, code_version, describe_data
+from ray_jobs.registry.privacy import forget_deleted_users
 from ray_jobs.trainers import JobConfig, TrainingOutcome, load_job_data, run_training
 from ray_jobs.trainers.launch import ensure_ray
+from streamrec.runtime.config import Settings, get_settings
 
 __all__ = ["main", "parse_args", "register_outcome", "run"]
 
@@ -80,8 +82,14 @@ def _trained_on(outcome: TrainingOutcome) -> dict[str, Any]:
     return describe_data(load_job_data(outcome.job))
 
 
-def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | None = None) -> str:
-    """Publish a finished run to the registry (as ``name``, default the job name); returns the version.
+def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | None = None,
+                     settings: Settings | None = None) -> str:
+    """Publish a finished run to the registry (as ``name``, default the job name); returns the version
+    ``LATEST`` points to.
+
+    Users deleted since (or just before) the run read the lake are dropped from the new version at
+    once (``ray_jobs.registry.privacy.forget_deleted_users``, with ``settings``' tombstone topic and
+    ledger; default: the process's settings), which then is a second version derived from it.
 
     The manifest gets, besides metrics and provenance: ``model`` and ``dataset`` names, the resolved
     ``model_config`` (YAML defaults + overrides: what rebuilding the network for inference needs),
@@ -108,8 +116,9 @@ def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | N
         extra["bundle_items"] = bundle_items  # serving's BundleCandidates shows these items per bundle row
     if outcome.history:  # per-epoch loss / validation metrics: the training curves of `streamrec report`
         extra["history"] = list(outcome.history)
-    return ModelRegistry(registry_root).register(
-        name or job.name,
+    name = name or job.name
+    version = ModelRegistry(registry_root).register(
+        name,
         embeddings=embeddings,
         metrics=outcome.metrics,
         config=job.model_dump(mode="json"),
@@ -118,10 +127,12 @@ def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | N
         weights_file=weights if weights.exists() else None,
         extra=extra,
     )
+    # The lake was read before the deletions that arrived while this run trained.
+    forgotten = forget_deleted_users(settings or get_settings(), registry_root, name, ids.get("user", ()))
+    return forgotten or version
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streamrec.runtime.config import get_settings
     from streamrec.runtime.logging_config import configure_logging
 
     args = parse_args(argv)
@@ -129,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     return run(args)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
     """Train as ``args`` (the flags of :func:`ray_jobs.cli.add_training_arguments` plus ``address``)
-    say, register the outcome when a registry is given, and print the JSON summary."""
+    say, register the outcome when a registry is given (deleted users dropped with ``settings``'
+    tombstones, default the process's settings), and print the JSON summary."""
     config = args.config or CONFIG_DIR / DEFAULT_CONFIGS[args.model]
     job = JobConfig.from_yaml(config, _overrides(args))
     if (args.until or args.lake_root) and job.dataset.name not in LAKE_DATASETS:
@@ -143,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
         outcome = run_training(job)
         summary: dict[str, Any] = {"run_name": outcome.run_name, "metrics": outcome.metrics}
         if job.registry:
-            summary["registered_version"] = register_outcome(outcome, job.registry)
+            summary["registered_version"] = register_outcome(outcome, job.registry, settings=settings)
             summary["registered_name"] = job.name
             summary["registry"] = job.registry
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))

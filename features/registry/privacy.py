@@ -8,6 +8,9 @@ moves to it, so serving (which re-reads ``LATEST``) stops personalising for thos
 
 Older versions keep their rows: they are the rollback history and are removed by the registry's
 retention, or by the next retrain, which reads the rewritten lake and so never sees the users.
+
+Called by training, the room that writes the registry (``ray_jobs.registry.privacy``), never by a
+feature pipeline batch.
 """
 
 from __future__ import annotations
