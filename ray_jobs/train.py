@@ -82,14 +82,14 @@ def _trained_on(outcome: TrainingOutcome) -> dict[str, Any]:
     return describe_data(load_job_data(outcome.job))
 
 
-def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | None = None,
-                     settings: Settings | None = None) -> str:
+def register_outcome(outcome: TrainingOutcome, registry_root: str, *, settings: Settings, name: str | None = None) -> str:
     """Publish a finished run to the registry (as ``name``, default the job name); returns the version
     ``LATEST`` points to.
 
-    Users deleted since (or just before) the run read the lake are dropped from the new version at
-    once (``ray_jobs.registry.privacy.forget_deleted_users``, with ``settings``' tombstone topic and
-    ledger; default: the process's settings), which then is a second version derived from it.
+    Users deleted since (or just before) the run read the lake are dropped before the version is
+    served (``ray_jobs.registry.privacy.forget_deleted_users``, with ``settings``' tombstone topic
+    and ledger): it is registered without moving ``LATEST``, and ``LATEST`` moves to it, or to its
+    copy without those users.
 
     The manifest gets, besides metrics and provenance: ``model`` and ``dataset`` names, the resolved
     ``model_config`` (YAML defaults + overrides: what rebuilding the network for inference needs),
@@ -117,7 +117,8 @@ def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | N
     if outcome.history:  # per-epoch loss / validation metrics: the training curves of `streamrec report`
         extra["history"] = list(outcome.history)
     name = name or job.name
-    version = ModelRegistry(registry_root).register(
+    registry = ModelRegistry(registry_root)
+    version = registry.register(
         name,
         embeddings=embeddings,
         metrics=outcome.metrics,
@@ -126,9 +127,12 @@ def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | N
         code_version=code_version(),
         weights_file=weights if weights.exists() else None,
         extra=extra,
+        set_latest=False,
     )
     # The lake was read before the deletions that arrived while this run trained.
-    forgotten = forget_deleted_users(settings or get_settings(), registry_root, name, ids.get("user", ()))
+    forgotten = forget_deleted_users(settings, registry_root, name, version, ids.get("user", ()))
+    if forgotten is None:
+        registry.set_latest(name, version)
     return forgotten or version
 
 
@@ -137,13 +141,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     configure_logging(get_settings().logging)
-    return run(args)
+    return run(args, get_settings())
 
 
-def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     """Train as ``args`` (the flags of :func:`ray_jobs.cli.add_training_arguments` plus ``address``)
     say, register the outcome when a registry is given (deleted users dropped with ``settings``'
-    tombstones, default the process's settings), and print the JSON summary."""
+    tombstones), and print the JSON summary."""
     config = args.config or CONFIG_DIR / DEFAULT_CONFIGS[args.model]
     job = JobConfig.from_yaml(config, _overrides(args))
     if (args.until or args.lake_root) and job.dataset.name not in LAKE_DATASETS:

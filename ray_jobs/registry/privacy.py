@@ -97,10 +97,11 @@ def apply_registry_tombstones(settings: Settings) -> RegistryDeletions:
     return _purge_and_record(settings, path, ledger, tombstones, offsets)
 
 
-def forget_deleted_users(settings: Settings, registry_root: str, name: str, model_users: Collection[str]) -> str | None:
+def forget_deleted_users(settings: Settings, registry_root: str, name: str, version: str,
+                         model_users: Collection[str]) -> str | None:
     """The registration step: drop every deleted user (the ledger's, after new tombstones) from
-    ``name``'s version just registered under ``registry_root``, then apply the new tombstones to
-    the rest of the registry.
+    ``name``'s ``version``, just registered under ``registry_root`` (``LATEST`` not yet moved),
+    then apply the new tombstones to the rest of the registry.
 
     A broker that cannot be reached within ``kafka.metadata_timeout_s`` does not fail the
     registration: the users already in the ledger are dropped, with a warning (the next retrain
@@ -110,8 +111,8 @@ def forget_deleted_users(settings: Settings, registry_root: str, name: str, mode
         model_users: the raw user ids of the new version's ``user`` rows (``ids.user``).
 
     Returns:
-        The version that replaced the registered one as ``LATEST``, or None when it holds no
-        deleted user.
+        The copy without them, now ``LATEST``; None when ``version`` holds no deleted user (the
+        caller moves ``LATEST`` to it).
     """
     from kafka.errors import KafkaError
 
@@ -127,10 +128,10 @@ def forget_deleted_users(settings: Settings, registry_root: str, name: str, mode
         tombstones, offsets = [], ledger.offsets
     deleted = set(ledger.deleted) | {t.user_id for t in tombstones}
     present = deleted.intersection(model_users)
-    version = drop_user_rows(registry_root, name, present) if present else None
-    if version is not None:
-        logger.info("dropped %d deleted users from %s (now %s)", len(present), name, version,
-                    extra={"model": name, "version": version, "users": len(present)})
+    copy = drop_user_rows(registry_root, name, present, version) if present else None
+    if copy is not None:
+        logger.info("dropped %d deleted users from %s (now %s)", len(present), name, copy,
+                    extra={"model": name, "version": copy, "users": len(present)})
     # The new version no longer holds them, so this purges only the other models.
     _purge_and_record(settings, path, ledger, tombstones, offsets)
-    return version
+    return copy
