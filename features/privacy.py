@@ -2,10 +2,15 @@
 
 A deletion request is a :class:`Tombstone` on the ``kafka.topics.tombstones`` topic, keyed by the
 user id. It is not an event of the clickstream contract (``events.v1`` is unchanged): every stage
-that keeps user data (the feature pipeline, the lake, Feast, the bandit learner) reads this topic
-and drops the user. Kafka itself cannot delete the user's records from ``events`` (the embedded
-tansu broker keeps topics in memory and has no compaction), so the tombstone plus filtering
-downstream is the mechanism.
+that keeps user data reads this topic and drops the user: the feature pipeline (the lake, Feast,
+its state), training (the model registry, ``ray_jobs.registry.privacy``) and the bandit learner.
+Kafka itself cannot delete the user's records from ``events`` (the embedded tansu broker keeps
+topics in memory and has no compaction), so the tombstone plus filtering downstream is the
+mechanism.
+
+The topic is written and read here (:func:`publish_tombstone`, :func:`read_tombstones`), and a
+stage that reads it keeps its progress in its own :class:`TombstoneLedger` file, so that each stage
+applies every tombstone whatever the others did.
 
 ``FEATURE_DATA_CLASS`` states what every feature column carries; a test checks that it covers
 every column of every view and that no column is of a class outside ``ALLOWED_FEATURE_CLASSES``
@@ -20,13 +25,22 @@ Example:
 
 from __future__ import annotations
 
+import json
+import logging
 import uuid
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from features.events import MAX_TEXT_CHARS, Id
+
+if TYPE_CHECKING:
+    from streamrec.runtime.config import Settings
+
+logger = logging.getLogger(__name__)
 
 TOMBSTONE_SCHEMA_VERSION = 1
 DEFAULT_REASON = "user_request"
@@ -111,3 +125,73 @@ class Tombstone(BaseModel):
     @classmethod
     def from_json(cls, data: bytes | str) -> "Tombstone":
         return cls.model_validate_json(data)
+
+
+# -- the tombstone topic --------------------------------------------------------------------
+
+
+def publish_tombstone(settings: Settings, tombstone: Tombstone) -> tuple[int, int]:
+    """Produce the tombstone (``acks=all``, keyed by user id); returns (partition, offset)."""
+    from streamrec.runtime.kafka import new_producer
+
+    producer = new_producer(settings.kafka, acks="all")
+    try:
+        meta = producer.send(settings.kafka.topics.tombstones, key=tombstone.key, value=tombstone.to_json()).get(
+            timeout=settings.kafka.produce_timeout_s
+        )
+        return meta.partition, meta.offset
+    finally:
+        producer.close()
+
+
+def read_tombstones(
+    settings: Settings, start: dict[int, int] | None = None, bootstrap_timeout_s: float | None = None
+) -> tuple[list[Tombstone], dict[int, int]]:
+    """Tombstones from ``start`` (partition -> offset) to the end now, and the offsets after them.
+
+    Raises:
+        kafka.errors.KafkaError: the broker cannot be reached (within ``bootstrap_timeout_s`` when
+            given, else kafka-python's 30 s).
+    """
+    from streamrec.runtime.kafka import read_topic
+
+    offsets = dict(start or {})
+    tombstones: list[Tombstone] = []
+    records = read_topic(settings.kafka, settings.kafka.topics.tombstones, start=offsets,
+                         bootstrap_timeout_s=bootstrap_timeout_s)
+    for record in records:
+        offsets[record.partition] = record.offset + 1
+        try:
+            tombstones.append(Tombstone.from_json(record.value))
+        except ValueError as exc:  # only streamrec writes this topic: say so loudly, keep going
+            logger.error("unreadable tombstone at p%d/%d: %s", record.partition, record.offset, exc,
+                         extra={"partition": record.partition, "offset": record.offset})
+    return tombstones, offsets
+
+
+@dataclass
+class TombstoneLedger:
+    """One reader's progress on the tombstone topic and the users it has deleted (each stage keeps
+    its own file: the pipeline's ``privacy.json``, training's ``registry-privacy.json``)."""
+
+    offsets: dict[int, int] = field(default_factory=dict)
+    # user id -> request id of the tombstone (the suppression list; the tombstone topic holds the same).
+    deleted: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> TombstoneLedger:
+        """The ledger at ``path``; an empty one (read from the topic's start) when there is none."""
+        if not path.exists():
+            return cls()
+        raw = json.loads(path.read_text())
+        return cls({int(p): int(o) for p, o in raw["offsets"].items()}, dict(raw["deleted"]))
+
+    def save(self, path: Path) -> None:
+        from streamrec.runtime.files import write_atomically
+
+        write_atomically(path, json.dumps(asdict(self), sort_keys=True))
+
+    def record(self, tombstones: list[Tombstone], offsets: dict[int, int]) -> None:
+        """Fold tombstones read up to ``offsets`` in (call once what they ask for is done)."""
+        self.deleted.update({t.user_id: t.request_id for t in tombstones})
+        self.offsets = dict(offsets)

@@ -1,4 +1,4 @@
-"""User deletion: publish a tombstone, then remove the user from every store the pipeline writes.
+"""User deletion in the feature pipeline: remove the user from every store the pipeline writes.
 
 What is removed, per store (``purge_users``):
 
@@ -11,9 +11,13 @@ What is removed, per store (``purge_users``):
   ``delete_table``), so this module deletes the rows itself: SQLite rows by serialized entity key,
   the Redis hash of the entity key (both computed with Feast's own key functions);
 * pipeline state (``pipelines.state_store``): the user's feature state, the sessions and requests
-  only the user's events created, and the user's event ids in the de-duplication memory;
-* model registry: the user's rows of the ``user`` embeddings of each registered model's latest
-  version (``features.registry.privacy``), so serving returns no personalised results for them.
+  only the user's events created, and the user's event ids in the de-duplication memory.
+
+Not the model registry: it is written by training, so training purges it
+(``ray_jobs.registry.privacy``), and a pipeline batch never rewrites a model version.
+``streamrec users delete`` (the shell) runs both purges at once; a deletion that arrives only as a
+tombstone (``DELETE /v1/admin/users/{id}``) reaches the registry at the next ``streamrec retrain``
+check or model registration.
 
 What is kept: item-level aggregates (item counts, co-occurrence, bundle and experiment-variant
 counters) carry no user id. Windowed counts lose the user's events within the long window as the
@@ -25,16 +29,16 @@ is not done per request.
 
 Kafka cannot delete the user's records from ``events`` (the embedded tansu broker keeps topics in
 memory and cannot compact), nor from the DLQ. The tombstone on ``kafka.topics.tombstones`` is the
-mechanism: the feature pipeline reads it at every micro-batch, purges (again, idempotently) and
-drops every later record of the user *silently*, counted in the batch summary: sending them to the
-DLQ would copy the deleted user's payload into another topic.
+mechanism: the feature pipeline reads it at every micro-batch (``apply_new_tombstones``, its
+progress in ``privacy.json`` beside the pipeline state), purges its stores (again, idempotently)
+and drops every later record of the user *silently*, counted in the batch summary: sending them to
+the DLQ would copy the deleted user's payload into another topic.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Iterable, TYPE_CHECKING
 
@@ -44,16 +48,14 @@ import pyarrow.parquet as pq
 
 from features.lake import LAKE_SCHEMA
 from features.online import delete_online_rows
-from features.privacy import Tombstone
+from features.privacy import TombstoneLedger, read_tombstones
 from features.views import USER_KEYED_VIEWS
 from pipelines.records import KafkaRecord
 from pipelines.state_store import load_state, save_state, state_path
-from streamrec.runtime.files import atomic_path, write_atomically
+from streamrec.runtime.files import atomic_path
 
 if TYPE_CHECKING:
     from streamrec.runtime.config import Settings
-
-logger = logging.getLogger(__name__)
 
 LEDGER_NAME = "privacy.json"
 
@@ -72,7 +74,7 @@ class LakePurge:
 
 @dataclass
 class PurgeSummary:
-    """Rows removed per store; ``as_table`` is what the CLI prints."""
+    """Rows removed per store of the pipeline; ``as_table`` is what the CLI prints of them."""
 
     users: list[str]
     lake_rows: int = 0
@@ -81,75 +83,23 @@ class PurgeSummary:
     offline_files: int = 0
     online_rows: int = 0
     state_removed: dict[str, int] = field(default_factory=dict)
-    registry_versions: dict[str, str] = field(default_factory=dict)
 
     def as_table(self) -> dict[str, str]:
         state = ", ".join(f"{k} {v}" for k, v in self.state_removed.items()) or "no state file"
-        models = ", ".join(f"{m} -> {v}" for m, v in self.registry_versions.items()) or "no user rows"
         return {
             "event lake": f"{self.lake_rows} rows removed ({self.lake_files} files rewritten)",
             "feast offline": f"{self.offline_rows} rows removed ({self.offline_files} files rewritten)",
             "feast online": f"{self.online_rows} rows removed",
             "pipeline state": state,
-            "model registry": models,
         }
 
 
-# -- the tombstone topic --------------------------------------------------------------------
-
-
-def publish_tombstone(settings: Settings, tombstone: Tombstone) -> tuple[int, int]:
-    """Produce the tombstone (``acks=all``, keyed by user id); returns (partition, offset)."""
-    from streamrec.runtime.kafka import new_producer
-
-    producer = new_producer(settings.kafka, acks="all")
-    try:
-        meta = producer.send(settings.kafka.topics.tombstones, key=tombstone.key, value=tombstone.to_json()).get(
-            timeout=settings.kafka.produce_timeout_s
-        )
-        return meta.partition, meta.offset
-    finally:
-        producer.close()
-
-
-def read_tombstones(settings: Settings, start: dict[int, int] | None = None) -> tuple[list[Tombstone], dict[int, int]]:
-    """Tombstones from ``start`` (partition -> offset) to the end now, and the offsets after them."""
-    from streamrec.runtime.kafka import read_topic
-
-    offsets = dict(start or {})
-    tombstones: list[Tombstone] = []
-    for record in read_topic(settings.kafka, settings.kafka.topics.tombstones, start=offsets):
-        offsets[record.partition] = record.offset + 1
-        try:
-            tombstones.append(Tombstone.from_json(record.value))
-        except ValueError as exc:  # only streamrec writes this topic: say so loudly, keep going
-            logger.error("unreadable tombstone at p%d/%d: %s", record.partition, record.offset, exc,
-                         extra={"partition": record.partition, "offset": record.offset})
-    return tombstones, offsets
-
-
-@dataclass
-class PrivacyLedger:
-    """The pipeline's progress on the tombstone topic and the users it must keep dropping."""
-
-    offsets: dict[int, int] = field(default_factory=dict)
-    # user id -> request id of the tombstone (the suppression list; the tombstone topic holds the same).
-    deleted: dict[str, str] = field(default_factory=dict)
+# -- the pipeline's progress on the tombstone topic ------------------------------------------
 
 
 def ledger_path(settings: Settings) -> Path:
+    """The pipeline's :class:`~features.privacy.TombstoneLedger`, beside its state."""
     return state_path(settings).parent / LEDGER_NAME
-
-
-def load_ledger(path: Path) -> PrivacyLedger:
-    if not path.exists():
-        return PrivacyLedger()
-    raw = json.loads(path.read_text())
-    return PrivacyLedger({int(p): int(o) for p, o in raw["offsets"].items()}, dict(raw["deleted"]))
-
-
-def save_ledger(path: Path, ledger: PrivacyLedger) -> None:
-    write_atomically(path, json.dumps(asdict(ledger), sort_keys=True))
 
 
 # -- filtering the pipeline's input ----------------------------------------------------------
@@ -256,24 +206,9 @@ def _drop_keys(family: dict[str, Any], keys: set[str]) -> int:
     return len(present)
 
 
-def purge_registry(settings: Settings, users: set[str]) -> dict[str, str]:
-    """Drop the users' rows from the latest ``user`` embeddings of every registered model."""
-    root = Path(settings.serving.registry_root or settings.data.state_dir / "registry")
-    if "://" not in str(root) and not root.is_dir():
-        return {}
-    from features.registry.privacy import drop_user_rows
-
-    changed: dict[str, str] = {}
-    for model_dir in sorted(p for p in root.iterdir() if (p / "LATEST").is_file()):
-        version = drop_user_rows(str(root), model_dir.name, users)
-        if version is not None:
-            changed[model_dir.name] = version
-    return changed
-
-
-def purge_users(settings: Settings, users: set[str], registry: bool = True) -> PurgeSummary:
-    """Remove ``users`` from the lake, Feast offline and online, the pipeline state and (optionally)
-    the model registry. Idempotent: a second call finds nothing and removes nothing."""
+def purge_users(settings: Settings, users: set[str]) -> PurgeSummary:
+    """Remove ``users`` from the lake, Feast offline and online and the pipeline state (not the
+    model registry: see the module docstring). Idempotent: a second call removes nothing."""
     summary = PurgeSummary(sorted(users))
     if not users:
         return summary
@@ -282,31 +217,19 @@ def purge_users(settings: Settings, users: set[str], registry: bool = True) -> P
     summary.offline_rows, summary.offline_files = purge_offline(settings, users)
     summary.online_rows = delete_online_rows(settings, users)
     summary.state_removed = purge_state(state_path(settings), users, lake)
-    if registry:
-        summary.registry_versions = purge_registry(settings, users)
     return summary
 
 
-def delete_user(settings: Settings, user_id: str, reason: str, source: str = "cli") -> tuple[Tombstone, PurgeSummary]:
-    """What ``streamrec users delete`` does: publish the tombstone first (so every stage that runs
-    concurrently drops the user from then on), then purge every store now."""
-    tombstone = Tombstone.for_user(user_id, reason=reason, source=source)
-    publish_tombstone(settings, tombstone)
-    return tombstone, purge_users(settings, {user_id})
-
-
-def apply_new_tombstones(settings: Settings) -> tuple[PrivacyLedger, PurgeSummary | None]:
+def apply_new_tombstones(settings: Settings) -> tuple[TombstoneLedger, PurgeSummary | None]:
     """The pipeline's step at each micro-batch: read tombstones since the last batch, purge their
-    users (again: a batch in flight during ``users delete`` may have written them back), and
-    record them in the ledger. A crash before the ledger is saved re-reads and re-purges."""
+    users from the pipeline's stores (again: a batch in flight during ``users delete`` may have
+    written them back), and record them in the ledger. A crash before the ledger is saved re-reads
+    and re-purges. The model registry is left to training (``ray_jobs.registry.privacy``)."""
     path = ledger_path(settings)
-    ledger = load_ledger(path)
+    ledger = TombstoneLedger.load(path)
     tombstones, offsets = read_tombstones(settings, ledger.offsets)
-    summary = None
-    if tombstones:
-        summary = purge_users(settings, {t.user_id for t in tombstones})
-        ledger.deleted.update({t.user_id: t.request_id for t in tombstones})
+    summary = purge_users(settings, {t.user_id for t in tombstones}) if tombstones else None
     if offsets != ledger.offsets:
-        ledger.offsets = offsets
-        save_ledger(path, ledger)
+        ledger.record(tombstones, offsets)
+        ledger.save(path)
     return ledger, summary

@@ -168,7 +168,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
                                 "address": address, "lake_root": lake_root})
     print(f"training {args.model} ({config}) on {'Ray at ' + address if address else 'a private Ray instance'}; "
           f"registry {registry} as {name!r}", flush=True)
-    rc = launcher.run(run)
+    rc = launcher.run(run, settings)
     served = {settings.serving.item_model: "item_model", settings.serving.bundle_model: "bundle_model",
               settings.serving.ranker_model: "ranker_model"}
     if name in served:

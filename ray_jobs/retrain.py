@@ -12,6 +12,10 @@ to the running head; each job is ``streamrec train`` and registers its model, an
 hot-loads the new version on its next registry refresh (``serving.refresh_s``) without dropping a
 request. On Kubernetes the same check runs every 15 minutes as a CronJob against the shared
 RayCluster (``deploy/k8s/base/ray/cronjob-retrain.yaml``, ``retrain.jobs_address``).
+
+Every check, due or not, first applies new deletion tombstones to the model registry
+(``ray_jobs.registry.privacy``): the registry is training's, so this is where a deletion made
+through serving's API leaves it.
 """
 
 from __future__ import annotations
@@ -142,7 +146,15 @@ def wait_for_jobs(settings: Settings, submitted: list[dict[str, Any]], timeout_s
 
 
 def run_retrain(settings: Settings, force: bool = False, log: Any = print) -> RetrainDecision:
-    """One check of the trigger; when due, submit the jobs, wait for them and record the retrain."""
+    """One check: first drop the users of new tombstones from the registry (training's room writes
+    it, so a deletion made through the API reaches it here), then the trigger; when due, submit
+    the jobs, wait for them and record the retrain."""
+    from ray_jobs.registry.privacy import apply_registry_tombstones
+
+    deletions = apply_registry_tombstones(settings)
+    if deletions.versions:
+        models = ", ".join(f"{m} -> {v}" for m, v in deletions.versions.items())
+        log(f"{len(deletions.users)} deleted users dropped from the registry: {models}")
     position = lake_position(settings)
     last = last_record(settings)
     new_events = position - (last.position if last else 0)

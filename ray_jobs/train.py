@@ -25,8 +25,10 @@ from ray_jobs.cli import add_training_arguments
 from ray_jobs.data.catalog import LAKE_DATASETS
 from ray_jobs.models import MODELS, is_next_item_model, model_config, rebuild_next_item_model, user_encoder_artefacts
 from ray_jobs.registry import ModelRegistry, code_version, describe_data
+from ray_jobs.registry.privacy import forget_deleted_users
 from ray_jobs.trainers import JobConfig, TrainingOutcome, load_job_data, run_training
 from ray_jobs.trainers.launch import ensure_ray
+from streamrec.runtime.config import Settings, get_settings
 
 __all__ = ["main", "parse_args", "register_outcome", "run"]
 
@@ -81,8 +83,14 @@ def _trained_on(outcome: TrainingOutcome) -> dict[str, Any]:
     return describe_data(load_job_data(outcome.job))
 
 
-def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | None = None) -> str:
-    """Publish a finished run to the registry (as ``name``, default the job name); returns the version.
+def register_outcome(outcome: TrainingOutcome, registry_root: str, *, settings: Settings, name: str | None = None) -> str:
+    """Publish a finished run to the registry (as ``name``, default the job name); returns the version
+    ``LATEST`` points to.
+
+    Users deleted since (or just before) the run read the lake are dropped before the version is
+    served (``ray_jobs.registry.privacy.forget_deleted_users``, with ``settings``' tombstone topic
+    and ledger): it is registered without moving ``LATEST``, and ``LATEST`` moves to it, or to its
+    copy without those users.
 
     The manifest gets, besides metrics and provenance: ``model`` and ``dataset`` names, the resolved
     ``model_config`` (YAML defaults + overrides: what rebuilding the network for inference needs),
@@ -116,8 +124,10 @@ def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | N
                                           torch.load(weights, map_location="cpu"))
         artefacts, entries = user_encoder_artefacts(network)
         extra.update(entries)
-    return ModelRegistry(registry_root).register(
-        name or job.name,
+    name = name or job.name
+    registry = ModelRegistry(registry_root)
+    version = registry.register(
+        name,
         embeddings=embeddings,
         metrics=outcome.metrics,
         config=job.model_dump(mode="json"),
@@ -126,21 +136,27 @@ def register_outcome(outcome: TrainingOutcome, registry_root: str, name: str | N
         weights_file=weights if weights.exists() else None,
         extra=extra,
         artefacts=artefacts,
+        set_latest=False,
     )
+    # The lake was read before the deletions that arrived while this run trained.
+    forgotten = forget_deleted_users(settings, registry_root, name, version, ids.get("user", ()))
+    if forgotten is None:
+        registry.set_latest(name, version)
+    return forgotten or version
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streamrec.runtime.config import get_settings
     from streamrec.runtime.logging_config import configure_logging
 
     args = parse_args(argv)
     configure_logging(get_settings().logging)
-    return run(args)
+    return run(args, get_settings())
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     """Train as ``args`` (the flags of :func:`ray_jobs.cli.add_training_arguments` plus ``address``)
-    say, register the outcome when a registry is given, and print the JSON summary."""
+    say, register the outcome when a registry is given (deleted users dropped with ``settings``'
+    tombstones), and print the JSON summary."""
     config = args.config or CONFIG_DIR / DEFAULT_CONFIGS[args.model]
     job = JobConfig.from_yaml(config, _overrides(args))
     if (args.until or args.lake_root) and job.dataset.name not in LAKE_DATASETS:
@@ -152,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         outcome = run_training(job)
         summary: dict[str, Any] = {"run_name": outcome.run_name, "metrics": outcome.metrics}
         if job.registry:
-            summary["registered_version"] = register_outcome(outcome, job.registry)
+            summary["registered_version"] = register_outcome(outcome, job.registry, settings=settings)
             summary["registered_name"] = job.name
             summary["registry"] = job.registry
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))

@@ -1,7 +1,7 @@
-"""The model registry: the contract between training (which registers versions) and serving, the
-pipeline's deletions and the report (which read them). Versioned, on a local directory or a
-pyarrow filesystem URI, with an atomic ``LATEST``. Provenance stamps are the trainer's
-(``ray_jobs.registry.provenance``).
+"""The model registry: the contract between training (which registers versions, including the
+versions without deleted users: ``ray_jobs.registry.privacy``) and serving and the report (which
+read them). Versioned, on a local directory or a pyarrow filesystem URI, with an atomic
+``LATEST``. Provenance stamps are the trainer's (``ray_jobs.registry.provenance``).
 
 Example:
     >>> from features.registry import ModelRegistry

@@ -8,6 +8,9 @@ moves to it, so serving (which re-reads ``LATEST``) stops personalising for thos
 
 Older versions keep their rows: they are the rollback history and are removed by the registry's
 retention, or by the next retrain, which reads the rewritten lake and so never sees the users.
+
+Called by training, the room that writes the registry (``ray_jobs.registry.privacy``), never by a
+feature pipeline batch.
 """
 
 from __future__ import annotations
@@ -37,24 +40,27 @@ def _zero_user_rows(weights: bytes, n_users: int, rows: list[int]) -> bytes:
     return buffer.getvalue()
 
 
-def drop_user_rows(registry_root: str, model_name: str, user_ids: set[str]) -> str | None:
-    """Register a copy of ``model_name``'s latest version without ``user_ids``' rows.
+def drop_user_rows(registry_root: str, model_name: str, user_ids: set[str], version: str | None = None) -> str | None:
+    """Register a copy of ``model_name``'s latest version (or ``version``) without ``user_ids``' rows;
+    ``LATEST`` moves to the copy.
 
     Args:
         registry_root: the registry's root (path or URI).
         model_name: a registered model.
         user_ids: raw user ids (as in the manifest's ``ids.user``).
+        version: the version to copy (default: ``LATEST``); registration passes the version it just
+            wrote without moving ``LATEST``, so a version with deleted users is never the served one.
 
     Returns:
-        The new version, or None when the latest version has no row of these users (or no raw
-        user ids, in which case rows cannot be matched to users).
+        The new version, or None when the version has no row of these users (or no raw user ids,
+        in which case rows cannot be matched to users).
 
     Example:
         >>> drop_user_rows("/tmp/registry", "lightgcn", {"u1"})  # doctest: +SKIP
         '20250101T000000000000Z-abc123'
     """
     registry = ModelRegistry(registry_root)
-    model = registry.load_latest(model_name)
+    model = registry.load(model_name, version) if version is not None else registry.load_latest(model_name)
     ids: list[str] | None = (model.manifest.get("ids") or {}).get(USER_KIND)
     matrix = model.embeddings.get(USER_KIND)
     if matrix is None or not isinstance(ids, list) or len(ids) != len(matrix):
@@ -77,4 +83,6 @@ def drop_user_rows(registry_root: str, model_name: str, user_ids: set[str]) -> s
             model_name, embeddings=embeddings, metrics=model.manifest.get("metrics", {}), config=model.config,
             data_snapshot_id=model.manifest.get("data_snapshot_id", "unknown"),
             code_version=model.manifest.get("code_version", "unknown"), weights_file=weights_file, extra=extra,
+            # Artefacts hold no user rows (a next-item model's encoder reads the live sequence).
+            artefacts=model.artefacts,
         )

@@ -1,5 +1,6 @@
 """Registering trained models: the registry itself is the contract in ``features.registry``; this
-package adds what only training knows, the provenance stamps (code version, data snapshot).
+package adds what only training knows, the provenance stamps (code version, data snapshot), and
+dropping deleted users from the registry it writes (``ray_jobs.registry.privacy``).
 
 Example:
     >>> from ray_jobs.registry import ModelRegistry, code_version

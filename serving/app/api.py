@@ -654,7 +654,8 @@ class RecommenderAPI:
         """Publish the user's tombstone (acks=all) and make the learner forget the user now.
 
         The feature pipeline purges the lake, Feast and its state when it reads the tombstone at
-        its next micro-batch, hence 202: accepted, completed downstream.
+        its next micro-batch, and training the model registry at its next retrain check or model
+        registration (``ray_jobs.registry.privacy``), hence 202: accepted, completed downstream.
         """
         try:
             tombstone = Tombstone.for_user(user_id, reason=reason or "user_request", source="admin_api")

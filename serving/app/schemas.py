@@ -234,7 +234,7 @@ class ForgottenEntries(StrictAnswer):
 
 class UserDeletionAccepted(StrictAnswer):
     """The tombstone is in Kafka and the learner forgot the user; the feature pipeline purges the
-    lake and Feast when it reads the tombstone (hence 202)."""
+    lake and Feast, and training the model registry, when they read the tombstone (hence 202)."""
 
     request_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     user_id: str

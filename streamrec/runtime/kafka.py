@@ -129,11 +129,17 @@ def topic_end_offsets(config: KafkaConfig, topic: str) -> dict[int, int]:
 
 
 def read_topic(
-    config: KafkaConfig, topic: str, start: dict[int, int] | None = None, timeout_s: float = 60.0
+    config: KafkaConfig, topic: str, start: dict[int, int] | None = None, timeout_s: float = 60.0,
+    bootstrap_timeout_s: float | None = None,
 ) -> list[ConsumerRecord]:
     """The records currently in `topic` (from `start` offsets per partition, else from the
-    beginning), partition by partition in offset order. Reads without a consumer group."""
-    consumer = new_consumer(config)
+    beginning), partition by partition in offset order. Reads without a consumer group.
+
+    ``bootstrap_timeout_s`` bounds reaching the cluster (kafka-python waits 30 s by default):
+    for callers that go on without the topic when the broker is down.
+    """
+    options = {"bootstrap_timeout_ms": int(bootstrap_timeout_s * 1000)} if bootstrap_timeout_s else {}
+    consumer = new_consumer(config, **options)
     try:
         partitions = _partitions(consumer, topic)
         ends = end_offsets(consumer, partitions)

@@ -1,7 +1,8 @@
 """User deletion end to end on a real broker: real Taobao events through a pipeline batch, then
 `streamrec users delete`; the user is gone from the lake, Feast offline and online (read through the
 Feast SDK), the pipeline state and the model registry, everyone else's rows are byte-identical, and
-the user's later records are dropped by the next batch (not sent to the DLQ)."""
+the user's later records are dropped by the next batch (not sent to the DLQ). A pipeline batch
+that applies a tombstone leaves the model registry to training (``ray_jobs.registry.privacy``)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,15 @@ import pytest
 from kafka import KafkaProducer
 from pipeline_support import ev, pipeline_settings, produce, taobao_subset, write_config
 
-from features.privacy import Tombstone
+from features.privacy import Tombstone, TombstoneLedger, publish_tombstone, read_tombstones
 from features.repo import offline_dir, repo_config
 from features.views import feature_names, user_features
 from pipelines.lake import read_event_lake
-from pipelines.privacy import ledger_path, load_ledger, purge_users
+from pipelines.privacy import ledger_path, purge_users
 from pipelines.runner import FeaturePipeline
 from pipelines.state_store import load_state, state_path
 from features.registry import ModelRegistry
+from ray_jobs.registry.privacy import apply_registry_tombstones, purge_registry
 from streamrec.runtime.config import Settings, reload_settings
 from streamrec.runtime.kafka import ensure_topics, read_topic
 
@@ -79,6 +81,12 @@ def _register_model(settings: Settings, users: list[str]) -> None:
     )
 
 
+def _registry_files(settings: Settings) -> dict[str, str]:
+    """Every file of the registry (relative path -> sha256 of its bytes)."""
+    root = settings.data.state_dir / "registry"
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def _without(rows: list[dict[str, Any]], user: str, key: str = "user_id") -> list[dict[str, Any]]:
     return [r for r in rows if r[key] != user]
 
@@ -119,6 +127,8 @@ def test_users_delete_removes_the_user_everywhere_and_keeps_everyone_else(kafka_
         victim_rows = sum(r["user_id"] == VICTIM for r in lake_before)
         assert f"event lake      {victim_rows} rows removed" in out, out
         assert "feast offline   1 rows removed" in out and "lightgcn -> " in out, out
+        registry = ModelRegistry(settings.data.state_dir / "registry")
+        assert f"model registry  lightgcn -> {registry.latest_version('lightgcn')}" in out, out
 
         # -- the tombstone ---------------------------------------------------------------------
         records = read_topic(settings.kafka, settings.kafka.topics.tombstones)
@@ -165,8 +175,9 @@ def test_users_delete_removes_the_user_everywhere_and_keeps_everyone_else(kafka_
         assert pickle.dumps(state_after.cooccurrence) == pickle.dumps(state_before.cooccurrence)
         assert not {e["event_id"] for e in events if e["user_id"] == VICTIM} & state_after.seen.keys()
 
-        latest = ModelRegistry(settings.data.state_dir / "registry").load_latest("lightgcn")
+        latest = registry.load_latest("lightgcn")
         assert latest.manifest["ids"]["user"] == [u for u in users if u != VICTIM]
+        registry_after_delete = _registry_files(settings)
 
         # -- later records of the user are dropped by the next batch, silently -------------------
         other = next(u for u in users if u != VICTIM)
@@ -183,14 +194,17 @@ def test_users_delete_removes_the_user_everywhere_and_keeps_everyone_else(kafka_
         assert any(r["user_id"] == other and r["session_id"] == "o" for r in _lake_rows(settings))
         assert VICTIM not in load_state(state_path(settings)).users
         assert _online_sdk(pipeline.store, [VICTIM])["last_seen_unix"] == [None]
-        assert load_ledger(ledger_path(settings)).deleted == {VICTIM: tombstone.request_id}
+        assert TombstoneLedger.load(ledger_path(settings)).deleted == {VICTIM: tombstone.request_id}
+        assert _registry_files(settings) == registry_after_delete  # the batch wrote no registry version
         # The invalid record of the user would have been a dead letter carrying its payload.
         assert read_topic(settings.kafka, settings.kafka.topics.dlq) == []
 
         # -- idempotent: nothing left to remove ----------------------------------------------------
         again = purge_users(settings, {VICTIM})
-        assert (again.lake_rows, again.offline_rows, again.online_rows, again.registry_versions) == (0, 0, 0, {})
+        assert (again.lake_rows, again.offline_rows, again.online_rows) == (0, 0, 0)
         assert not any(again.state_removed.values())
+        assert purge_registry(settings, {VICTIM}) == {}
+        assert _registry_files(settings) == registry_after_delete
     finally:
         pipeline.close()
 
@@ -227,8 +241,6 @@ def _user_row(user_id: str) -> dict[str, Any]:
 
 def test_tombstone_survives_json_round_trip_through_kafka(kafka_broker, tmp_path) -> None:
     """publish_tombstone / read_tombstones over the real broker, offsets advance past what was read."""
-    from pipelines.privacy import publish_tombstone, read_tombstones
-
     settings = _private_tombstones(pipeline_settings(kafka_broker.settings, tmp_path / "state"))
     first, second = Tombstone.for_user("a"), Tombstone.for_user("b")
     publish_tombstone(settings, first)
@@ -238,3 +250,29 @@ def test_tombstone_survives_json_round_trip_through_kafka(kafka_broker, tmp_path
     later, offsets = read_tombstones(settings, offsets)
     assert later == [second] and read_tombstones(settings, offsets)[0] == []
     assert json.loads(second.to_json())["user_id"] == "b"
+
+
+def test_a_pipeline_batch_applies_a_tombstone_but_leaves_the_registry_to_training(kafka_broker, tmp_path) -> None:
+    """A deletion that arrives only as a tombstone (the HTTP endpoint's path): the pipeline's batch
+    applies it to its own stores and ledger and writes no registry version; training's pass does."""
+    settings = _private_tombstones(pipeline_settings(kafka_broker.settings, tmp_path / "state"))
+    users = ["a", VICTIM, "c"]
+    _register_model(settings, users)
+    registry = ModelRegistry(settings.data.state_dir / "registry")
+    registered = _registry_files(settings)
+    tombstone = Tombstone.for_user(VICTIM, source="admin_api")
+    publish_tombstone(settings, tombstone)
+
+    pipeline = FeaturePipeline(settings)
+    try:
+        summary = pipeline.run_once()
+    finally:
+        pipeline.close()
+    assert summary.users_purged == 1  # the batch read and applied the tombstone...
+    assert TombstoneLedger.load(ledger_path(settings)).deleted == {VICTIM: tombstone.request_id}
+    assert _registry_files(settings) == registered  # ...and left every registry file as it was
+    assert registry.load_latest("lightgcn").manifest["ids"]["user"] == users
+
+    deletions = apply_registry_tombstones(settings)
+    assert deletions.users == {VICTIM} and deletions.versions == {"lightgcn": registry.latest_version("lightgcn")}
+    assert registry.load_latest("lightgcn").manifest["ids"]["user"] == ["a", "c"]

@@ -247,7 +247,9 @@ def test_crosscbr_registers_bundles_that_serving_loads(tiny_lake, fit_local, tmp
     save_final(run, model.export_embeddings(), report.metrics, describe_data(data))
     torch.save(model.state_dict(), run / BEST_FILE)
     outcome = TrainingOutcome(metrics=report.metrics, artifacts_dir=run, job=job, run_name="r")
-    register_outcome(outcome, str(tmp_path / "registry"), name="crosscbr")
+    # No broker: registration's deletion step reads no tombstone (a warning), and drops nobody.
+    settings = make_settings(tmp_path / "state", free_port(), kafka={"metadata_timeout_s": 0.5})
+    register_outcome(outcome, str(tmp_path / "registry"), name="crosscbr", settings=settings)
 
     manifest = ModelRegistry(tmp_path / "registry").load_latest("crosscbr").manifest
     assert manifest["ids"]["bundle"] == list(data.item_ids) and manifest["ids"]["user"] == list(data.user_ids)

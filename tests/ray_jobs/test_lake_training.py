@@ -29,6 +29,7 @@ from ray_jobs.trainers.config import JobConfig, TrainConfig
 from ray_jobs.trainers.evaluate import evaluate
 from ray_jobs.trainers.launch import TrainingOutcome
 from streamrec.cli import build_parser
+from streamrec.runtime.config import Settings
 from support import free_port, make_settings
 
 # The configs' protocol: leave-one-out, held-out item vs 100 sampled negatives.
@@ -60,7 +61,8 @@ def test_sasrec_registration_loads_for_inference(lake_data, fit_local, tmp_path)
     save_final(run, model.export_embeddings(), {"test/ndcg@10": 0.1}, describe_data(lake_data))
     torch.save(model.state_dict(), run / BEST_FILE)
     outcome = TrainingOutcome(metrics={"test/ndcg@10": 0.1}, artifacts_dir=run, job=job, run_name="r")
-    version = register_outcome(outcome, str(tmp_path / "registry"), name="sasrec")
+    settings = make_settings(tmp_path / "state", free_port())
+    version = register_outcome(outcome, str(tmp_path / "registry"), name="sasrec", settings=settings)
 
     registered = ModelRegistry(tmp_path / "registry").load_latest("sasrec")
     manifest = registered.manifest
@@ -109,9 +111,11 @@ def test_cmd_train_passes_the_settings_lake(tmp_path, monkeypatch):
 
     settings = make_settings(tmp_path / "state", free_port())
     seen: list[argparse.Namespace] = []
-    monkeypatch.setattr(launcher, "run", lambda args: seen.append(args) or 0)
+    passed: list[Settings] = []
+    monkeypatch.setattr(launcher, "run", lambda args, settings: seen.append(args) or passed.append(settings) or 0)
     cmd_train(build_parser().parse_args(["train", "lightgcn", "--config", "ray_jobs/configs/lightgcn_lake.yaml",
                                          "--until", "2017-12-01T00:00:00Z", "--epochs", "2"]), settings)
+    assert passed == [settings]  # registration reads these settings' tombstones and ledger
     assert seen[0].lake_root == str(settings.data.state_dir / "lake" / "events")
     assert seen[0].until == "2017-12-01T00:00:00Z" and seen[0].name == settings.serving.item_model
     assert seen[0].epochs == 2 and seen[0].datasets_dir == str(settings.data.datasets_dir)

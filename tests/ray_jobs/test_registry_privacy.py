@@ -1,19 +1,35 @@
 """Dropping deleted users from the registry: a new LATEST without their embedding rows, weights
-with their rows zeroed, everything else identical; serving's loader no longer knows them."""
+with their rows zeroed, everything else identical; serving's loader no longer knows them. Training
+applies the tombstones itself (``ray_jobs.registry.privacy``, on a real broker): once each, resuming
+from its ledger's offsets, and on every registration, even without a broker for the users it knows."""
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 import numpy as np
+import pytest
 import torch
 
+from features.privacy import Tombstone, TombstoneLedger, publish_tombstone
 from features.registry import ModelRegistry
 from features.registry.privacy import drop_user_rows
+from ray_jobs.registry.privacy import apply_registry_tombstones, ledger_path
+from ray_jobs.train import register_outcome
+from ray_jobs.trainers.checkpointing import BEST_FILE, save_final
+from ray_jobs.trainers.config import JobConfig
+from ray_jobs.trainers.launch import TrainingOutcome
 from serving.app.embeddings import load_embeddings
+from streamrec.runtime.config import Settings
+from streamrec.runtime.kafka import ensure_topics, topic_end_offsets
+from support import free_port, make_settings
 
 USERS = ["u1", "u2", "u3", "u4"]
 
 
-def _register(reg: ModelRegistry, tmp_path) -> tuple[str, dict]:
+def _register(reg: ModelRegistry, tmp_path, artefacts: dict[str, bytes] | None = None,
+              set_latest: bool = True) -> tuple[str, dict]:
     rng = np.random.default_rng(0)
     emb = {"user": rng.standard_normal((4, 3)).astype(np.float32), "item": rng.standard_normal((5, 3)).astype(np.float32)}
     weights = tmp_path / "w.pt"
@@ -23,8 +39,23 @@ def _register(reg: ModelRegistry, tmp_path) -> tuple[str, dict]:
         "lightgcn", embeddings=emb, metrics={"test/recall@20": 0.2}, config={"model": "lightgcn"},
         data_snapshot_id="sha256:abc", code_version="deadbeef", weights_file=weights,
         extra={"model": "lightgcn", "ids": {"user": USERS, "item": [f"i{i}" for i in range(5)]}},
+        artefacts=artefacts, set_latest=set_latest,
     )
     return version, emb
+
+
+def test_a_copy_of_a_named_version_keeps_its_artefacts_and_becomes_latest(tmp_path) -> None:
+    """What registration does: the version it wrote (not yet LATEST) is copied without the users."""
+    reg = ModelRegistry(tmp_path / "reg")
+    served, _ = _register(reg, tmp_path)
+    fresh, _ = _register(reg, tmp_path, artefacts={"user_encoder.pt2": b"program"}, set_latest=False)
+    assert reg.latest_version("lightgcn") == served
+
+    copy = drop_user_rows(str(tmp_path / "reg"), "lightgcn", {"u3"}, version=fresh)
+
+    latest = reg.load_latest("lightgcn")
+    assert latest.version == copy and latest.manifest["derived_from"] == {"version": fresh, "dropped_users": 1}
+    assert latest.artefacts == {"user_encoder.pt2": b"program"} and latest.manifest["ids"]["user"] == ["u1", "u2", "u4"]
 
 
 def test_drop_user_rows_registers_a_version_without_them(tmp_path) -> None:
@@ -58,3 +89,98 @@ def test_models_without_raw_user_ids_are_left_alone(tmp_path) -> None:
     reg.register("popularity", embeddings={"item": np.ones((2, 2), np.float32)}, metrics={}, config={},
                  data_snapshot_id="sha256:x")
     assert drop_user_rows(str(tmp_path / "reg"), "popularity", {"u1"}) is None
+
+
+# -- training's part of deletion: tombstones on a real broker, the ledger, registration ----------
+
+
+def _settings(tmp_path, port: int, **kafka) -> Settings:
+    """Settings on the test broker with a private tombstone topic (the broker is shared)."""
+    topics = {"tombstones": f"privacy.tombstones-{uuid.uuid4().hex[:8]}"}
+    return make_settings(tmp_path / "state", port, kafka={"topics": topics, **kafka})
+
+
+def _users(settings: Settings) -> list[str]:
+    return ModelRegistry(settings.data.state_dir / "registry").load_latest("lightgcn").manifest["ids"]["user"]
+
+
+@pytest.mark.kafka
+def test_registry_tombstones_are_applied_once_and_the_ledger_resumes_from_its_offsets(kafka_broker, tmp_path) -> None:
+    settings = _settings(tmp_path, kafka_broker.settings.broker.port)
+    ensure_topics(settings.kafka)
+    reg = ModelRegistry(settings.data.state_dir / "registry")
+    _register(reg, tmp_path)
+    path = ledger_path(settings)
+    assert path == settings.data.state_dir / "registry-privacy.json"
+    first_tombstone = Tombstone.for_user("u2")
+    publish_tombstone(settings, first_tombstone)
+
+    first = apply_registry_tombstones(settings)
+    assert first.users == {"u2"} and first.versions == {"lightgcn": reg.latest_version("lightgcn")}
+    assert _users(settings) == ["u1", "u3", "u4"]
+    ends = {p: o for p, o in topic_end_offsets(settings.kafka, settings.kafka.topics.tombstones).items() if o}
+    assert TombstoneLedger.load(path) == first.ledger
+    assert first.ledger.offsets == ends and first.ledger.deleted == {"u2": first_tombstone.request_id}
+    versions = reg.list_versions("lightgcn")
+
+    again = apply_registry_tombstones(settings)  # nothing new on the topic: nothing read, nothing written
+    assert (again.users, again.versions, reg.list_versions("lightgcn")) == (frozenset(), {}, versions)
+
+    publish_tombstone(settings, Tombstone.for_user("u3"))
+    third = apply_registry_tombstones(settings)  # only the tombstone after the saved offsets
+    assert third.users == {"u3"} and set(third.versions) == {"lightgcn"}
+    assert _users(settings) == ["u1", "u4"] and set(TombstoneLedger.load(path).deleted) == {"u2", "u3"}
+    versions = reg.list_versions("lightgcn")
+
+    TombstoneLedger().save(path)  # as after a crash before the first save: everything is read again
+    replay = apply_registry_tombstones(settings)
+    assert replay.users == {"u2", "u3"} and replay.versions == {}  # idempotent: nothing left to drop
+    assert reg.list_versions("lightgcn") == versions and TombstoneLedger.load(path) == third.ledger
+
+
+def _outcome(tmp_path) -> TrainingOutcome:
+    """A finished run as rank 0 leaves it (final/ embeddings and data.json, best weights)."""
+    rng = np.random.default_rng(2)
+    emb = {"user": rng.standard_normal((4, 3)).astype(np.float32), "item": rng.standard_normal((5, 3)).astype(np.float32)}
+    run = tmp_path / "run"
+    save_final(run, emb, {"test/recall@20": 0.1},
+               {"snapshot_id": "sha256:lake", "ids": {"user": USERS, "item": [f"i{i}" for i in range(5)]}})
+    torch.save({"user_emb.weight": torch.from_numpy(emb["user"].copy()),
+                "item_emb.weight": torch.from_numpy(emb["item"].copy())}, run / BEST_FILE)
+    job = JobConfig(name="bprmf_lake", model="bprmf", dataset={"name": "lake"})
+    return TrainingOutcome(metrics={"test/recall@20": 0.1}, artifacts_dir=run, job=job, run_name="r")
+
+
+@pytest.mark.kafka
+def test_a_model_registered_after_a_deletion_comes_without_the_user(kafka_broker, tmp_path) -> None:
+    """The run read the lake before u2 was deleted: registering it must not bring u2 back."""
+    settings = _settings(tmp_path, kafka_broker.settings.broker.port)
+    ensure_topics(settings.kafka)
+    tombstone = Tombstone.for_user("u2")
+    publish_tombstone(settings, tombstone)
+    root = settings.data.state_dir / "registry"
+
+    version = register_outcome(_outcome(tmp_path), str(root), name="lightgcn", settings=settings)
+
+    latest = ModelRegistry(root).load_latest("lightgcn")
+    assert latest.version == version and latest.manifest["ids"]["user"] == ["u1", "u3", "u4"]
+    assert latest.manifest["derived_from"]["dropped_users"] == 1
+    assert "u2" not in load_embeddings(root, "lightgcn", "user").row_of
+    assert torch.count_nonzero(latest.state_dict()["user_emb.weight"][1]) == 0
+    assert len(ModelRegistry(root).list_versions("lightgcn")) == 2  # the registered one, then without u2
+    assert TombstoneLedger.load(ledger_path(settings)).deleted == {"u2": tombstone.request_id}
+
+
+def test_registration_without_a_broker_still_drops_the_users_already_in_the_ledger(tmp_path, caplog) -> None:
+    settings = _settings(tmp_path, free_port(), metadata_timeout_s=0.5)  # nothing listens there
+    ledger = TombstoneLedger(offsets={0: 1}, deleted={"u3": "0" * 32})
+    ledger.save(ledger_path(settings))
+    root = settings.data.state_dir / "registry"
+
+    with caplog.at_level(logging.WARNING, logger="ray_jobs.registry.privacy"):
+        version = register_outcome(_outcome(tmp_path), str(root), name="lightgcn", settings=settings)
+
+    latest = ModelRegistry(root).load_latest("lightgcn")
+    assert latest.version == version and latest.manifest["ids"]["user"] == ["u1", "u2", "u4"]
+    assert "tombstones unreadable" in caplog.text
+    assert TombstoneLedger.load(ledger_path(settings)) == ledger  # unchanged: read again next time

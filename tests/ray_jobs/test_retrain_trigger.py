@@ -1,6 +1,7 @@
 """The loop's retrain trigger: due after ``retrain.min_new_events`` events reached the lake since
 the last retrain (the feature pipeline's committed offsets on a real broker), or when the models
-are old and anything is new; a due retrain submits one Ray job per model and records its position."""
+are old and anything is new; a due retrain submits one Ray job per model and records its position.
+Every check, due or not, drops the users of new tombstones from the registry first."""
 
 from __future__ import annotations
 
@@ -11,8 +12,13 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
+import numpy as np
+
+from features.privacy import Tombstone, publish_tombstone
+from features.registry import ModelRegistry
 from ray_jobs import retrain
 from streamrec.runtime.config import RetrainConfig
+from streamrec.runtime.kafka import ensure_topics
 from support import make_settings
 
 CONFIG = RetrainConfig(min_new_events=5, max_age_s=3600.0)
@@ -71,3 +77,25 @@ def test_the_job_is_streamrec_train_of_each_configured_model(epochs) -> None:
     entry = retrain._entrypoint(job, epochs)
     assert f"-m streamrec.cli train sasrec --config {job.config} --serve-as ranker" in entry
     assert ("--epochs 2" in entry) == (epochs == 2)
+
+
+@pytest.mark.kafka
+def test_every_check_drops_deleted_users_from_the_registry_due_or_not(kafka_broker, tmp_path) -> None:
+    """A deletion made through serving's API (only a tombstone) reaches the registry at the next check."""
+    tag = uuid.uuid4().hex[:8]
+    settings = make_settings(tmp_path, kafka_broker.settings.broker.port, pipeline={"group_id": f"retrain-test-{tag}"},
+                             kafka={"topics": {"tombstones": f"privacy.tombstones-{tag}"}})
+    ensure_topics(settings.kafka)
+    registry = ModelRegistry(settings.data.state_dir / "registry")
+    registry.register("lightgcn", embeddings={"user": np.ones((2, 2), np.float32)}, metrics={}, config={},
+                      data_snapshot_id="sha256:x", extra={"ids": {"user": ["u1", "u2"]}})
+    publish_tombstone(settings, Tombstone.for_user("u2", source="admin_api"))
+    logged: list[str] = []
+
+    decision = retrain.run_retrain(settings, log=logged.append)
+
+    assert not decision.due  # an empty lake: no retrain, and the deletion is applied all the same
+    latest = registry.load_latest("lightgcn")
+    assert latest.manifest["ids"]["user"] == ["u1"]
+    assert logged == [f"1 deleted users dropped from the registry: lightgcn -> {latest.version}"]
+    assert not retrain.run_retrain(settings, log=logged.append).due and len(logged) == 1  # applied once

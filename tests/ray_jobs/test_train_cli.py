@@ -71,7 +71,7 @@ def test_cmd_train_wiring(settings, monkeypatch, capsys):
     import ray_jobs.train as launcher
 
     seen: list = []
-    monkeypatch.setattr(launcher, "run", lambda run: seen.append(run) or 0)
+    monkeypatch.setattr(launcher, "run", lambda run, settings: seen.append(run) or 0)
     args = build_parser().parse_args(["train", "lightgcn", "--config", "ray_jobs/configs/lightgcn_taobao.yaml",
                                       "--num-workers", "2", "--use-gpu", "--epochs", "3"])
     assert cmd_train(args, settings) == 0

@@ -8,8 +8,7 @@ import httpx
 import pytest
 from recommender_support import learner_stats, recommender, wait_for  # noqa: F401 (fixture)
 
-from features.privacy import Tombstone
-from pipelines.privacy import publish_tombstone
+from features.privacy import Tombstone, publish_tombstone
 from streamrec.runtime.kafka import read_topic, topic_end_offsets
 
 pytestmark = [pytest.mark.kafka, pytest.mark.ray]
