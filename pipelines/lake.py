@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from features.events import event_to_json
 from features.lake import LAKE_SCHEMA
+from streamrec.runtime.files import atomic_path
 
 _FILE = re.compile(r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<start>\d{20})-(?P<stop>\d{20})\.parquet$")
 
@@ -205,10 +206,8 @@ _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 
 def _write_table(target: Path, table: pa.Table) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp)
 
 
 def read_event_lake(root: Path, from_date: date | None = None, dedupe: bool = True) -> pd.DataFrame:

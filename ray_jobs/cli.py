@@ -7,8 +7,8 @@
 * Ray: joins ``settings.ray.address`` when set, else the local head that ``streamrec up`` runs
   (``settings.ray.host``:``settings.ray.head_port``, with the stack's token from
   ``streamrec.local_stack.ray_client_env``), else starts a private Ray instance for the run.
-* Registry: ``--registry``, else the root the recommender reads (``settings.serving.registry_root``,
-  else ``settings.data.state_dir / "registry"``).
+* Registry: ``--registry``, else the root the recommender reads (``settings.registry_root``:
+  ``serving.registry_root``, else ``data.state_dir / "registry"``).
 * Name: ``--name``; else, with ``--serve-as item`` (the default for bprmf / lightgcn trained on a
   served catalogue: ``taobao`` or the event ``lake``, whose raw ids the recommender sees)
   ``settings.serving.item_model``; ``--serve-as ranker`` (the default for sasrec on a served
@@ -156,7 +156,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
     config = args.config or launcher.CONFIG_DIR / launcher.DEFAULT_CONFIGS[args.model]
     raw = yaml.safe_load(Path(config).read_text()) or {}
-    registry = args.registry or settings.serving.registry_root or str(settings.data.state_dir / "registry")
+    registry = args.registry or settings.registry_root
     dataset = raw.get("dataset", {})
     name = registry_name(args.model, dataset.get("name", ""), raw.get("name", args.model),
                          settings, args.name, args.serve_as)

@@ -202,7 +202,7 @@ def watch_for_retrained_models(settings: Settings, initial: dict[str, str], user
     (name -> version trained before the traffic): appends when, and which versions, to ``found``."""
     from features.registry import ModelRegistry
 
-    registry = ModelRegistry(settings.serving.registry_root or str(settings.data.state_dir / "registry"))
+    registry = ModelRegistry(settings.registry_root)
     deadline = time.monotonic() + timeout_s
     while not stop.is_set() and time.monotonic() < deadline:
         latest = {name: registry.latest_version(name) for name in initial}
@@ -274,7 +274,7 @@ def train_model(settings: Settings, model: str, config: Path, serve_as: str, epo
         raise RuntimeError(f"training {model} failed (exit {done.returncode}): " + " | ".join(tail))
     from features.registry import ModelRegistry
 
-    registry = ModelRegistry(settings.serving.registry_root or str(settings.data.state_dir / "registry"))
+    registry = ModelRegistry(settings.registry_root)
     name = getattr(settings.serving, {"item": "item_model", "ranker": "ranker_model", "bundle": "bundle_model"}[serve_as])
     version = registry.latest_version(name)
     loaded = registry.load(name, version)
@@ -663,7 +663,7 @@ def run_demo(settings: Settings, opts: DemoOptions | None = None) -> int:
         pipeline.stop()
         write_json(run_dir / "run.json", {
             "started_at": started_at.isoformat(), "finished_at": datetime.now(timezone.utc).isoformat(),
-            "experiment": experiment_name, "registry": settings.serving.registry_root or str(settings.data.state_dir / "registry"),
+            "experiment": experiment_name, "registry": settings.registry_root,
             "stages": counts.stages, "notes": counts.notes, "ok": ok, "retrains": retrains, "options": {k: str(v) for k, v in asdict(opts).items()},
         })
         report = write_report(run_dir)

@@ -234,6 +234,8 @@ def _new_ray_auth_token(settings: Settings) -> Path:
     _private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.unlink(missing_ok=True)
+    # Not runtime.files.atomic_path: that sets the mode after the write, and a secret must never sit
+    # in a file others can read, so this one is created 0600 (O_EXCL) before anything is written.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(secrets.token_hex(32))  # Ray's own token generator: 256 random bits, hex

@@ -60,7 +60,7 @@ def ledger_path(settings: Settings) -> Path:
 def purge_registry(settings: Settings, users: Collection[str]) -> dict[str, str]:
     """Drop ``users``' rows from the latest version of every model of the stack's registry
     (``serving.registry_root``, else ``<state_dir>/registry``); model name -> new version."""
-    root = Path(settings.serving.registry_root or settings.data.state_dir / "registry")
+    root = Path(settings.registry_root)
     if not users or ("://" not in str(root) and not root.is_dir()):
         return {}
     changed: dict[str, str] = {}

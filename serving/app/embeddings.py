@@ -128,8 +128,7 @@ class ReplicaEmbeddings:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        s = settings.serving
-        self.root = s.registry_root or str(settings.data.state_dir / "registry")
+        self.root = settings.registry_root
         self.item: EmbeddingTable | None = None
         self.user: EmbeddingTable | None = None
         self.bundle: EmbeddingTable | None = None

@@ -564,6 +564,12 @@ class Settings(BaseSettings):
         return values
 
     @property
+    def registry_root(self) -> str:
+        """The model registry's root: ``serving.registry_root``, else ``<data.state_dir>/registry``
+        (derived here once: training, serving, deletion and the demo all read this)."""
+        return self.serving.registry_root or str(self.data.state_dir / "registry")
+
+    @property
     def storefront_served(self) -> bool:
         """``frontend.storefront`` when set; unset, on in development and off in production (its page
         config hands out the publishable key, which a production shop embeds in its own pages)."""
