@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from features.registry.model_registry import ModelRegistry
+from features.registry.model_registry import ModelRegistry, RegisteredModel
 
 USER_KIND = "user"
 _RESERVED = {"name", "version", "created_at", "data_snapshot_id", "code_version", "metrics", "embeddings", "files"}
@@ -40,9 +40,18 @@ def _zero_user_rows(weights: bytes, n_users: int, rows: list[int]) -> bytes:
     return buffer.getvalue()
 
 
+# Copies of a model whose LATEST moved while they were written, before giving up (see drop_user_rows).
+_ATTEMPTS = 3
+
+
 def drop_user_rows(registry_root: str, model_name: str, user_ids: set[str], version: str | None = None) -> str | None:
     """Register a copy of ``model_name``'s latest version (or ``version``) without ``user_ids``' rows;
     ``LATEST`` moves to the copy.
+
+    A registration that moves ``LATEST`` while the copy of the latest version is written would be
+    rolled back by the copy, or keep the users if it read the deletion too early: so the copy is
+    made again from the newer version. This narrows the race to the instant between the last check
+    and the move; it cannot close it, as the registry has no compare-and-set on ``LATEST``.
 
     Args:
         registry_root: the registry's root (path or URI).
@@ -55,12 +64,33 @@ def drop_user_rows(registry_root: str, model_name: str, user_ids: set[str], vers
         The new version, or None when the version has no row of these users (or no raw user ids,
         in which case rows cannot be matched to users).
 
+    Raises:
+        RuntimeError: ``LATEST`` moved during each of the attempts.
+
     Example:
         >>> drop_user_rows("/tmp/registry", "lightgcn", {"u1"})  # doctest: +SKIP
         '20250101T000000000000Z-abc123'
     """
     registry = ModelRegistry(registry_root)
-    model = registry.load(model_name, version) if version is not None else registry.load_latest(model_name)
+    if version is not None:
+        copy = _copy_without(registry, registry.load(model_name, version), user_ids)
+        if copy is not None:
+            registry.set_latest(model_name, copy)
+        return copy
+    for _ in range(_ATTEMPTS):
+        source = registry.latest_version(model_name)
+        copy = _copy_without(registry, registry.load(model_name, source), user_ids)
+        if copy is None:
+            return None
+        if registry.latest_version(model_name) == source:
+            registry.set_latest(model_name, copy)
+            return copy
+    raise RuntimeError(f"LATEST of {model_name!r} moved during each of {_ATTEMPTS} copies; purge again")
+
+
+def _copy_without(registry: ModelRegistry, model: RegisteredModel, user_ids: set[str]) -> str | None:
+    """Register (without moving ``LATEST``) a copy of ``model`` without the users' rows; None when
+    it has none of them."""
     ids: list[str] | None = (model.manifest.get("ids") or {}).get(USER_KIND)
     matrix = model.embeddings.get(USER_KIND)
     if matrix is None or not isinstance(ids, list) or len(ids) != len(matrix):
@@ -80,9 +110,9 @@ def drop_user_rows(registry_root: str, model_name: str, user_ids: set[str], vers
             weights_file = Path(tmp) / "model.pt"
             weights_file.write_bytes(_zero_user_rows(model.weights, len(ids), rows))
         return registry.register(
-            model_name, embeddings=embeddings, metrics=model.manifest.get("metrics", {}), config=model.config,
+            model.name, embeddings=embeddings, metrics=model.manifest.get("metrics", {}), config=model.config,
             data_snapshot_id=model.manifest.get("data_snapshot_id", "unknown"),
             code_version=model.manifest.get("code_version", "unknown"), weights_file=weights_file, extra=extra,
             # Artefacts hold no user rows (a next-item model's encoder reads the live sequence).
-            artefacts=model.artefacts,
+            artefacts=model.artefacts, set_latest=False,
         )

@@ -184,3 +184,36 @@ def test_registration_without_a_broker_still_drops_the_users_already_in_the_ledg
     assert latest.version == version and latest.manifest["ids"]["user"] == ["u1", "u2", "u4"]
     assert "tombstones unreadable" in caplog.text
     assert TombstoneLedger.load(ledger_path(settings)) == ledger  # unchanged: read again next time
+
+
+def test_a_registration_landing_during_the_copy_is_copied_instead_of_rolled_back(tmp_path, monkeypatch) -> None:
+    """LATEST moves (a new model registered) while the purge copies the old one: the purge copies
+    the new one, so the new model is neither rolled back nor served with the deleted user."""
+    import features.registry.privacy as registry_privacy
+
+    reg = ModelRegistry(tmp_path / "reg")
+    _register(reg, tmp_path)
+    copy_without = registry_privacy._copy_without
+    landed: list[str] = []
+
+    def registration_lands_meanwhile(registry, model, user_ids):
+        copy = copy_without(registry, model, user_ids)
+        if not landed:
+            landed.append(_register(reg, tmp_path)[0])
+        return copy
+
+    monkeypatch.setattr(registry_privacy, "_copy_without", registration_lands_meanwhile)
+    copy = drop_user_rows(str(tmp_path / "reg"), "lightgcn", {"u2"})
+
+    latest = reg.load_latest("lightgcn")
+    assert latest.version == copy and latest.manifest["derived_from"]["version"] == landed[0]
+    assert "u2" not in latest.manifest["ids"]["user"]
+
+    def always_moves(registry, model, user_ids):
+        copy = copy_without(registry, model, user_ids)
+        _register(reg, tmp_path)
+        return copy
+
+    monkeypatch.setattr(registry_privacy, "_copy_without", always_moves)
+    with pytest.raises(RuntimeError, match="moved during each of 3 copies"):
+        drop_user_rows(str(tmp_path / "reg"), "lightgcn", {"u3"})
