@@ -182,6 +182,21 @@ def test_candidate_header_round_trip() -> None:
         decode_candidates(b'{"ids": ["a"], "dim": 2, "emb": "AAAA"}')
 
 
+def test_candidate_header_is_the_compact_json_it_was_and_keeps_any_unicode() -> None:
+    """The Rust serializer writes what ``json.dumps(separators=(",", ":"))`` wrote (headers logged
+    before the change and after read the same), and non-ASCII ids survive (as UTF-8)."""
+    import base64
+    import json
+
+    emb = np.random.default_rng(1).normal(size=(3, 4))
+    ids, items = ["b0", "b1", "b2"], [("i1", "i2"), ("i3",), ("i4", "i5", "i6")]
+    expected = {"ids": ids, "dim": 4, "emb": base64.b64encode(emb.astype(np.float32).tobytes()).decode("ascii"),
+                "items": [list(i) for i in items]}
+    assert encode_candidates(ids, emb, items) == json.dumps(expected, separators=(",", ":")).encode()
+    decoded = decode_candidates(encode_candidates(["bündel-ö", "包"], emb[:2], [("é",), ("\u2603",)]))
+    assert decoded.ids == ("bündel-ö", "包") and decoded.items == {"bündel-ö": ("é",), "包": ("\u2603",)}
+
+
 def test_candidate_header_carries_each_candidates_items() -> None:
     emb = np.zeros((2, 3))
     header = encode_candidates(["b0", "b1"], emb, [("i1", "i2"), ("i3",)])
