@@ -88,8 +88,10 @@ class BundleCandidates:
         cooccurrence = self._from_cooccurrence(found, anchor)
         self._from_catalogue(found, seed_item)
         popular = await self._popular.get(POPULAR_PULL)
-        for bundle_id, items, reason in self._popular_bundles(anchor, popular[:200]) if popular else ():
+        for bundle_id, items, reason in self._popular_bundles(anchor, popular[:200]) if popular and not found.full else ():
             found.add(items, BundleSource.POPULAR, reason, bundle_id=bundle_id)
+            if found.full:
+                break
         bundles = found.bundles
         all_items = {i for b in bundles for i in b.items}
         signals = RequestSignals(
@@ -187,10 +189,16 @@ class _CandidateList:
     def bundles(self) -> list[CandidateBundle]:
         return list(self._by_id.values())
 
+    @property
+    def full(self) -> bool:
+        return len(self._by_id) >= self.limit
+
     def add(self, items: tuple[str, ...], source: str, reason: str, bundle_id: str | None = None) -> None:
+        if self.full:  # first: the popular pool offers ~200 more than a full list takes
+            return
         bundle_id = bundle_id or bundle_id_for(items, source[:2])
         key = frozenset(items)
-        if bundle_id in self._by_id or key in self._item_sets or len(key) != len(items) or len(self._by_id) >= self.limit:
+        if bundle_id in self._by_id or key in self._item_sets or len(key) != len(items):
             return
         self._by_id[bundle_id] = CandidateBundle(bundle_id, items, source, reason)
         self._item_sets.add(key)
