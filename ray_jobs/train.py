@@ -125,8 +125,7 @@ def register_outcome(outcome: TrainingOutcome, registry_root: str, *, settings: 
         artefacts, entries = user_encoder_artefacts(network)
         extra.update(entries)
     name = name or job.name
-    registry = ModelRegistry(registry_root)
-    version = registry.register(
+    version = ModelRegistry(registry_root).register(
         name,
         embeddings=embeddings,
         metrics=outcome.metrics,
@@ -139,10 +138,7 @@ def register_outcome(outcome: TrainingOutcome, registry_root: str, *, settings: 
         set_latest=False,
     )
     # The lake was read before the deletions that arrived while this run trained.
-    forgotten = forget_deleted_users(settings, registry_root, name, version, ids.get("user", ()))
-    if forgotten is None:
-        registry.set_latest(name, version)
-    return forgotten or version
+    return forget_deleted_users(settings, registry_root, name, version, ids.get("user", ()))
 
 
 def main(argv: list[str] | None = None) -> int:

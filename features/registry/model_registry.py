@@ -215,6 +215,12 @@ class ModelRegistry:
         self.fs.move(tmp, f"{self._model_dir(name)}/{LATEST}")  # rename: readers see old or new
 
     # -- reading ---------------------------------------------------------------------------
+    def model_names(self) -> list[str]:
+        """Models with a current version (a ``LATEST`` pointer), sorted."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=False))
+        return sorted(Path(i.path).name for i in infos
+                      if i.type == pafs.FileType.Directory and self._exists(f"{i.path}/{LATEST}"))
+
     def list_versions(self, name: str) -> list[str]:
         """Complete versions of ``name``, oldest first."""
         base = f"{self._model_dir(name)}/versions"

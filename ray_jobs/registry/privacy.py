@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from features.privacy import Tombstone, TombstoneLedger, read_tombstones
+from features.registry import ModelRegistry
 from features.registry.privacy import drop_user_rows
 
 if TYPE_CHECKING:
@@ -54,20 +55,23 @@ class RegistryDeletions:
 
 
 def ledger_path(settings: Settings) -> Path:
-    return Path(settings.data.state_dir) / LEDGER_NAME
+    return settings.data.state_dir / LEDGER_NAME
 
 
 def purge_registry(settings: Settings, users: Collection[str]) -> dict[str, str]:
     """Drop ``users``' rows from the latest version of every model of the stack's registry
     (``serving.registry_root``, else ``<state_dir>/registry``); model name -> new version."""
-    root = Path(settings.registry_root)
-    if not users or ("://" not in str(root) and not root.is_dir()):
+    root = settings.registry_root
+    # Through the registry's filesystem: ``Path`` would turn an object-store URI into a local path
+    # that does not exist, and the purge would silently do nothing. A local root that does not
+    # exist yet is not created.
+    if not users or ("://" not in root and not Path(root).is_dir()):
         return {}
     changed: dict[str, str] = {}
-    for model_dir in sorted(p for p in root.iterdir() if (p / "LATEST").is_file()):
-        version = drop_user_rows(str(root), model_dir.name, set(users))
+    for name in ModelRegistry(root).model_names():
+        version = drop_user_rows(root, name, set(users))
         if version is not None:
-            changed[model_dir.name] = version
+            changed[name] = version
     return changed
 
 
@@ -98,10 +102,11 @@ def apply_registry_tombstones(settings: Settings) -> RegistryDeletions:
 
 
 def forget_deleted_users(settings: Settings, registry_root: str, name: str, version: str,
-                         model_users: Collection[str]) -> str | None:
+                         model_users: Collection[str]) -> str:
     """The registration step: drop every deleted user (the ledger's, after new tombstones) from
     ``name``'s ``version``, just registered under ``registry_root`` (``LATEST`` not yet moved),
-    then apply the new tombstones to the rest of the registry.
+    move ``LATEST`` to it or to its copy without them, then apply the new tombstones to the rest
+    of the registry.
 
     A broker that cannot be reached within ``kafka.metadata_timeout_s`` does not fail the
     registration: the users already in the ledger are dropped, with a warning (the next retrain
@@ -111,13 +116,13 @@ def forget_deleted_users(settings: Settings, registry_root: str, name: str, vers
         model_users: the raw user ids of the new version's ``user`` rows (``ids.user``).
 
     Returns:
-        The copy without them, now ``LATEST``; None when ``version`` holds no deleted user (the
-        caller moves ``LATEST`` to it).
+        The version now ``LATEST``: ``version``, or its copy without the deleted users it held.
     """
     from kafka.errors import KafkaError
 
-    if not model_users:
-        return None  # no user rows: nothing to drop, and no reason to reach the broker
+    if not model_users:  # no user rows: nothing to drop, and no reason to reach the broker
+        ModelRegistry(registry_root).set_latest(name, version)
+        return version
     path = ledger_path(settings)
     ledger = TombstoneLedger.load(path)
     try:
@@ -129,9 +134,11 @@ def forget_deleted_users(settings: Settings, registry_root: str, name: str, vers
     deleted = set(ledger.deleted) | {t.user_id for t in tombstones}
     present = deleted.intersection(model_users)
     copy = drop_user_rows(registry_root, name, present, version) if present else None
-    if copy is not None:
+    if copy is None:
+        ModelRegistry(registry_root).set_latest(name, version)
+    else:
         logger.info("dropped %d deleted users from %s (now %s)", len(present), name, copy,
                     extra={"model": name, "version": copy, "users": len(present)})
-    # The new version no longer holds them, so this purges only the other models.
+    # LATEST of this model holds none of them now, so this purges only the other models.
     _purge_and_record(settings, path, ledger, tombstones, offsets)
-    return copy
+    return copy or version

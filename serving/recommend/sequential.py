@@ -84,7 +84,7 @@ class SequenceRanker:
     def __init__(self, model: NextItemModel) -> None:
         self.model = model
         self.max_len = model.max_len
-        self.row_of = dict(model.row_of)
+        self.row_of = model.row_of
         # float32 as trained: next_items multiplies the whole catalogue per request; the rows
         # rank() returns are widened to float64 (exactly) for the diversity re-ranking.
         self._items = model.item_vectors

@@ -118,3 +118,13 @@ def test_artefacts_round_trip_and_names_are_checked(tmp_path):
         with pytest.raises(ValueError, match="invalid artefact name"):
             reg.register("sasrec", embeddings={}, metrics={}, config={}, data_snapshot_id="s", artefacts={bad: b"x"})
     assert reg.latest_version("sasrec") == version  # a refused registration moves nothing
+
+
+def test_model_names_are_the_models_with_a_latest_version(tmp_path):
+    reg = ModelRegistry(tmp_path / "reg")
+    assert reg.model_names() == []
+    _register(reg, "lightgcn", tmp_path)
+    _register(reg, "bprmf", tmp_path)
+    reg.register("unserved", embeddings={}, metrics={}, config={}, data_snapshot_id="s", set_latest=False)
+    assert reg.model_names() == ["bprmf", "lightgcn"]
+    assert ModelRegistry((tmp_path / "reg").as_uri()).model_names() == ["bprmf", "lightgcn"]

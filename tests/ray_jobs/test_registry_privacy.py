@@ -217,3 +217,20 @@ def test_a_registration_landing_during_the_copy_is_copied_instead_of_rolled_back
     monkeypatch.setattr(registry_privacy, "_copy_without", always_moves)
     with pytest.raises(RuntimeError, match="moved during each of 3 copies"):
         drop_user_rows(str(tmp_path / "reg"), "lightgcn", {"u3"})
+
+
+def test_purge_reaches_a_registry_given_as_a_uri(tmp_path) -> None:
+    """A registry root given as a filesystem URI (as an object store's would be) is purged through
+    the registry's own filesystem, not skipped as a local path that does not exist."""
+    from ray_jobs.registry.privacy import purge_registry
+
+    root = tmp_path / "reg"
+    old, _ = _register(ModelRegistry(root), tmp_path)
+    settings = make_settings(tmp_path / "state", free_port(), serving={"registry_root": root.as_uri()})
+
+    versions = purge_registry(settings, {"u2"})
+
+    latest = ModelRegistry(root).load_latest("lightgcn")
+    assert versions == {"lightgcn": latest.version} and latest.version != old
+    assert latest.manifest["ids"]["user"] == ["u1", "u3", "u4"]
+    assert purge_registry(settings, {"u2"}) == {}  # nothing left to drop
