@@ -117,9 +117,14 @@ def _job_client(settings: Settings) -> Any:
 def submit_jobs(settings: Settings, jobs: list[RetrainJob], epochs: int | None) -> list[dict[str, Any]]:
     """Submit one Ray job per model to the running head; returns their ids. Each job's driver runs
     ``streamrec train`` with this stack's state dir (registry, lake, Ray token) and code."""
+    from ray_jobs.registry import code_version
+
     client = _job_client(settings)
+    # The job's working dir is a copy without .git: the version is read here and carried through,
+    # or every retrained model would be registered with code_version "unknown".
     env = {"STREAMREC_DATA__STATE_DIR": str(Path(settings.data.state_dir).resolve()),
-           "STREAMREC_DATA__DATASETS_DIR": str(Path(settings.data.datasets_dir).resolve())}
+           "STREAMREC_DATA__DATASETS_DIR": str(Path(settings.data.datasets_dir).resolve()),
+           "STREAMREC_CODE_VERSION": code_version()}
     submitted = []
     for job in jobs:
         job_id = client.submit_job(

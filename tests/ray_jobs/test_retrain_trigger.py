@@ -79,6 +79,27 @@ def test_the_job_is_streamrec_train_of_each_configured_model(epochs) -> None:
     assert ("--epochs 2" in entry) == (epochs == 2)
 
 
+def test_each_job_carries_the_submitting_checkout_s_code_version(tmp_path, monkeypatch) -> None:
+    """The job's working dir is uploaded without .git: the submitter reads the version and passes it
+    on, so that a retrained model's manifest names the code it was trained with."""
+    from ray_jobs.registry import code_version
+
+    calls: list[dict] = []
+
+    class Client:
+        def submit_job(self, **kwargs):
+            calls.append(kwargs)
+            return f"raysubmit_{len(calls)}"
+
+    monkeypatch.setattr(retrain, "_job_client", lambda settings: Client())
+    monkeypatch.delenv("STREAMREC_CODE_VERSION", raising=False)
+    submitted = retrain.submit_jobs(make_settings(tmp_path, 1), list(CONFIG.jobs), None)
+    expected = code_version()
+    assert expected != "unknown"  # the tests run in a git checkout
+    assert [c["runtime_env"]["env_vars"]["STREAMREC_CODE_VERSION"] for c in calls] == [expected] * len(CONFIG.jobs)
+    assert [s["job_id"] for s in submitted] == [f"raysubmit_{i + 1}" for i in range(len(CONFIG.jobs))]
+
+
 @pytest.mark.kafka
 def test_every_check_drops_deleted_users_from_the_registry_due_or_not(kafka_broker, tmp_path) -> None:
     """A deletion made through serving's API (only a tombstone) reaches the registry at the next check."""
