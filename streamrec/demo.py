@@ -426,6 +426,36 @@ def logged_candidates(settings: Settings, experiment: str) -> dict[str, list[tup
             for d in log.decisions if d.candidate_items}
 
 
+@dataclass(frozen=True)
+class OpeSignCheck:
+    """Does an off-policy estimate point the way the online A/B went, and can it tell?"""
+
+    agrees: bool  # (estimate - logged value) has the sign of the online difference
+    established: bool  # the estimate's interval excludes the logged value: the estimate has a sign at all
+
+    @property
+    def verdict(self) -> str:
+        said = "agrees" if self.agrees else "DISAGREES"
+        return said if self.established else f"{said}, but not established (the interval includes the logged value)"
+
+
+def ope_sign_check(estimate: float, interval: tuple[float | None, float | None], logged: float,
+                   online_diff: float) -> OpeSignCheck:
+    """The sign of ``estimate - logged`` against ``online_diff``; established only where the
+    estimate's interval lies wholly on one side of ``logged`` (an estimate whose interval spans it
+    says nothing about the direction, whichever side its point value falls on).
+
+    Example:
+        >>> ope_sign_check(0.30, (0.26, 0.34), 0.24, +0.1)
+        OpeSignCheck(agrees=True, established=True)
+        >>> ope_sign_check(-0.02, (-0.68, 0.65), 0.24, +0.27).verdict
+        'DISAGREES, but not established (the interval includes the logged value)'
+    """
+    low, high = interval
+    established = low is not None and high is not None and (low > logged or high < logged)
+    return OpeSignCheck(agrees=(estimate - logged) * online_diff > 0, established=established)
+
+
 def run_ope(settings: Settings, experiment: dict[str, Any], run_dir: Path, counts: StageCounts) -> str:
     """`streamrec ope` of each bandit variant from the control's log alone, and whether the estimated
     difference with the control has the sign of the online difference (``ope.json``: the first
@@ -447,20 +477,27 @@ def run_ope(settings: Settings, experiment: dict[str, Any], run_dir: Path, count
             lines.append(f"streamrec ope {variant} failed (exit {done.returncode}): {(done.stderr or done.stdout).strip()[-300:]}")
             continue
         result = json.loads(out.read_text())
-        estimates = {e["estimator"]: e["value"] for e in result["estimates"]}
-        estimate = estimates.get("DR", estimates.get("SNIPS"))
+        estimates = {e["estimator"]: e for e in result["estimates"] if e["value"] is not None}
+        chosen = estimates.get("DR", estimates.get("SNIPS"))
         logged = result["on_policy_value"]
         online_diff = online.get(variant, float("nan")) - online.get(control, float("nan"))
-        if estimate is None:  # SNIPS alone, without support in the control's log
+        if chosen is None:  # SNIPS alone, without support in the control's log
             lines.append(f"OPE {variant} from the {control} log: undefined (the log never shows what it would choose)")
             continue
-        agrees = (estimate - logged) * online_diff > 0
-        counts.record("ope", **{variant: {"estimate": estimate, "estimator": "DR" if "DR" in estimates else "SNIPS",
-                                          "control_logged_value": logged, "online_ctr_difference": online_diff,
-                                          "sign_agrees": agrees}})
-        lines.append(f"OPE {variant} from the {control} log: {estimate:.4f} vs {control}'s logged {logged:.4f} "
-                     f"(slot-0 reward); online CTR difference {online_diff:+.4f}: sign {'agrees' if agrees else 'DISAGREES'}")
+        estimate, interval = chosen["value"], (chosen.get("ci_low"), chosen.get("ci_high"))
+        check = ope_sign_check(estimate, interval, logged, online_diff)
+        counts.record("ope", **{variant: {"estimate": estimate, "estimator": chosen["estimator"],
+                                          "interval": list(interval), "control_logged_value": logged,
+                                          "online_ctr_difference": online_diff, "sign_agrees": check.agrees,
+                                          "sign_established": check.established}})
+        lines.append(f"OPE {variant} from the {control} log: {estimate:.4f} [{_num(interval[0])}, {_num(interval[1])}] "
+                     f"vs {control}'s logged {logged:.4f} (slot-0 reward); online CTR difference {online_diff:+.4f}: "
+                     f"sign {check.verdict}")
     return "\n      ".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def verdict_line(experiment: dict[str, Any]) -> str:

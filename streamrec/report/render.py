@@ -359,15 +359,28 @@ def _ope_signs(data: RunData) -> str:
     stage = data.run.stages.get("ope", {}) if data.run is not None else {}
     if not stage:
         return ""
-    rows = [[name, f"{r['estimator']} {num(r['estimate'], 4)}", num(r["control_logged_value"], 4),
-             metric_effect("ctr", r["online_ctr_difference"]), "yes" if r["sign_agrees"] else "NO"]
+    rows = [[name, f"{r['estimator']} {num(r['estimate'], 4)}", _interval(r.get("interval")),
+             num(r["control_logged_value"], 4), metric_effect("ctr", r["online_ctr_difference"]),
+             "yes" if r["sign_agrees"] else "NO", _established(r.get("sign_established"))]
             for name, r in stage.items() if isinstance(r, dict)]
     return ("<h3>Off-policy vs online, per bandit variant</h3>"
-            + _table(["variant", "estimate from the control's log", "control's logged value",
-                      "online CTR difference", "same sign"], rows)
+            + _table(["variant", "estimate from the control's log", "interval", "control's logged value",
+                      "online CTR difference", "same sign", "sign established"], rows)
             + _note("Each variant's value estimated from the control's impressions alone (slot 0), minus the "
                     "control's logged value, against the online difference: OPE can tell the direction of a "
-                    "change before it is run."))
+                    "change before it is run. The sign is established only where the estimate's interval "
+                    "excludes the control's logged value; otherwise the estimate cannot tell the direction, "
+                    "whichever side its point value falls on."))
+
+
+def _interval(interval: Any) -> str:
+    if not isinstance(interval, (list, tuple)) or len(interval) != 2:
+        return "not recorded"
+    return f"[{num(interval[0], 4)}, {num(interval[1], 4)}]"
+
+
+def _established(value: Any) -> str:
+    return "not recorded" if value is None else ("yes" if value else "no: the interval includes the logged value")
 
 
 # -- 5. freshness and latency ------------------------------------------------------------------

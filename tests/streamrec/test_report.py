@@ -169,7 +169,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                    "training": {"models": [{"name": "lightgcn", "metrics": {"test/recall@20": 0.0587}}]},
                    "shoppers": {"requests": N_SHOPPERS},
                    "ope": {"linucb": {"estimate": 0.4123, "estimator": "DR", "control_logged_value": 0.2524,
-                                      "online_ctr_difference": 0.1, "sign_agrees": True}}},
+                                      "online_ctr_difference": 0.1, "sign_agrees": True,
+                                      "interval": [0.3012, 0.5234], "sign_established": True},
+                            "thompson": {"estimate": 0.2011, "estimator": "DR", "control_logged_value": 0.2524,
+                                         "online_ctr_difference": 0.05, "sign_agrees": False}}},
         "retrains": [{"serving_at": 1714557900.0, "versions": {"lightgcn": "v2"}, "during_traffic": True}],
         "notes": ["fault injected: killed the pipeline process once"], "ok": True, "options": {"epochs": "5"},
     }))
@@ -275,6 +278,10 @@ def test_rates_and_regret_sections_match_the_shopper_log(run_dir: Path, page: st
 def test_ope_latency_freshness_pipeline_and_training_numbers(run_dir: Path, page: str) -> None:
     ope = section_text(page, 4)
     assert "Off-policy vs online, per bandit variant" in ope and "DR 0.4123" in ope
+    flat = " ".join(ope.split())
+    # The interval and whether it settles the sign; a run recorded before either was kept says so.
+    assert "DR 0.4123 [0.3012, 0.5234] 0.2524" in flat and "sign established" in flat
+    assert "DR 0.2011 not recorded 0.2524" in flat
     for e in OPE["estimates"]:
         assert f"{e['estimator']} {num(e['value'], 4)} [{num(e['ci_low'], 4)}, {num(e['ci_high'], 4)}]" in " ".join(ope.split())
     assert num(OPE["on_policy_value"], 4) in ope
