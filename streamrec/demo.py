@@ -460,6 +460,8 @@ def run_ope(settings: Settings, experiment: dict[str, Any], run_dir: Path, count
     """`streamrec ope` of each bandit variant from the control's log alone, and whether the estimated
     difference with the control has the sign of the online difference (``ope.json``: the first
     variant's, for the report; every variant's in ``run.json`` stage ``ope``)."""
+    from streamrec.report.render import num
+
     definition = experiment["experiment"]
     control = definition.get("control")
     variants = [v["name"] for v in definition["variants"] if v["name"] != control]
@@ -490,14 +492,10 @@ def run_ope(settings: Settings, experiment: dict[str, Any], run_dir: Path, count
                                           "interval": list(interval), "control_logged_value": logged,
                                           "online_ctr_difference": online_diff, "sign_agrees": check.agrees,
                                           "sign_established": check.established}})
-        lines.append(f"OPE {variant} from the {control} log: {estimate:.4f} [{_num(interval[0])}, {_num(interval[1])}] "
+        lines.append(f"OPE {variant} from the {control} log: {estimate:.4f} [{num(interval[0], 4)}, {num(interval[1], 4)}] "
                      f"vs {control}'s logged {logged:.4f} (slot-0 reward); online CTR difference {online_diff:+.4f}: "
                      f"sign {check.verdict}")
     return "\n      ".join(lines)
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def verdict_line(experiment: dict[str, Any]) -> str:

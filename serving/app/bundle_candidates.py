@@ -201,15 +201,19 @@ class _CandidateList:
             return
         bundle_id = bundle_id or bundle_id_for(items, source[:2])
         key = frozenset(items)
-        if bundle_id in self._by_id or key in self._item_sets or len(key) != len(items):
-            return
-        self._by_id[bundle_id] = CandidateBundle(bundle_id, items, source, reason)
-        self._item_sets.add(key)
+        if self._is_new(bundle_id, key, len(items)):  # checked before the record is built
+            self._keep(CandidateBundle(bundle_id, items, source, reason), key)
 
     def add_built(self, bundle: CandidateBundle, key: frozenset[str]) -> None:
         """``add`` of a candidate built before (``key``: its item set), as the popular pool's are."""
-        if self.full or bundle.bundle_id in self._by_id or key in self._item_sets or len(key) != len(bundle.items):
-            return
+        if not self.full and self._is_new(bundle.bundle_id, key, len(bundle.items)):
+            self._keep(bundle, key)
+
+    def _is_new(self, bundle_id: str, key: frozenset[str], size: int) -> bool:
+        """Neither its id nor its item set is in the list yet, and its items are distinct."""
+        return bundle_id not in self._by_id and key not in self._item_sets and len(key) == size
+
+    def _keep(self, bundle: CandidateBundle, key: frozenset[str]) -> None:
         self._by_id[bundle.bundle_id] = bundle
         self._item_sets.add(key)
 

@@ -342,7 +342,7 @@ def _ope_section(data: RunData) -> str:
         return _problem(data, OPE_FILE) or _missing(f"Off-policy estimates ({OPE_FILE})")
     if not ope.estimates:
         return _missing(f"Off-policy estimates ({OPE_FILE} has no estimates)")
-    rows = [[e.estimator, num(e.value, 4), f"[{num(e.ci_low, 4)}, {num(e.ci_high, 4)}]",
+    rows = [[e.estimator, num(e.value, 4), _ope_interval((e.ci_low, e.ci_high)),
              num(e.value - ope.on_policy_value, 4) if None not in (e.value, ope.on_policy_value) else "n/a"]
             for e in ope.estimates]
     logged = (f"The logging policy's own value (mean logged reward): {num(ope.on_policy_value, 4)}."
@@ -359,7 +359,7 @@ def _ope_signs(data: RunData) -> str:
     stage = data.run.stages.get("ope", {}) if data.run is not None else {}
     if not stage:
         return ""
-    rows = [[name, f"{r['estimator']} {num(r['estimate'], 4)}", _interval(r.get("interval")),
+    rows = [[name, f"{r['estimator']} {num(r['estimate'], 4)}", _ope_interval(r.get("interval")),
              num(r["control_logged_value"], 4), metric_effect("ctr", r["online_ctr_difference"]),
              "yes" if r["sign_agrees"] else "NO", _established(r.get("sign_established"))]
             for name, r in stage.items() if isinstance(r, dict)]
@@ -373,7 +373,8 @@ def _ope_signs(data: RunData) -> str:
                     "whichever side its point value falls on."))
 
 
-def _interval(interval: Any) -> str:
+def _ope_interval(interval: Any) -> str:
+    """An OPE estimate's interval, as its table and the per-variant signs show it."""
     if not isinstance(interval, (list, tuple)) or len(interval) != 2:
         return "not recorded"
     return f"[{num(interval[0], 4)}, {num(interval[1], 4)}]"

@@ -112,17 +112,17 @@ def pooled_summary(name: str, segments: list[Segment], rate: float) -> dict[str,
         requests += measured_requests
         for field_name in ("latency_s", "service_s", "status", "lateness_s"):
             getattr(result, field_name).extend(getattr(measured, field_name))
-    overall = [Request(name, r.method, r.path) for r in requests]
-    summary = summarize(overall, result, rate=rate)[name]
+    def as_one(of: list[Request], res: Result) -> dict[str, Any]:  # every request under the endpoint's name
+        return summarize([Request(name, r.method, r.path) for r in of], res, rate=rate)[name]
+
+    summary = as_one(requests, result)
     # An error in a warm-up is still one a user got.
     statuses: Counter[str] = Counter()
     for segment in segments:
-        statuses.update(summarize([Request(name, r.method, r.path) for r in segment.requests], segment.result,
-                                  rate=rate)[name]["statuses"])
+        statuses.update(as_one(segment.requests, segment.result)["statuses"])
     summary["statuses_with_warmup"] = dict(sorted(statuses.items()))
     summary["errors_with_warmup"] = sum(n for code, n in statuses.items() if not 200 <= int(code) < 300)
-    summary["round_p50_ms"] = [summarize([Request(name, r.method, r.path) for r in reqs], res, rate=rate)[name]["p50_ms"]
-                               for reqs, res in (s.measured() for s in segments)]
+    summary["round_p50_ms"] = [as_one(*segment.measured())["p50_ms"] for segment in segments]
     if name != "noop":
         summary["by_user"] = summarize(requests, result, rate=rate)
     return summary
