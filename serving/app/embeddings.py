@@ -216,9 +216,9 @@ class ReplicaEmbeddings:
         table, found = self.item, self.user_query(user_id, history)
         if table is None or found is None:
             return {}
-        query = found[0]
-        known = [i for i in items if i in table.row_of]
+        query, row_of = found[0], table.row_of
+        known = [i for i in items if i in row_of]
         if not known:
             return {}
-        scores = table.matrix[[table.row_of[i] for i in known]] @ query
-        return {i: float(x) for i, x in zip(known, scores)}
+        scores = table.matrix[list(map(row_of.__getitem__, known))] @ query
+        return dict(zip(known, scores.tolist()))

@@ -123,7 +123,7 @@ def encode_candidates(ids: Sequence[str], embeddings: np.ndarray,
     if items is not None:
         if len(items) != len(ids):
             raise ValueError(f"items must have one list per candidate ({len(ids)}), got {len(items)}")
-        doc["items"] = [list(i) for i in items]
+        doc["items"] = list(items)  # tuples serialize as JSON arrays, as lists do
     # pydantic's Rust serializer: the same compact JSON as json.dumps for these strings and ints,
     # 4-7x faster on a 200-candidate set (~0.1 ms of each bundles request; measured 2026-12-07).
     return pydantic_core.to_json(doc)

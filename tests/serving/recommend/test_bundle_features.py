@@ -13,6 +13,7 @@ from serving.recommend.bundle_features import (
     CandidateBundle,
     RequestSignals,
     arm_feature_matrix,
+    standardised_columns,
     standardised_scores,
     user_feature_vector,
 )
@@ -205,3 +206,30 @@ def _random_request(rng: np.random.Generator) -> tuple[list[CandidateBundle], Re
 def test_columnar_features_equal_the_row_by_row_ones(seed: int) -> None:
     bundles, signals = _random_request(np.random.default_rng(seed))
     np.testing.assert_allclose(arm_feature_matrix(bundles, signals), _row_by_row(bundles, signals), rtol=1e-12, atol=1e-12)
+
+
+def test_standardised_scores_by_hand_and_their_edge_cases() -> None:
+    nan, inf = math.nan, math.inf
+    np.testing.assert_allclose(standardised_scores(np.array([2.0, nan, 0.0, 1.0])), z([2.0, None, 0.0, 1.0]))
+    np.testing.assert_allclose(standardised_scores(np.array([100.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])),
+                               [3.0] + [-1 / math.sqrt(10)] * 10)  # z = sqrt(10) clipped to 3
+    for no_spread in ([nan, nan], [nan, 4.0], [4.0, 4.0, nan], [inf, 1.0, -inf]):
+        assert standardised_scores(np.array(no_spread)).tolist() == [0.0] * len(no_spread)
+    assert standardised_scores(np.array([inf, 1.0, 3.0])).tolist() == [0.0, -1.0, 1.0]  # an infinite score is no score
+    assert standardised_scores(np.zeros(0)).shape == (0,)
+
+
+def test_standardised_columns_standardise_each_column_on_its_own() -> None:
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=(50, 5)) * [1.0, 10.0, 1e-3, 1.0, 1.0]
+    scores[rng.random((50, 5)) < 0.3] = math.nan
+    scores[:, 3] = math.nan  # no score at all
+    scores[1:, 4] = math.nan  # one score: no spread
+    got = standardised_columns(scores)
+    for column in range(5):
+        np.testing.assert_allclose(got[:, column], standardised_scores(scores[:, column]), rtol=1e-12, atol=1e-12)
+        known = np.isfinite(scores[:, column])
+        if known.sum() >= 2:
+            np.testing.assert_allclose(got[:, column], z([v if k else None for v, k in zip(scores[:, column], known)]),
+                                       rtol=1e-12, atol=1e-12)
+    assert not got[:, 3].any() and not got[:, 4].any()
