@@ -234,11 +234,11 @@ class _ItemSignals:
 
 def _distinct_categories(slots: _ItemSlots, items: _ItemSignals) -> np.ndarray:
     """(candidates,) how many distinct known categories each candidate's items have."""
-    category_code: dict[str, int] = {}
-    codes = np.array([-1 if c is None else category_code.setdefault(c, len(category_code)) for c in items.category],
-                     dtype=np.int64)
+    categories = items.category.tolist()
+    category_code = dict(zip(dict.fromkeys(categories), range(len(categories))))  # None (unknown) has one too
+    codes = np.fromiter(map(category_code.__getitem__, categories), dtype=np.int64, count=len(categories))
     slot_categories = codes[slots.codes]
-    known = slot_categories >= 0
+    known = slot_categories != category_code.get(None, -1)
     # A (candidates, categories) presence table: a request has a few hundred candidates over a few
     # dozen categories, and marking cells is cheaper than sorting (candidate, category) pairs.
     present = np.zeros((len(slots.sizes), len(category_code)), dtype=bool)
