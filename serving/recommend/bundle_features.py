@@ -25,7 +25,7 @@ import numpy as np
 
 __all__ = [
     "ARM_DIM", "ARM_FEATURES", "BundleSource", "CandidateBundle", "RequestSignals", "USER_DIM", "USER_FEATURES",
-    "arm_feature_matrix", "standardised_scores", "user_feature_vector",
+    "arm_feature_matrix", "standardised_columns", "standardised_scores", "user_feature_vector",
 ]
 
 ARM_FEATURES: tuple[str, ...] = (
@@ -208,8 +208,6 @@ class _ItemSignals:
     def of(cls, items: list[str], signals: RequestSignals) -> "_ItemSignals":
         # Dict lookups through ``map`` of the bound ``get`` (no Python frame per item): a request's
         # candidates have ~100 distinct items and ten signals each.
-        n = len(items)
-
         def looked_up(mapping: Mapping[str, Any], keys: Sequence[Any], missing: float) -> np.ndarray:
             return np.fromiter(map(mapping.get, keys, repeat(missing, len(keys))), dtype=np.float64, count=len(keys))
 
@@ -221,8 +219,8 @@ class _ItemSignals:
         return cls(
             next_score=looked_up(signals.next_item_score, items, math.nan),
             affinity=looked_up(signals.graph_affinity, items, math.nan),
-            is_anchor=as_objects == signals.anchor if n else np.zeros(0, dtype=bool),
-            is_seed=as_objects == signals.seed if n and signals.seed is not None else np.zeros(n, dtype=bool),
+            is_anchor=as_objects == signals.anchor,  # elementwise; all False for no anchor (None)
+            is_seed=as_objects == signals.seed if signals.seed is not None else np.zeros(len(items), dtype=bool),
             cooccurrence=looked_up(signals.cooccurrence, items, 0.0),
             popular=popular,
             log_popularity=np.log1p(np.where(popular, counts, 0.0)),
