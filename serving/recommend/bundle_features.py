@@ -181,12 +181,9 @@ class _ItemSlots:
     @classmethod
     def of(cls, bundles: Sequence[CandidateBundle]) -> "_ItemSlots":
         item_lists = [b.items for b in bundles]
-        flat = list(chain.from_iterable(item_lists))
-        distinct = list(dict.fromkeys(flat))
-        code_of = dict(zip(distinct, range(len(distinct))))
+        distinct, codes = _first_seen_codes(list(chain.from_iterable(item_lists)))
         sizes = np.fromiter(map(len, item_lists), dtype=np.int64, count=len(item_lists))
-        return cls(distinct, np.fromiter(map(code_of.__getitem__, flat), dtype=np.int64, count=len(flat)),
-                   np.repeat(np.arange(len(bundles)), sizes), sizes)
+        return cls(distinct, codes, np.repeat(np.arange(len(bundles)), sizes), sizes)
 
 
 @dataclass(frozen=True)
@@ -230,16 +227,22 @@ class _ItemSignals:
         )
 
 
+def _first_seen_codes(values: list[Any]) -> tuple[list[Any], np.ndarray]:
+    """The distinct values in order of first appearance, and each value's index among them (one
+    dict built and read through ``map``: no Python frame per value)."""
+    distinct = list(dict.fromkeys(values))
+    code_of = dict(zip(distinct, range(len(distinct))))
+    return distinct, np.fromiter(map(code_of.__getitem__, values), dtype=np.int64, count=len(values))
+
+
 def _distinct_categories(slots: _ItemSlots, items: _ItemSignals) -> np.ndarray:
     """(candidates,) how many distinct known categories each candidate's items have."""
-    categories = items.category.tolist()
-    category_code = dict(zip(dict.fromkeys(categories), range(len(categories))))  # None (unknown) has one too
-    codes = np.fromiter(map(category_code.__getitem__, categories), dtype=np.int64, count=len(categories))
+    distinct, codes = _first_seen_codes(items.category.tolist())  # None (unknown) gets a code too
     slot_categories = codes[slots.codes]
-    known = slot_categories != category_code.get(None, -1)
+    known = slot_categories != (distinct.index(None) if None in distinct else -1)
     # A (candidates, categories) presence table: a request has a few hundred candidates over a few
     # dozen categories, and marking cells is cheaper than sorting (candidate, category) pairs.
-    present = np.zeros((len(slots.sizes), len(category_code)), dtype=bool)
+    present = np.zeros((len(slots.sizes), len(distinct)), dtype=bool)
     present[slots.bundle_of_slot[known], slot_categories[known]] = True
     return present.sum(axis=1, dtype=np.float64)
 
