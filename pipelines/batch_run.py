@@ -25,7 +25,7 @@ import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -34,6 +34,8 @@ from apache_beam.runners.worker import statesampler
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection, TaggedOutput
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+from pipelines.packed import passed_by_reference
 
 __all__ = ["BatchInputs", "BatchOutputs", "CompiledBatch", "batch_options", "runs_in_process", "run_built", "stage_inputs"]
 
@@ -264,9 +266,10 @@ def run_built(graph: BatchGraph, values: dict[str, Any], beam_args: list[str], s
     options = batch_options(beam_args)
     folder = Path(tempfile.mkdtemp(prefix="streamrec-batch-", dir=_existing(staging_root)))
     inputs = folder / "inputs"
-    stage_inputs(inputs, values, runs_in_process(options))
+    in_process = runs_in_process(options)
+    stage_inputs(inputs, values, in_process)
     try:
-        with _short_state_sampling(), beam.Pipeline(options=options) as p:
+        with _short_state_sampling(), (passed_by_reference() if in_process else nullcontext()), beam.Pipeline(options=options) as p:
             _collect_all(graph(p, read_inputs(p, inputs, families)), folder)
         return BatchOutputs(_read_collected(folder), _metrics_of(p.result))
     finally:
@@ -315,7 +318,7 @@ class CompiledBatch:
             _clear_outputs(self.folder)
             stage_inputs(inputs, values, in_process=True)
             try:
-                with _short_state_sampling():
+                with _short_state_sampling(), passed_by_reference():
                     if self._runner.proto is None:
                         result = self._pipeline.run()
                     else:

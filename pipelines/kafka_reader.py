@@ -6,8 +6,11 @@ Why a reader process: kafka-python decodes every record in Python (~10 us a reco
 the 84k-record Taobao batch, measured). A large micro-batch whose state is passed whole needs no
 record before its Beam run starts (``pipelines.state_subset``), so its records are read in the
 reader process on a second core and reach the run chunk by chunk as they are decoded, while the
-run parses the chunks before them. The process is started once (``FeaturePipeline.prepare``) and
-serves every batch; it stops when its pipe closes (the pipeline closed, or its process died).
+run works on the chunks before them. The reader also drops the records of deleted users and, when
+asked, parses the records (``pipelines.event_rows.parse_ahead``): the parse was the largest part
+of the Beam run, and the second core was idle for most of it. The process is started once
+(``FeaturePipeline.prepare``) and serves every batch; it stops when its pipe closes (the pipeline
+closed, or its process died).
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import multiprocessing
 import signal
 import sys
 import time
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Collection, Iterable, Iterator, NamedTuple
 
 from kafka import KafkaConsumer, TopicPartition
 
-from pipelines.records import KafkaRecord
+from pipelines.records import KafkaRecord, ParsedRow
 
-__all__ = ["KafkaOffsetRange", "ReadAheadReader", "consumer", "iter_offset_ranges", "read_offset_ranges", "take_polled"]
+__all__ = ["KafkaOffsetRange", "ReadAheadReader", "ReadChunk", "consumer", "iter_offset_ranges", "read_offset_ranges", "take_polled"]
 
 
 class KafkaOffsetRange(NamedTuple):
@@ -113,6 +116,19 @@ def read_offset_ranges(client_options: dict[str, Any], ranges: Iterable[KafkaOff
 # --- the reader process -------------------------------------------------------------------
 
 
+class ReadChunk(NamedTuple):
+    """Records of one partition in offset order, as the reader process hands them over."""
+
+    records: list[KafkaRecord | ParsedRow]  # ParsedRow: parsed ahead (``ReadAheadReader.read(parse_share=...)``)
+    deleted_user_records: int  # records of deleted users dropped from this chunk
+
+
+class _ReadRequest(NamedTuple):
+    ranges: list[tuple[str, int, int, int]]
+    deleted: list[str]
+    parse_share: float
+
+
 class ReadAheadReader:
     """Offset ranges read in a reader process, handed over in chunks as they are decoded.
 
@@ -127,6 +143,7 @@ class ReadAheadReader:
         self.timeout_s = timeout_s
         self._process: Any = None
         self._conn: Any = None
+        self._reading = False  # a request was sent whose chunks have not all been taken
 
     def start(self) -> None:
         """Start the reader process (if it is not running) and wait until it serves."""
@@ -146,35 +163,49 @@ class ReadAheadReader:
             self.close()
             raise RuntimeError("the Kafka reader process did not start")
 
-    def read(self, ranges: Iterable[KafkaOffsetRange]) -> Iterator[list[KafkaRecord]]:
+    def read(self, ranges: Iterable[KafkaOffsetRange], deleted: Collection[str] = (),
+             parse_share: float = 0.0) -> Iterator[ReadChunk]:
         """The records of ``ranges`` in chunks (as ``iter_offset_ranges``), read in the process.
+        The request is sent now, so the process reads while the caller prepares to take them.
+
+        Args:
+            deleted: user ids whose records are dropped (``pipelines.privacy.drop_deleted_users``).
+            parse_share: the share of each chunk's records (its first ones) that is parsed there;
+                of them, those the strict parse takes come as ``ParsedRow``s, the others as they
+                are (``pipelines.event_rows.parse_ahead``).
 
         Raises:
             RuntimeError: the read failed in the process (its error named), or the process died.
         """
+        if self._reading:  # an earlier read was left before its end: the rest of it is in the pipe
+            self.close()
         self.start()
-        self._conn.send([tuple(r) for r in ranges])
-        finished = False
+        self._conn.send(_ReadRequest([tuple(r) for r in ranges], sorted(deleted), parse_share))
+        self._reading = True
+        return self._chunks()
+
+    def _chunks(self) -> Iterator[ReadChunk]:
         try:
             while True:
                 if not self._conn.poll(self.timeout_s + 30):
                     raise TimeoutError(f"the Kafka reader process sent nothing for {self.timeout_s + 30:.0f}s")
                 kind, payload = self._conn.recv()
                 if kind == "records":
-                    yield payload
+                    yield ReadChunk(*payload)
                 elif kind == "done":
-                    finished = True
+                    self._reading = False
                     return
                 else:
-                    finished = True  # the process reported and waits for the next request
+                    self._reading = False  # the process reported and waits for the next request
                     raise RuntimeError(f"reading Kafka in the reader process failed: {payload}")
         except (EOFError, OSError) as exc:
             raise RuntimeError(f"the Kafka reader process died ({type(exc).__name__})") from None
         finally:
-            if not finished:  # abandoned mid-read: the rest of this read is still in the pipe
+            if self._reading:  # abandoned mid-read: the rest of this read is still in the pipe
                 self.close()
 
     def close(self) -> None:
+        self._reading = False
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -202,16 +233,22 @@ def _serve(conn: Any, parent_end: Any, client_options: dict[str, Any], timeout_s
             request = conn.recv()
         except (EOFError, OSError):
             return
-        if not _answer(conn, client_options, [KafkaOffsetRange(*r) for r in request], timeout_s):
+        if not _answer(conn, client_options, _ReadRequest(*request), timeout_s):
             return
 
 
-def _answer(conn: Any, client_options: dict[str, Any], ranges: list[KafkaOffsetRange], timeout_s: float) -> bool:
+def _answer(conn: Any, client_options: dict[str, Any], request: _ReadRequest, timeout_s: float) -> bool:
     """Send one request's chunks and its end (or its error); False when the pipe is closed."""
+    # Here, not at the top: a spawned reader (not Linux) imports them only when it reads.
+    from pipelines.event_rows import parse_ahead
+    from pipelines.privacy import drop_deleted_users
+
+    ranges = [KafkaOffsetRange(*r) for r in request.ranges]
     try:
         for chunk in iter_offset_ranges(client_options, ranges, timeout_s):
+            kept, dropped = drop_deleted_users(chunk, request.deleted)
             try:
-                conn.send(("records", chunk))
+                conn.send(("records", (parse_ahead(kept, request.parse_share), dropped)))
             except OSError:
                 return False
         reply: tuple[str, Any] = ("done", None)

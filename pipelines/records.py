@@ -32,6 +32,15 @@ class ParsedRecord(NamedTuple):
     wire: bytes | None = None
 
 
+class ParsedRow(NamedTuple):
+    """A record the strict parse took, parsed ahead of the Beam run (``pipelines.event_rows.parse_ahead``):
+    its coordinates and its event as an ``EventRow`` (which carries the record's value)."""
+
+    partition: int
+    offset: int
+    row: tuple[Any, ...]  # pipelines.event_rows.EventRow
+
+
 class DeadLetter(NamedTuple):
     """A record the pipeline refused, with a machine-readable reason (same codes as the collector)."""
 

@@ -34,9 +34,9 @@ from pipelines.accumulators import (
     interactions,
     item_signals,
 )
+from pipelines.event_rows import ATTRIBUTED_TYPES, parse_record
 from pipelines.records import KafkaRecord
 from pipelines.state_store import FAMILIES, PipelineState
-from pipelines.transforms import ATTRIBUTED_TYPES, parse_record
 
 _JSON = json.JSONDecoder()
 

@@ -40,7 +40,7 @@ import apache_beam as beam
 from apache_beam.pvalue import AsSingleton, PCollection, TaggedOutput
 
 from features.entities import experiment_variant_key
-from features.events import EventRejected, parse_event, valid_event_from_json
+from features.events import valid_event_from_json
 from pipelines.accumulators import (
     COOCCURRENCE_TYPES,
     CooccurrenceState,
@@ -52,14 +52,32 @@ from pipelines.accumulators import (
     SessionState,
     UserState,
     UserUpdate,
-    bundle_signals,
     event_seconds,
     interactions,
-    item_signals,
+)
+from pipelines.event_rows import (  # noqa: F401  (ROW_* and parse_record: re-exported for the graph's callers)
+    ATTRIBUTED_TYPES,
+    ROW_BUNDLES,
+    ROW_EVENT,
+    ROW_ID,
+    ROW_ITEMS,
+    ROW_JSON,
+    ROW_LINES,
+    ROW_SESSION,
+    ROW_TS,
+    ROW_TYPE,
+    ROW_USER,
+    ROW_WIRE,
+    EventRow,
+    canonical_json,
+    event_row,
+    parse_record,
+    parsed_or_dead_letter,
+    parsed_record_of,
 )
 from pipelines.metrics import count_dead_letters, count_records
 from pipelines.packed import Packed
-from pipelines.records import DeadLetter, KafkaRecord, ParsedRecord
+from pipelines.records import DeadLetter, KafkaRecord, ParsedRecord, ParsedRow
 
 __all__ = [
     "ComputeBundleFeatures",
@@ -133,33 +151,7 @@ def _per_batch(value: Any) -> Any:
     return AsSingleton(value) if isinstance(value, PCollection) else value
 
 
-# --- event rows -------------------------------------------------------------------------------
-
-# An event as the keyed folds read it, as plain values: made once per event where the lateness
-# check reads it (``DropLateEvents(as_rows=True)``), then carried through the de-duplication
-# shuffle and read by every family's keying. Why not the event model: it crosses that shuffle
-# pickled and rebuilt by a Python call of its own each way (~9 us a round trip: 0.8 s of the
-# 84k-event Taobao batch, measured), and each family read it again (type dispatch, ``str`` of its
-# UUID); a tuple of strings, floats and tuples is pickled in C (~3.5 us with its JSON). A plain
-# tuple, not a NamedTuple: that pickles through a Python call per row again (3x slower, measured).
-ROW_ID, ROW_TS, ROW_TYPE, ROW_USER, ROW_SESSION, ROW_LINES, ROW_ITEMS, ROW_BUNDLES, ROW_EVENT, ROW_WIRE, ROW_JSON = range(11)
-# (event_id, ts seconds, type, user_id, session_id, ``interactions``, ``item_signals``,
-#  ``bundle_signals`` (as tuples), the event model where request attribution reads it
-#  (``ATTRIBUTED_TYPES``) else None, the record's value where the strict parse took it else None,
-#  the event's canonical JSON where asked for and there is no such value else None)
-EventRow = tuple[str, float, str, str, str, tuple[Any, ...], tuple[Any, ...], tuple[Any, ...], Any, "bytes | None", "bytes | None"]
-
-
-def event_row(event: Any, wire: bytes | None = None, canonical: bool = False) -> EventRow:
-    """The ``EventRow`` of a contract event; ``wire``: the value the strict parse took it from;
-    ``canonical``: keep its canonical JSON when there is no ``wire`` (de-duplication's tie-break)."""
-    kind = event.type
-    return (
-        str(event.event_id), event_seconds(event), kind, event.user_id, event.session_id,
-        tuple(interactions(event)), tuple(item_signals(event)), tuple(bundle_signals(event)),
-        event if kind in ATTRIBUTED_TYPES else None,
-        wire, _canonical(event) if canonical and wire is None else None,
-    )
+# --- event rows (``pipelines.event_rows``) ------------------------------------------------
 
 
 def _rows(values: list[Any]) -> list[EventRow]:
@@ -175,7 +167,7 @@ def _row_json(row: EventRow) -> bytes:
         return row[ROW_JSON]
     if row[ROW_WIRE] is None:
         raise ValueError(f"event row {row[ROW_ID]} carries no JSON to break a tie with")
-    return _canonical(valid_event_from_json(row[ROW_WIRE]))
+    return canonical_json(valid_event_from_json(row[ROW_WIRE]))
 
 
 def _time_of(value: Any) -> float:
@@ -190,67 +182,14 @@ def _id_of(value: Any) -> str:
 
 def _json_of(value: Any) -> bytes:
     """Canonical JSON of an ``EventRow``'s or an event's event."""
-    return _row_json(value) if type(value) is tuple else _canonical(value)
+    return _row_json(value) if type(value) is tuple else canonical_json(value)
 
 
 # --- parse, lateness, de-duplication ----------------------------------------------------------
 
 
-def parse_record(record: KafkaRecord) -> ParsedRecord:
-    """Decode and validate one Kafka record; raises ``EventRejected`` with a reason code."""
-    if record.value is None:
-        raise EventRejected("empty", "record has no value")
-    event = valid_event_from_json(record.value)
-    if event is not None:
-        return ParsedRecord(record.partition, record.offset, event, record.value)
-    try:
-        text = record.value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EventRejected("invalid_utf8", str(exc)) from None
-    try:
-        payload = _JSON.decode(text)
-    except ValueError as exc:
-        raise EventRejected("invalid_json", str(exc)) from None
-    return ParsedRecord(record.partition, record.offset, parse_event(payload))
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-# One decoder for every record: ``json.loads`` with an option builds a new decoder (and scanner)
-# per call.
-_JSON = json.JSONDecoder(parse_constant=_reject_constant)
-
-
-def _dead_letter(record: KafkaRecord, exc: EventRejected) -> DeadLetter:
-    event_id = None
-    try:
-        event_id = str(json.loads(record.value or b"").get("event_id"))  # best effort, for the DLQ reader
-    except Exception:  # noqa: BLE001 - the record is already known to be bad
-        pass
-    return DeadLetter(
-        reason=exc.reason,
-        detail=exc.detail,
-        raw=record.value or b"",
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        event_id=event_id,
-    )
-
-
-def _parsed_or_dead_letter(record: KafkaRecord) -> ParsedRecord | DeadLetter:
-    # Dead letters of our own rather than with_exception_handling: its dead-letter output carries
-    # only the exception's repr, and we need the reason code. Only contract violations are caught.
-    try:
-        return parse_record(record)
-    except EventRejected as exc:
-        return _dead_letter(record, exc)
-
-
 def _parse_or_dead_letter(record: KafkaRecord):
-    out = _parsed_or_dead_letter(record)
+    out = parsed_or_dead_letter(record)
     count_records("in")
     if isinstance(out, ParsedRecord):
         count_records("valid")
@@ -290,17 +229,23 @@ class ParseRecordBatches(beam.PTransform):
     """Lists of Kafka records -> lists of parsed events and lists of dead letters (``ParseEvents``
     over batched elements: the same parse, reason codes and failure rule per record).
 
+    Records the reader process parsed already (``ParsedRow``s, from ``pipelines.event_rows.parse_ahead``)
+    pass as they are.
+
     Returns:
-        ``{"parsed": Packed[list[ParsedRecord]], "dead_letters": Packed[list[DeadLetter]]}``
+        ``{"parsed": Packed[list[ParsedRecord | ParsedRow]], "dead_letters": Packed[list[DeadLetter]]}``
         (empty lists are not emitted).
     """
 
     def expand(self, batches):
-        def parse(records: Packed[list[KafkaRecord]]):
-            parsed: list[ParsedRecord] = []
+        def parse(records: Packed[list[KafkaRecord | ParsedRow]]):
+            parsed: list[ParsedRecord | ParsedRow] = []
             dead: list[DeadLetter] = []
             for record in records.value:
-                out = _parsed_or_dead_letter(record)
+                if type(record) is ParsedRow:
+                    parsed.append(record)
+                    continue
+                out = parsed_or_dead_letter(record)
                 (parsed if isinstance(out, ParsedRecord) else dead).append(out)
             count_records("in", len(records.value))
             count_records("valid", len(parsed))
@@ -361,11 +306,18 @@ class DropLateEvents(beam.PTransform):
     def expand(self, parsed):
         policy, topic, as_rows = self.policy, self.topic, self.as_rows
 
-        def split(batch: Packed[list[ParsedRecord]], watermark: float | None):
+        def split(batch: Packed[list[ParsedRecord | ParsedRow]], watermark: float | None):
             on_time, late = [], []
             for record in batch.value:
-                # A row here, where the record's wire form is at hand (de-duplication's tie-break).
-                event = event_row(record.event, record.wire, canonical=True) if as_rows else record.event
+                if type(record) is ParsedRow:
+                    if as_rows:
+                        event = record.row
+                    else:
+                        record = parsed_record_of(record)
+                        event = record.event
+                else:
+                    # A row here, where the record's wire form is at hand (de-duplication's tie-break).
+                    event = event_row(record.event, record.wire, canonical=True) if as_rows else record.event
                 if policy.is_late(_time_of(event), watermark):
                     late.append(late_dead_letter(record, policy, topic))
                 else:
@@ -378,23 +330,19 @@ class DropLateEvents(beam.PTransform):
         return {"events": out.events, "dead_letters": out.late}
 
 
-def late_dead_letter(record: ParsedRecord, policy: LatenessPolicy, topic: str) -> DeadLetter:
+def late_dead_letter(record: ParsedRecord | ParsedRow, policy: LatenessPolicy, topic: str) -> DeadLetter:
     """The dead letter of an event the lateness policy refused."""
+    if type(record) is ParsedRow:
+        record = parsed_record_of(record)
     return DeadLetter(
         "late_event",
         f"event time {record.event.ts.isoformat()} is more than {policy.allowed_lateness_s}s behind the watermark",
-        _canonical(record.event),
+        canonical_json(record.event),
         topic,
         record.partition,
         record.offset,
         str(record.event.event_id),
     )
-
-
-def _canonical(event: Any) -> bytes:
-    from features.events import event_to_json
-
-    return event_to_json(event)
 
 
 class EventTimeWatermark(beam.PTransform):
@@ -764,10 +712,6 @@ class ComputeBundleFeatures(beam.PTransform):
             _counter_fold("bundle_id", self.spec), self.shards,
         )
         return {"features": out["outputs"], "state": out["state"]}
-
-
-# Event types attributed to an experiment variant through their request_id.
-ATTRIBUTED_TYPES = ("impression", "click", "bundle_purchase")
 
 
 def variant_of(event: Any) -> str | None:

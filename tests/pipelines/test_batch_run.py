@@ -3,10 +3,12 @@ bundles in the driver's process, through the staging folder from bundles in work
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pickle
 
+import pyarrow as pa
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
@@ -85,6 +87,48 @@ def test_a_compiled_graph_gives_each_batch_what_a_graph_built_for_it_gives(tmp_p
         compiled_state = dataclasses.replace(compiled.state, offsets={0: chunk[-1].offset + 1})
         built_state = dataclasses.replace(built.state, offsets={0: chunk[-1].offset + 1})
     assert compiled.reprocessed == 4 and compiled.as_of > compute_batch(records[:9], PipelineState(), FeatureSpec(), args, "events", tmp_path).as_of
+
+
+def test_records_parsed_ahead_give_the_batch_what_the_records_give(tmp_path, monkeypatch):
+    """The reader process parses a large batch's records ahead (``parse_ahead``): its ``ParsedRow``s
+    and the records the strict parse refused, mixed, give the same features, lake, dead letters
+    (late and refused ones), counts and state as the raw records, with ``Packed`` elements passed
+    by reference between stages and pickled."""
+    from pipeline_support import T0, ev, mixed_events
+
+    from pipelines import batch_run
+
+    from features.events import event_to_json, parse_event
+    from pipelines.accumulators import FeatureSpec
+    from pipelines.event_rows import parse_ahead
+    from pipelines.lake import LAKE_SCHEMA
+    from pipelines.records import KafkaRecord, ParsedRow
+    from pipelines.runner import compute_batch
+    from pipelines.state_store import PipelineState
+
+    events = [*mixed_events(), ev("view", "u9", -200_000, item_id="i1")]  # the last one is late
+    values = [json.dumps(e, indent=i % 2 or None).encode() for i, e in enumerate(events)]
+    values += [values[3], b"{not json", json.dumps({**events[0], "user_id": 7}).encode()]  # a copy, two refused
+    records = [KafkaRecord("events", i % 2, i, 0, b"k", v) for i, v in enumerate(values)]
+    records.append(KafkaRecord("events", 0, len(values), 0, b"k", None))
+    ahead = parse_ahead(records)
+    assert sum(type(r) is ParsedRow for r in ahead) == len(events) + 1 and len(ahead) == len(records)
+    state = PipelineState(watermark=T0 + 1_000.0, offsets={0: 0, 1: 0})
+
+    def outcome(read, args):
+        result = compute_batch(read, state, FeatureSpec(), args, "events", tmp_path)
+        lake = pa.concat_tables(result.lake).sort_by([("kafka_partition", "ascending"), ("kafka_offset", "ascending")])
+        return (_rows(result), lake.cast(LAKE_SCHEMA).to_pylist(), sorted(result.dead_letters), result.duplicates,
+                result.records, result.as_of, result.state, {k: v for k, v in result.counters.items() if v})
+
+    args = ["--runner=DirectRunner", "--direct_num_workers=1"]
+    for by_reference in (True, False):
+        if not by_reference:
+            monkeypatch.setattr(batch_run, "passed_by_reference", contextlib.nullcontext)
+        raw, parsed = outcome(records, args), outcome(ahead, args)
+        assert parsed == raw
+        assert {d.reason for d in raw[2]} == {"late_event", "invalid_json", "wrong_type", "empty"}
+        assert raw[3] == 1 and any(raw[0].values())
 
 
 def test_bundles_of_a_batch_sample_their_state_with_the_short_period(tmp_path, monkeypatch):

@@ -28,7 +28,8 @@ from pipelines.accumulators import (
 from pipelines.kafka_source import KafkaOffsetRange
 from pipelines.lake import lake_row, lake_table, write_event_lake
 from pipelines.packed import Packed
-from pipelines.records import KafkaRecord, ParsedRecord
+from pipelines.event_rows import parse_ahead, parsed_record_of
+from pipelines.records import KafkaRecord, ParsedRecord, ParsedRow
 from pipelines.transforms import (
     ATTRIBUTED_TYPES,
     ComputeBundleFeatures,
@@ -238,6 +239,31 @@ def test_lake_tables_write_the_files_lake_rows_wrote(tmp_path):
     for name in rows_files:
         assert (tmp_path / "rows" / name).read_bytes() == (tmp_path / "tables" / name).read_bytes(), name
     assert write_event_lake(tmp_path / "empty", ranges, [lake_table([])]) == 0
+    # Records parsed ahead in the reader process (``ParsedRow``), mixed with parsed ones: the same files.
+    mixed = [ParsedRow(r.partition, r.offset, event_row(r.event, r.wire, canonical=True)) if r.wire and i % 3 else r
+             for i, r in enumerate(parsed)]
+    assert sum(type(r) is ParsedRow for r in mixed) > 100
+    mixed_chunks = [lake_table(mixed[i:i + 64]) for i in range(0, len(mixed), 64)]
+    assert write_event_lake(tmp_path / "mixed", ranges, mixed_chunks) == len(parsed)
+    for name in rows_files:
+        assert (tmp_path / "rows" / name).read_bytes() == (tmp_path / "mixed" / name).read_bytes(), name
+
+
+def test_records_parsed_ahead_are_the_rows_the_graph_makes():
+    """``parse_ahead`` (in the reader process): what the strict parse takes becomes the row the
+    lateness check makes of it; everything else stays a record, for the Beam run's parse and dead
+    letters; ``parsed_record_of`` gives back the parsed record."""
+    events = [*mixed_events(), ev("view", "u1", 5, item_id="i1")]
+    values = [json.dumps(e, indent=i % 2 or None).encode() for i, e in enumerate(events)]
+    records = [KafkaRecord("events", i % 3, i, 0, b"k", v) for i, v in enumerate(values)]
+    refused = [KafkaRecord("events", 0, 90, 0, b"k", b"[1"), KafkaRecord("events", 0, 91, 0, b"k", None),
+               KafkaRecord("events", 0, 92, 0, b"k", json.dumps({**events[0], "ts": T0}).encode())]
+    ahead = parse_ahead([*records, *refused])
+    assert ahead[len(records):] == refused
+    for record, row in zip(records, ahead):
+        parsed = parse_record(record)
+        assert row == ParsedRow(record.partition, record.offset, event_row(parsed.event, record.value, canonical=True))
+        assert parsed_record_of(row) == parsed
 
 
 def _user_updates(rng: random.Random, n: int) -> list:

@@ -56,11 +56,14 @@ def test_plan_read_commit_and_unbounded_read(kafka_broker, tmp_path):
 
 
 def test_the_reader_process_reads_what_the_driver_reads(kafka_broker, tmp_path):
-    """``ReadAheadReader`` serves one read after another with exactly the records of the ranges; a
-    failed read is reported with its cause and the process serves the next; a process that died
-    mid-read is an error, and the next read starts a new process."""
+    """``ReadAheadReader`` serves one read after another with exactly the records of the ranges
+    (less deleted users' records, parsed ahead where asked); a failed read is reported with its
+    cause and the process serves the next; a process that died mid-read is an error, and the next
+    read starts a new process."""
+    from pipelines.event_rows import parse_ahead
     from pipelines.kafka_reader import KafkaOffsetRange, ReadAheadReader
     from pipelines.kafka_source import read_offset_ranges
+    from pipelines.records import ParsedRow
 
     settings = pipeline_settings(kafka_broker.settings, tmp_path / "state")
     topic, group = settings.kafka.topics.events, settings.pipeline.group_id
@@ -76,14 +79,22 @@ def test_the_reader_process_reads_what_the_driver_reads(kafka_broker, tmp_path):
     try:
         reader.start()
         for ranges in (whole, part, whole):
-            chunks = list(reader.read(ranges))
+            chunks = [chunk.records for chunk in reader.read(ranges)]
             assert all(len({r.partition for r in chunk}) == 1 for chunk in chunks)
             assert key(r for chunk in chunks for r in chunk) == key(read_offset_ranges(settings.kafka, ranges))
         assert list(reader.read([])) == []
+
+        # Deleted users' records are dropped and counted there; parse=True parses ahead what it can.
+        chunks = list(reader.read(whole, deleted={"u1", "u3"}, parse_share=1.0))
+        expected = [r for r in read_offset_ranges(settings.kafka, whole) if r.key not in (b"u1", b"u3")]
+        assert sum(chunk.deleted_user_records for chunk in chunks) == 2000
+        got = sorted((r for chunk in chunks for r in chunk.records), key=lambda r: (r.partition, r.offset))
+        assert got == sorted(parse_ahead(expected), key=lambda r: (r.partition, r.offset))
+        assert got and all(type(r) is ParsedRow for r in got)
         beyond = [KafkaOffsetRange(topic, whole[0].partition, whole[0].stop, whole[0].stop + 5)]  # never written
         with pytest.raises(RuntimeError, match="TimeoutError"):
             list(reader.read(beyond))
-        assert len([r for chunk in reader.read(part) for r in chunk]) == sum(r.size for r in part)
+        assert len([r for chunk in reader.read(part) for r in chunk.records]) == sum(r.size for r in part)
 
         reading = reader.read(whole)
         next(reading)
@@ -92,7 +103,7 @@ def test_the_reader_process_reads_what_the_driver_reads(kafka_broker, tmp_path):
         process.join()
         with pytest.raises(RuntimeError, match="died"):
             list(reading)
-        assert len([r for chunk in reader.read(whole) for r in chunk]) == sum(r.size for r in whole)
+        assert len([r for chunk in reader.read(whole) for r in chunk.records]) == sum(r.size for r in whole)
         assert reader._process is not process
     finally:
         reader.close()
