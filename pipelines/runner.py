@@ -545,9 +545,9 @@ class FeaturePipeline:
 
     def _read_ahead(self, ranges: list[KafkaOffsetRange], deleted: Collection[str],
                     summary: BatchSummary) -> Iterator[KafkaRecord | ParsedRow]:
-        """The batch's records from the reader process as they come, less those of deleted users,
-        those the strict parse takes parsed there (``ParsedRow``). The process is started here,
-        before the Beam run and its threads, if ``prepare`` did not."""
+        """The batch's records from the reader process as they come: deleted users' records
+        dropped there, and ``PARSE_AHEAD_SHARE`` of them parsed there (``ParsedRow``s). The process
+        is started here, before the Beam run and its threads, if ``prepare`` did not."""
         reader = self._start_reader()
         chunks = reader.read(ranges, deleted, PARSE_AHEAD_SHARE)  # the reader starts now
 

@@ -55,7 +55,7 @@ from pipelines.accumulators import (
     event_seconds,
     interactions,
 )
-from pipelines.event_rows import (  # noqa: F401  (ROW_* and parse_record: re-exported for the graph's callers)
+from pipelines.event_rows import (  # noqa: F401  (ATTRIBUTED_TYPES, parse_record: re-exported for the graph's callers)
     ATTRIBUTED_TYPES,
     ROW_BUNDLES,
     ROW_EVENT,
