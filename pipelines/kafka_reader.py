@@ -143,7 +143,8 @@ class ReadAheadReader:
         self.timeout_s = timeout_s
         self._process: Any = None
         self._conn: Any = None
-        self._reading = False  # a request was sent whose chunks have not all been taken
+        self._reads = 0  # requests sent so far
+        self._unfinished: int | None = None  # the request whose chunks have not all been taken
 
     def start(self) -> None:
         """Start the reader process (if it is not running) and wait until it serves."""
@@ -177,14 +178,15 @@ class ReadAheadReader:
         Raises:
             RuntimeError: the read failed in the process (its error named), or the process died.
         """
-        if self._reading:  # an earlier read was left before its end: the rest of it is in the pipe
+        if self._unfinished is not None:  # an earlier read was left before its end: its rest is in the pipe
             self.close()
         self.start()
         self._conn.send(_ReadRequest([tuple(r) for r in ranges], sorted(deleted), parse_share))
-        self._reading = True
-        return self._chunks()
+        self._reads += 1
+        self._unfinished = self._reads
+        return self._chunks(self._reads)
 
-    def _chunks(self) -> Iterator[ReadChunk]:
+    def _chunks(self, read: int) -> Iterator[ReadChunk]:
         try:
             while True:
                 if not self._conn.poll(self.timeout_s + 30):
@@ -193,19 +195,21 @@ class ReadAheadReader:
                 if kind == "records":
                     yield ReadChunk(*payload)
                 elif kind == "done":
-                    self._reading = False
+                    self._unfinished = None
                     return
                 else:
-                    self._reading = False  # the process reported and waits for the next request
+                    self._unfinished = None  # the process reported and waits for the next request
                     raise RuntimeError(f"reading Kafka in the reader process failed: {payload}")
         except (EOFError, OSError) as exc:
             raise RuntimeError(f"the Kafka reader process died ({type(exc).__name__})") from None
         finally:
-            if self._reading:  # abandoned mid-read: the rest of this read is still in the pipe
+            # Abandoned mid-read: the rest of it is still in the pipe. Only while it is the latest
+            # read: a generator collected late must not stop the process serving a newer one.
+            if self._unfinished == read:
                 self.close()
 
     def close(self) -> None:
-        self._reading = False
+        self._unfinished = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -96,6 +96,14 @@ def test_the_reader_process_reads_what_the_driver_reads(kafka_broker, tmp_path):
             list(reader.read(beyond))
         assert len([r for chunk in reader.read(part) for r in chunk.records]) == sum(r.size for r in part)
 
+        # A read left mid-way: the next read replaces the process (the rest is in the pipe), and
+        # the left one, closed late (a collected generator), does not stop the newer read.
+        left = reader.read(whole)
+        next(left)
+        newer = reader.read(part)
+        left.close()
+        assert len([r for chunk in newer for r in chunk.records]) == sum(r.size for r in part)
+
         reading = reader.read(whole)
         next(reading)
         process = reader._process
