@@ -254,7 +254,10 @@ def compute_batch(
             them (any iterable: on the in-process runner the run takes them as they come, so a
             generator may still be reading them), or a PTransform from the pipeline root to
             ``KafkaRecord``s (one record per element; they are batched here).
-        state: the state after the previous batch (not modified).
+        state: the state after the previous batch. Its dicts are not changed, but on the
+            in-process runner the states in them are folded in place (``Packed`` elements pass
+            by reference): callers hand over a copy the batch may change, as ``merge_state``
+            and ``FeaturePipeline._saved_state(keep=False)`` already assume.
         spec: feature windows and sizes.
         beam_args: Beam pipeline options (the runner).
         staging_root: where the run's inputs and outputs are staged (default: the system temp dir).
