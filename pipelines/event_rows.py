@@ -17,8 +17,6 @@ from pipelines.records import DeadLetter, KafkaRecord, ParsedRecord, ParsedRow
 __all__ = [
     "ATTRIBUTED_TYPES",
     "EventRow",
-    "canonical_json",
-    "dead_letter_of",
     "event_row",
     "parse_ahead",
     "parse_record",
@@ -53,13 +51,8 @@ def event_row(event: Any, wire: bytes | None = None, canonical: bool = False) ->
         str(event.event_id), event_seconds(event), kind, event.user_id, event.session_id,
         tuple(interactions(event)), tuple(item_signals(event)), tuple(bundle_signals(event)),
         event if kind in ATTRIBUTED_TYPES else None,
-        wire, canonical_json(event) if canonical and wire is None else None,
+        wire, event_to_json(event) if canonical and wire is None else None,
     )
-
-
-def canonical_json(event: Any) -> bytes:
-    """The event's canonical wire form (``features.events.event_to_json``)."""
-    return event_to_json(event)
 
 
 # --- the parse ----------------------------------------------------------------------------------
@@ -92,7 +85,7 @@ def _reject_constant(name: str) -> Any:
 _JSON = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def dead_letter_of(record: KafkaRecord, exc: EventRejected) -> DeadLetter:
+def _dead_letter(record: KafkaRecord, exc: EventRejected) -> DeadLetter:
     """The dead letter of a record the parse refused."""
     event_id = None
     try:
@@ -111,12 +104,13 @@ def dead_letter_of(record: KafkaRecord, exc: EventRejected) -> DeadLetter:
 
 
 def parsed_or_dead_letter(record: KafkaRecord) -> ParsedRecord | DeadLetter:
-    """The parsed record, or its dead letter where the contract refuses it. Only contract
-    violations are caught: other exceptions are bugs and fail the batch."""
+    """The parsed record, or its dead letter where the contract refuses it."""
+    # Dead letters of our own rather than with_exception_handling: its dead-letter output carries
+    # only the exception's repr, and we need the reason code. Only contract violations are caught.
     try:
         return parse_record(record)
     except EventRejected as exc:
-        return dead_letter_of(record, exc)
+        return _dead_letter(record, exc)
 
 
 # --- parsed ahead, in the reader process ----------------------------------------------------------

@@ -40,7 +40,7 @@ import apache_beam as beam
 from apache_beam.pvalue import AsSingleton, PCollection, TaggedOutput
 
 from features.entities import experiment_variant_key
-from features.events import valid_event_from_json
+from features.events import event_to_json, valid_event_from_json
 from pipelines.accumulators import (
     COOCCURRENCE_TYPES,
     CooccurrenceState,
@@ -69,7 +69,6 @@ from pipelines.event_rows import (  # noqa: F401  (ATTRIBUTED_TYPES, parse_recor
     ROW_USER,
     ROW_WIRE,
     EventRow,
-    canonical_json,
     event_row,
     parse_record,
     parsed_or_dead_letter,
@@ -167,7 +166,7 @@ def _row_json(row: EventRow) -> bytes:
         return row[ROW_JSON]
     if row[ROW_WIRE] is None:
         raise ValueError(f"event row {row[ROW_ID]} carries no JSON to break a tie with")
-    return canonical_json(valid_event_from_json(row[ROW_WIRE]))
+    return event_to_json(valid_event_from_json(row[ROW_WIRE]))
 
 
 def _time_of(value: Any) -> float:
@@ -182,7 +181,7 @@ def _id_of(value: Any) -> str:
 
 def _json_of(value: Any) -> bytes:
     """Canonical JSON of an ``EventRow``'s or an event's event."""
-    return _row_json(value) if type(value) is tuple else canonical_json(value)
+    return _row_json(value) if type(value) is tuple else event_to_json(value)
 
 
 # --- parse, lateness, de-duplication ----------------------------------------------------------
@@ -337,7 +336,7 @@ def late_dead_letter(record: ParsedRecord | ParsedRow, policy: LatenessPolicy, t
     return DeadLetter(
         "late_event",
         f"event time {record.event.ts.isoformat()} is more than {policy.allowed_lateness_s}s behind the watermark",
-        canonical_json(record.event),
+        event_to_json(record.event),
         topic,
         record.partition,
         record.offset,
