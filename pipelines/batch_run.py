@@ -23,7 +23,9 @@ import pickle
 import shutil
 import tempfile
 import threading
+import types
 import uuid
+import weakref
 from dataclasses import dataclass
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -31,6 +33,7 @@ from typing import Any, Callable, Iterator
 
 import apache_beam as beam
 from apache_beam.runners.worker import statesampler
+from apache_beam.transforms import core as beam_core
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection, TaggedOutput
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
@@ -259,6 +262,47 @@ def _short_state_sampling() -> Iterator[None]:
             init.__defaults__ = previous
 
 
+_SIGNATURES_LOCK = threading.Lock()
+
+
+def _remembering(args_defaults: Callable[[Any], tuple[list[str], list[Any]]]) -> Callable[[Any], tuple[list[str], list[Any]]]:
+    """``apache_beam.transforms.core.get_function_args_defaults``, remembering its answer for each
+    Python function (weakly: the lambdas of a run's unpickled DoFns go with them), bound or not."""
+    by_function: dict[bool, weakref.WeakKeyDictionary] = {False: weakref.WeakKeyDictionary(), True: weakref.WeakKeyDictionary()}
+
+    def remembered(f: Any) -> tuple[list[str], list[Any]]:
+        bound = isinstance(f, types.MethodType)
+        function = f.__func__ if bound else f
+        if type(function) is not types.FunctionType:  # builtins, partials, callables: as they are
+            return args_defaults(f)
+        known = by_function[bound].get(function)
+        if known is None:
+            known = by_function[bound][function] = args_defaults(f)
+        return list(known[0]), list(known[1])
+
+    return remembered
+
+
+@contextmanager
+def _remembered_signatures() -> Iterator[None]:
+    """Bundles whose DoFns' signatures are inspected once per function, not once per bundle.
+
+    Why: each bundle of a run builds its operations anew, and each looks for state and timer
+    parameters in every method of its DoFn (``userstate.get_dofn_specs``: ``inspect.signature`` of
+    ~30 methods a DoFn, ~5,400 calls a run). That was ~0.13 s of every micro-batch's fixed cost of
+    ~0.5 s (a 19-event batch: 0.51 -> 0.39 s, measured). A signature depends only on its function,
+    so each is remembered for the run. Beam gives no option for it; the function is swapped for
+    the run and restored after, like the sampler's period.
+    """
+    with _SIGNATURES_LOCK:
+        previous = beam_core.get_function_args_defaults
+        beam_core.get_function_args_defaults = _remembering(previous)
+        try:
+            yield
+        finally:
+            beam_core.get_function_args_defaults = previous
+
+
 
 def run_built(graph: BatchGraph, values: dict[str, Any], beam_args: list[str], staging_root: Path | None,
               families: tuple[str, ...]) -> BatchOutputs:
@@ -269,7 +313,7 @@ def run_built(graph: BatchGraph, values: dict[str, Any], beam_args: list[str], s
     in_process = runs_in_process(options)
     stage_inputs(inputs, values, in_process)
     try:
-        with _short_state_sampling(), (passed_by_reference() if in_process else nullcontext()), beam.Pipeline(options=options) as p:
+        with _short_state_sampling(), _remembered_signatures(), (passed_by_reference() if in_process else nullcontext()), beam.Pipeline(options=options) as p:
             _collect_all(graph(p, read_inputs(p, inputs, families)), folder)
         return BatchOutputs(_read_collected(folder), _metrics_of(p.result))
     finally:
@@ -318,7 +362,7 @@ class CompiledBatch:
             _clear_outputs(self.folder)
             stage_inputs(inputs, values, in_process=True)
             try:
-                with _short_state_sampling(), passed_by_reference():
+                with _short_state_sampling(), _remembered_signatures(), passed_by_reference():
                     if self._runner.proto is None:
                         result = self._pipeline.run()
                     else:

@@ -154,3 +154,59 @@ def test_bundles_of_a_batch_sample_their_state_with_the_short_period(tmp_path, m
         compute_batch([], PipelineState(), FeatureSpec(), [], "events", tmp_path)
     assert periods and set(periods) == {STATE_SAMPLING_PERIOD_MS}
     assert statesampler.StateSampler.__init__.__defaults__ == default
+
+
+def test_remembered_signatures_answer_as_beam_does_once_per_function():
+    import gc
+    import weakref
+
+    import apache_beam as beam
+    from apache_beam.transforms import core, userstate
+    from apache_beam.transforms.userstate import BagStateSpec
+
+    from pipelines.batch_run import _remembered_signatures, _remembering
+
+    calls: list[str] = []  # names: holding the functions would keep them alive
+
+    def counting(f):
+        calls.append(f.__name__)
+        return core.get_function_args_defaults(f)
+
+    remembered = _remembering(counting)
+
+    class Stateful(beam.DoFn):
+        BAG = BagStateSpec("bag", beam.coders.VarIntCoder())
+
+        def process(self, element, bag=beam.DoFn.StateParam(BAG), stamp=beam.DoFn.TimestampParam):
+            yield element
+
+    def plain(a, b=2, *rest, c=3):
+        return a
+
+    stateful = Stateful()
+    for f in (plain, stateful.process, Stateful.process, stateful.start_bundle, len):
+        assert remembered(f) == core.get_function_args_defaults(f)
+        assert remembered(f) == core.get_function_args_defaults(f)
+    # Bound and unbound forms of one function are told apart; a builtin is never remembered.
+    assert remembered(stateful.process)[0] == ["element", "bag", "stamp"]
+    assert remembered(Stateful.process)[0] == ["self", "element", "bag", "stamp"]
+    assert sorted(calls) == sorted(["plain", "process", "process", "start_bundle", "len", "len"])
+    # The lists handed out are the caller's own.
+    args, defaults = remembered(plain)
+    args.append("mutated")
+    assert remembered(plain)[0] == ["a", "b"]
+    # Weakly: a run's unpickled lambdas are not kept alive.
+    fn = lambda x, y=1: x  # noqa: E731
+    remembered(fn)
+    gone = weakref.ref(fn)
+    del fn
+    gc.collect()
+    assert gone() is None
+
+    # In a run, Beam's own search for state specs sees the same specs; restored after.
+    original = core.get_function_args_defaults
+    with _remembered_signatures():
+        assert core.get_function_args_defaults is not original
+        assert userstate.get_dofn_specs(Stateful()) == userstate.get_dofn_specs(stateful)
+        assert userstate.get_dofn_specs(Stateful())[0] == {Stateful.BAG}
+    assert core.get_function_args_defaults is original
