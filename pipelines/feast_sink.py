@@ -144,7 +144,17 @@ def coded_column(series: pd.Series, value_type: Any) -> CodedColumn:
     values = series.tolist()
     every_row = np.arange(len(values))
     if value_type in _LIST_FIELDS and all(v is None or (isinstance(v, list) and None not in v) for v in values):
-        field_name, message = _LIST_FIELDS[value_type]
-        list_type = getattr(Value_pb2, message)
-        return CodedColumn([Value() if v is None else Value(**{field_name: list_type(val=v)}) for v in values], every_row)
+        field_name, _message = _LIST_FIELDS[value_type]
+
+        def list_value(items: list[Any]) -> Any:
+            # Filled in place: half the cost of Value(<field>=<List>(val=items)) (1.9 against
+            # 3.8 us for 20 strings; a cooccurrence row holds six such lists). SetInParent: an
+            # empty list is still a set (empty) list, as the constructor makes it.
+            value = Value()
+            field = getattr(value, field_name)
+            field.SetInParent()
+            field.val.extend(items)
+            return value
+
+        return CodedColumn([Value() if v is None else list_value(v) for v in values], every_row)
     return CodedColumn(python_values_to_proto_values(values, value_type), every_row)
