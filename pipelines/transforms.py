@@ -46,6 +46,7 @@ from pipelines.accumulators import (
     CooccurrenceState,
     CounterState,
     FeatureSpec,
+    ItemSignalColumns,
     ItemState,
     LatenessPolicy,
     RequestState,
@@ -53,6 +54,7 @@ from pipelines.accumulators import (
     UserState,
     UserUpdate,
     event_seconds,
+    fold_item_shard,
     interactions,
 )
 from pipelines.event_rows import (  # noqa: F401  (ATTRIBUTED_TYPES, parse_record: re-exported for the graph's callers)
@@ -377,72 +379,92 @@ def _largest_pair(a: float | None, b: float | None) -> float | None:
 # --- keyed folds over shards ------------------------------------------------------------------
 
 
-def _values_and_states(groups: dict[str, Iterable[Any]]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
-    """A co-grouped shard: its values per key (``"events"``: packed ``{key: [value, ...]}`` from
-    ``split_by_shard``, one per input batch) and its carried states (``"state"``: packed
-    ``{key: state}`` dicts)."""
+def _merged_values(parts: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:
+    """A shard's values per key from its parts (``split_by_shard``'s ``{key: [value, ...]}``, one
+    per input batch)."""
     values: dict[str, list[Any]] = {}
-    for batch in groups["events"]:
-        for key, batch_values in batch.value.items():
+    for part in parts:
+        for key, batch_values in part.items():
             known = values.get(key)
             if known is None:
                 values[key] = list(batch_values)
             else:
                 known.extend(batch_values)
-    states: dict[str, Any] = {}
-    for part in groups["state"]:
-        states.update(part.value)
-    return values, states
+    return values
 
 
 # A per-key fold: (key, the batch's values of the key, its carried state or None, as-of time, the
 # watermark before the batch) -> (outputs, new state or None to forget the key).
 KeyFold = Callable[[str, list[Any], Any, Any, Any], tuple[list[Any], Any]]
+# A shard's fold: (the shard's parts, one per input batch, its carried {key: state}, as-of time,
+# the watermark before the batch) -> (outputs, {key: state} to keep).
+ShardFold = Callable[[list[Any], dict[str, Any], Any, Any], tuple[list[Any], dict[str, Any]]]
+# A batch's values by shard: (the batch, shards) -> one (shard, Packed(part)) per shard present.
+ShardSplit = Callable[[list[Any], int], list[tuple[int, Packed[Any]]]]
 
 
-class _FoldShard(beam.DoFn):
-    """Folds every key of one shard (keys with new values, and keys with only carried state: their
-    windows may have moved); one list of outputs and one ``(shard, {key: state})`` per shard."""
+def _key_by_key(fold: KeyFold) -> ShardFold:
+    """The ``ShardFold`` that folds every key of a shard with ``fold``: the keys with new values,
+    and the keys with only carried state (their windows may have moved)."""
 
-    def __init__(self, fold: KeyFold):
-        self.fold = fold
-
-    def process(self, kv, as_of=None, watermark=None):
-        shard, groups = kv
-        values, states = _values_and_states(groups)
+    def fold_shard(parts: list[dict[str, list[Any]]], states: dict[str, Any], as_of: Any, watermark: Any):
+        values = _merged_values(parts)
         outputs: list[Any] = []
         kept: dict[str, Any] = {}
         for key in values.keys() | states.keys():
-            produced, state = self.fold(key, values.get(key, []), states.get(key), as_of, watermark)
+            produced, state = fold(key, values.get(key, []), states.get(key), as_of, watermark)
             outputs.extend(produced)
             if state is not None:
                 kept[key] = state
+        return outputs, kept
+
+    return fold_shard
+
+
+def _pairs_by_shard(key_values: Callable[[list[Any]], Iterable[tuple[str, Any]]]) -> ShardSplit:
+    """The ``ShardSplit`` of ``(key, value)`` pairs: ``split_by_shard`` of ``key_values(batch)``."""
+    return lambda batch, shards: split_by_shard(key_values(batch), shards)
+
+
+class _FoldShard(beam.DoFn):
+    """Folds one shard (its parts and its carried states) with a ``ShardFold``; one list of
+    outputs and one ``(shard, {key: state})`` per shard."""
+
+    def __init__(self, fold_shard: ShardFold):
+        self.fold_shard = fold_shard
+
+    def process(self, kv, as_of=None, watermark=None):
+        shard, groups = kv
+        states: dict[str, Any] = {}
+        for part in groups["state"]:
+            states.update(part.value)
+        outputs, kept = self.fold_shard([part.value for part in groups["events"]], states, as_of, watermark)
         if outputs:
             yield Packed(outputs)
         yield TaggedOutput("state", (shard, Packed(kept)))
 
 
 class _KeyedFold(beam.PTransform):
-    """Key each batch's values by ``key_values``, meet the carried state per shard, fold per key.
+    """Split each batch by shard with ``split``, meet the carried state per shard, fold each shard
+    with ``fold_shard`` (``_key_by_key`` of a per-key fold, or a fold of its own by columns).
 
     Returns:
         ``{"outputs": lists of what the fold produced, "state": (shard, {key: state})}``.
     """
 
-    def __init__(self, key_values: Callable[[list[Any]], Iterable[tuple[str, Any]]], fold: KeyFold, shards: int,
-                 as_of=None, watermark=None):
+    def __init__(self, split: ShardSplit, fold_shard: ShardFold, shards: int, as_of=None, watermark=None):
         super().__init__()
-        self.key_values, self.fold, self.shards, self.as_of, self.watermark = key_values, fold, shards, as_of, watermark
+        self.split, self.fold_shard, self.shards, self.as_of, self.watermark = split, fold_shard, shards, as_of, watermark
 
     def expand(self, inputs):
-        key_values, shards = self.key_values, self.shards
-        keyed = inputs["events"] | "ByShard" >> beam.FlatMap(lambda batch: split_by_shard(key_values(batch.value), shards))
+        split, shards = self.split, self.shards
+        keyed = inputs["events"] | "ByShard" >> beam.FlatMap(lambda batch: split(batch.value, shards))
         side = {"as_of": AsSingleton(self.as_of)} if self.as_of is not None else {}
         side["watermark"] = _per_batch(self.watermark)
         out = (
             {"events": keyed, "state": inputs["state"]}
             | "Group" >> beam.CoGroupByKey()
-            | "Fold" >> beam.ParDo(_FoldShard(self.fold), **side).with_outputs("state", main="outputs")
+            | "Fold" >> beam.ParDo(_FoldShard(self.fold_shard), **side).with_outputs("state", main="outputs")
         )
         return {"outputs": out.outputs, "state": out.state}
 
@@ -580,25 +602,17 @@ class ComputeUserFeatures(beam.PTransform):
         self.as_of, self.spec, self.watermark_s, self.shards = as_of, spec, watermark_s, shards
 
     def expand(self, inputs):
-        out = inputs | "Fold" >> _KeyedFold(_user_update_values, _user_fold(self.spec), self.shards, self.as_of,
-                                            self.watermark_s)
+        out = inputs | "Fold" >> _KeyedFold(_pairs_by_shard(_user_update_values), _key_by_key(_user_fold(self.spec)),
+                                            self.shards, self.as_of, self.watermark_s)
         return {"features": out["outputs"], "state": out["state"]}
 
 
-def _item_fold(spec: FeatureSpec) -> KeyFold:
-    def fold(item_id: str, signals: list[tuple[float, str, int]], state: ItemState | None, as_of: float | None,
-             watermark_s: float | None):
-        if as_of is None:
-            return [], state
-        state = state or ItemState()
-        emit = bool(signals) or state.window_changed(watermark_s, as_of, spec)
-        for ts, kind, quantity in sorted(signals):  # arrival order is the runner's: keep the state canonical
-            state.add_signal(ts, kind, quantity)
-        rows = [state.features(item_id, as_of, spec)] if emit else []
-        state.prune(as_of, spec)
-        return rows, (state if state.recent or state.rec_impressions or state.rec_clicks else None)
+def _item_shard_fold(spec: FeatureSpec) -> ShardFold:
+    def fold_shard(parts: list[ItemSignalColumns], states: dict[str, ItemState], as_of: float | None,
+                   watermark_s: float | None):
+        return fold_item_shard(parts, states, as_of, watermark_s, spec)
 
-    return fold
+    return fold_shard
 
 
 def _item_signal_values(batch: list[Any]) -> Iterator[tuple[str, tuple[float, str, int]]]:
@@ -606,6 +620,15 @@ def _item_signal_values(batch: list[Any]) -> Iterator[tuple[str, tuple[float, st
         ts = row[ROW_TS]
         for item, kind, quantity in row[ROW_ITEMS]:
             yield item, (ts, kind, quantity)
+
+
+def _item_signals_by_shard(batch: list[Any], shards: int) -> list[tuple[int, Packed[ItemSignalColumns]]]:
+    """A batch's item signals by columns (``ItemSignalColumns``), split by their item's shard.
+    Why columns: the items' fold sums them in numpy (``fold_item_shard``), and a shard's signals
+    cross the shuffle as a few arrays instead of a list per item."""
+    columns = ItemSignalColumns.of([(item, row[ROW_TS], kind, quantity)
+                                    for row in _rows(batch) for item, kind, quantity in row[ROW_ITEMS]])
+    return [(shard, Packed(part)) for shard, part in columns.by_group((shard_of(item, shards) for item in columns.items), shards)]
 
 
 class ComputeItemFeatures(beam.PTransform):
@@ -618,7 +641,7 @@ class ComputeItemFeatures(beam.PTransform):
 
     def expand(self, inputs):
         out = inputs | "Fold" >> _KeyedFold(
-            _item_signal_values, _item_fold(self.spec), self.shards, self.as_of, self.watermark_s
+            _item_signals_by_shard, _item_shard_fold(self.spec), self.shards, self.as_of, self.watermark_s
         )
         return {"features": out["outputs"], "state": out["state"]}
 
@@ -679,11 +702,11 @@ class ComputeItemCooccurrence(beam.PTransform):
 
     def expand(self, inputs):
         sessions = {"events": inputs["events"], "state": inputs["sessions"]} | "Sessions" >> _KeyedFold(
-            _session_line_values,
-            _session_fold(self.spec.state_retention_s), self.shards, self.as_of,
+            _pairs_by_shard(_session_line_values),
+            _key_by_key(_session_fold(self.spec.state_retention_s)), self.shards, self.as_of,
         )
         items = {"events": sessions["outputs"], "state": inputs["state"]} | "Items" >> _KeyedFold(
-            lambda updates: updates, _cooccurrence_fold(self.spec), self.shards,
+            _pairs_by_shard(lambda updates: updates), _key_by_key(_cooccurrence_fold(self.spec)), self.shards,
         )
         return {"features": items["outputs"], "state": items["state"], "sessions": sessions["state"]}
 
@@ -707,8 +730,8 @@ class ComputeBundleFeatures(beam.PTransform):
 
     def expand(self, inputs):
         out = inputs | "Fold" >> _KeyedFold(
-            lambda batch: (signal for row in _rows(batch) for signal in row[ROW_BUNDLES]),
-            _counter_fold("bundle_id", self.spec), self.shards,
+            _pairs_by_shard(lambda batch: (signal for row in _rows(batch) for signal in row[ROW_BUNDLES])),
+            _key_by_key(_counter_fold("bundle_id", self.spec)), self.shards,
         )
         return {"features": out["outputs"], "state": out["state"]}
 
@@ -748,10 +771,12 @@ class ComputeExperimentFeatures(beam.PTransform):
     def expand(self, inputs):
         requests = {"events": inputs["events"], "state": inputs["requests"]} | "Requests" >> _KeyedFold(
             # The row keeps the event model of exactly the ATTRIBUTED_TYPES.
-            lambda batch: ((row[ROW_EVENT].request_id, row[ROW_EVENT]) for row in _rows(batch) if row[ROW_EVENT] is not None),
-            _request_fold(self.spec.state_retention_s), self.shards, self.as_of,
+            _pairs_by_shard(lambda batch: ((row[ROW_EVENT].request_id, row[ROW_EVENT])
+                                           for row in _rows(batch) if row[ROW_EVENT] is not None)),
+            _key_by_key(_request_fold(self.spec.state_retention_s)), self.shards, self.as_of,
         )
         variants = {"events": requests["outputs"], "state": inputs["state"]} | "Variants" >> _KeyedFold(
-            lambda increments: increments, _counter_fold("experiment_variant", self.spec), self.shards,
+            _pairs_by_shard(lambda increments: increments), _key_by_key(_counter_fold("experiment_variant", self.spec)),
+            self.shards,
         )
         return {"features": variants["outputs"], "state": variants["state"], "requests": requests["state"]}
