@@ -245,16 +245,13 @@ class UserState:
                     a = affinity.get(category_id)
                     if a is None:
                         a = 0.0
-                    else:
-                        for factor in factors[applied.get(category_id, 0):]:
-                            a = a * factor
+                    else:  # math.prod multiplies left to right, one float product at a time: the same bits
+                        a = math.prod(factors[applied.get(category_id, 0):], start=a)
                     affinity[category_id] = a + weight * math.exp(-(last_seen - ts) / decay)
                     applied[category_id] = len(factors)
         if factors:
             for category, a in affinity.items():
-                for factor in factors[applied.get(category, 0):]:
-                    a = a * factor
-                affinity[category] = a
+                affinity[category] = math.prod(factors[applied.get(category, 0):], start=a)
         self.last_seen = last_seen
         if added and len(sequence) > spec.sequence_length:
             self.sequence = sorted(sequence)[-spec.sequence_length :]
