@@ -1,4 +1,4 @@
-"""Per-key feature state and the exact feature definitions (pure Python, no Beam, no I/O).
+"""Per-key feature state and the exact feature definitions (Python and numpy, no Beam, no I/O).
 
 The Beam composites in ``pipelines.transforms`` group events by key and fold them into these
 accumulators; the same accumulators would sit in a stateful DoFn on a streaming runner. Every
