@@ -33,10 +33,10 @@ _SCALAR_FIELDS = {
     ValueType.STRING: ("string_val", str),
 }
 _LIST_FIELDS = {
-    ValueType.INT64_LIST: ("int64_list_val", "Int64List"),
-    ValueType.DOUBLE_LIST: ("double_list_val", "DoubleList"),
-    ValueType.STRING_LIST: ("string_list_val", "StringList"),
-    ValueType.BOOL_LIST: ("bool_list_val", "BoolList"),
+    ValueType.INT64_LIST: "int64_list_val",
+    ValueType.DOUBLE_LIST: "double_list_val",
+    ValueType.STRING_LIST: "string_list_val",
+    ValueType.BOOL_LIST: "bool_list_val",
 }
 
 VIEWS = {view.name: view for view in ALL_FEATURE_VIEWS}
@@ -144,7 +144,7 @@ def coded_column(series: pd.Series, value_type: Any) -> CodedColumn:
     values = series.tolist()
     every_row = np.arange(len(values))
     if value_type in _LIST_FIELDS and all(v is None or (isinstance(v, list) and None not in v) for v in values):
-        field_name, _message = _LIST_FIELDS[value_type]
+        field_name = _LIST_FIELDS[value_type]
 
         def list_value(items: list[Any]) -> Any:
             # Filled in place: half the cost of Value(<field>=<List>(val=items)) (1.9 against
