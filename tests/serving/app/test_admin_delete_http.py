@@ -15,7 +15,10 @@ pytestmark = [pytest.mark.kafka, pytest.mark.ray]
 
 
 def _counter(client: httpx.Client, name: str) -> int:
-    return (learner_stats(client) or {}).get("counters", {}).get(name, 0)
+    # A stats read that failed (a busy replica's non-200) must not read as 0: the session's learner
+    # has folded other tests' impressions, so a "before" of 0 would let a wait pass at once.
+    stats = wait_for(lambda: learner_stats(client), what="the learner's stats")
+    return stats.get("counters", {}).get(name, 0)
 
 
 def _show_bundles(client: httpx.Client, user_id: str) -> None:
