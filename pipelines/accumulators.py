@@ -306,6 +306,10 @@ class ItemState:
         """Whether the windowed counts changed only because time moved on (no new event)."""
         return _window_changed((ts for ts, _, _ in self.recent), previous, as_of, spec)
 
+    def has_signals(self) -> bool:
+        """Whether the state holds anything worth keeping (else the item is forgotten)."""
+        return bool(self.recent or self.rec_impressions or self.rec_clicks)
+
     def prune(self, as_of: float, spec: FeatureSpec) -> None:
         self.recent = [r for r in self.recent if r[0] > as_of - spec.window_long_s]
 
@@ -471,11 +475,12 @@ def fold_item_shard(
             old_short, old_long = _window_totals(state.recent, as_of, spec, _ITEM_KINDS)
             short = tuple(a + old_short[k] for a, k in zip(short, _ITEM_KINDS))
             long = tuple(a + old_long[k] for a, k in zip(long, _ITEM_KINDS))
-            state.recent = [r for r in state.recent if r[0] > long_from] + recent[bounds[i]:bounds[i + 1]]
+            state.prune(as_of, spec)
+            state.recent.extend(recent[bounds[i]:bounds[i + 1]])
             state.rec_impressions += impressions[i]
             state.rec_clicks += clicks[i]
         rows.append(_item_row(item, short, long, state.rec_impressions, state.rec_clicks, spec))
-        if state.recent or state.rec_impressions or state.rec_clicks:
+        if state.has_signals():
             kept[item] = state
     touched = set(signals.items)
     for item, state in states.items():
@@ -484,7 +489,7 @@ def fold_item_shard(
         if state.window_changed(watermark_s, as_of, spec):
             rows.append(state.features(item, as_of, spec))
         state.prune(as_of, spec)
-        if state.recent or state.rec_impressions or state.rec_clicks:
+        if state.has_signals():
             kept[item] = state
     return rows, kept
 

@@ -231,10 +231,6 @@ def _always(state: Any) -> bool:
     return True  # user state is kept for good, as in the micro-batches
 
 
-def _item_kept(state: ItemState) -> bool:
-    return bool(state.recent or state.rec_impressions or state.rec_clicks)
-
-
 class _ExpiringFold(beam.DoFn):
     """A session's or a request's state: folds its events, emits what they change downstream, and
     is dropped ``retention_s`` of event time after its last event (as the micro-batches prune)."""
@@ -336,7 +332,7 @@ class ComputeFeaturesStreaming(beam.PTransform):
                 lambda eh: [(item, ((event_seconds(eh[0]), kind, qty), eh[1])) for item, kind, qty in item_signals(eh[0])]
             )
             | "Items" >> beam.ParDo(
-                _WindowedFold("item_features", spec, ItemState, _add_item_signal, _item_times, _item_kept)
+                _WindowedFold("item_features", spec, ItemState, _add_item_signal, _item_times, ItemState.has_signals)
             ).with_input_types(_KEYED)
         )
         cooccurrence = (

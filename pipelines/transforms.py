@@ -616,19 +616,16 @@ def _item_shard_fold(spec: FeatureSpec) -> ShardFold:
     return fold_shard
 
 
-def _item_signal_values(batch: list[Any]) -> Iterator[tuple[str, tuple[float, str, int]]]:
-    for row in _rows(batch):
-        ts = row[ROW_TS]
-        for item, kind, quantity in row[ROW_ITEMS]:
-            yield item, (ts, kind, quantity)
+def _item_signal_values(batch: list[Any]) -> list[tuple[str, float, str, int]]:
+    """``(item_id, ts, kind, quantity)`` of each item signal of a batch's rows."""
+    return [(item, row[ROW_TS], kind, quantity) for row in _rows(batch) for item, kind, quantity in row[ROW_ITEMS]]
 
 
 def _item_signals_by_shard(batch: list[Any], shards: int) -> list[tuple[int, Packed[ItemSignalColumns]]]:
     """A batch's item signals by columns (``ItemSignalColumns``), split by their item's shard.
     Why columns: the items' fold sums them in numpy (``fold_item_shard``), and a shard's signals
     cross the shuffle as a few arrays instead of a list per item."""
-    columns = ItemSignalColumns.of([(item, row[ROW_TS], kind, quantity)
-                                    for row in _rows(batch) for item, kind, quantity in row[ROW_ITEMS]])
+    columns = ItemSignalColumns.of(_item_signal_values(batch))
     return [(shard, Packed(part)) for shard, part in columns.by_group((shard_of(item, shards) for item in columns.items), shards)]
 
 

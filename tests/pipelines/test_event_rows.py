@@ -78,7 +78,7 @@ def test_an_event_row_gives_each_family_what_the_event_gave():
     for m, row in zip(models, rows):
         assert list(_user_update_values([row])) == [(m.user_id, user_update(m))]
         ts = event_seconds(m)
-        assert list(_item_signal_values([row])) == [(item, (ts, kind, q)) for item, kind, q in item_signals(m)]
+        assert _item_signal_values([row]) == [(item, ts, kind, q) for item, kind, q in item_signals(m)]
         assert list(_session_line_values([row])) == session_lines(m)
         assert list(row[ROW_BUNDLES]) == bundle_signals(m)
         assert row[ROW_EVENT] is (m if m.type in ATTRIBUTED_TYPES else None)
