@@ -589,8 +589,8 @@ def _context(info: ValidationInfo) -> ValidationContext | None:
 
 
 def _check_id_length(value: str | None, info: ValidationInfo) -> str | None:
-    ctx = _context(info)
-    if value is not None and ctx is not None and len(value) > ctx.max_id_chars:
+    ctx = info.context  # inline, not through _context: one call fewer for each of an event's ids
+    if value is not None and isinstance(ctx, ValidationContext) and len(value) > ctx.max_id_chars:
         raise ValueError(f"id is longer than {ctx.max_id_chars} characters")
     return value
 

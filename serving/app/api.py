@@ -80,7 +80,7 @@ from serving.bandit.impressions import (
 )
 from serving.auth import SCHEME_OF_ROLE, SECURITY_SCHEMES, AuthRejected, Role, gate_from_settings, openapi_security
 from serving.collector.ingest import dead_letter
-from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
+from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord, event_record
 from serving.counter_buffer import BufferedCounter
 from serving.experiments import Experiment, analyze_experiment, assign_variant
 from serving.feedback_tokens import FeedbackClaim, FeedbackRejected, check_claim, signer_from_settings
@@ -366,14 +366,14 @@ class RecommenderAPI:
             # The shown bundles' items: a purchase's revenue counts only lines of the bought bundle.
             shown_items={ids[i]: cands.bundles[i].items for i in decision.indices},
         )
-        headers = (
-            ("schema_version", str(SCHEMA_VERSION).encode()), ("type", b"impression"),
+        decision_headers = (
             (CONTEXT_HEADER, context.encode()),
             # For `streamrec ope`, and the items for analyses that score every candidate.
             (CANDIDATES_HEADER, encode_candidates(ids, cands.features, [b.items for b in cands.bundles])),
         )
         await self._publish(
-            [OutgoingRecord(self._settings.kafka.topics.events, user_id.encode(), event_to_json(impression), headers)], decision=True
+            [event_record(self._settings.kafka.topics.events, impression, event_to_json(impression), decision_headers)],
+            decision=True,
         )
         self._served.inc(tags={"experiment": experiment.name, "variant": variant})
         response["policy"] = decision.policy
@@ -486,8 +486,7 @@ class RecommenderAPI:
             self._errors.inc(tags={"reason": "impression_invalid"})
             log.warning("impression of %s not logged: %s", request_id, _validation_detail(exc))
             return
-        headers = (("schema_version", str(SCHEMA_VERSION).encode()), ("type", b"impression"))
-        record = OutgoingRecord(self._settings.kafka.topics.events, user_id.encode(), event_to_json(impression), headers)
+        record = event_record(self._settings.kafka.topics.events, impression, event_to_json(impression))
         task = asyncio.get_running_loop().create_task(self._publish_impression(record, request_id))
         self._background.add(task)  # a strong reference until done (the loop keeps only weak ones)
         task.add_done_callback(self._background.discard)

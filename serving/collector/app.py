@@ -31,7 +31,7 @@ from serving.collector.ingest import (
     decode_body,
     validate_elements,
 )
-from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
+from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord, event_record
 from serving.collector.schemas import (
     EVENTS_BODY,
     EVENTS_RESPONSES,
@@ -283,15 +283,7 @@ class Collector:
         except BodyRejected as exc:
             return await self._reject_body(exc, body, len(body), now)
         result = validate_elements(elements, is_batch, self._limits, now, surrogates_possible=may_hold_surrogates(body))
-        records = [
-            OutgoingRecord(
-                self._topics.events,
-                a.event.user_id.encode(),
-                a.wire,
-                (("schema_version", str(SCHEMA_VERSION).encode()), ("type", a.event.type.encode())),
-            )
-            for a in result.accepted
-        ]
+        records = [event_record(self._topics.events, a.event, a.wire) for a in result.accepted]
         records += [
             self._dlq(
                 r.user_id,

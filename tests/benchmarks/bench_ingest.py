@@ -14,8 +14,9 @@ it) on free ports, then, in one run:
   (a fresh event_id and user each) against wrk on ``GET /v1/events/healthz`` through the same ingress,
   in interleaved pairs (``--pairs``, median ratio). Target >= 0.5x;
 * **batches**: the collector's batch path (``streamrec replay``'s client: batches of 500, 4 lanes)
-  against a raw kafka-python producer (acks=all, idempotent) on fresh events each, interleaved pairs,
-  median ratio. Target >= 0.5x.
+  against a raw kafka-python producer with the collector's producer options (acks=all, idempotent)
+  writing the same records (key, value, headers) to the same events topic, on fresh events each,
+  ``--batch-pairs`` interleaved pairs (the side that goes first alternating), median ratio. Target >= 0.5x.
 
 Every response of the collector is answered only after Kafka acknowledged its events. Prints
 met/MISSED per target and exits 1 when one is missed (``--no-verdict``: exits 0).
@@ -45,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the `
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from loadgen import Request, percentile, run_open_loop, summarize  # noqa: E402
-from support import TEST_TOKEN, private_stack_env, run_streamrec  # noqa: E402
+from support import TEST_ADMIN_TOKEN, TEST_TOKEN, private_stack_env, run_streamrec  # noqa: E402
+from streamrec.runtime.config import KafkaConfig, Settings  # noqa: E402
 from verdict import Verdict, add_verdict_argument, ratio  # noqa: E402  (tests/benchmarks/verdict.py)
 
 RATIO_TARGET, P99_TARGET_MS, QUEUE_GROWTH_TARGET = 0.5, 20.0, 1.5
@@ -81,6 +83,7 @@ def start_stack(state_dir: Path) -> Stack:
     """`streamrec up` on private ports with the shipped Serve config."""
     ports, env = private_stack_env(state_dir)
     env["STREAMREC_COLLECTOR__AUTH_TOKEN"] = TEST_TOKEN
+    env["STREAMREC_SERVING__ADMIN_TOKEN"] = TEST_ADMIN_TOKEN  # to read the learner's offsets
     up = run_streamrec(env, "up", timeout_s=600)
     if up.returncode != 0:
         run_streamrec(env, "down", timeout_s=600)
@@ -145,42 +148,92 @@ def saturation_pairs(stack: Stack, pairs: int, seconds: float) -> list[dict[str,
         os.unlink(script)
 
 
-def raw_batch_throughput(bootstrap: str, topic: str, events: list[dict]) -> float:
-    from kafka import KafkaProducer
+def fresh_copies(events: list[dict[str, Any]], count: int, start: int) -> list[dict[str, Any]]:
+    """``count`` events from ``start`` on (round the slice), each with a new event_id: the pairs
+    may need more events than the slice holds, and none may be a duplicate of an earlier one."""
+    return [{**events[(start + i) % len(events)], "event_id": str(uuid.uuid4())} for i in range(count)]
 
+
+def raw_batch_throughput(kafka: KafkaConfig, events: list[dict[str, Any]]) -> float:
+    """Events per second of a raw producer: built with the collector's producer options, writing
+    the collector's records (same key, value and headers) to the same events topic, so that the
+    stack's consumers of that topic (the bandit learner) work during both sides of a pair."""
     from features.events import event_to_json, parse_event
+    from serving.collector.publisher import event_producer_options, event_record
+    from streamrec.runtime.kafka import new_producer
 
-    wire = [(e["user_id"].encode(), event_to_json(parse_event(e))) for e in events]
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=1)
+    records = []
+    for event in events:
+        parsed = parse_event(event)
+        records.append(event_record(kafka.topics.events, parsed, event_to_json(parsed)))
+    producer = new_producer(kafka, client_id="bench-raw-producer", **event_producer_options(kafka, linger_ms=1))
     # Connected and knowing the topic's partitions before the clock, as the collector's long-lived
     # producer is: otherwise the first pair's raw side also timed the topic's creation.
-    producer.partitions_for(topic)
+    producer.partitions_for(kafka.topics.events)
     started = time.perf_counter()
-    futures = [producer.send(topic, key=k, value=v) for k, v in wire]
+    futures = [producer.send(r.topic, key=r.key, value=r.value, headers=list(r.headers)) for r in records]
     producer.flush()
     for f in futures:
         f.get(timeout=30)
     elapsed = time.perf_counter() - started
     producer.close()
-    return len(wire) / elapsed
+    return len(records) / elapsed
+
+
+def collector_batch_throughput(stack: Stack, events: list[dict[str, Any]], batch_size: int, lanes: int) -> tuple[float, int]:
+    """Events per second through the collector's batch path (`streamrec replay`'s client), and how
+    many were not accepted (then the rate is NaN)."""
+    from streamrec.replay import replay_events
+
+    summary = asyncio.run(replay_events(events, stack.base_url, TEST_TOKEN, batch_size=batch_size, concurrency=lanes,
+                                        show_progress=False))
+    rate = len(events) / summary.elapsed_s if summary.accepted == len(events) else float("nan")
+    return rate, len(events) - summary.accepted
+
+
+def wait_for_the_learner(stack: Stack, kafka: KafkaConfig, timeout_s: float = 120.0) -> None:
+    """Until the bandit learner has read the events topic to its end: a run must not pay for
+    folding the records of the run before it (it took CPU from whichever side went second)."""
+    import httpx
+    from kafka import TopicPartition
+
+    from streamrec.runtime.kafka import end_offsets, new_consumer
+
+    consumer = new_consumer(kafka, client_id="bench-ingest-lag")
+    try:
+        topic = kafka.topics.events
+        ends = end_offsets(consumer, [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])])
+    finally:
+        consumer.close()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        reply = httpx.get(f"{stack.base_url}/v1/learner", headers={"authorization": f"Bearer {TEST_ADMIN_TOKEN}"}, timeout=10)
+        offsets = reply.json().get("offsets", {}) if reply.status_code == 200 else {}
+        if all(offsets.get(f"{tp.topic}:{tp.partition}", 0) >= end for tp, end in ends.items()):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the bandit learner did not catch up with {topic} within {timeout_s:g} s")
 
 
 def batch_pairs(stack: Stack, pairs: int, per_run: int, batch_size: int, lanes: int) -> list[dict[str, Any]]:
-    """Raw producer then the collector's batch path, on fresh Taobao events each run."""
-    from streamrec.runtime.config import Settings
-    from streamrec.replay import read_taobao_rows, replay_events, taobao_events
+    """The raw producer and the collector's batch path on fresh Taobao events each run, the side
+    that goes first alternating from pair to pair (a pair's second run meets a longer topic), each
+    run started once the learner has folded every record before it."""
+    from streamrec.replay import read_taobao_rows, taobao_events
 
     events = taobao_events(read_taobao_rows(Settings().data.taobao_csv))
+    kafka = KafkaConfig(bootstrap_servers=stack.bootstrap)
     runs = []
     for p in range(pairs):
-        raw_events = events[(2 * p) * per_run:(2 * p + 1) * per_run]
-        col_events = events[(2 * p + 1) * per_run:(2 * p + 2) * per_run]
-        raw = raw_batch_throughput(stack.bootstrap, "bench.raw", raw_events)
-        summary = asyncio.run(replay_events(col_events, stack.base_url, TEST_TOKEN, batch_size=batch_size,
-                                            concurrency=lanes, show_progress=False))
-        collector = len(col_events) / summary.elapsed_s if summary.accepted == len(col_events) else float("nan")
-        runs.append({"raw": raw, "collector": collector, "ratio": ratio(collector, raw),
-                     "not_accepted": len(col_events) - summary.accepted})
+        raw_events = fresh_copies(events, per_run, 2 * p * per_run)
+        col_events = fresh_copies(events, per_run, (2 * p + 1) * per_run)
+        for side in (("raw", "collector") if p % 2 == 0 else ("collector", "raw")):
+            wait_for_the_learner(stack, kafka)
+            if side == "raw":
+                raw = raw_batch_throughput(kafka, raw_events)
+            else:
+                collector, not_accepted = collector_batch_throughput(stack, col_events, batch_size, lanes)
+        runs.append({"raw": raw, "collector": collector, "ratio": ratio(collector, raw), "not_accepted": not_accepted})
         print(f"  batches: raw {raw:,.0f}/s, collector {collector:,.0f}/s", flush=True)
     return runs
 
@@ -204,7 +257,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="open-loop single events per second")
     parser.add_argument("--duration", type=float, default=60.0, help="measured seconds of the open-loop run")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds at the same rate before measuring")
-    parser.add_argument("--pairs", type=int, default=3, help="interleaved pairs of each ratio (median reported)")
+    parser.add_argument("--pairs", type=int, default=3, help="interleaved pairs of the saturated ratio (median reported)")
+    parser.add_argument("--batch-pairs", type=int, default=5, help="interleaved pairs of the batch ratio (median reported)")
     parser.add_argument("--saturation-s", type=float, default=10.0, help="seconds of each wrk run")
     parser.add_argument("--batch-events", type=int, default=10_000, help="events of each batch-throughput run")
     parser.add_argument("--batch-size", type=int, default=500)
@@ -222,7 +276,7 @@ def main() -> int:
         print(f"  open loop: {args.rate:g} single events/s for {args.warmup:g}+{args.duration:g} s ...", flush=True)
         single = open_loop(stack, args.rate, args.duration, args.warmup)
         saturated = saturation_pairs(stack, args.pairs, args.saturation_s) if shutil.which("wrk") else []
-        batches = batch_pairs(stack, args.pairs, args.batch_events, args.batch_size, args.lanes)
+        batches = batch_pairs(stack, args.batch_pairs, args.batch_events, args.batch_size, args.lanes)
     finally:
         run_streamrec(stack.env, "down", timeout_s=600)
         shutil.rmtree(state, ignore_errors=True)

@@ -98,3 +98,27 @@ def test_cached_partitioner_puts_every_key_where_the_default_does() -> None:
     assert ours.partition("three", None, None, None, None, cluster) in {0, 1, 2}
     with pytest.raises(ValueError):
         ours.partition("missing", None, b"k", None, None, cluster)
+
+
+def test_event_records_carry_the_key_and_headers_readers_route_by() -> None:
+    from features.events import SCHEMA_VERSION, parse_event
+    from serving.collector.publisher import event_record
+    from support import make_event
+
+    event = parse_event(make_event("add_to_cart", user_id="u-7"))
+    record = event_record("events", event, b"{}")
+    assert (record.topic, record.key, record.value) == ("events", b"u-7", b"{}")
+    assert record.headers == (("schema_version", str(SCHEMA_VERSION).encode()), ("type", b"add_to_cart"))
+    extra = event_record("events", event, b"{}", (("x-context", b"c"),))
+    assert extra.headers == (*record.headers, ("x-context", b"c"))
+
+
+def test_the_event_producer_options_are_acks_all_idempotent_and_bounded_by_the_produce_timeout() -> None:
+    from serving.collector.publisher import CachedKeyPartitioner, event_producer_options, producer_options
+    from streamrec.runtime.config import KafkaConfig
+
+    config = KafkaConfig(produce_timeout_s=5, metadata_timeout_s=3)
+    options = event_producer_options(config, linger_ms=1)
+    assert options["acks"] == "all" and options["enable_idempotence"] is True and options["linger_ms"] == 1
+    assert isinstance(options["partitioner"], CachedKeyPartitioner)
+    assert producer_options(config, 1).items() <= options.items()
