@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from serving.collector.publisher import BrokerUnavailable, Delivered, EventPublisher, OutgoingRecord
+from serving.collector.publisher import BrokerUnavailable, EventPublisher, OutgoingRecord
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class DecisionLog:
         self._count = count or (lambda _what, _n: None)
         # Pending acknowledgement -> (when handed over, monotonic; its records), oldest first. Also
         # the futures' strong references: the event loop keeps only weak ones to tasks.
-        self._outstanding: dict[asyncio.Future[list[Delivered]], tuple[float, int]] = {}
+        self._outstanding: dict[asyncio.Future[None], tuple[float, int]] = {}
         self._backlog: deque[OutgoingRecord] = deque()
         self._resending: asyncio.Task[None] | None = None
 
@@ -84,7 +84,7 @@ class DecisionLog:
         self._outstanding[acks] = (time.monotonic(), len(records))
         acks.add_done_callback(lambda done: self._settled(records, done))
 
-    def _settled(self, records: list[OutgoingRecord], acks: asyncio.Future[list[Delivered]]) -> None:
+    def _settled(self, records: list[OutgoingRecord], acks: asyncio.Future[None]) -> None:
         self._outstanding.pop(acks, None)
         if not acks.cancelled() and acks.exception() is None:
             return
