@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -168,7 +169,7 @@ def _result_status(result: IngestResult) -> int:
 
 def _response_body(result: IngestResult) -> dict[str, Any]:
     outcomes: list[dict[str, Any]] = [
-        {"index": a.index, "status": "accepted", "event_id": str(a.event.event_id)} for a in result.accepted
+        {"index": a.index, "status": "accepted", "event_id": a.event_id} for a in result.accepted
     ]
     outcomes += [
         {"index": r.index, "status": "rejected", "event_id": r.event_id, "reason": r.reason, "detail": r.detail}
@@ -176,6 +177,14 @@ def _response_body(result: IngestResult) -> dict[str, Any]:
     ]
     outcomes.sort(key=lambda o: o["index"])
     return {"accepted": len(result.accepted), "rejected": len(result.rejected), "results": outcomes}
+
+
+class _IngestJSONResponse(JSONResponse):
+    """Rendered by pydantic-core (Rust) rather than ``json.dumps``: a 500-event batch's results cost
+    ~1.5 us an event that way, ~0.4 us this way. The body holds ints and strings only."""
+
+    def render(self, content: Any) -> bytes:
+        return pydantic_core.to_json(content)
 
 
 def _frontend_credential(request: Request) -> str:
@@ -302,7 +311,7 @@ class Collector:
         total_ms = (time.perf_counter() - started) * 1000
         # Server-Timing lets a client tell time in the collector and Kafka from time on the wire.
         timing = {"server-timing": f"produce;dur={produce_ms:.2f}, total;dur={total_ms:.2f}"}
-        return JSONResponse(_response_body(result), status_code=_result_status(result), headers=timing)
+        return _IngestJSONResponse(_response_body(result), status_code=_result_status(result), headers=timing)
 
     @api.get(
         "/tracker.js", summary="The browser tracker (an ES module; no credential needed to load it)", tags=["frontend"],

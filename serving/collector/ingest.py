@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from uuid import UUID
 
 from features.events import Event, EventRejected, ValidationContext, event_to_json, lone_surrogate_at, parse_event
 from serving.request_body import BodyLimits, BodyRejected, check_json_depth, json_nesting_depth
@@ -37,6 +38,7 @@ class Accepted:
     index: int
     event: Event
     wire: bytes
+    event_id: str  # canonical text (as str(UUID) writes it)
 
 
 @dataclass
@@ -193,7 +195,18 @@ def _validate_one(index: int, element: Any, context: ValidationContext, now: dat
     except UnicodeEncodeError as exc:
         return Rejected(index, "invalid_unicode", f"a string is not valid Unicode: {exc.reason}", _reserialize(element), [],
                         *_identity(element))
-    return Accepted(index, event, wire)
+    return Accepted(index, event, wire, _canonical_id(element["event_id"], event.event_id))
+
+
+def _canonical_id(sent: Any, parsed: UUID) -> str:
+    """The event_id as ``str(parsed)`` writes it: the text the client sent where it already is that
+    (lowercase, 8-4-4-4-12; pydantic parsed it as this UUID, so those are hex digits), as it almost
+    always is. ``str(UUID)`` is Python code: ~1.7 of the ~3.7 us an event's line in a batch's response
+    cost."""
+    if (isinstance(sent, str) and len(sent) == 36 and sent[8] == sent[13] == sent[18] == sent[23] == "-"
+            and sent.lower() == sent):
+        return sent
+    return str(parsed)
 
 
 def _reserialize(element: Any) -> bytes:

@@ -155,3 +155,17 @@ def test_the_surrogate_walk_is_skipped_only_for_bodies_that_cannot_hold_one() ->
     elements, is_batch = decode_body(clean, "application/json", LIMITS)
     (accepted,) = validate_elements(elements, is_batch, LIMITS, now, surrogates_possible=may_hold_surrogates(clean)).accepted
     assert accepted.event.received_at == now  # the server's receive time, validated with the event
+
+
+@pytest.mark.parametrize("form", ["hyphenated", "upper", "braces", "urn", "hex", "digits"])
+def test_accepted_event_ids_come_back_canonical_whatever_form_was_sent(form: str) -> None:
+    import uuid
+
+    parsed = uuid.UUID(int=0x1234567890) if form == "digits" else uuid.uuid4()  # "digits": no hex letter to lower
+    sent = {"hyphenated": str(parsed), "upper": str(parsed).upper(), "braces": "{" + str(parsed) + "}",
+            "urn": parsed.urn, "hex": parsed.hex, "digits": str(parsed)}[form]
+    result = validate_elements([make_event("view", event_id=sent)], True, CollectorLimits(), datetime.now(timezone.utc))
+    if not result.accepted:  # a form the contract refuses: nothing to answer for it
+        assert form in ("braces", "urn"), result.rejected
+        return
+    assert result.accepted[0].event_id == str(parsed) == str(result.accepted[0].event.event_id)
