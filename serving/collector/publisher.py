@@ -105,18 +105,18 @@ def event_producer_options(config: KafkaConfig, linger_ms: int) -> dict[str, Any
     }
 
 
-def event_record(topic: str, event: Event, wire: bytes, extra_headers: tuple[tuple[str, bytes], ...] = ()) -> OutgoingRecord:
-    """An event's record: keyed by its user (a user's events stay in order on one partition), its
-    contract version and type in headers (readers can route without parsing), then ``extra_headers``."""
-    headers = _EVENT_HEADERS[event.type]
-    return OutgoingRecord(topic, event.user_id.encode(), wire, (*headers, *extra_headers) if extra_headers else headers)
-
-
 # One headers tuple per event type, built once (they were built per record).
 _EVENT_HEADERS: dict[str, tuple[tuple[str, bytes], ...]] = {
     event_type: (("schema_version", str(SCHEMA_VERSION).encode()), ("type", event_type.encode()))
     for event_type in EVENT_TYPES
 }
+
+
+def event_record(topic: str, event: Event, wire: bytes, extra_headers: tuple[tuple[str, bytes], ...] = ()) -> OutgoingRecord:
+    """An event's record: keyed by its user (a user's events stay in order on one partition), its
+    contract version and type in headers (readers can route without parsing), then ``extra_headers``."""
+    headers = _EVENT_HEADERS[event.type]
+    return OutgoingRecord(topic, event.user_id.encode(), wire, (*headers, *extra_headers) if extra_headers else headers)
 
 
 class CachedKeyPartitioner(DefaultPartitioner):
