@@ -12,7 +12,7 @@ it) on free ports, then, in one run:
   quarter <= 1.5x the first quarter's); no error response;
 * **single events, saturated**: wrk (2 threads, 32 connections, closed loop) POSTing single events
   (a fresh event_id and user each) against wrk on ``GET /v1/events/healthz`` through the same ingress,
-  in interleaved pairs (``--pairs``, median ratio). Target >= 0.5x;
+  in interleaved pairs (``--pairs``, the side that goes first alternating, median ratio). Target >= 0.5x;
 * **batches**: the collector's batch path (``streamrec replay``'s client: batches of 500, 4 lanes)
   against a raw kafka-python producer with the collector's producer options (acks=all, idempotent)
   writing the same records (key, value, headers) to the same events topic, on fresh events each,
@@ -129,17 +129,48 @@ def wrk_run(base_url: str, path: str, seconds: float, script: str | None) -> dic
             "errors": (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, errors.groups())) if errors else 0)}
 
 
+def wait_for_the_learner(stack: Stack, kafka: KafkaConfig, timeout_s: float = 120.0) -> None:
+    """Until the bandit learner has read the events topic to its end: a run must not pay for
+    folding the records of the run before it (it took CPU from whichever side went second)."""
+    import httpx
+    from kafka import TopicPartition
+
+    from streamrec.runtime.kafka import end_offsets, new_consumer
+
+    consumer = new_consumer(kafka, client_id="bench-ingest-lag")
+    try:
+        topic = kafka.topics.events
+        ends = end_offsets(consumer, [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])])
+    finally:
+        consumer.close()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        reply = httpx.get(f"{stack.base_url}/v1/learner", headers={"authorization": f"Bearer {TEST_ADMIN_TOKEN}"}, timeout=10)
+        offsets = reply.json().get("offsets", {}) if reply.status_code == 200 else {}
+        if all(offsets.get(f"{tp.topic}:{tp.partition}", 0) >= end for tp, end in ends.items()):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the bandit learner did not catch up with {topic} within {timeout_s:g} s")
+
+
 def saturation_pairs(stack: Stack, pairs: int, seconds: float) -> list[dict[str, Any]]:
-    """wrk on healthz then on single events, ``pairs`` times (interleaved: drift hits both sides)."""
+    """wrk on healthz and on single events, ``pairs`` times (interleaved: drift hits both sides),
+    the side that goes first alternating, each run started once the learner has caught up with the
+    single events before it (as in the batch pairs)."""
     ts = datetime.now(timezone.utc).isoformat()
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(SINGLE_EVENT_LUA % (TEST_TOKEN, ts))
         script = f.name
     try:
         runs = []
-        for _ in range(pairs):
-            health = wrk_run(stack.base_url, "/v1/events/healthz", seconds, None)
-            single = wrk_run(stack.base_url, "/v1/events", seconds, script)
+        kafka = KafkaConfig(bootstrap_servers=stack.bootstrap)
+        for p in range(pairs):
+            for side in (("healthz", "single") if p % 2 == 0 else ("single", "healthz")):
+                wait_for_the_learner(stack, kafka)
+                if side == "healthz":
+                    health = wrk_run(stack.base_url, "/v1/events/healthz", seconds, None)
+                else:
+                    single = wrk_run(stack.base_url, "/v1/events", seconds, script)
             runs.append({"healthz": health, "single": single, "ratio": ratio(single["requests_per_s"], health["requests_per_s"])})
             print(f"  saturated: healthz {health['requests_per_s']:,.0f}/s, single events {single['requests_per_s']:,.0f}/s "
                   f"({single['errors']} errors)", flush=True)
@@ -189,30 +220,6 @@ def collector_batch_throughput(stack: Stack, events: list[dict[str, Any]], batch
                                         show_progress=False))
     rate = len(events) / summary.elapsed_s if summary.accepted == len(events) else float("nan")
     return rate, len(events) - summary.accepted
-
-
-def wait_for_the_learner(stack: Stack, kafka: KafkaConfig, timeout_s: float = 120.0) -> None:
-    """Until the bandit learner has read the events topic to its end: a run must not pay for
-    folding the records of the run before it (it took CPU from whichever side went second)."""
-    import httpx
-    from kafka import TopicPartition
-
-    from streamrec.runtime.kafka import end_offsets, new_consumer
-
-    consumer = new_consumer(kafka, client_id="bench-ingest-lag")
-    try:
-        topic = kafka.topics.events
-        ends = end_offsets(consumer, [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])])
-    finally:
-        consumer.close()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        reply = httpx.get(f"{stack.base_url}/v1/learner", headers={"authorization": f"Bearer {TEST_ADMIN_TOKEN}"}, timeout=10)
-        offsets = reply.json().get("offsets", {}) if reply.status_code == 200 else {}
-        if all(offsets.get(f"{tp.topic}:{tp.partition}", 0) >= end for tp, end in ends.items()):
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"the bandit learner did not catch up with {topic} within {timeout_s:g} s")
 
 
 def batch_pairs(stack: Stack, pairs: int, per_run: int, batch_size: int, lanes: int) -> list[dict[str, Any]]:
