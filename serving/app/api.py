@@ -424,11 +424,15 @@ class RecommenderAPI:
         if body.type == "dismiss":
             if body.bundle_id is None:
                 raise ApiError(422, "missing_field", "a dismiss names the bundle_id")
-            record = DismissEvent(
+            dismiss = DismissEvent(
                 event_id=event_id, user_id=body.user_id, session_id=common["session_id"], ts=body.ts or now,
                 received_at=now, request_id=body.request_id, bundle_id=body.bundle_id, feedback_token=body.feedback_token or "",
             )
-            topic, wire = self._settings.kafka.topics.feedback, record.model_dump_json().encode()
+            # Not a contract event (the feedback topic's own record): its headers are written here.
+            record = OutgoingRecord(
+                self._settings.kafka.topics.feedback, body.user_id.encode(), dismiss.model_dump_json().encode(),
+                (("schema_version", str(SCHEMA_VERSION).encode()), ("type", b"dismiss")),
+            )
         else:
             payload = dict(common)
             if body.type == "click":
@@ -445,16 +449,15 @@ class RecommenderAPI:
                 event = parse_event(payload, vctx).model_copy(update={"received_at": now})
             except EventRejected as exc:
                 raise ApiError(422, exc.reason, exc.detail) from None
-            topic, wire = self._settings.kafka.topics.events, event_to_json(event)
+            record = event_record(self._settings.kafka.topics.events, event, event_to_json(event))
         try:  # after the shape checks: a malformed body is a 422, an unverified one a 403
             self._check_feedback(body, now)
         except FeedbackRejected as exc:
             raise await self._refuse_feedback(body, raw, exc, now) from None
         kind = "bundle_purchase" if body.type == "purchase" else body.type
-        headers = (("schema_version", str(SCHEMA_VERSION).encode()), ("type", kind.encode()))
-        await self._publish([OutgoingRecord(topic, body.user_id.encode(), wire, headers)])
+        await self._publish([record])
         self._feedback.inc(tags={"type": kind})
-        return {"accepted": True, "event_id": str(event_id), "type": kind, "topic": topic}
+        return {"accepted": True, "event_id": str(event_id), "type": kind, "topic": record.topic}
 
     async def recommendations(self, query: RecommendationsQuery) -> dict[str, Any]:
         """Rank items for a user / current item / cart, and log the served list as an impression
