@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -153,10 +154,20 @@ def wait_for_the_learner(stack: Stack, kafka: KafkaConfig, timeout_s: float = 12
     raise RuntimeError(f"the bandit learner did not catch up with {topic} within {timeout_s:g} s")
 
 
+def alternated_pair(stack: Stack, kafka: KafkaConfig, index: int, sides: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Pair ``index``'s runs: each side's result by name, the sides in the given order in even pairs
+    and reversed in odd ones (a pair's second run meets a longer topic), each run started once the
+    learner has caught up (``wait_for_the_learner``)."""
+    results: dict[str, Any] = {}
+    for name in (list(sides) if index % 2 == 0 else list(reversed(sides))):
+        wait_for_the_learner(stack, kafka)
+        results[name] = sides[name]()
+    return results
+
+
 def saturation_pairs(stack: Stack, pairs: int, seconds: float) -> list[dict[str, Any]]:
     """wrk on healthz and on single events, ``pairs`` times (interleaved: drift hits both sides),
-    the side that goes first alternating, each run started once the learner has caught up with the
-    single events before it (as in the batch pairs)."""
+    as ``alternated_pair`` runs them."""
     ts = datetime.now(timezone.utc).isoformat()
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(SINGLE_EVENT_LUA % (TEST_TOKEN, ts))
@@ -165,12 +176,11 @@ def saturation_pairs(stack: Stack, pairs: int, seconds: float) -> list[dict[str,
         runs = []
         kafka = KafkaConfig(bootstrap_servers=stack.bootstrap)
         for p in range(pairs):
-            for side in (("healthz", "single") if p % 2 == 0 else ("single", "healthz")):
-                wait_for_the_learner(stack, kafka)
-                if side == "healthz":
-                    health = wrk_run(stack.base_url, "/v1/events/healthz", seconds, None)
-                else:
-                    single = wrk_run(stack.base_url, "/v1/events", seconds, script)
+            pair = alternated_pair(stack, kafka, p, {
+                "healthz": lambda: wrk_run(stack.base_url, "/v1/events/healthz", seconds, None),
+                "single": lambda: wrk_run(stack.base_url, "/v1/events", seconds, script),
+            })
+            health, single = pair["healthz"], pair["single"]
             runs.append({"healthz": health, "single": single, "ratio": ratio(single["requests_per_s"], health["requests_per_s"])})
             print(f"  saturated: healthz {health['requests_per_s']:,.0f}/s, single events {single['requests_per_s']:,.0f}/s "
                   f"({single['errors']} errors)", flush=True)
@@ -223,9 +233,8 @@ def collector_batch_throughput(stack: Stack, events: list[dict[str, Any]], batch
 
 
 def batch_pairs(stack: Stack, pairs: int, per_run: int, batch_size: int, lanes: int) -> list[dict[str, Any]]:
-    """The raw producer and the collector's batch path on fresh Taobao events each run, the side
-    that goes first alternating from pair to pair (a pair's second run meets a longer topic), each
-    run started once the learner has folded every record before it."""
+    """The raw producer and the collector's batch path on fresh Taobao events each run, as
+    ``alternated_pair`` runs them."""
     from streamrec.replay import read_taobao_rows, taobao_events
 
     events = taobao_events(read_taobao_rows(Settings().data.taobao_csv))
@@ -234,12 +243,11 @@ def batch_pairs(stack: Stack, pairs: int, per_run: int, batch_size: int, lanes: 
     for p in range(pairs):
         raw_events = fresh_copies(events, per_run, 2 * p * per_run)
         col_events = fresh_copies(events, per_run, (2 * p + 1) * per_run)
-        for side in (("raw", "collector") if p % 2 == 0 else ("collector", "raw")):
-            wait_for_the_learner(stack, kafka)
-            if side == "raw":
-                raw = raw_batch_throughput(kafka, raw_events)
-            else:
-                collector, not_accepted = collector_batch_throughput(stack, col_events, batch_size, lanes)
+        pair = alternated_pair(stack, kafka, p, {
+            "raw": lambda: raw_batch_throughput(kafka, raw_events),
+            "collector": lambda: collector_batch_throughput(stack, col_events, batch_size, lanes),
+        })
+        raw, (collector, not_accepted) = pair["raw"], pair["collector"]
         runs.append({"raw": raw, "collector": collector, "ratio": ratio(collector, raw), "not_accepted": not_accepted})
         print(f"  batches: raw {raw:,.0f}/s, collector {collector:,.0f}/s", flush=True)
     return runs
